@@ -1,0 +1,25 @@
+# make run   : the main job (today: sample from SmolLM2-135M-Instruct with vLLM; see README)
+# make test  : the whole test suite, inside a loopback-only network namespace when ../shared/tools has one
+# Both create .venv and install what is missing first (deploy/install.sh; a second run changes nothing).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NETNS := $(wildcard ../shared/tools/netns-run)
+PYTEST_ARGS ?=
+
+export HF_HUB_OFFLINE = 1
+export TRANSFORMERS_OFFLINE = 1
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
+export VLLM_HOST_IP = 127.0.0.1
+export MASTER_ADDR = 127.0.0.1
+export GLOO_SOCKET_IFNAME = lo
+export TOKENIZERS_PARALLELISM = false
+
+.PHONY: install run test
+install:
+	@deploy/install.sh $(VENV)
+
+run: install
+	$(VENV)/bin/rlhf-ray sample configs/quickstart.yaml
+
+test: install
+	$(NETNS) $(PY) -m pytest tests -q -rs --durations=15 $(PYTEST_ARGS)

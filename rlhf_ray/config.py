@@ -1,0 +1,413 @@
+"""One config tree for every stage: dataclasses holding every default, one docstring per field.
+
+YAML files hold overrides only; `load_config(path, ["ppo.kl_coef=0.05"])` merges them onto the defaults,
+checks every key and type, then checks combinations (`Config.check`). All problems are gathered and raised
+as one `ConfigError` naming the key and where it came from (file and line, or the command line). Nothing is
+silently rewritten: a value is either accepted as given or rejected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from rlhf_ray.yaml_tree import ConfigError, build, field_docs, parse_overrides, read_yaml, where_set
+
+__all__ = ["Config", "ConfigError", "load_config", "dump_yaml", "field_docs", "parse_overrides"]
+
+STAGES = ("sft", "label", "rm", "dpo", "ppo")
+
+
+@dataclass
+class ModelConfig:
+    """Where the models come from. A path is a local HF folder, a built-in name (`tiny`, `smollm2-135m-instruct`,
+    `minilm-l6`, see `rlhf_ray.models`) or a hub name (only when online)."""
+
+    policy: str = "tiny"
+    """Policy (actor) model: the SFT stage trains it, PPO/DPO start from it."""
+    reference: Optional[str] = None
+    """Frozen reference for the KL penalty and DPO. None: the policy the stage starts from."""
+    reward: Optional[str] = None
+    """Reward model (sequence classification, one label). None: the `rm` stage output in a pipeline."""
+    critic: Optional[str] = None
+    """Critic (value model) initialisation. None: the reward model, as in InstructGPT."""
+    tokenizer: Optional[str] = None
+    """Tokenizer folder or name. None: the policy's."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weights and compute dtype for learners and generators."""
+    max_seq_len: int = 512
+    """Longest prompt + response, in tokens."""
+
+
+@dataclass
+class DatasetConfig:
+    """One dataset: a JSONL or Parquet file, a folder written by `datasets.save_to_disk`, or a hub name."""
+
+    path: Optional[str] = None
+    """File, folder or hub name. None: not used by this run (or produced by an earlier pipeline stage)."""
+    split: str = "train"
+    """Split to read from a DatasetDict folder or a hub dataset."""
+    eval_fraction: float = 0.0
+    """Fraction of rows held out for evaluation (a seeded shuffle decides which)."""
+    max_rows: Optional[int] = None
+    """Read at most this many rows (after skipping malformed ones). None: all."""
+
+
+@dataclass
+class DataConfig:
+    """Datasets and how text becomes tokens."""
+
+    prompts: DatasetConfig = field(default_factory=DatasetConfig)
+    """Prompts `{prompt}` for PPO and for preference collection."""
+    demonstrations: DatasetConfig = field(default_factory=DatasetConfig)
+    """Demonstrations `{prompt, response}` or `{messages}` for SFT."""
+    preferences: DatasetConfig = field(default_factory=DatasetConfig)
+    """Preferences `{prompt, chosen, rejected}` for the reward model and DPO."""
+    max_prompt_len: int = 256
+    """Longest prompt in tokens (chat template included)."""
+    max_response_len: int = 256
+    """Longest response in tokens (EOS included); also the generation limit."""
+    truncation: Literal["error", "drop", "truncate"] = "error"
+    """Rows over the limits: `error` stops with the row number; `drop` skips and counts them; `truncate` keeps
+    the end of the prompt and the start of the response."""
+    skip_malformed: bool = False
+    """Skip (and count) rows with missing or mistyped fields instead of stopping at the first one."""
+    apply_chat_template: bool = True
+    """Wrap prompts in the tokenizer's chat template when it has one."""
+
+
+@dataclass
+class TrainConfig:
+    """DeepSpeed learner settings shared by the SFT, RM, DPO and PPO learners."""
+
+    lr: float = 1e-5
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear warm-up steps before the schedule."""
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Schedule after warm-up."""
+    batch_size: int = 8
+    """Sequences per optimizer step, across all ranks."""
+    micro_batch_size: int = 4
+    """Sequences per forward/backward on one rank; the rest is gradient accumulation."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: no clipping)."""
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    """DeepSpeed ZeRO stage."""
+    epochs: int = 1
+    """Passes over the dataset (SFT, RM, DPO)."""
+    max_steps: Optional[int] = None
+    """Stop after this many optimizer steps. None: run the epochs."""
+    eval_every: int = 0
+    """Evaluate every this many steps (0: at the end only)."""
+
+
+@dataclass
+class PoolConfig:
+    """A pool of identical nodes from which placement groups are cut."""
+
+    nodes: int = 1
+    """Nodes in the pool."""
+    gpus_per_node: int = 0
+    """GPUs per node (0: a CPU pool)."""
+    cpus_per_node: int = 2
+    """CPUs per node."""
+
+
+@dataclass
+class RoleConfig:
+    """How many actors of one role run, where, and with what share of a device."""
+
+    pool: str = "default"
+    """Pool (a key of `cluster.pools`) the role's actors are placed in."""
+    count: int = 1
+    """Actors (ranks, for learners) of this role."""
+    gpus: float = 0.0
+    """GPUs per actor; a fraction lets roles share a GPU."""
+    cpus: float = 0.5
+    """CPUs per actor; fractions let several actors share this 2-core machine."""
+    colocate_with: Optional[str] = None
+    """Another role whose bundles this role shares (same count)."""
+
+
+def _default_pools() -> dict[str, PoolConfig]:
+    return {"default": PoolConfig()}
+
+
+def _default_roles() -> dict[str, RoleConfig]:
+    return {r: RoleConfig() for r in ("generator", "reference", "reward", "critic", "policy")}
+
+
+@dataclass
+class ClusterConfig:
+    """The Ray cluster: where to connect, the pools, and each role's placement."""
+
+    address: Optional[str] = None
+    """Ray address (`auto`, `ray://host:10001`). None: `RAY_ADDRESS`, else an embedded local cluster."""
+    pools: dict[str, PoolConfig] = field(default_factory=_default_pools)
+    """Named pools of nodes."""
+    roles: dict[str, RoleConfig] = field(default_factory=_default_roles)
+    """Placement per role: generator, reference, reward, critic, policy."""
+    object_store_mb: int = 512
+    """Object store cap for the embedded cluster, MiB."""
+    call_timeout_s: float = 600.0
+    """Longest wait for any remote call before it fails naming the actor and phase."""
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling from the vLLM generators."""
+
+    batch_size: int = 16
+    """Prompts per PPO step."""
+    n_samples: int = 1
+    """Responses per prompt (the group size for GRPO/RLOO; 2 or more for preference collection)."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    max_staleness: int = 0
+    """k: no sample used in an update is more than k policy versions old (0: synchronous on-policy)."""
+    kv_cache_mb: int = 256
+    """vLLM KV cache per generator, MiB (CPU)."""
+
+
+@dataclass
+class RewardFunctionConfig:
+    """A user reward function `module:function(prompts, responses, **metadata) -> list[float]`."""
+
+    function: str = ""
+    """`module:function` or `path/to/file.py:function`."""
+    weight: float = 1.0
+    """Weight in the summed reward."""
+
+
+@dataclass
+class RewardConfig:
+    """Reward sources, summed with weights."""
+
+    model_weight: float = 1.0
+    """Weight of the reward model's score (when a reward model is used)."""
+    functions: list[RewardFunctionConfig] = field(default_factory=list)
+    """Reward functions, used instead of or beside the reward model."""
+    clip: Optional[float] = None
+    """Clip the summed reward to [-clip, clip]. None: no clipping."""
+    normalize: bool = False
+    """Whiten rewards over each batch."""
+    no_eos_penalty: Optional[float] = None
+    """Reward given to responses cut off without EOS (replaces the score). None: no penalty."""
+
+
+@dataclass
+class PPOConfig:
+    """PPO with a KL penalty to the reference (Ziegler et al. 2019; Ouyang et al. 2022)."""
+
+    steps: int = 10
+    """PPO steps (policy versions) to run."""
+    advantage: Literal["gae", "grpo", "rloo"] = "gae"
+    """Advantage estimator: GAE with a critic, or critic-free group baselines."""
+    kl_coef: float = 0.05
+    """β: initial weight of the KL penalty."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    """Per-token KL estimator (Schulman, "Approximating KL divergence")."""
+    kl_target: Optional[float] = None
+    """Adaptive KL controller target (per sequence). None: fixed β."""
+    kl_horizon: int = 10000
+    """Adaptive KL controller horizon, in samples."""
+    kl_in_reward: bool = True
+    """Apply the KL penalty as a per-token reward (True) or as a loss term (False)."""
+    clip_eps: float = 0.2
+    """ε of the clipped surrogate objective."""
+    dual_clip: Optional[float] = None
+    """c of dual-clip PPO (Ye et al. 2020), > 1. None: off."""
+    value_clip_eps: float = 0.2
+    """Clip range of the value loss."""
+    vf_coef: float = 0.5
+    """Weight of the value loss."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus."""
+    gamma: float = 1.0
+    """Discount γ."""
+    lam: float = 0.95
+    """GAE λ."""
+    epochs: int = 1
+    """Passes over each batch of experience."""
+    mini_batch_size: int = 8
+    """Samples per optimizer step within an epoch."""
+    critic_lr: float = 1e-5
+    """Critic learning rate."""
+
+
+@dataclass
+class DPOConfig:
+    """Direct Preference Optimization (Rafailov et al. 2023) and variants."""
+
+    beta: float = 0.1
+    """β: strength of the implicit KL constraint."""
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    """`sigmoid`: DPO; `ipo`: Azar et al. 2023."""
+    label_smoothing: float = 0.0
+    """ε of conservative DPO: the assumed rate of flipped labels, in [0, 0.5)."""
+
+
+@dataclass
+class RMConfig:
+    """Bradley-Terry reward model training."""
+
+    margin: bool = False
+    """Use a `margin` column of the preferences as a margin in the loss (Llama 2)."""
+
+
+@dataclass
+class LabelConfig:
+    """Preference collection: sample k responses per prompt and let a labeler pick."""
+
+    labeler: str = "rlhf_ray.labelers:vader_warmth"
+    """`module:function(prompts, responses) -> list[float]`: higher is preferred."""
+    k: int = 2
+    """Responses sampled per prompt."""
+
+
+@dataclass
+class Config:
+    """A run: which stages, on which models and data, with which settings."""
+
+    name: str = "run"
+    """Run name; the run directory defaults to `runs/<name>/`."""
+    stages: list[str] = field(default_factory=lambda: ["ppo"])
+    """Stages in order, from `sft`, `label`, `rm`, `dpo`, `ppo`."""
+    seed: int = 0
+    """Seed for data order, sampling and initialisation."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Models."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Datasets and tokenization."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Learner settings."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Ray cluster, pools and placement."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Generation."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward sources."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """PPO."""
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    """DPO."""
+    rm: RMConfig = field(default_factory=RMConfig)
+    """Reward model."""
+    label: LabelConfig = field(default_factory=LabelConfig)
+    """Preference collection."""
+
+    def check(self) -> list[tuple[str, str]]:
+        """Combinations that cannot work, as (key, message) pairs."""
+        errs: list[tuple[str, str]] = []
+
+        def need(ok: bool, key: str, msg: str) -> None:
+            if not ok:
+                errs.append((key, msg))
+
+        for i, s in enumerate(self.stages):
+            need(s in STAGES, f"stages[{i}]", f"unknown stage {s!r}; choose from {', '.join(STAGES)}")
+        need(len(set(self.stages)) == len(self.stages), "stages", "a stage is listed twice")
+        need(not ("rm" in self.stages and "dpo" in self.stages), "stages", "use `rm`+`ppo` or `dpo`, not both")
+        t, r, p = self.train, self.rollout, self.ppo
+        need(self.data.max_prompt_len + self.data.max_response_len <= self.model.max_seq_len,
+             "data.max_response_len", f"max_prompt_len + max_response_len = "
+             f"{self.data.max_prompt_len + self.data.max_response_len} exceeds model.max_seq_len = {self.model.max_seq_len}")
+        for key, v in [("train.lr", t.lr), ("train.batch_size", t.batch_size), ("train.micro_batch_size", t.micro_batch_size),
+                       ("rollout.batch_size", r.batch_size), ("rollout.n_samples", r.n_samples),
+                       ("rollout.temperature", r.temperature), ("ppo.mini_batch_size", p.mini_batch_size),
+                       ("model.max_seq_len", self.model.max_seq_len), ("ppo.steps", p.steps), ("train.epochs", t.epochs)]:
+            need(v > 0, key, f"must be > 0, got {v}")
+        need(r.max_staleness >= 0, "rollout.max_staleness", f"must be >= 0, got {r.max_staleness}")
+        need(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+        need(0 <= self.dpo.label_smoothing < 0.5, "dpo.label_smoothing", f"must be in [0, 0.5), got {self.dpo.label_smoothing}")
+        need(p.dual_clip is None or p.dual_clip > 1, "ppo.dual_clip", f"must be > 1, got {p.dual_clip}")
+        need(0 <= p.gamma <= 1 and 0 <= p.lam <= 1, "ppo.gamma", "gamma and lam must be in [0, 1]")
+        need(p.kl_target is None or p.kl_target > 0, "ppo.kl_target", f"must be > 0, got {p.kl_target}")
+        for name, ds in [("prompts", self.data.prompts), ("demonstrations", self.data.demonstrations),
+                         ("preferences", self.data.preferences)]:
+            need(0 <= ds.eval_fraction < 1, f"data.{name}.eval_fraction", f"must be in [0, 1), got {ds.eval_fraction}")
+        if p.advantage in ("grpo", "rloo"):
+            need(r.n_samples >= 2, "rollout.n_samples", f"advantage {p.advantage!r} needs a group of >= 2 samples per prompt")
+        if "label" in self.stages:
+            need(self.label.k >= 2, "label.k", f"preference collection needs k >= 2 responses, got {self.label.k}")
+        errs += self._check_cluster()
+        errs += self._check_batches()
+        return errs
+
+    def _check_cluster(self) -> list[tuple[str, str]]:
+        errs = []
+        roles = self.cluster.roles
+        for name, role in roles.items():
+            key = f"cluster.roles.{name}"
+            if role.pool not in self.cluster.pools:
+                errs.append((f"{key}.pool", f"unknown pool {role.pool!r}; pools: {', '.join(self.cluster.pools)}"))
+            if role.count < 1:
+                errs.append((f"{key}.count", f"must be >= 1, got {role.count}"))
+            if role.gpus < 0 or role.cpus < 0:
+                errs.append((key, "gpus and cpus must be >= 0"))
+            if role.gpus > 1 and role.gpus != int(role.gpus):
+                errs.append((f"{key}.gpus", f"more than one GPU must be a whole number, got {role.gpus}"))
+            if role.colocate_with is not None:
+                other = roles.get(role.colocate_with)
+                if other is None:
+                    errs.append((f"{key}.colocate_with", f"unknown role {role.colocate_with!r}"))
+                elif other.count != role.count or other.pool != role.pool:
+                    errs.append((f"{key}.colocate_with", f"colocated roles need the same pool and count: {name} has "
+                                 f"{role.count} in {role.pool!r}, {role.colocate_with} has {other.count} in {other.pool!r}"))
+        return errs
+
+    def _check_batches(self) -> list[tuple[str, str]]:
+        """Batches must split evenly across learner ranks and micro-batches."""
+        errs = []
+        ranks = self.cluster.roles["policy"].count if "policy" in self.cluster.roles else 1
+        t = self.train
+        if t.batch_size % (ranks * t.micro_batch_size):
+            errs.append(("train.batch_size", f"{t.batch_size} does not divide into {ranks} policy rank(s) x "
+                         f"micro_batch_size {t.micro_batch_size}"))
+        if "ppo" in self.stages:
+            samples = self.rollout.batch_size * self.rollout.n_samples
+            mb = self.ppo.mini_batch_size
+            if samples % mb:
+                errs.append(("ppo.mini_batch_size", f"rollout.batch_size x n_samples = {samples} is not a multiple "
+                             f"of ppo.mini_batch_size {mb}"))
+            if mb % (ranks * t.micro_batch_size):
+                errs.append(("ppo.mini_batch_size", f"{mb} does not divide into {ranks} policy rank(s) x "
+                             f"train.micro_batch_size {t.micro_batch_size}"))
+        return errs
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- `key=value` overrides; raises ConfigError listing every problem."""
+    layers: list[tuple[dict, Any]] = []
+    if path is not None:
+        layers.append(read_yaml(Path(path)))
+    if overrides:
+        layers.append((parse_overrides(overrides), "command line"))
+    cfg, errs = build(Config, layers)
+    if errs:
+        raise ConfigError(errs)
+    problems = [f"{where_set(key, layers)}: {key}: {msg}" for key, msg in cfg.check()]
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    """The resolved config as plain YAML-able data."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

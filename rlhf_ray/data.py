@@ -1,0 +1,280 @@
+"""Datasets: read rows, check them, and turn them into token ids.
+
+Three kinds, each a list of plain dicts after loading:
+  prompts        {prompt}
+  demonstrations {prompt, response} or {messages: [{role, content}, ...]} (the last message is the response)
+  preferences    {prompt, chosen, rejected}   (optional float `margin`)
+
+Sources: JSONL, Parquet, a `datasets.save_to_disk` folder, or a hub name (only when online). A malformed row
+stops the load with its file and row number, or is skipped and counted when `skip_malformed` is set. Rows over
+the token limits follow the truncation policy (`error`, `drop` and count, or `truncate`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+KINDS = {"prompts", "demonstrations", "preferences"}
+
+
+class DataError(ValueError):
+    """A dataset problem, naming the source and row."""
+
+
+@dataclass
+class LoadReport:
+    """What a load kept and what it skipped, and why."""
+
+    source: str
+    kept: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def __str__(self) -> str:
+        extra = "".join(f", skipped {n} ({why})" for why, n in self.skipped.items())
+        return f"{self.source}: kept {self.kept} rows{extra}"
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _is_saved_dataset(p: Path) -> bool:
+    return p.is_dir() and any((p / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json"))
+
+
+def iter_raw_rows(path: str, split: str = "train") -> Iterator[tuple[int, Any]]:
+    """Yield (row number, raw row) from a file, a saved dataset folder or a hub dataset. Rows count from 1."""
+    p = Path(path)
+    if p.suffix in (".jsonl", ".json") and p.is_file():
+        with p.open() as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield i, json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield i, DataError(f"not valid JSON ({e.msg} at column {e.colno})")
+    elif p.suffix == ".parquet" and p.is_file():
+        for i, row in enumerate(pq.read_table(p).to_pylist(), 1):
+            yield i, row
+    elif _is_saved_dataset(p):
+        import datasets
+
+        ds = datasets.load_from_disk(str(p))
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise DataError(f"{path}: no split {split!r}; splits: {', '.join(ds)}")
+            ds = ds[split]
+        yield from enumerate(ds, 1)
+    elif p.exists():
+        raise DataError(f"{path}: not a .jsonl, .json or .parquet file, nor a folder written by datasets.save_to_disk")
+    elif "/" in path and not path.startswith((".", "/")):
+        yield from _iter_hub(path, split)
+    else:
+        raise DataError(f"{path}: no such file or folder")
+
+
+def _iter_hub(name: str, split: str) -> Iterator[tuple[int, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # offline, missing, gated: all end here with the name in the message
+        raise DataError(f"{name}: not a local path, and loading it from the hub failed: {e}") from e
+    yield from enumerate(ds, 1)
+
+
+# ---------------------------------------------------------------- checking rows
+
+
+def _text(row: dict, key: str) -> str:
+    v = row.get(key)
+    if v is None:
+        raise DataError(f"missing field {key!r}")
+    if not isinstance(v, str):
+        raise DataError(f"field {key!r} must be a string, got {type(v).__name__}")
+    if not v.strip():
+        raise DataError(f"field {key!r} is empty")
+    return v
+
+
+def _messages(row: dict) -> list[dict]:
+    msgs = row["messages"]
+    if not isinstance(msgs, list) or len(msgs) < 2:
+        raise DataError("field 'messages' must be a list of at least 2 {role, content} messages")
+    for j, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DataError(f"messages[{j}] must be {{role: str, content: str}}")
+    if msgs[-1]["role"] != "assistant":
+        raise DataError(f"the last message must be the assistant's response, got role {msgs[-1]['role']!r}")
+    if not msgs[-1]["content"].strip():
+        raise DataError("the assistant's response is empty")
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+
+def check_row(row: Any, kind: str) -> dict:
+    """The row reduced to the fields of its kind, or DataError saying what is wrong."""
+    if isinstance(row, DataError):
+        raise row
+    if not isinstance(row, dict):
+        raise DataError(f"a row must be an object, got {type(row).__name__}")
+    if kind == "prompts":
+        return {"prompt": _text(row, "prompt")}
+    if kind == "demonstrations":
+        if row.get("messages") is not None:
+            return {"messages": _messages(row)}
+        return {"prompt": _text(row, "prompt"), "response": _text(row, "response")}
+    if kind == "preferences":
+        out = {"prompt": _text(row, "prompt"), "chosen": _text(row, "chosen"), "rejected": _text(row, "rejected")}
+        if row.get("margin") is not None:
+            if not isinstance(row["margin"], (int, float)) or isinstance(row["margin"], bool):
+                raise DataError(f"field 'margin' must be a number, got {row['margin']!r}")
+            out["margin"] = float(row["margin"])
+        return out
+    raise ValueError(f"unknown dataset kind {kind!r}; choose from {sorted(KINDS)}")
+
+
+def load_rows(
+    path: str, kind: str, split: str = "train", skip_malformed: bool = False, max_rows: Optional[int] = None
+) -> tuple[list[dict], LoadReport]:
+    """Read and check every row of a dataset. Raises DataError naming the file and row, unless skip_malformed."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown dataset kind {kind!r}; choose from {sorted(KINDS)}")
+    report, rows = LoadReport(path), []
+    for i, raw in iter_raw_rows(path, split):
+        if max_rows is not None and len(rows) >= max_rows:
+            break
+        try:
+            rows.append(check_row(raw, kind))
+        except DataError as e:
+            if not skip_malformed:
+                raise DataError(f"{path}: row {i}: {e}") from None
+            report.skip(f"malformed: {e}")
+    if not rows:
+        raise DataError(f"{path}: no usable {kind} rows ({report})")
+    report.kept = len(rows)
+    return rows, report
+
+
+def split_eval(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded shuffle, then (train, eval). eval gets round(n · fraction) rows, at least 1 when fraction > 0."""
+    if eval_fraction <= 0:
+        return rows, []
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(len(rows) * eval_fraction))
+    if n_eval >= len(rows):
+        raise DataError(f"eval_fraction {eval_fraction} leaves no training rows out of {len(rows)}")
+    return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
+
+
+# ---------------------------------------------------------------- tokenization
+
+
+@dataclass
+class Limits:
+    """Token limits and what to do with rows past them."""
+
+    max_prompt_len: int
+    max_response_len: int
+    truncation: str = "error"  # error | drop | truncate
+
+
+class TooLong(DataError):
+    """A row over the token limits under truncation=drop: the caller counts and skips it."""
+
+
+def _fit(ids: list[int], limit: int, keep_end: bool, what: str, policy: str) -> list[int]:
+    if len(ids) <= limit:
+        return ids
+    if policy == "truncate":
+        return ids[-limit:] if keep_end else ids[:limit]
+    msg = f"{what} is {len(ids)} tokens, over the limit of {limit}"
+    raise TooLong(msg) if policy == "drop" else DataError(msg)
+
+
+def prompt_ids(tokenizer, prompt: str | list[dict], chat: bool = True) -> list[int]:
+    """Token ids of a prompt, wrapped in the chat template (with the generation prompt) when there is one."""
+    msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if chat and getattr(tokenizer, "chat_template", None):
+        out = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+    text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in msgs)
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    return list(ids)
+
+
+def response_ids(tokenizer, response: str) -> list[int]:
+    """Token ids of a response, ending in EOS (the policy must learn to stop)."""
+    ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    return list(ids) + [tokenizer.eos_token_id]
+
+
+def encode_prompt(tokenizer, row: dict, limits: Limits, chat: bool = True) -> list[int]:
+    return _fit(prompt_ids(tokenizer, row["prompt"], chat), limits.max_prompt_len, True, "prompt", limits.truncation)
+
+
+def encode_demonstration(tokenizer, row: dict, limits: Limits, chat: bool = True) -> dict:
+    """{input_ids, loss_mask}: loss on response tokens only."""
+    if "messages" in row:
+        prompt, response = row["messages"][:-1], row["messages"][-1]["content"]
+    else:
+        prompt, response = row["prompt"], row["response"]
+    p = _fit(prompt_ids(tokenizer, prompt, chat), limits.max_prompt_len, True, "prompt", limits.truncation)
+    r = _fit(response_ids(tokenizer, response), limits.max_response_len, False, "response", limits.truncation)
+    return {"input_ids": p + r, "loss_mask": [0] * len(p) + [1] * len(r)}
+
+
+def encode_preference(tokenizer, row: dict, limits: Limits, chat: bool = True) -> dict:
+    """{prompt_ids, chosen_ids, rejected_ids[, margin]}: responses end in EOS."""
+    p = _fit(prompt_ids(tokenizer, row["prompt"], chat), limits.max_prompt_len, True, "prompt", limits.truncation)
+    out = {"prompt_ids": p}
+    for k in ("chosen", "rejected"):
+        out[f"{k}_ids"] = _fit(response_ids(tokenizer, row[k]), limits.max_response_len, False, k, limits.truncation)
+    if "margin" in row:
+        out["margin"] = row["margin"]
+    return out
+
+
+_ENCODERS = {"prompts": encode_prompt, "demonstrations": encode_demonstration, "preferences": encode_preference}
+
+
+def encode_rows(tokenizer, rows: list[dict], kind: str, limits: Limits, report: LoadReport,
+                chat: bool = True) -> list:
+    """Encode every row; rows over the limits are dropped and counted (truncation=drop) or raise with the row."""
+    out = []
+    for i, row in enumerate(rows, 1):
+        try:
+            out.append(_ENCODERS[kind](tokenizer, row, limits, chat))
+        except TooLong as e:
+            report.skip(f"too long: {str(e).split(' is ')[0]}")
+        except DataError as e:
+            raise DataError(f"{report.source}: row {i}: {e}") from None
+    if not out:
+        raise DataError(f"{report.source}: every row is over the token limits ({report})")
+    report.kept = len(out)
+    return out
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_rows(rows: list[dict], path: str | Path) -> None:
+    """Write rows as Parquet or JSONL, by suffix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        with path.open("w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")

@@ -1,0 +1,242 @@
+"""The RL math of RLHF, as pure torch functions: no Ray, no models, coefficients as arguments.
+
+Shapes: B = sequences, T = response tokens (left-aligned: token t of every row is response token t; `mask` marks
+real tokens). Per-token losses are returned unreduced together with `masked_sum`/`token_mean` so that a loss
+summed over micro-batches and divided by the *global* token count equals the loss of the whole batch — the
+invariant that lets learners split a batch across ranks and micro-batches without changing the gradient.
+
+Names follow the papers: Bradley-Terry (Christiano et al. 2017; Ouyang et al. 2022), DPO (Rafailov et al. 2023),
+IPO (Azar et al. 2023), conservative DPO (Mitchell 2023), GAE (Schulman et al. 2016), PPO (Schulman et al. 2017),
+dual-clip PPO (Ye et al. 2020), KL estimators k1/k2/k3 (Schulman 2020), adaptive KL (Ziegler et al. 2019),
+GRPO (Shao et al. 2024), RLOO (Ahmadian et al. 2024).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+# ---------------------------------------------------------------- masked reductions
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: Optional[int] = None) -> Tensor:
+    """Sum of `x` where `mask` is true. x, mask: same shape."""
+    x = x * mask
+    return x.sum() if dim is None else x.sum(dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: Optional[int] = None) -> Tensor:
+    """Mean of `x` over masked-in entries (0 where there are none)."""
+    return masked_sum(x, mask, dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+    """Variance of the masked-in entries of `x` (a scalar)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    n = mask.sum()
+    return var * n / (n - 1).clamp(min=1) if unbiased else var
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """(x - mean) / std over the masked-in entries; with shift_mean=False the mean is added back."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    white = (x - mean) * torch.rsqrt(var + eps)
+    return white if shift_mean else white + mean
+
+
+def token_mean(loss: Tensor, mask: Tensor, num_tokens: Optional[float] = None) -> Tensor:
+    """Token-weighted mean. Pass the *global* token count of the whole batch as `num_tokens` when `loss` is one
+    micro-batch: then the micro-batch losses add up to the full-batch loss exactly."""
+    return masked_sum(loss, mask) / (mask.sum().clamp(min=1) if num_tokens is None else num_tokens)
+
+
+# ---------------------------------------------------------------- log-probabilities and entropy
+
+
+def logprobs_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
+    """log p(labels). logits (B, T, V), labels (B, T) -> (B, T)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of the categorical distribution at each position. (B, T, V) -> (B, T)."""
+    logits = logits.float()
+    p = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
+
+
+# ---------------------------------------------------------------- preference losses
+
+
+def bradley_terry_loss(r_chosen: Tensor, r_rejected: Tensor, margin: Optional[Tensor] = None) -> Tensor:
+    """-log σ(r_c - r_r - m), per pair. r_chosen, r_rejected, margin: (B,) -> (B,)."""
+    diff = r_chosen - r_rejected
+    if margin is not None:
+        diff = diff - margin
+    return -F.logsigmoid(diff)
+
+
+def dpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """DPO and variants on summed response log-probs, all (B,).
+
+    h = (log π(y_c) - log π_ref(y_c)) - (log π(y_r) - log π_ref(y_r)).
+    sigmoid: -(1-ε) log σ(βh) - ε log σ(-βh)   (ε = label_smoothing: conservative DPO; ε = 0: DPO).
+    ipo:     (h - 1/(2β))²                       (Azar et al. 2023, eq. 17).
+    Returns (losses (B,), chosen_rewards (B,), rejected_rewards (B,)), rewards = β · log-ratio, detached.
+    """
+    chosen_ratio = policy_chosen_logps - ref_chosen_logps
+    rejected_ratio = policy_rejected_logps - ref_rejected_logps
+    h = chosen_ratio - rejected_ratio
+    if loss_type == "sigmoid":
+        losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    elif loss_type == "ipo":
+        losses = (h - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose sigmoid or ipo")
+    return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+
+
+# ---------------------------------------------------------------- KL
+
+
+def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") -> Tensor:
+    """Per-token estimate of KL(π || π_ref) from samples of π. (B, T) -> (B, T).
+
+    With r = π_ref/π (log r = ref - logp): k1 = -log r (unbiased, high variance, can be < 0);
+    k2 = (log r)²/2 (biased, low variance); k3 = (r - 1) - log r (unbiased, >= 0).
+    """
+    log_ratio = logprobs.float() - ref_logprobs.float()
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}; choose k1, k2 or k3")
+
+
+def last_token_index(mask: Tensor) -> Tensor:
+    """Index of the last masked-in token of each row (0 for an empty row). (B, T) -> (B,) long."""
+    t = torch.arange(mask.shape[1], device=mask.device)
+    return (mask.long() * (t + 1)).argmax(dim=1) if mask.shape[1] else torch.zeros(mask.shape[0], dtype=torch.long)
+
+
+def kl_shaped_rewards(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
+    """Per-token reward: -β·KL at every response token, plus the task score at the last one.
+
+    scores (B,), kl (B, T), mask (B, T) -> rewards (B, T), zero outside the mask.
+    """
+    rewards = -kl_coef * kl * mask
+    last = last_token_index(mask)
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    rewards[rows, last] += scores.to(rewards.dtype) * (mask.sum(1) > 0)
+    return rewards
+
+
+class FixedKLController:
+    """β stays where it is set."""
+
+    def __init__(self, kl_coef: float):
+        self.value = kl_coef
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        return self.value
+
+
+class AdaptiveKLController:
+    """Ziegler et al. 2019 (sec. 2.2): β ← β · (1 + K_β · e), e = clip(KL/target - 1, ±0.2), K_β = n / horizon."""
+
+    def __init__(self, kl_coef: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = kl_coef, target, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        error = min(max(current_kl / self.target - 1, -0.2), 0.2)
+        self.value *= 1 + error * n_steps / self.horizon
+        return self.value
+
+
+# ---------------------------------------------------------------- advantages
+
+
+@torch.no_grad()
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """Generalized Advantage Estimation over each response; the value after the last token is 0.
+
+    δ_t = r_t + γ V_{t+1} - V_t,  A_t = δ_t + γ λ A_{t+1},  R_t = A_t + V_t.
+    rewards, values, mask: (B, T) -> advantages (B, T), returns (B, T), both zero outside the mask.
+    """
+    rewards, values = rewards * mask, values * mask
+    next_value = torch.zeros_like(values[:, 0])
+    next_adv = torch.zeros_like(values[:, 0])
+    adv = torch.zeros_like(values)
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_adv = (delta + gamma * lam * next_adv) * mask[:, t]
+        # Positions past the end are masked out: they pass nothing back.
+        next_value = torch.where(mask[:, t].bool(), values[:, t], next_value)
+        adv[:, t] = next_adv
+    return adv, (adv + values) * mask
+
+
+def group_advantages(scores: Tensor, group_size: int, normalize_std: bool = True, eps: float = 1e-6) -> Tensor:
+    """GRPO: (r - mean_group) / (std_group + eps); groups are consecutive runs of `group_size`. (B,) -> (B,)."""
+    g = scores.float().view(-1, group_size)
+    adv = g - g.mean(1, keepdim=True)
+    if normalize_std:
+        adv = adv / (g.std(1, keepdim=True) + eps)
+    return adv.view(-1)
+
+
+def rloo_advantages(scores: Tensor, group_size: int) -> Tensor:
+    """RLOO: r_i minus the mean of the other k-1 rewards in its group. (B,) -> (B,)."""
+    if group_size < 2:
+        raise ValueError("RLOO needs a group of at least 2 samples")
+    g = scores.float().view(-1, group_size)
+    baseline = (g.sum(1, keepdim=True) - g) / (group_size - 1)
+    return (g - baseline).view(-1)
+
+
+# ---------------------------------------------------------------- PPO losses
+
+
+def ppo_policy_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, clip_eps: float, dual_clip: Optional[float] = None
+) -> tuple[Tensor, Tensor]:
+    """Clipped surrogate, per token. All (B, T) -> (loss (B, T), clipped (B, T) bool).
+
+    pg_loss = max(-A·ρ, -A·clip(ρ, 1-ε, 1+ε)), ρ = π/π_old. With dual clip c > 1 the loss of negative-advantage
+    tokens is further capped at -c·A (Ye et al. 2020), so one huge ratio cannot dominate the batch.
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps)
+    loss = torch.max(pg_loss1, pg_loss2)
+    clipped = pg_loss2 > pg_loss1
+    if dual_clip is not None:
+        pg_loss3 = -advantages * dual_clip
+        loss = torch.where(advantages < 0, torch.min(loss, pg_loss3), loss)
+    return loss, clipped
+
+
+def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip_eps: Optional[float]) -> Tensor:
+    """0.5 · max((V - R)², (V_clip - R)²), V_clip = V_old + clip(V - V_old, ±ε). All (B, T) -> (B, T)."""
+    loss = (values - returns) ** 2
+    if clip_eps is not None:
+        v_clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
+        loss = torch.max(loss, (v_clipped - returns) ** 2)
+    return 0.5 * loss

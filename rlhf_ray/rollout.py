@@ -1,0 +1,75 @@
+"""Rollouts: one row per generated response, held as a pyarrow Table between actors and on disk.
+
+Arrow keeps variable-length token lists without padding, crosses Ray's object store without pickling tensors,
+and is what `runs/<name>/rollouts/*.parquet` hold. Learners turn a Table into a padded `RolloutBatch`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import torch
+
+ROLLOUT_SCHEMA = pa.schema(
+    [
+        ("prompt", pa.string()),  # prompt text as the user wrote it
+        ("response", pa.string()),  # generated text
+        ("prompt_ids", pa.list_(pa.int32())),  # prompt tokens, chat template included
+        ("response_ids", pa.list_(pa.int32())),  # generated tokens, EOS included when generated
+        ("logprobs", pa.list_(pa.float32())),  # generator's log p of each response token (behaviour policy)
+        ("finish_reason", pa.string()),  # "stop" (EOS) or "length" (cut off)
+        ("policy_version", pa.int64()),  # weights version of the generator that produced the sample
+        ("group", pa.int64()),  # index of the prompt in its batch: samples of one prompt share it
+    ]
+)
+
+
+def to_table(rows: list[dict]) -> pa.Table:
+    """Rows (dicts with at least the schema's fields) -> Table; extra fields (reward, kl, ...) are kept."""
+    table = pa.Table.from_pylist(rows)
+    for f in ROLLOUT_SCHEMA:
+        if f.name not in table.column_names:
+            raise KeyError(f"rollout rows lack field {f.name!r}")
+        i = table.schema.get_field_index(f.name)
+        table = table.set_column(i, f, table.column(f.name).cast(f.type))
+    return table
+
+
+@dataclass
+class RolloutBatch:
+    """Padded tensors of B rollouts: prompts left-padded to P, responses right-padded to T, so column P + t is
+    response token t in every row (the layout `rl_math` assumes)."""
+
+    input_ids: torch.Tensor  # (B, P + T) long: prompt then response
+    attention_mask: torch.Tensor  # (B, P + T) long: 1 on real tokens
+    response_mask: torch.Tensor  # (B, T) float: 1 on real response tokens
+    logprobs: torch.Tensor  # (B, T) float: behaviour logprobs, 0 on padding
+    policy_version: torch.Tensor  # (B,) long
+
+    @property
+    def prompt_len(self) -> int:
+        return self.input_ids.shape[1] - self.response_mask.shape[1]
+
+
+def collate(table: pa.Table, pad_id: int) -> RolloutBatch:
+    """Table -> RolloutBatch (see its layout)."""
+    prompts = table.column("prompt_ids").to_pylist()
+    responses = table.column("response_ids").to_pylist()
+    logps = table.column("logprobs").to_pylist()
+    B, P, T = len(prompts), max(map(len, prompts)), max(map(len, responses))
+    input_ids = torch.full((B, P + T), pad_id, dtype=torch.long)
+    attention = torch.zeros((B, P + T), dtype=torch.long)
+    logprobs = torch.zeros((B, T))
+    for i, (p, r, lp) in enumerate(zip(prompts, responses, logps)):
+        input_ids[i, P - len(p) : P] = torch.tensor(p)
+        input_ids[i, P : P + len(r)] = torch.tensor(r)
+        attention[i, P - len(p) : P + len(r)] = 1
+        logprobs[i, : len(lp)] = torch.tensor(lp)
+    return RolloutBatch(
+        input_ids=input_ids,
+        attention_mask=attention,
+        response_mask=attention[:, P:].float(),
+        logprobs=logprobs,
+        policy_version=torch.tensor(table.column("policy_version").to_pylist(), dtype=torch.long),
+    )

