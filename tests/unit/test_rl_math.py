@@ -270,3 +270,5 @@ def test_token_weighted_loss_is_invariant_to_micro_batching(splits):
 def test_last_token_index():
     mask = _mask([3, 1, 0], 4)
     assert M.last_token_index(mask).tolist() == [2, 0, 0]
+    left_and_right = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 0, 0]])
+    assert M.last_token_index(left_and_right).tolist() == [1, 3, 3, 1]

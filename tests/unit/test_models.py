@@ -1,0 +1,186 @@
+"""models.py on the tiny model and the packaged MiniLM encoder: building, resolving, value heads, padding."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub, even by mistake
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from rlhf_ray import models as M
+
+MESSAGES = [{"role": "user", "content": "Hello, can you help the cat?"}]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny model built into an existing empty folder (as tmp_path_factory hands out)."""
+    folder = tmp_path_factory.mktemp("tiny")
+    M.make_tiny_model(folder, seed=0)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tok(tiny):
+    return AutoTokenizer.from_pretrained(tiny)
+
+
+def _chat_ids(tok, messages, **kw) -> list[int]:
+    # transformers 5: tokenize=True returns a BatchEncoding unless return_dict=False.
+    return list(tok.apply_chat_template(messages, tokenize=True, return_dict=True, **kw)["input_ids"])
+
+
+# ---------------------------------------------------------------- the tiny model
+
+
+def test_tiny_loads_with_auto_classes(tiny, tok):
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    assert isinstance(model, LlamaForCausalLM)
+    cfg = model.config
+    assert cfg.head_dim == 32 and cfg.num_attention_heads == 2 and cfg.num_hidden_layers == 2
+    assert cfg.vocab_size == len(tok) and 500 < len(tok) <= 1000
+    assert (tok.pad_token, tok.bos_token, tok.eos_token) == ("<|pad|>", "<|im_start|>", "<|im_end|>")
+    assert cfg.pad_token_id == tok.pad_token_id != tok.eos_token_id == cfg.eos_token_id
+    assert model.generation_config.eos_token_id == tok.eos_token_id
+    assert model.generation_config.pad_token_id == tok.pad_token_id
+    assert tok.decode(tok.encode("The quick robot writes a letter.")) == "The quick robot writes a letter."
+
+
+def test_chat_template_ends_with_generation_prompt(tok):
+    ids = _chat_ids(tok, MESSAGES, add_generation_prompt=True)
+    prompt = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
+    assert ids[0] == tok.bos_token_id and ids[-len(prompt):] == prompt
+    assert tok.decode(ids) == "<|im_start|>user\nHello, can you help the cat?<|im_end|>\n<|im_start|>assistant\n"
+    closed = _chat_ids(tok, MESSAGES, add_generation_prompt=False)
+    assert closed == ids[: len(closed)] and closed[-2] == tok.eos_token_id
+
+
+def test_same_seed_same_weights(tiny, tmp_path):
+    M.make_tiny_model(tmp_path / "again", seed=0)
+    M.make_tiny_model(tmp_path / "other", seed=1)
+    a, b, c = (load_file(os.path.join(d, "model.safetensors")) for d in (tiny, tmp_path / "again", tmp_path / "other"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["model.embed_tokens.weight"], c["model.embed_tokens.weight"])
+    # One tokenizer for every seed, so tiny policies and reward models share token ids.
+    assert (tmp_path / "other" / "tokenizer.json").read_bytes() == open(os.path.join(tiny, "tokenizer.json"), "rb").read()
+
+
+def test_make_refuses_to_overwrite_a_model(tiny):
+    with pytest.raises(FileExistsError):
+        M.make_tiny_model(tiny)
+
+
+def test_atomic_dir_keeps_a_racing_winner(tmp_path):
+    out = tmp_path / "m"
+    with M._atomic_dir(out) as tmp:
+        (tmp / "config.json").write_text("ours")
+        out.mkdir()  # another process finished first
+        (out / "config.json").write_text("theirs")
+    assert (out / "config.json").read_text() == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # our temp folder is gone
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+    with pytest.raises(RuntimeError):
+        with M._atomic_dir(tmp_path / "m") as tmp:
+            (tmp / "config.json").write_text("half")
+            raise RuntimeError("build failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- resolve_model
+
+
+def test_resolve_tiny_builds_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHF_RAY_CACHE", str(tmp_path))
+    assert M.cache_dir() == tmp_path
+    first = M.resolve_model("tiny")
+    assert first == str(tmp_path / "models" / "tiny-llama")
+    mtime = os.stat(os.path.join(first, "model.safetensors")).st_mtime_ns
+    assert M.resolve_model("tiny") == first
+    assert os.stat(os.path.join(first, "model.safetensors")).st_mtime_ns == mtime
+    assert not [p for p in (tmp_path / "models").iterdir() if ".tmp-" in p.name]
+
+
+def test_resolve_paths_and_hub_names(tiny, tmp_path):
+    assert M.resolve_model(tiny) == tiny
+    missing = str(tmp_path / "nope")
+    with pytest.raises(ValueError, match="no such model folder.*nope"):
+        M.resolve_model(missing)
+    with pytest.raises(ValueError, match="no such model folder"):
+        M.resolve_model("./also-missing")
+    with pytest.raises(ValueError, match="no config.json"):
+        M.resolve_model(str(tmp_path))  # exists, but is not a model
+    assert M.resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_dtype_names():
+    assert M._dtype("bfloat16") is torch.bfloat16 and M._dtype("auto") == "auto"
+    with pytest.raises(ValueError, match="unknown dtype"):
+        M._dtype("float33")
+
+
+# ---------------------------------------------------------------- value heads
+
+
+def _pad(seqs, pad_id, side):
+    """(B, T) ids and mask, padded on `side`."""
+    T = max(len(s) for s in seqs)
+    ids, mask = [], []
+    for s in seqs:
+        fill = [pad_id] * (T - len(s))
+        ids.append(s + fill if side == "right" else fill + s)
+        mask.append([1] * len(s) + [0] * len(fill) if side == "right" else [0] * len(fill) + [1] * len(s))
+    return torch.tensor(ids), torch.tensor(mask)
+
+
+def test_tiny_value_model_shapes_and_padding(tiny, tok):
+    torch.manual_seed(0)
+    model = M.load_value_model(tiny).eval()
+    assert type(model).__name__ == "LlamaForSequenceClassification"
+    assert model.config.pad_token_id == tok.pad_token_id
+    seqs = [tok.encode("The cat likes the red book."), tok.encode("Hello"), _chat_ids(tok, MESSAGES)]
+    with torch.no_grad():
+        ids, mask = _pad(seqs, tok.pad_token_id, "right")
+        right, values = M.sequence_scores(model, ids, mask), M.token_values(model, ids, mask)
+        left = M.sequence_scores(model, *_pad(seqs, tok.pad_token_id, "left"))
+        alone = torch.cat([M.sequence_scores(model, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))
+                           for s in seqs])
+    assert right.shape == (3,) and values.shape == ids.shape and right.dtype == torch.float32
+    # The score is the value at each row's last real token, whichever side the padding is on.
+    assert torch.allclose(right, values[torch.arange(3), mask.sum(-1) - 1])
+    assert torch.allclose(left, right, atol=1e-5) and torch.allclose(alone, right, atol=1e-5)
+
+
+def test_value_model_is_trainable(tiny, tok):
+    model = M.load_value_model(tiny)
+    ids, mask = _pad([tok.encode("A dog sees a song."), tok.encode("Yes")], tok.pad_token_id, "right")
+    M.token_values(model, ids, mask).sum().backward()
+    assert model.score.weight.grad is not None and model.model.embed_tokens.weight.grad.abs().sum() > 0
+
+
+def test_policy_loads_in_bfloat16(tiny):
+    assert M.load_policy(tiny, "bfloat16").dtype == torch.bfloat16
+
+
+def test_load_tokenizer_keeps_pad(tiny):
+    assert M.load_tokenizer(tiny).pad_token == "<|pad|>"
+
+
+# ---------------------------------------------------------------- MiniLM encoder
+
+
+def test_minilm_reward_model():
+    folder = M.resolve_model("minilm-l6")
+    assert os.path.isfile(os.path.join(folder, "config.json"))
+    tok = M.load_tokenizer("minilm-l6")
+    model = M.load_value_model("minilm-l6").eval()
+    assert type(model).__name__ == "BertForSequenceClassification" and model.config.num_labels == 1
+    enc = tok(["a kind and helpful answer", "no"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        scores = M.sequence_scores(model, enc["input_ids"], enc["attention_mask"])
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+    with pytest.raises(ValueError, match="critic needs a decoder backbone"):
+        M.token_values(model, enc["input_ids"], enc["attention_mask"])
