@@ -76,3 +76,24 @@ def generate(llm, prompt_ids: list[list[int]], sampling: Sampling, policy_versio
                 "group": g,
             })
     return rows
+
+
+def response_logprobs(llm, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
+    """Teacher-forced log p of each given response token: the engine scores prompt + response as one prompt
+    (prompt_logprobs) and we keep the response positions. One token is generated and discarded."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+    full = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
+    outputs = llm.generate([{"prompt_token_ids": ids} for ids in full], params, use_tqdm=False)
+    out = []
+    for p, ids, o in zip(prompt_ids, full, outputs):
+        # prompt_logprobs[i] maps token ids to logprobs at position i (None at position 0).
+        out.append([float(o.prompt_logprobs[i][ids[i]].logprob) for i in range(len(p), len(ids))])
+    return out
+
+
+def load_weights(llm, named_tensors: list) -> None:
+    """Load (HF name, tensor) pairs in place, then drop the prefix cache (its KV came from the old weights)."""
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named_tensors})
+    llm.reset_prefix_cache()

@@ -1,0 +1,93 @@
+"""Generator actor: one vLLM engine; samples rollouts and takes new weights in place.
+
+The engine lives in the actor's process (CPU: in-process vLLM; GPU: the bundle's GPUs, tensor parallel over
+them when `tensor_parallel_size > 1`). Weights arrive as versioned, checksummed buckets (cluster/weight_sync.py):
+every bucket of a version is fetched and verified before any is loaded, so a failed sync leaves the engine on
+its old weights and its old version.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+import pyarrow as pa
+import ray
+
+from cluster import weight_sync
+from rlhf_ray import rollout, vllm_engine
+
+log = logging.getLogger(__name__)
+
+
+class Generator:
+    """Wrap with `ray.remote` (ActorGroup does) and name it `generator-<rank>`."""
+
+    def __init__(self, model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, seed: int = 0,
+                 max_model_len: int = 1024, name: str = "generator"):
+        self.name = name
+        self.llm = vllm_engine.build_llm(model_path, dtype, kv_cache_mb, seed, max_model_len)
+        self.version = 0
+
+    def weight_version(self) -> int:
+        return self.version
+
+    def generate(self, prompt_ids: list[list[int]], sampling: vllm_engine.Sampling,
+                 prompts: Optional[list[str]] = None) -> pa.Table:
+        """Rollout rows (rollout.ROLLOUT_SCHEMA), each tagged with the weights version that produced it."""
+        return rollout.to_table(vllm_engine.generate(self.llm, prompt_ids, sampling, self.version, prompts))
+
+    def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
+        """The engine's log p of each given response token (teacher-forced, via prompt logprobs)."""
+        return vllm_engine.response_logprobs(self.llm, prompt_ids, response_ids)
+
+    def update_weights(self, version: int, bucket_refs: list, timeout_s: float = 60.0) -> dict:
+        """Object-store transport: fetch every bucket of `version`, verify all, then load them in place.
+
+        Raises WeightSyncError (naming this generator) on a stale version, a timeout or a bad bucket."""
+        self._check_newer(version)
+        t0 = time.perf_counter()
+        buckets = []
+        for i, ref in enumerate(bucket_refs):
+            try:
+                buckets.append(ray.get(ref, timeout=max(0.0, timeout_s - (time.perf_counter() - t0))))
+            except ray.exceptions.GetTimeoutError:
+                raise weight_sync.WeightSyncError(
+                    f"{self.name}: version {version}: bucket {i} of {len(bucket_refs)} not received in {timeout_s} s"
+                ) from None
+        return self._apply(version, buckets, time.perf_counter() - t0)
+
+    def join_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str = "gloo",
+                          timeout_s: float = 60.0) -> None:
+        """Broadcast transport: join learner rank 0's group (all members must join at the same time)."""
+        self.group = weight_sync.BroadcastGroup(host, port, rank, world_size, backend, timeout_s)
+
+    def receive_weights(self, metas: list[weight_sync.BucketMeta]) -> dict:
+        """Broadcast transport: receive the buckets described by `metas`, verify all, then load them in place."""
+        version = metas[0].version if metas else -1
+        self._check_newer(version)
+        t0 = time.perf_counter()
+        try:
+            buckets = self.group.receive(metas)
+        except weight_sync.WeightSyncError as e:
+            raise weight_sync.WeightSyncError(f"{self.name}: {e}") from None
+        return self._apply(version, buckets, time.perf_counter() - t0)
+
+    def _check_newer(self, version: int) -> None:
+        if version <= self.version:
+            raise weight_sync.WeightSyncError(f"{self.name}: offered version {version}, already at {self.version}")
+
+    def _apply(self, version: int, buckets: list[weight_sync.Bucket], fetch_s: float) -> dict:
+        try:
+            weights = list(weight_sync.verified(buckets, version))
+        except weight_sync.WeightSyncError as e:
+            raise weight_sync.WeightSyncError(f"{self.name}: {e}") from None
+        t0 = time.perf_counter()
+        vllm_engine.load_weights(self.llm, weights)
+        missed = list(range(self.version + 1, version))
+        if missed:
+            log.warning("%s: jumped from version %d to %d, missing %s", self.name, self.version, version, missed)
+        self.version = version
+        return {"version": version, "missed": missed, "fetch_s": fetch_s, "load_s": time.perf_counter() - t0,
+                "bytes": sum(t.numel() * t.element_size() for _, t in weights)}

@@ -1,0 +1,26 @@
+"""Reference actor: a frozen copy of the starting policy; per-token log-probs of given responses (for the KL
+penalty and DPO)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import torch
+
+from rlhf_ray import models, rollout, scoring
+
+
+class Reference:
+    """Wrap with `ray.remote`; named `reference-<rank>`."""
+
+    def __init__(self, model_path: str, dtype: str = "float32", micro_batch_size: int = 8, threads: int = 1):
+        torch.set_num_threads(threads)
+        self.model = models.load_policy(model_path, dtype).eval().requires_grad_(False)
+        self.pad_id = models.load_tokenizer(model_path).pad_token_id
+        self.micro_batch_size = micro_batch_size
+
+    def logprobs(self, table: pa.Table) -> list[list[float]]:
+        """log π_ref of each response token, one list per rollout row (no padding)."""
+        batch = rollout.collate(table, self.pad_id)
+        lp = scoring.response_logprobs(self.model, batch, self.micro_batch_size)
+        lengths = batch.response_mask.sum(1).long().tolist()
+        return [row[:n] for row, n in zip(lp.tolist(), lengths)]

@@ -1,0 +1,32 @@
+"""Reward-model actor: a sequence classifier with one output; a scalar score per prompt + response."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import torch
+
+from rlhf_ray import models, rollout, scoring
+
+
+class RewardModel:
+    """Wrap with `ray.remote`; named `reward-<rank>`.
+
+    When the reward model reads the policy's tokens (same vocabulary) it scores the rollout's token ids as they
+    are; otherwise (e.g. a MiniLM encoder) it re-tokenizes the prompt and response texts as a pair."""
+
+    def __init__(self, model_path: str, policy_tokenizer: str, dtype: str = "float32", micro_batch_size: int = 8,
+                 threads: int = 1):
+        torch.set_num_threads(threads)
+        self.model = models.load_value_model(model_path, dtype).eval().requires_grad_(False)
+        self.tokenizer = models.load_tokenizer(model_path)
+        self.same_vocab = self.tokenizer.get_vocab() == models.load_tokenizer(policy_tokenizer).get_vocab()
+        self.micro_batch_size = micro_batch_size
+
+    def scores(self, table: pa.Table) -> list[float]:
+        if self.same_vocab:
+            batch = rollout.collate(table, self.tokenizer.pad_token_id)
+            ids, mask = batch.input_ids, batch.attention_mask
+        else:
+            ids, mask = scoring.encode_text_pairs(self.tokenizer, table.column("prompt").to_pylist(),
+                                                  table.column("response").to_pylist())
+        return scoring.reward_scores(self.model, ids, mask, self.micro_batch_size).tolist()

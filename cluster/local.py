@@ -1,0 +1,49 @@
+"""Connect to a Ray cluster, or start the embedded loopback-only one.
+
+The embedded cluster binds every Ray server (GCS, raylets, object manager, dashboard) to 127.0.0.1:
+`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` makes Ray treat the node as a single-machine cluster whose node IP is
+127.0.0.1 (without it Ray binds all interfaces and talks to the machine's own non-loopback address). Ray's token
+authentication stays on. Env vars set here are inherited by every worker process Ray starts.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Optional
+
+LOOPBACK_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "MASTER_ADDR": "127.0.0.1",
+    "GLOO_SOCKET_IFNAME": "lo",
+    "VLLM_HOST_IP": "127.0.0.1",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, object_store_mb: int = 512,
+             dashboard: bool = True, resources: Optional[dict] = None):
+    """`ray.init` on `address` (or `RAY_ADDRESS`); with neither, an embedded cluster bound to 127.0.0.1.
+
+    Returns the ray context (its `dashboard_url` is set when the dashboard runs)."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.get_runtime_context()
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        return ray.init(address=address)
+    for key, value in LOOPBACK_ENV.items():
+        os.environ.setdefault(key, value)
+    return ray.init(
+        num_cpus=num_cpus,
+        resources=resources,
+        object_store_memory=object_store_mb << 20,
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",
+        _node_ip_address="127.0.0.1",
+        _temp_dir=os.environ.get("RLHF_RAY_TMP") or os.path.join(tempfile.gettempdir(), "rlhf-ray"),
+        runtime_env={"env_vars": {k: os.environ[k] for k in LOOPBACK_ENV}},
+        log_to_driver=True,
+    )

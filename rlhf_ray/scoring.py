@@ -1,0 +1,114 @@
+"""Scoring rollouts: reference log-probs, reward-model scores, user reward functions. Plain functions the scorer
+actors call; no Ray here.
+
+Batches use the `rollout.RolloutBatch` layout: prompts left-padded to P, responses right-padded to T, so the
+logits that predict response token t sit at column P - 1 + t.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import math
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from rlhf_ray import models, rl_math
+from rlhf_ray.rollout import RolloutBatch
+
+
+def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    # Count real tokens only, so a left-padded prompt is read as if it started at position 0 (as vLLM sees it).
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _micro_batches(n: int, size: int):
+    for i in range(0, n, size):
+        yield slice(i, i + size)
+
+
+@torch.no_grad()
+def response_logprobs(model, batch: RolloutBatch, micro_batch_size: int = 8) -> torch.Tensor:
+    """log π(response token t | prefix) for every row: (B, T), 0 on padding."""
+    P, out = batch.prompt_len, []
+    for sl in _micro_batches(batch.input_ids.shape[0], micro_batch_size):
+        ids, mask = batch.input_ids[sl], batch.attention_mask[sl]
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask)).logits
+        out.append(rl_math.logprobs_from_logits(logits[:, P - 1 : -1], ids[:, P:]))
+    return torch.cat(out) * batch.response_mask
+
+
+@torch.no_grad()
+def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, micro_batch_size: int = 8
+                  ) -> torch.Tensor:
+    """The reward model's scalar for each sequence (B, L), read at the last real token: (B,)."""
+    return torch.cat([
+        models.sequence_scores(model, input_ids[sl], attention_mask[sl])
+        for sl in _micro_batches(input_ids.shape[0], micro_batch_size)
+    ])
+
+
+# ---------------------------------------------------------------- user reward functions
+
+
+class RewardFunctionError(ValueError):
+    """A reward function that cannot be loaded, raises, or returns the wrong thing."""
+
+
+def load_reward_function(spec: str) -> Callable:
+    """`package.module:function` (importable) or `path/to/file.py:function` (a file the config names)."""
+    target, sep, name = spec.rpartition(":")
+    if not sep or not target or not name:
+        raise RewardFunctionError(f"reward function {spec!r}: expected `module:function` or `file.py:function`")
+    if target.endswith(".py"):
+        path = Path(target).expanduser().resolve()
+        if not path.is_file():
+            raise RewardFunctionError(f"reward function {spec!r}: no such file {path}")
+        mod_spec = importlib.util.spec_from_file_location(f"rlhf_ray_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise RewardFunctionError(f"reward function {spec!r}: cannot import {target!r}: {e}") from e
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise RewardFunctionError(f"reward function {spec!r}: {target} has no function {name!r}")
+    return fn
+
+
+def call_reward_function(fn: Callable, prompts: list[str], responses: list[str], **metadata) -> list[float]:
+    """Call `fn(prompts, responses, **metadata)` and check it returns one finite float per response.
+
+    Metadata keys the function does not declare are not passed, unless it takes **kwargs."""
+    params = inspect.signature(fn).parameters.values()
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        names = {p.name for p in params}
+        metadata = {k: v for k, v in metadata.items() if k in names}
+    label = getattr(fn, "__qualname__", repr(fn))
+    try:
+        out = fn(prompts, responses, **metadata)
+    except Exception as e:
+        raise RewardFunctionError(f"reward function {label} raised {type(e).__name__}: {e}") from e
+    try:
+        values = [float(v) for v in out]
+    except (TypeError, ValueError) as e:
+        raise RewardFunctionError(f"reward function {label} must return a list of numbers, got {out!r:.200}") from e
+    if len(values) != len(responses):
+        raise RewardFunctionError(f"reward function {label} returned {len(values)} values for {len(responses)} responses")
+    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+    if bad:
+        raise RewardFunctionError(f"reward function {label} returned non-finite values at rows {bad[:10]}")
+    return values
+
+
+def encode_text_pairs(tokenizer, prompts: list[str], responses: list[str], max_len: int = 512
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of prompt/response texts as pairs, for a reward model with its own tokenizer
+    (an encoder such as MiniLM reads them as `[CLS] prompt [SEP] response [SEP]`)."""
+    enc = tokenizer(prompts, responses, truncation=True, max_length=max_len, padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]

@@ -1,0 +1,215 @@
+"""Generator, reference, reward-model and reward-function actors on a real local Ray, real vLLM, tiny models.
+
+One Ray session and one generator for the module; weight syncs go through both transports (object store, and a
+gloo broadcast group, the CPU twin of the NCCL path)."""
+
+import sys
+
+import pytest
+import ray
+import torch
+
+from actors.generator import Generator
+from actors.reference import Reference
+from actors.reward_function import RewardFunction
+from actors.reward_model import RewardModel
+from cluster import weight_sync
+from cluster.local import init_ray
+from rlhf_ray import data, models, rl_math, rollout, vllm_engine
+
+# Test-local actors and helpers travel to the workers by value (this module is not importable there).
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+PROMPTS = ["how do I cook rice", "tell me about the sea", "hello"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    models.make_tiny_model(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    init_ray(num_cpus=2, object_store_mb=256, dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def generator(cluster, tiny):
+    actor = ray.remote(Generator).options(name="generator-0", num_cpus=0.5).remote(
+        tiny, "float32", kv_cache_mb=64, max_model_len=256, name="generator-0")
+    yield actor
+    ray.kill(actor)
+
+
+@pytest.fixture(scope="module")
+def pairs(tiny):
+    tok = models.load_tokenizer(tiny)
+    prompt_ids = [data.prompt_ids(tok, p) for p in PROMPTS]
+    response_ids = [tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+                    for r in ["the cat likes the red book", "a quiet river", "hello there friend"]]
+    return prompt_ids, response_ids
+
+
+def _perturbed(tiny, seed):
+    """The tiny policy with every weight nudged: a stand-in for an updated policy."""
+    model = models.load_policy(tiny)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+def _hf_logprobs(model, prompt_ids, response_ids):
+    out = []
+    with torch.no_grad():
+        for p, r in zip(prompt_ids, response_ids):
+            logits = model(torch.tensor([p + r])).logits[0, len(p) - 1 : -1]
+            out.append(rl_math.logprobs_from_logits(logits[None], torch.tensor([r]))[0])
+    return out
+
+
+def _max_gap(a, b):
+    return max((torch.tensor(x) - torch.as_tensor(y)).abs().max().item() for x, y in zip(a, b))
+
+
+def test_generate_is_tagged_with_the_weight_version(generator, pairs):
+    table = ray.get(generator.generate.remote(pairs[0], vllm_engine.Sampling(max_tokens=8, n=2, seed=0), PROMPTS))
+    assert table.num_rows == 6 and set(table.column("policy_version").to_pylist()) == {0}
+    assert ray.get(generator.weight_version.remote()) == 0
+
+
+def test_object_store_sync_matches_new_weights(generator, tiny, pairs):
+    before = ray.get(generator.score.remote(*pairs))
+    assert _max_gap(before, _hf_logprobs(models.load_policy(tiny), *pairs)) < 1e-4
+    model = _perturbed(tiny, seed=1)
+    buckets = weight_sync.make_buckets(model.named_parameters(), version=1, bucket_bytes=64 << 10)
+    assert len(buckets) > 3
+    info = ray.get(generator.update_weights.remote(1, [ray.put(b) for b in buckets]))
+    assert info["version"] == 1 and info["missed"] == []
+    after = ray.get(generator.score.remote(*pairs))
+    # fp32 on both sides: the same weights give the same log-probs to ~1e-6; we allow 1e-4.
+    assert _max_gap(after, _hf_logprobs(model, *pairs)) < 1e-4
+    assert _max_gap(after, before) > 0.05  # and the sync really changed the engine
+
+
+def test_bad_syncs_fail_loudly_and_keep_the_old_version(generator, tiny):
+    version = ray.get(generator.weight_version.remote())
+    model = _perturbed(tiny, seed=2)
+    stale = weight_sync.make_buckets(model.named_parameters(), version=version, bucket_bytes=1 << 20)
+    with pytest.raises(weight_sync.WeightSyncError, match=f"generator-0: offered version {version}, already at"):
+        ray.get(generator.update_weights.remote(version, [ray.put(b) for b in stale]))
+    good = weight_sync.make_buckets(model.named_parameters(), version=version + 1, bucket_bytes=64 << 10)
+    broken = good[0].tensors[0].clone()
+    broken[0, 0] += 1
+    bad = [weight_sync.Bucket(**{**good[0].__dict__, "tensors": [broken] + good[0].tensors[1:]})] + good[1:]
+    with pytest.raises(weight_sync.WeightSyncError, match="generator-0: .*bucket 0 fails its checksum"):
+        ray.get(generator.update_weights.remote(version + 1, [ray.put(b) for b in bad]))
+    with pytest.raises(weight_sync.WeightSyncError, match="generator-0: .*received 1 of"):
+        ray.get(generator.update_weights.remote(version + 1, [ray.put(good[0])]))
+
+    @ray.remote
+    def never(seconds):
+        import time
+
+        time.sleep(seconds)
+
+    with pytest.raises(weight_sync.WeightSyncError, match="generator-0: version .*: bucket 0 of 1 not received in 1"):
+        ray.get(generator.update_weights.remote(version + 1, [never.remote(30)], timeout_s=1.0))
+    assert ray.get(generator.weight_version.remote()) == version
+
+
+@ray.remote(num_cpus=0.25)
+class _Source:
+    """Learner rank 0's side of the broadcast transport, with a plain HF model (the learner actor has the same)."""
+
+    def __init__(self, tiny, seed):
+        self.model = _perturbed(tiny, seed)
+
+    def listen(self):
+        self.sock = weight_sync.listen("127.0.0.1")
+        return self.sock.getsockname()[1]
+
+    def join(self, port, world_size):
+        self.group = weight_sync.BroadcastGroup("127.0.0.1", port, 0, world_size, "gloo", 30.0, self.sock)
+
+    def metas(self, version):
+        self.buckets = weight_sync.make_buckets(self.model.named_parameters(), version, 64 << 10)
+        return [weight_sync.meta_of(b) for b in self.buckets]
+
+    def send(self):
+        self.group.send(self.buckets)
+
+
+def test_broadcast_sync_matches_new_weights(generator, tiny, pairs):
+    version = ray.get(generator.weight_version.remote()) + 2  # skipping one: the generator must say so
+    source = _Source.remote(tiny, seed=3)
+    port = ray.get(source.listen.remote())
+    ray.get([source.join.remote(port, 2), generator.join_weight_group.remote("127.0.0.1", port, 1, 2, "gloo", 30.0)],
+            timeout=60)
+    metas = ray.get(source.metas.remote(version))
+    _, info = ray.get([source.send.remote(), generator.receive_weights.remote(metas)], timeout=60)
+    assert info["version"] == version and info["missed"] == [version - 1]
+    after = ray.get(generator.score.remote(*pairs))
+    assert _max_gap(after, _hf_logprobs(_perturbed(tiny, seed=3), *pairs)) < 1e-4
+    ray.kill(source)
+
+
+def test_reference_logprobs_match_transformers(cluster, tiny, pairs):
+    ref = ray.remote(Reference).options(name="reference-0", num_cpus=0.25).remote(tiny, micro_batch_size=2)
+    rows = [{"prompt": p, "response": "", "prompt_ids": pi, "response_ids": ri, "logprobs": [0.0] * len(ri),
+             "finish_reason": "stop", "policy_version": 0, "group": i}
+            for i, (p, pi, ri) in enumerate(zip(PROMPTS, *pairs))]
+    got = ray.get(ref.logprobs.remote(rollout.to_table(rows)))
+    assert [len(g) for g in got] == [len(r) for r in pairs[1]]
+    assert _max_gap(got, _hf_logprobs(models.load_policy(tiny), *pairs)) < 1e-4
+    ray.kill(ref)
+
+
+def _saved_reward_model(base, folder):
+    """A reward-model folder with a fixed (saved) score head, so the actor and this test load the same one."""
+    torch.manual_seed(0)
+    models.load_value_model(base).save_pretrained(folder)
+    models.load_tokenizer(base).save_pretrained(folder)
+    return str(folder)
+
+
+def test_reward_models_same_vocab_and_own_tokenizer(cluster, tiny, pairs, tmp_path):
+    rows = [{"prompt": p, "response": r, "prompt_ids": pi, "response_ids": ri, "logprobs": [0.0] * len(ri),
+             "finish_reason": "stop", "policy_version": 0, "group": i}
+            for i, (p, r, pi, ri) in enumerate(zip(PROMPTS, ["the cat", "a river", "hello friend"], *pairs))]
+    table = rollout.to_table(rows)
+    for base in (tiny, "minilm-l6"):
+        folder = _saved_reward_model(base, tmp_path / base.replace("/", "_"))
+        rm = ray.remote(RewardModel).options(num_cpus=0.25).remote(folder, tiny, micro_batch_size=2)
+        got = ray.get(rm.scores.remote(table))
+        ray.kill(rm)
+        local = models.load_value_model(folder).eval()
+        if base == tiny:  # same vocabulary: the rollout's own token ids are scored
+            batch = rollout.collate(table, models.load_tokenizer(tiny).pad_token_id)
+            ids, mask = batch.input_ids, batch.attention_mask
+        else:  # its own tokenizer: (prompt, response) text pairs
+            enc = models.load_tokenizer(folder)(PROMPTS, ["the cat", "a river", "hello friend"], padding=True,
+                                                return_tensors="pt")
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+        with torch.no_grad():
+            want = models.sequence_scores(local, ids, mask)
+        assert got == pytest.approx(want.tolist(), abs=1e-5), base
+
+
+def test_reward_function_from_a_user_file(cluster, tmp_path):
+    user = tmp_path / "user_reward.py"
+    user.write_text("def polite(prompts, responses, finish_reason):\n"
+                    "    return [1.0 if 'please' in r else 0.0 for r in responses]\n")
+    actor = ray.remote(RewardFunction).options(name="reward-fn-0", num_cpus=0.25).remote([f"{user}:polite"])
+    rows = [{"prompt": "p", "response": r, "prompt_ids": [1], "response_ids": [2], "logprobs": [0.0],
+             "finish_reason": "stop", "policy_version": 0, "group": 0} for r in ["yes please", "no"]]
+    assert ray.get(actor.scores.remote(rollout.to_table(rows))) == {f"{user}:polite": [1.0, 0.0]}
+    ray.kill(actor)
+    with pytest.raises(Exception, match="has no function 'rude'"):
+        ray.get(ray.remote(RewardFunction).options(num_cpus=0.25).remote([f"{user}:rude"]).scores.remote(
+            rollout.to_table(rows)))

@@ -1,0 +1,74 @@
+"""User reward functions: loading by spec, and every way a function can misbehave."""
+
+import pytest
+
+from rlhf_ray.scoring import RewardFunctionError, call_reward_function, load_reward_function
+
+USER_FILE = '''
+def length_bonus(prompts, responses, finish_reason=None):
+    return [min(len(r), 10) / 10 + (0.5 if f == "stop" else 0.0) for r, f in zip(responses, finish_reason)]
+
+def everything(prompts, responses, **metadata):
+    return [float(len(metadata))] * len(responses)
+
+def boom(prompts, responses):
+    raise KeyError("no such word")
+
+def short(prompts, responses):
+    return [1.0]
+
+def nan(prompts, responses):
+    return [float("nan")] * len(responses)
+
+def words(prompts, responses):
+    return ["high"] * len(responses)
+
+NOT_A_FUNCTION = 3
+'''
+
+
+@pytest.fixture
+def user_file(tmp_path):
+    path = tmp_path / "my_rewards.py"
+    path.write_text(USER_FILE)
+    return path
+
+
+def test_function_from_a_user_file_gets_the_metadata_it_declares(user_file):
+    fn = load_reward_function(f"{user_file}:length_bonus")
+    out = call_reward_function(fn, ["p", "p"], ["abc", "a" * 20], finish_reason=["stop", "length"], group=[0, 0])
+    assert out == [pytest.approx(0.8), pytest.approx(1.0)]
+    every = load_reward_function(f"{user_file}:everything")
+    assert call_reward_function(every, ["p"], ["r"], a=[1], b=[2]) == [2.0]
+
+
+def test_importable_module_spec():
+    fn = load_reward_function("os.path:join")
+    assert fn.__name__ == "join"
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("no_colon", "expected `module:function`"),
+    ("missing_file.py:f", "no such file"),
+    ("rlhf_ray_no_such_module:f", "cannot import"),
+])
+def test_bad_specs(spec, match):
+    with pytest.raises(RewardFunctionError, match=match):
+        load_reward_function(spec)
+
+
+def test_missing_function_in_file(user_file):
+    with pytest.raises(RewardFunctionError, match="has no function 'NOT_A_FUNCTION'"):
+        load_reward_function(f"{user_file}:NOT_A_FUNCTION")
+
+
+@pytest.mark.parametrize("name,match", [
+    ("boom", "raised KeyError"),
+    ("short", "returned 1 values for 2 responses"),
+    ("nan", "non-finite values at rows \\[0, 1\\]"),
+    ("words", "must return a list of numbers"),
+])
+def test_misbehaving_functions(user_file, name, match):
+    fn = load_reward_function(f"{user_file}:{name}")
+    with pytest.raises(RewardFunctionError, match=match):
+        call_reward_function(fn, ["p", "q"], ["r", "s"])
