@@ -25,9 +25,10 @@ class Generator:
     """Wrap with `ray.remote` (ActorGroup does) and name it `generator-<rank>`."""
 
     def __init__(self, model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, seed: int = 0,
-                 max_model_len: int = 1024, name: str = "generator"):
+                 max_model_len: int = 1024, name: str = "generator", tensor_parallel_size: int = 1):
         self.name = name
-        self.llm = vllm_engine.build_llm(model_path, dtype, kv_cache_mb, seed, max_model_len)
+        self.llm = vllm_engine.build_llm(model_path, dtype, kv_cache_mb, seed, max_model_len,
+                                         tensor_parallel_size=tensor_parallel_size)
         self.version = 0
 
     def weight_version(self) -> int:

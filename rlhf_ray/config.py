@@ -130,8 +130,8 @@ class RoleConfig:
     """Actors (ranks, for learners) of this role."""
     gpus: float = 0.0
     """GPUs per actor; a fraction lets roles share a GPU."""
-    cpus: float = 0.5
-    """CPUs per actor; fractions let several actors share this 2-core machine."""
+    cpus: float = 0.25
+    """CPUs per actor (Ray's logical CPUs); fractions let all five roles share a 2-core machine."""
     colocate_with: Optional[str] = None
     """Another role whose bundles this role shares (same count)."""
 
@@ -363,6 +363,13 @@ class Config:
                 elif other.count != role.count or other.pool != role.pool:
                     errs.append((f"{key}.colocate_with", f"colocated roles need the same pool and count: {name} has "
                                  f"{role.count} in {role.pool!r}, {role.colocate_with} has {other.count} in {other.pool!r}"))
+        if not errs:  # the roles must also pack onto their pools' nodes
+            from cluster.pools import PlacementError, plan
+
+            try:
+                plan(self.cluster)
+            except PlacementError as e:
+                errs.append(("cluster.roles", str(e)))
         return errs
 
     def _check_batches(self) -> list[tuple[str, str]]:

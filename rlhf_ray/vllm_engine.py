@@ -22,8 +22,9 @@ def _cpu_env(threads: int) -> None:
 
 
 def build_llm(model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, seed: int = 0,
-              max_model_len: int = 1024, threads: Optional[int] = None):
-    """vllm.LLM for `model_path` (a local HF folder). CPU when no CUDA device is visible."""
+              max_model_len: int = 1024, threads: Optional[int] = None, tensor_parallel_size: int = 1):
+    """vllm.LLM for `model_path` (a local HF folder). CPU when no CUDA device is visible; on GPU, tensor parallel
+    over the GPUs Ray gave this actor (its bundle), with vLLM's own worker processes."""
     on_gpu = torch.cuda.is_available()
     if not on_gpu:
         _cpu_env(threads or max(1, (os.cpu_count() or 1)))
@@ -34,6 +35,9 @@ def build_llm(model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, s
     kwargs = dict(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, enforce_eager=not on_gpu)
     if on_gpu:
         kwargs["gpu_memory_utilization"] = float(os.environ.get("RLHF_RAY_VLLM_GPU_UTIL", "0.5"))
+        kwargs["tensor_parallel_size"] = tensor_parallel_size
+        if tensor_parallel_size > 1:
+            kwargs["distributed_executor_backend"] = "mp"
     else:
         kwargs["kv_cache_memory_bytes"] = kv_cache_mb << 20
     return LLM(**kwargs)

@@ -1,0 +1,309 @@
+"""Resource pools: `cluster.pools` and `cluster.roles` become placement groups, once, before any actor starts.
+
+`plan` (pure): a bundle holds one rank of a colocation group (a role and the roles `colocate_with` it) and asks
+for the SUM of their per-actor resources, so colocated ranks share a GPU. Ranks with a fraction of a GPU go
+`floor(1 / fraction)` to a bundle of at most one GPU, so two 0.5-GPU generators surely share one GPU (two 0.5
+bundles could land on two GPUs and strand both halves). Bundles are packed onto the pool's `nodes x
+gpus_per_node` by first-fit decreasing and numbered in node order. `check_resources` (pure) packs them again
+onto the nodes Ray reports; `create` checks, then makes one group per pool and waits with a timeout.
+
+Strategy: a one-node pool is STRICT_PACK (the pool *is* one node: NCCL and colocated weights stay on it); a
+multi-node pool is PACK: Ray fills a node before opening the next, as the plan does, which keeps a learner's
+neighbouring ranks together (SPREAD would scatter them; STRICT_SPREAD needs bundles <= nodes). Pools are not
+pinned to particular nodes: Ray puts each pool's group wherever it fits, biggest pool first.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+EPS = 1e-6
+
+
+class PlacementError(RuntimeError):
+    """The roles cannot be placed; the message says what was asked and what the pool or cluster has."""
+
+
+@dataclass
+class PoolLayout:
+    """One pool's placement group, as planned."""
+
+    strategy: str
+    """STRICT_PACK for a one-node pool, PACK for more (see the module docstring)."""
+    bundles: list[dict[str, float]] = field(default_factory=list)
+    """Resources per bundle, e.g. {"CPU": 1.0, "GPU": 1.0}; zero entries left out (Ray rejects all-zero bundles)."""
+    members: list[list[tuple[str, int]]] = field(default_factory=list)
+    """The (role, rank) pairs in each bundle."""
+    node_of_bundle: list[int] = field(default_factory=list)
+    """Planned pool node (0..nodes-1) of each bundle; where Ray put it is in `Placement.nodes`."""
+
+
+@dataclass
+class RolePlan:
+    """Where one role's ranks go, and what each actor asks for inside its bundle."""
+
+    pool: str
+    bundles: list[int]
+    """Bundle index in the pool's placement group, per rank."""
+    num_cpus: float
+    num_gpus: float
+
+
+@dataclass
+class PoolPlan:
+    """Every pool's layout and every role's ranks: what `create` turns into placement groups."""
+
+    pools: dict[str, PoolLayout]
+    roles: dict[str, RolePlan]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One actor's place: give `num_cpus`, `num_gpus` and `scheduling_strategy()` to `ActorClass.options`."""
+
+    pg: Any
+    bundle_index: int
+    num_cpus: float
+    num_gpus: float
+    node_id: str
+    node_ip: str
+
+    def scheduling_strategy(self):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        return PlacementGroupSchedulingStrategy(placement_group=self.pg, placement_group_bundle_index=self.bundle_index)
+
+
+@dataclass
+class Placement:
+    plan: PoolPlan
+    groups: dict[str, Any]
+    """Placement group per pool."""
+    nodes: dict[str, list[tuple[str, str]]]
+    """(node id, node IP) of each bundle, per pool, as Ray placed it."""
+
+    def slots(self, role: str) -> list[Slot]:
+        """One slot per rank of `role`."""
+        rp = self.plan.roles[role]
+        return [Slot(self.groups[rp.pool], b, rp.num_cpus, rp.num_gpus, *self.nodes[rp.pool][b]) for b in rp.bundles]
+
+
+# ---------------------------------------------------------------- planning (no Ray)
+
+
+def plan(cluster_cfg, roles: list[str] | None = None) -> PoolPlan:
+    """Bundles per pool and (pool, bundle) per rank for `roles` (default: every configured role)."""
+    cfgs, names = cluster_cfg.roles, list(cluster_cfg.roles) if roles is None else roles
+    for r in names:
+        if r not in cfgs or cfgs[r].pool not in cluster_cfg.pools:
+            raise PlacementError(f"role {r!r} is not configured or its pool is unknown; roles: {', '.join(cfgs)}, "
+                                 f"pools: {', '.join(cluster_cfg.pools)}")
+    groups = _colocation_groups(cfgs, names)
+    out = PoolPlan({}, {})
+    for name, pool in cluster_cfg.pools.items():
+        mine = [g for g in groups if cfgs[g[0]].pool == name]
+        if not mine:
+            continue  # no role of this run lives here: no placement group
+        layout = PoolLayout("STRICT_PACK" if pool.nodes == 1 else "PACK")
+        for g in mine:
+            _add_group(layout, cfgs, g)
+        _pack_pool(name, pool, layout, {r: (c.gpus, c.cpus) for r, c in cfgs.items()})
+        out.pools[name] = layout
+    for r in names:  # in the order asked, so describe() lists roles as configured
+        members = out.pools[cfgs[r].pool].members
+        bundle_of = {i: b for b, ms in enumerate(members) for role, i in ms if role == r}
+        out.roles[r] = RolePlan(cfgs[r].pool, [bundle_of[i] for i in range(cfgs[r].count)], cfgs[r].cpus, cfgs[r].gpus)
+    return out
+
+
+def _colocation_groups(cfgs: dict, names: list[str]) -> list[list[str]]:
+    """Selected roles grouped by the root of their `colocate_with` chain (a left-out root still groups them)."""
+    groups: dict[str, list[str]] = {}
+    for r in names:
+        chain = [r]
+        while cfgs[chain[-1]].colocate_with is not None:
+            chain.append(cfgs[chain[-1]].colocate_with)
+            if chain[-1] not in cfgs or chain[-1] in chain[:-1]:
+                raise PlacementError(f"role {r!r}: colocate_with chain {' -> '.join(chain)} is broken")
+        groups.setdefault(chain[-1], []).append(r)
+    for g in groups.values():
+        if len({(cfgs[r].pool, cfgs[r].count) for r in g}) > 1:
+            raise PlacementError(f"colocated roles need the same pool and count, got "
+                                 + ", ".join(f"{r}: {cfgs[r].count} in {cfgs[r].pool!r}" for r in g))
+    return list(groups.values())
+
+
+def _add_group(layout: PoolLayout, cfgs: dict, group: list[str]) -> None:
+    """Append one colocation group's bundles: each holds `per` ranks of every role in the group."""
+    gpus, cpus = sum(cfgs[r].gpus for r in group), sum(cfgs[r].cpus for r in group)
+    if gpus > 1 and abs(gpus - round(gpus)) > EPS:  # a fraction must fit inside one GPU
+        raise PlacementError(" + ".join(f"{r} ({cfgs[r].gpus:g} GPU)" for r in group)
+                             + f" share a bundle of {gpus:g} GPUs: above one GPU it must be a whole number")
+    if gpus == 0 and cpus == 0:
+        raise PlacementError(f"roles {', '.join(group)} ask for no CPU and no GPU; Ray needs a non-empty bundle")
+    per = math.floor(1 / gpus + EPS) if 0 < gpus < 1 else 1
+    count = cfgs[group[0]].count
+    for start in range(0, count, per):
+        ranks = range(start, min(start + per, count))
+        # Ray counts in units of 1e-4: rounding keeps 3 x 0.1 from asking 0.30000000000000004 CPUs.
+        amounts = {"CPU": round(len(ranks) * cpus, 4), "GPU": round(len(ranks) * gpus, 4)}
+        layout.bundles.append({k: float(v) for k, v in amounts.items() if v > 0})
+        layout.members.append([(r, i) for i in ranks for r in group])
+
+
+def _pack_pool(name: str, pool, layout: PoolLayout, per_actor: dict[str, tuple[float, float]]) -> None:
+    """First-fit decreasing onto the pool's nodes and renumber bundles in node order, or say why they don't fit."""
+    where = _first_fit(layout.bundles, [_Node(pool.cpus_per_node, pool.gpus_per_node) for _ in range(pool.nodes)])
+    if where is None:
+        (gpus, cpus), n, g, c = _sum(layout.bundles).values(), pool.nodes, pool.gpus_per_node, pool.cpus_per_node
+        msg = (f"pool {name!r} has {n} node{'s' * (n != 1)} x {g} GPUs, {c} CPUs but roles "
+               f"{_roles_text(layout.members, per_actor)} need {gpus:g} GPUs, {cpus:g} CPUs")
+        if gpus <= n * g + EPS and cpus <= n * c + EPS:
+            msg += f" in bundles {layout.bundles} that do not pack onto its nodes ({layout.strategy})"
+        raise PlacementError(msg)
+    order = sorted(range(len(where)), key=lambda b: (where[b], b))
+    layout.bundles = [layout.bundles[b] for b in order]
+    layout.members = [layout.members[b] for b in order]
+    layout.node_of_bundle = [where[b] for b in order]
+
+
+def _roles_text(members: list[list[tuple[str, int]]], per_actor: dict[str, tuple[float, float]]) -> str:
+    """'policy (4 x 1 GPU, 0.5 CPU) and critic (...)' from bundle members and per-actor (GPUs, CPUs)."""
+    counts = Counter(r for ms in members for r, _ in ms)
+    parts = [f"{r} ({n} x {per_actor[r][0]:g} GPU, {per_actor[r][1]:g} CPU)" for r, n in counts.items()]
+    return " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
+
+
+class _Node:
+    """Free CPUs and the free share of each GPU: a fractional bundle must fit inside one GPU, as in Ray."""
+
+    def __init__(self, cpus: float, gpus: float):
+        self.cpus = cpus
+        self.gpus = [1.0] * int(gpus + EPS)
+
+    def take(self, bundle: dict[str, float]) -> bool:
+        """Reserve `bundle` here if it fits: whole GPUs need wholly free GPUs, a fraction needs one GPU's room."""
+        cpu, gpu = bundle.get("CPU", 0.0), bundle.get("GPU", 0.0)
+        need, share = (round(gpu), 1.0) if gpu >= 1 - EPS else (int(gpu > 0), gpu)
+        picks = [i for i, free in enumerate(self.gpus) if free >= share - EPS][:need]
+        if cpu > self.cpus + EPS or len(picks) < need:
+            return False
+        for i in picks:
+            self.gpus[i] -= share
+        self.cpus -= cpu
+        return True
+
+
+def _first_fit(bundles: list[dict[str, float]], nodes: list[_Node]) -> Optional[list[int]]:
+    """Node index per bundle, biggest GPU then CPU demand placed first; None if one does not fit."""
+    where = [-1] * len(bundles)
+    for b in sorted(range(len(bundles)), key=lambda b: (-bundles[b].get("GPU", 0), -bundles[b].get("CPU", 0), b)):
+        where[b] = next((i for i, node in enumerate(nodes) if node.take(bundles[b])), -1)
+        if where[b] < 0:
+            return None
+    return where
+
+
+def _sum(bundles: list[dict[str, float]]) -> dict[str, float]:
+    return {k: round(sum(b.get(k, 0.0) for b in bundles), 4) for k in ("GPU", "CPU")}
+
+
+# ---------------------------------------------------------------- checking against the cluster (no Ray calls)
+
+
+def creation_order(p: PoolPlan) -> list[str]:
+    """Biggest pool first (GPUs, then CPUs), as first-fit decreasing would, so small pools don't fragment nodes."""
+    return sorted(p.pools, key=lambda n: tuple(-v for v in _sum(p.pools[n].bundles).values()))
+
+
+def check_resources(p: PoolPlan, available: dict, nodes: list[dict] | None = None) -> None:
+    """Raise PlacementError unless the cluster's totals (`ray.cluster_resources()`-style) and, when given, its
+    alive nodes (`ray.nodes()`-style: NodeID, NodeManagerAddress, Alive, Resources) can hold every bundle."""
+    asked = _sum([b for layout in p.pools.values() for b in layout.bundles])
+    short = [k for k in asked if asked[k] > available.get(k, 0.0) + EPS]
+    if short:
+        raise PlacementError(f"the run asks for {_fmt(asked)} but the cluster has {_fmt(available)} "
+                             f"(short of {', '.join(short)}); asked:\n{_asked(p)}")
+    alive = [n for n in nodes or [] if n.get("Alive", True)]
+    if nodes is None or _fits_nodes(p, [_Node(n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0))
+                                        for n in alive]):
+        return
+    has = "; ".join(f"{n.get('NodeManagerAddress', '?')} ({n.get('NodeID', '?')[:8]}): {_fmt(n['Resources'])}"
+                    for n in alive)
+    raise PlacementError(f"the cluster has {_fmt(available)} in all, but its nodes cannot hold the bundles; "
+                         f"nodes: {has}; asked:\n{_asked(p)}")
+
+
+def _fits_nodes(p: PoolPlan, nodes: list[_Node]) -> bool:
+    """Pools in creation order; a STRICT_PACK pool must fit whole on one node, others bundle by bundle (PACK)."""
+    for name in creation_order(p):
+        bundles = p.pools[name].bundles
+        if p.pools[name].strategy == "STRICT_PACK":  # the whole pool on the first node that holds it
+            trials = [copy.deepcopy(node) for node in nodes]
+            i = next((i for i, t in enumerate(trials) if _first_fit(bundles, [t]) is not None), None)
+            if i is None:
+                return False
+            nodes[i] = trials[i]
+        elif _first_fit(bundles, nodes) is None:
+            return False
+    return True
+
+
+def _asked(p: PoolPlan) -> str:
+    """One line per pool: strategy, bundles, total and per-role resources."""
+    per_actor = {r: (rp.num_gpus, rp.num_cpus) for r, rp in p.roles.items()}
+    return "\n".join(f"  pool {n!r} ({p.pools[n].strategy}, {len(p.pools[n].bundles)} bundles): "
+                     f"{_fmt(_sum(p.pools[n].bundles))} for {_roles_text(p.pools[n].members, per_actor)}"
+                     for n in creation_order(p))
+
+
+def _fmt(res: dict) -> str:
+    return ", ".join(f"{res.get(k, 0):g} {k}" for k in ("GPU", "CPU"))
+
+
+# ---------------------------------------------------------------- Ray
+
+
+def create(p: PoolPlan, timeout_s: float = 60.0) -> Placement:
+    """Check, then create one placement group per pool and wait for all (or remove them and raise)."""
+    import ray
+    from ray.util import placement_group, placement_group_table
+
+    check_resources(p, ray.cluster_resources(), ray.nodes())
+    groups = {n: placement_group(p.pools[n].bundles, strategy=p.pools[n].strategy, name=f"rlhf-ray-pool-{n}")
+              for n in creation_order(p)}
+    refs = {name: pg.ready() for name, pg in groups.items()}
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    pending = [name for name, ref in refs.items() if ref not in ready]
+    if pending:
+        free = ray.available_resources()
+        remove(Placement(p, groups, {}))
+        raise PlacementError(f"placement groups not ready after {timeout_s:g} s for pools {', '.join(pending)}; "
+                             f"the cluster has {_fmt(free)} free; asked:\n{_asked(p)}")
+    ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+    where = {name: placement_group_table(pg)["bundles_to_node_id"] for name, pg in groups.items()}
+    return Placement(p, groups, {name: [(w[b], ips.get(w[b], "?")) for b in sorted(w)] for name, w in where.items()})
+
+
+def remove(placement: Placement) -> None:
+    """Free the placement groups (Ray kills actors still inside them)."""
+    from ray.util import remove_placement_group
+
+    for pg in placement.groups.values():
+        remove_placement_group(pg)
+    placement.groups.clear()
+
+
+def describe(placement: Placement) -> str:
+    """Which role/rank sits on which pool, bundle and node, with its GPU and CPU share: a table for the log."""
+    rows = [("role", "rank", "pool", "bundle", "node", "GPU", "CPU")]
+    for role, rp in placement.plan.roles.items():
+        for rank, s in enumerate(placement.slots(role)):
+            node = f"{s.node_ip} ({s.node_id[:8]})"
+            rows.append((role, str(rank), rp.pool, str(s.bundle_index), node, f"{s.num_gpus:g}", f"{s.num_cpus:g}"))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
