@@ -25,8 +25,9 @@ class Generator:
     """Wrap with `ray.remote` (ActorGroup does) and name it `generator-<rank>`."""
 
     def __init__(self, model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, seed: int = 0,
-                 max_model_len: int = 1024, name: str = "generator", tensor_parallel_size: int = 1):
-        self.name = name
+                 max_model_len: int = 1024, tensor_parallel_size: int = 1):
+        # Errors name the actor (`generator-3`) so a failed sync says which generator missed it.
+        self.name = ray.get_runtime_context().get_actor_name() or "generator"
         self.llm = vllm_engine.build_llm(model_path, dtype, kv_cache_mb, seed, max_model_len,
                                          tensor_parallel_size=tensor_parallel_size)
         self.version = 0

@@ -9,6 +9,7 @@ authentication stays on. Env vars set here are inherited by every worker process
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from typing import Optional
 
@@ -47,3 +48,13 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, obje
         runtime_env={"env_vars": {k: os.environ[k] for k in LOOPBACK_ENV}},
         log_to_driver=True,
     )
+
+
+def listening_socket(host: str) -> socket.socket:
+    """A TCP socket listening on `host` only (the node IP; 127.0.0.1 locally), on a free port, for a torch
+    TCPStore's `master_listen_fd`: given a host name, the store itself would listen on every interface. Holding
+    the socket from here on also means nobody can take the port before the store opens."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    sock.listen(128)
+    return sock

@@ -115,15 +115,6 @@ def meta_of(b: Bucket) -> BucketMeta:
                       [t.dtype for t in b.tensors], b.checksum)
 
 
-def listen(host: str) -> socket.socket:
-    """A socket bound to `host` only (127.0.0.1 locally) for the group's TCPStore: torch's own store would listen
-    on every interface."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind((host, 0))
-    sock.listen(128)
-    return sock
-
-
 class BroadcastGroup:
     """A process group of its own between learner rank 0 (rank 0, the source) and the generators (ranks 1..G),
     apart from the learners' group: gloo on CPU, NCCL on GPU. Every collective waits at most `timeout_s`."""
@@ -134,7 +125,7 @@ class BroadcastGroup:
 
         self.timeout = timedelta(seconds=timeout_s)
         self.rank, self.backend = rank, backend
-        fd = {"master_listen_fd": listen_sock.fileno()} if listen_sock is not None else {}
+        fd = {"master_listen_fd": listen_sock.detach()} if listen_sock is not None else {}  # the store owns it now
         store = TCPStore(host, port, world_size, rank == 0, self.timeout, wait_for_workers=False, **fd)
         self.pg = _process_group(backend, store, rank, world_size, self.timeout, host)
         self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")

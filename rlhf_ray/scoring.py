@@ -16,13 +16,8 @@ from typing import Callable
 
 import torch
 
-from rlhf_ray import models, rl_math
+from rlhf_ray import ds_engine, models
 from rlhf_ray.rollout import RolloutBatch
-
-
-def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    # Count real tokens only, so a left-padded prompt is read as if it started at position 0 (as vLLM sees it).
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def _micro_batches(n: int, size: int):
@@ -33,11 +28,9 @@ def _micro_batches(n: int, size: int):
 @torch.no_grad()
 def response_logprobs(model, batch: RolloutBatch, micro_batch_size: int = 8) -> torch.Tensor:
     """log π(response token t | prefix) for every row: (B, T), 0 on padding."""
-    P, out = batch.prompt_len, []
-    for sl in _micro_batches(batch.input_ids.shape[0], micro_batch_size):
-        ids, mask = batch.input_ids[sl], batch.attention_mask[sl]
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask)).logits
-        out.append(rl_math.logprobs_from_logits(logits[:, P - 1 : -1], ids[:, P:]))
+    T = batch.response_mask.shape[1]
+    out = [ds_engine.logprobs(model, batch.input_ids[sl], batch.attention_mask[sl], T)
+           for sl in _micro_batches(batch.input_ids.shape[0], micro_batch_size)]
     return torch.cat(out) * batch.response_mask
 
 

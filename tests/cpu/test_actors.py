@@ -14,7 +14,7 @@ from actors.reference import Reference
 from actors.reward_function import RewardFunction
 from actors.reward_model import RewardModel
 from cluster import weight_sync
-from cluster.local import init_ray
+from cluster.local import init_ray, listening_socket
 from rlhf_ray import data, models, rl_math, rollout, vllm_engine
 
 # Test-local actors and helpers travel to the workers by value (this module is not importable there).
@@ -40,7 +40,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def generator(cluster, tiny):
     actor = ray.remote(Generator).options(name="generator-0", num_cpus=0.5).remote(
-        tiny, "float32", kv_cache_mb=64, max_model_len=256, name="generator-0")
+        tiny, "float32", kv_cache_mb=64, max_model_len=256)
     yield actor
     ray.kill(actor)
 
@@ -131,7 +131,7 @@ class _Source:
         self.model = _perturbed(tiny, seed)
 
     def listen(self):
-        self.sock = weight_sync.listen("127.0.0.1")
+        self.sock = listening_socket("127.0.0.1")
         return self.sock.getsockname()[1]
 
     def join(self, port, world_size):

@@ -1,0 +1,134 @@
+"""Learner: one rank of a DeepSpeed engine for a policy, critic or reward model, as a Ray actor.
+
+Thin on purpose: the training logic is in `rlhf_ray.ds_engine`; this class holds the engine and exposes a few
+typed methods. Every method that touches weights is a collective under ZeRO (and a gradient step is one under
+any stage), so the ActorGroup must call it on all ranks together, each with its own equal shard.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import ray
+import torch
+
+from cluster.actor_group import DistributedActor
+from cluster import weight_sync
+from cluster.local import listening_socket
+from cluster.weight_sync import make_buckets, tensor_checksum
+from rlhf_ray import ds_engine
+from rlhf_ray.config import TrainConfig
+from rlhf_ray.ds_engine import Batch, Loss
+from rlhf_ray.models import load_policy, load_value_model, resolve_model
+
+Kind = Literal["policy", "critic", "reward"]
+
+
+class Learner(DistributedActor):
+    """kind: `policy` (causal LM) or `critic`/`reward` (one-label sequence classifier, per-token values).
+
+    total_steps: optimizer steps the LR schedule spans. batch_size: sequences per optimizer step across all ranks
+    (default train.batch_size)."""
+
+    def __init__(self, model: str, kind: Kind, train: TrainConfig, dtype: str = "float32", seed: int = 0,
+                 total_steps: int = 1, batch_size: Optional[int] = None):
+        if kind not in ("policy", "critic", "reward"):
+            raise ValueError(f"learner kind must be policy, critic or reward, got {kind!r}")
+        self.model_path, self.kind, self.train = resolve_model(model), kind, train
+        self.dtype, self.seed, self.total_steps, self.batch_size = dtype, seed, total_steps, batch_size
+        self.rank, self.engine = 0, None
+
+    def setup_distributed(self, master_addr: str, master_port: int, rank: int, world_size: int, local_rank: int,
+                          backend: str = "gloo", timeout_s: float = 300.0) -> None:
+        """Join the group, then build the engine (every rank loads the full model; ZeRO-3 partitions it)."""
+        super().setup_distributed(master_addr, master_port, rank, world_size, local_rank, backend, timeout_s)
+        ds_engine.init_deepspeed_comm(backend)
+        self.rank = rank
+        torch.manual_seed(self.seed)  # a fresh value head starts the same on every rank
+        load = load_policy if self.kind == "policy" else load_value_model
+        model = load(self.model_path, self.dtype)
+        config = ds_engine.ds_config(self.train, world_size, self.dtype, self.batch_size)
+        self.engine = ds_engine.build_engine(model, config, self.total_steps, self.train.warmup_steps,
+                                             self.train.lr_schedule)
+
+    def train_step(self, batch: Batch, loss: Loss) -> dict[str, float]:
+        """One optimizer step; `batch` is this rank's shard (micro_batch_size x gradient accumulation rows)."""
+        micro = ds_engine.split_micro_batches(batch, self.train.micro_batch_size)
+        return ds_engine.train_step(self.engine, micro, loss)
+
+    def _forward(self, batch: Batch, fn) -> torch.Tensor:
+        """fn(engine, micro_batch) over micro-batches, no gradients, concatenated on CPU."""
+        outs = []
+        for mb in ds_engine.split_micro_batches(batch, self.train.micro_batch_size, exact=False):
+            mb = {k: v.to(self.engine.device) for k, v in mb.items()}
+            outs.append(ds_engine.eval_forward(self.engine, lambda e: fn(e, mb)).cpu())
+        return torch.cat(outs)
+
+    def logprobs(self, batch: Batch, response_len: int) -> torch.Tensor:
+        """(B, response_len) log p of each row's last response_len tokens (batch: input_ids, attention_mask)."""
+        return self._forward(batch, lambda e, mb: ds_engine.logprobs(e, mb["input_ids"], mb["attention_mask"],
+                                                                     response_len))
+
+    def values(self, batch: Batch, response_len: int) -> torch.Tensor:
+        """(B, response_len) V(s_t) before each response token (critic / reward model)."""
+        return self._forward(batch, lambda e, mb: ds_engine.values(e, mb["input_ids"], mb["attention_mask"],
+                                                                   response_len))
+
+    def export_buckets(self, version: int, bucket_bytes: int) -> Optional[list[ray.ObjectRef]]:
+        """Full weights as checksummed buckets in the object store; rank 0 returns their refs, others None."""
+        named = list(ds_engine.named_full_weights(self.engine))  # every rank takes part in the ZeRO-3 gathers
+        if self.rank != 0:
+            return None
+        return [ray.put(b) for b in make_buckets(named, version, bucket_bytes)]
+
+    # Broadcast transport (NCCL on GPU, gloo on CPU): rank 0 is the source of a group with the generators.
+
+    def open_weight_group(self) -> Optional[tuple[str, int]]:
+        """Rank 0: listen for the weight-sync group's store on this node; returns (host, port)."""
+        if self.rank != 0:
+            return None
+        host = self.get_node_ip()
+        self._sync_sock = listening_socket(host)
+        return host, self._sync_sock.getsockname()[1]
+
+    def join_weight_group(self, host: str, port: int, world_size: int, backend: str = "gloo",
+                          timeout_s: float = 60.0) -> None:
+        """Rank 0 joins as rank 0 of the group (generators join as 1..G at the same time); others do nothing."""
+        if self.rank == 0:
+            self.sync_group = weight_sync.BroadcastGroup(host, port, 0, world_size, backend, timeout_s,
+                                                         self._sync_sock)
+
+    def weight_metas(self, version: int, bucket_bytes: int) -> Optional[list[weight_sync.BucketMeta]]:
+        """Gather the full weights into buckets (all ranks take part) and keep them on rank 0 for
+        `broadcast_weights`; rank 0 returns what receivers need to allocate them."""
+        named = list(ds_engine.named_full_weights(self.engine))
+        if self.rank != 0:
+            return None
+        self._outgoing = make_buckets(named, version, bucket_bytes)
+        return [weight_sync.meta_of(b) for b in self._outgoing]
+
+    def broadcast_weights(self) -> None:
+        """Rank 0: send the buckets prepared by `weight_metas` (the generators call `receive_weights`)."""
+        if self.rank == 0:
+            self.sync_group.send(self._outgoing)
+            self._outgoing = []
+
+    def save(self, out_dir: str, checkpoint: bool = True) -> Optional[str]:
+        """An HF folder at out_dir (rank 0 writes it, with the tokenizer) and, with checkpoint, the DeepSpeed
+        checkpoint (optimizer and scheduler state, every rank's partition) in out_dir/deepspeed."""
+        folder = ds_engine.save_hf(self.engine, out_dir, tokenizer_from=self.model_path)
+        if checkpoint:
+            self.engine.save_checkpoint(str(Path(out_dir) / "deepspeed"))
+        return str(folder) if folder is not None else None
+
+    def load_checkpoint(self, out_dir: str) -> None:
+        """Resume weights, optimizer and LR schedule from a folder written by `save`."""
+        path, _ = self.engine.load_checkpoint(str(Path(out_dir) / "deepspeed"))
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint in {out_dir}/deepspeed")
+
+    def state_digest(self) -> str:
+        """Checksum of this rank's view of the full weights (ZeRO-3: all-gathered), to show ranks agree."""
+        named = list(ds_engine.named_full_weights(self.engine, on_all_ranks=True))
+        return tensor_checksum([t for _, t in named])

@@ -1,0 +1,334 @@
+"""The DeepSpeed learner as plain functions: config, engine, one optimizer step, forward passes, export, save.
+
+The learner actor (`actors/learner.py`) holds one engine and calls these; nothing here imports Ray.
+
+Exact micro-batching. A step's global batch of B sequences is split across W ranks and G micro-batches per rank.
+A `Loss` normalises by the *global* count (tokens or sequences, all-reduced before the first forward), so the
+micro-batch losses add up to the full-batch loss. DeepSpeed then does two things to gradients that would break
+that sum: `engine.backward` divides by G (undone with `scale_wrt_gas=False`) and the gradient reduction across
+ranks averages (÷W, undone by multiplying each micro-batch loss by W). The resulting gradient is the full-batch
+gradient, so gradient clipping and AdamW see what a single process would (tests/cpu/test_learner.py checks
+loss, gradient norm and weights against plain torch).
+
+Departures from stock DeepSpeed use, each for a measured reason on this stack (DESIGN.md):
+  * torch's AdamW (`torch_adam`), never FusedAdam/CPUAdam, which compile for 90-100 s on CPU;
+  * DeepSpeed's shared-memory comm op is disabled (a 40-70 s g++ build and a /dev/shm leak per process);
+  * the LR schedule is a LambdaLR over `lr_factor`, not DeepSpeed's WarmupLR family: those force at least two
+    warm-up steps starting from `warmup_min_lr`, so "no warm-up" would train its first step at LR 0;
+  * under ZeRO-3 every rank loads the full model and `deepspeed.initialize` partitions it: loading straight into
+    partitions (transformers' HfDeepSpeedConfig) needs `accelerate` in transformers 5, not a dependency here;
+  * every training forward goes through `engine(...)`: DeepSpeed 0.19 runs its backward prologue (ZeRO
+    accumulation-boundary bookkeeping) from hooks on the engine's outputs, so critics read per-token values
+    off `hidden_states` of the engine's forward rather than calling the backbone directly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+
+from rlhf_ray import rl_math
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+
+    from rlhf_ray.config import TrainConfig
+
+Tensor = torch.Tensor
+Batch = dict[str, Tensor]  # every tensor (B, ...) along dim 0: input_ids (B, T), attention_mask (B, T), ...
+
+DTYPES = ("float32", "bfloat16")
+
+
+# ---------------------------------------------------------------- losses
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A loss that adds up exactly over micro-batches and ranks.
+
+    fn(model, micro_batch, n_global) -> (loss, metrics): `loss` is this micro-batch's *share* of the full-batch
+    loss, i.e. normalised by `n_global`, the count of the whole global batch; `metrics` are floats normalised the
+    same way (they are summed over micro-batches and ranks). `model` is the DeepSpeed engine (or a plain HF model
+    in single-process use): call it, don't reach past it to submodules (see the module docstring).
+    count(micro_batch) -> float: this micro-batch's part of `n_global` (its tokens or sequences).
+
+    Both must be module-level functions so the Loss pickles by reference into Ray actors.
+    """
+
+    fn: Callable[[Any, Batch, float], tuple[Tensor, dict[str, float]]]
+    count: Callable[[Batch], float]
+
+
+def _position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions counting real tokens only, so left and right padding give the same outputs. (B, T) -> (B, T)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _sft_target_mask(mb: Batch) -> Tensor:
+    """(B, T-1): 1 where token t+1 is a trained target (loss_mask and attention_mask both set)."""
+    return (mb["loss_mask"][:, 1:] * mb["attention_mask"][:, 1:]).float()
+
+
+def sft_nll(model, mb: Batch, n_global: float) -> tuple[Tensor, dict[str, float]]:
+    """Token-level NLL of the targets, summed and divided by the global target count.
+
+    mb: input_ids (B, T) long, attention_mask (B, T), loss_mask (B, T): 1 on tokens to predict (the response)."""
+    logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
+                   position_ids=_position_ids(mb["attention_mask"])).logits  # (B, T, V)
+    logp = rl_math.logprobs_from_logits(logits[:, :-1], mb["input_ids"][:, 1:])  # (B, T-1): log p(x_{t+1} | x_≤t)
+    loss = rl_math.token_mean(-logp, _sft_target_mask(mb), n_global)
+    return loss, {}
+
+
+def sft_count(mb: Batch) -> float:
+    return float(_sft_target_mask(mb).sum())
+
+
+SFT_LOSS = Loss(sft_nll, sft_count)
+
+
+# ---------------------------------------------------------------- config
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
+    """Multiplier of the peak LR for optimizer step `step` (0-based).
+
+    Linear warm-up (step + 1) / warmup_steps over the first `warmup_steps` steps (never 0: a zero-LR step is
+    wasted), then `constant` 1, `cosine` 0.5 (1 + cos(π p)) or `linear` 1 - p with p = (step - warmup) /
+    (total - warmup), the fraction of the post-warm-up steps already taken."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    p = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * p))
+    if schedule == "linear":
+        return 1.0 - p
+    raise ValueError(f"unknown lr_schedule {schedule!r}; choose constant, cosine or linear")
+
+
+def ds_config(train: "TrainConfig", world_size: int, dtype: str = "float32", batch_size: Optional[int] = None,
+              betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> dict:
+    """The DeepSpeed config for `train` on `world_size` ranks.
+
+    batch_size: sequences per optimizer step across all ranks (default `train.batch_size`; PPO passes its
+    mini-batch size). It must split into world_size x micro_batch_size x an integer (gradient accumulation)."""
+    batch_size = train.batch_size if batch_size is None else batch_size
+    per_step = world_size * train.micro_batch_size
+    if batch_size <= 0 or batch_size % per_step:
+        raise ValueError(f"batch of {batch_size} sequences does not split into {world_size} rank(s) x "
+                         f"micro_batch_size {train.micro_batch_size}")
+    if dtype not in DTYPES:
+        raise ValueError(f"learner dtype must be one of {DTYPES}, got {dtype!r}")
+    return {
+        "train_batch_size": batch_size,
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": batch_size // per_step,
+        "gradient_clipping": float(train.grad_clip),
+        "zero_optimization": {"stage": int(train.zero_stage)},
+        "bf16": {"enabled": dtype == "bfloat16"},
+        "fp16": {"enabled": False},
+        "optimizer": {"type": "AdamW", "params": {"lr": train.lr, "betas": list(betas), "eps": eps,
+                                                  "weight_decay": train.weight_decay, "torch_adam": True}},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+# ---------------------------------------------------------------- engine
+
+
+def _patch_deepspeed() -> None:
+    """Disable DeepSpeed's shared-memory comm op (a g++ build per process and a /dev/shm leak).
+
+    `import deepspeed.comm.torch` would bind the torch package (deepspeed.comm imports torch as a name), so the
+    submodule must be fetched by its dotted name."""
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+
+def init_deepspeed_comm(backend: str) -> None:
+    """Let DeepSpeed adopt the already-initialised torch.distributed process group (no env:// store, no MPI)."""
+    _patch_deepspeed()
+    import deepspeed
+
+    if not dist.is_initialized():
+        raise RuntimeError("torch.distributed is not initialised: rendezvous first (cluster.actor_group)")
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+
+def build_engine(model: torch.nn.Module, config: dict, total_steps: int, warmup_steps: int = 0,
+                 schedule: str = "constant") -> "DeepSpeedEngine":
+    """`deepspeed.initialize` with the AdamW of `config` and a LambdaLR over `lr_factor`."""
+    _patch_deepspeed()
+    import deepspeed
+
+    def scheduler(optimizer):
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, warmup_steps, total_steps, schedule))
+
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()],
+                                      config=config, lr_scheduler=scheduler)
+    return engine
+
+
+def _to(mb: Batch, device) -> Batch:
+    return {k: v.to(device) for k, v in mb.items()}
+
+
+def split_micro_batches(batch: Batch, micro_batch_size: int, exact: bool = True) -> list[Batch]:
+    """Cut a batch into consecutive micro-batches of `micro_batch_size` rows. exact: the row count must divide
+    (training); otherwise the last micro-batch may be shorter (forward passes)."""
+    n = len(next(iter(batch.values())))
+    if any(len(v) != n for v in batch.values()):
+        raise ValueError(f"batch fields differ in length: { {k: len(v) for k, v in batch.items()} }")
+    if exact and n % micro_batch_size:
+        raise ValueError(f"{n} rows do not split into micro-batches of {micro_batch_size}")
+    return [{k: v[i : i + micro_batch_size] for k, v in batch.items()} for i in range(0, n, micro_batch_size)]
+
+
+def _all_reduce_sum(values: list[float]) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _grad_norm(module: torch.nn.Module) -> float:
+    """Global L2 norm of the (already reduced) gradients, for ZeRO-0 where DeepSpeed does not report one."""
+    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+def train_step(engine: "DeepSpeedEngine", micro_batches: list[Batch], loss: Loss) -> dict[str, float]:
+    """One optimizer step over this rank's micro-batches (exactly gradient_accumulation_steps of them).
+
+    Every rank must call it together (collectives). Returns the global batch's metrics, equal on every rank:
+    `loss` and the loss's own metrics (summed shares, i.e. full-batch values), `grad_norm` (before clipping),
+    `lr` (the LR this step used)."""
+    gas = engine.gradient_accumulation_steps()
+    if len(micro_batches) != gas:
+        raise ValueError(f"got {len(micro_batches)} micro-batches; this engine accumulates exactly {gas} per step")
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    (n_global,) = _all_reduce_sum([sum(loss.count(mb) for mb in micro_batches)])
+    n_global = max(n_global, 1.0)
+    lr = engine.get_lr()[0]
+    engine.train()
+    totals: dict[str, float] = {}
+    own_norm = None
+    for i, mb in enumerate(micro_batches):
+        value, metrics = loss.fn(engine, _to(mb, engine.device), n_global)
+        # Undo DeepSpeed's ÷gas (scale_wrt_gas=False) and its mean over ranks (× world): see the module docstring.
+        engine.backward(value * world, scale_wrt_gas=False)
+        if i == gas - 1 and engine.zero_optimization_stage() == 0:
+            own_norm = _grad_norm(engine.module)  # gradients are all-reduced by now; step() clips them
+        engine.step()
+        for k, v in {"loss": value.item(), **metrics}.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    keys = sorted(totals)
+    out = dict(zip(keys, _all_reduce_sum([totals[k] for k in keys])))
+    grad_norm = engine.get_global_grad_norm()  # ZeRO optimizers (and bf16) report it; torch AdamW at ZeRO-0 not
+    grad_norm = own_norm if grad_norm is None else grad_norm
+    out["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+    out["lr"] = float(lr)
+    return out
+
+
+# ---------------------------------------------------------------- forward passes
+
+
+def logprobs(model, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
+    """log p of the last `response_len` tokens of each row, float32 (B, response_len).
+
+    Layout of `rollout.RolloutBatch`: response token t sits at column P + t, predicted from column P + t - 1.
+    `model` is an engine or a plain causal LM; under ZeRO-3 every rank must call this together."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask),
+                   logits_to_keep=response_len + 1).logits  # (B, response_len + 1, V)
+    return rl_math.logprobs_from_logits(logits[:, :-1], input_ids[:, -response_len:])
+
+
+def token_values(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Per-token values (B, T), float32: the `score` head at every position, as `models.token_values`, but
+    through the model's (or engine's) own forward so DeepSpeed's backward hooks see it."""
+    if getattr(model, "score", None) is None:
+        raise ValueError(f"{type(model).__name__} has no per-position `score` head: a critic needs a decoder")
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask),
+                output_hidden_states=True)
+    return model.score(out.hidden_states[-1]).squeeze(-1).float()  # hidden_states[-1]: after the final norm
+
+
+def values(model, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
+    """V(s_t) for the last `response_len` tokens (B, response_len): the value of the state *before* response
+    token t, i.e. read at column P + t - 1 (the same columns `logprobs` reads its logits from)."""
+    return token_values(model, input_ids, attention_mask)[:, -response_len - 1 : -1]
+
+
+@torch.no_grad()
+def eval_forward(engine: "DeepSpeedEngine", fn: Callable[[Any], Tensor]) -> Tensor:
+    """`fn(engine)` in eval mode without gradients, then back to train mode. Under ZeRO-3 a collective."""
+    engine.eval()
+    try:
+        return fn(engine)
+    finally:
+        engine.train()
+
+
+# ---------------------------------------------------------------- export and save
+
+
+def _persistent_buffers(module: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """Buffers that belong in a state dict (e.g. not RoPE's inv_freq, which the model recomputes)."""
+    for prefix, mod in module.named_modules():
+        for name, buf in mod.named_buffers(recurse=False):
+            if buf is not None and name not in mod._non_persistent_buffers_set:
+                yield (f"{prefix}.{name}" if prefix else name), buf
+
+
+def hf_name(name: str) -> str:
+    """An engine parameter name in HF naming (wrappers add `module.` in front)."""
+    while name.startswith("module."):
+        name = name[len("module."):]
+    return name
+
+
+def named_full_weights(engine: "DeepSpeedEngine", on_all_ranks: bool = False
+                       ) -> Iterator[tuple[str, Optional[Tensor]]]:
+    """(HF name, full CPU tensor) of every parameter (tied ones once) and persistent buffer, in module order.
+
+    Under ZeRO-3 each parameter is all-gathered in turn, so every rank must consume the iterator to the end in
+    step. Ranks other than 0 get None for the tensor unless `on_all_ranks` (then each clones its gathered copy)."""
+    import deepspeed
+
+    keep = on_all_ranks or not dist.is_initialized() or dist.get_rank() == 0
+    module = engine.module
+    for name, param in module.named_parameters():
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+            yield hf_name(name), (param.data.detach().to("cpu", copy=True) if keep else None)
+    for name, buf in _persistent_buffers(module):
+        yield hf_name(name), (buf.detach().to("cpu", copy=True) if keep else None)
+
+
+def save_hf(engine: "DeepSpeedEngine", out_dir: str | Path, tokenizer_from: Optional[str] = None) -> Optional[Path]:
+    """Write the full weights as an HF folder (config, safetensors, generation config, tokenizer) that
+    transformers and vLLM load. Every rank must call it (ZeRO-3 gathers); rank 0 writes. Returns the folder on
+    rank 0, None elsewhere."""
+    state = {name: t for name, t in named_full_weights(engine)}
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    engine.module.save_pretrained(out, state_dict=state)
+    if tokenizer_from is not None:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(out)
+    return out

@@ -1,0 +1,243 @@
+"""Learner groups on a local Ray: one 2-rank DeepSpeed step (ZeRO-2 and ZeRO-3) equals one plain-torch step.
+
+The batch (8 sequences of varied lengths) is split into 2 ranks x 2 micro-batches of 2 (and, for ZeRO-0 on one
+rank, into 4 micro-batches of 2). The reference is a single process: same weights (the same folder), torch AdamW
+with the same hyperparameters, the full-batch SFT loss, the same gradient clipping. Tolerances, fp32:
+  loss, gradient norm   rel 1e-5 (only the summation order differs)
+  weights               atol 1e-6 = 1% of one step at LR 1e-4. Adam's first step is lr·g/(|g|+eps), so weights
+                        whose gradient is near eps = 1e-8 turn float rounding of g into ~1e-3·lr: the tolerance
+                        must scale with the LR, and the loss and gradient-norm checks carry the exactness.
+Clipping is active (grad norm ≈ 1.8 > clip 1), so a gradient off by the rank count would be hidden from the weights
+but not from the gradient norm.
+"""
+
+import ipaddress
+import os
+import time
+from types import SimpleNamespace
+
+import psutil
+import pytest
+import ray
+import torch
+from transformers import AutoModelForCausalLM
+
+from actors.learner import Learner
+from cluster.actor_group import ActorGroup, GroupError, shard
+from cluster.local import init_ray
+from cluster.weight_sync import verified
+from rlhf_ray import ds_engine, models
+from rlhf_ray.config import TrainConfig
+
+LR, WD, CLIP = 1e-4, 0.01, 1.0
+B, MICRO = 8, 2
+TIMEOUT_S = 300
+
+
+def train_cfg(stage: int) -> TrainConfig:
+    return TrainConfig(lr=LR, weight_decay=WD, grad_clip=CLIP, batch_size=B, micro_batch_size=MICRO, zero_stage=stage)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    init_ray(num_cpus=2, object_store_mb=256, dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    models.make_tiny_model(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def batch(tiny):
+    """8 right-padded sequences of 5..19 tokens; the first 2..4 tokens are the prompt (not trained on)."""
+    g = torch.Generator().manual_seed(0)
+    vocab = AutoModelForCausalLM.from_pretrained(tiny).config.vocab_size
+    lengths, prompts, T = [5, 19, 9, 14, 7, 16, 11, 12], [2, 3, 4, 2, 3, 4, 2, 3], 19
+    ids = torch.randint(3, vocab, (B, T), generator=g)
+    pos = torch.arange(T)
+    attention = (pos < torch.tensor(lengths)[:, None]).long()
+    loss_mask = attention * (pos >= torch.tensor(prompts)[:, None]).long()
+    return {"input_ids": ids * attention, "attention_mask": attention, "loss_mask": loss_mask}
+
+
+@pytest.fixture(scope="module")
+def reference(tiny, batch):
+    """One plain-torch step on the full batch: loss, gradient norm (before clipping), the model after."""
+    model = models.load_policy(tiny, "float32")
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=WD)
+    loss, _ = ds_engine.sft_nll(model, batch, ds_engine.sft_count(batch))
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+    opt.step()
+    return {"loss": loss.item(), "grad_norm": grad_norm.item(), "model": model.eval(),
+            "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+
+
+@pytest.fixture(scope="module", params=[(2, 2), (3, 2), (0, 1)], ids=["zero2", "zero3", "zero0-1rank"])
+def stepped(request, ray_session, tiny, batch):
+    """A learner group (ZeRO stage, ranks) after one train step on `batch`, and the metrics each rank returned."""
+    stage, ranks = request.param
+    group = ActorGroup(Learner, f"zero{stage}-learner", args=(tiny, "policy", train_cfg(stage)),
+                       kwargs={"dtype": "float32", "seed": 0, "total_steps": 4}, num_ranks=ranks, num_cpus=0.5,
+                       setup_timeout_s=TIMEOUT_S)
+    shards = group.shard(batch)
+    metrics = group.call(lambda a, r: a.train_step.remote(shards[r], ds_engine.SFT_LOSS), TIMEOUT_S, "train")
+    yield group, metrics
+    group.kill()
+
+
+def _export(group, bucket_bytes: int, version: int = 1):
+    refs = group.call(lambda a, r: a.export_buckets.remote(version, bucket_bytes), TIMEOUT_S, "export")
+    assert refs[1:] == [None] * (len(refs) - 1) and len(refs[0]) >= 1
+    buckets = ray.get(refs[0])
+    return buckets, dict(verified(buckets, version))
+
+
+def test_step_matches_single_process_torch(stepped, reference):
+    group, metrics = stepped
+    assert all(m == metrics[0] for m in metrics)  # all-reduced: every rank reports the global batch
+    m = metrics[0]
+    assert m["loss"] == pytest.approx(reference["loss"], rel=1e-5)
+    assert m["grad_norm"] == pytest.approx(reference["grad_norm"], rel=1e-5)
+    assert reference["grad_norm"] > CLIP and m["lr"] == pytest.approx(LR)
+    # Both ranks hold the same weights (ZeRO-3: their all-gathered views), and they are torch's.
+    digests = group.call(lambda a, r: a.state_digest.remote(), TIMEOUT_S, "digest")
+    assert len(set(digests)) == 1
+    _, weights = _export(group, bucket_bytes=1 << 30)
+    assert weights.keys() == reference["weights"].keys()
+    for name, w in reference["weights"].items():
+        torch.testing.assert_close(weights[name], w, atol=1e-6, rtol=0, msg=name)
+
+
+def test_export_buckets_cover_every_weight(stepped, reference):
+    group, _ = stepped
+    buckets, weights = _export(group, bucket_bytes=64 << 10, version=7)
+    assert len(buckets) > 3 and all(b.version == 7 and b.total == len(buckets) for b in buckets)
+    assert all(b.nbytes <= 64 << 10 or len(b.names) == 1 for b in buckets)
+    assert weights.keys() == reference["weights"].keys()  # every HF name, no "module." prefixes
+    _, whole = _export(group, bucket_bytes=1 << 30)
+    assert all(torch.equal(weights[k], whole[k]) for k in whole)
+
+
+def test_logprobs_match_torch(stepped, reference, batch):
+    group, _ = stepped
+    shards = group.shard(batch)
+    R = 10
+    out = torch.cat(group.call(lambda a, r: a.logprobs.remote(shards[r], R), TIMEOUT_S, "logprobs"))
+    with torch.no_grad():
+        ref = ds_engine.logprobs(reference["model"], batch["input_ids"], batch["attention_mask"], R)
+    assert out.shape == (B, R)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_save_is_an_hf_folder_with_identical_weights(stepped, tmp_path):
+    group, _ = stepped
+    paths = group.call(lambda a, r: a.save.remote(str(tmp_path / "out")), TIMEOUT_S, "save")
+    assert paths == [str(tmp_path / "out")] + [None] * (len(group) - 1)
+    _, weights = _export(group, bucket_bytes=1 << 30)
+    loaded = AutoModelForCausalLM.from_pretrained(paths[0]).state_dict()
+    assert loaded.keys() == weights.keys()
+    assert all(torch.equal(loaded[k], weights[k]) for k in weights)
+    assert (tmp_path / "out" / "tokenizer.json").is_file()
+    assert (tmp_path / "out" / "deepspeed" / "latest").is_file()
+
+
+def test_rendezvous_listens_on_loopback_only(stepped):
+    group, _ = stepped
+    pids = group.call(lambda a, r: a.__ray_call__.remote(lambda self: os.getpid()), TIMEOUT_S, "pids")
+    listening = [c.laddr for pid in pids for c in psutil.Process(pid).net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN]
+    assert listening  # rank 0's store, gloo's listeners, Ray's own worker servers
+    assert [a for a in listening if not _is_loopback(a.ip)] == []
+
+
+def _is_loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    return (getattr(addr, "ipv4_mapped", None) or addr).is_loopback  # ::ffff:127.0.0.1 counts
+
+
+def test_checkpoint_resumes_bit_identically(stepped, tiny, batch, tmp_path):
+    """Last of the `stepped` tests: it takes a second step. ZeRO-3 only (partitioned optimizer state), to save time."""
+    group, _ = stepped
+    if group.role != "zero3-learner":
+        pytest.skip("run for ZeRO-3 only")
+    group.call(lambda a, r: a.save.remote(str(tmp_path / "ck")), TIMEOUT_S, "save")
+    resumed = ActorGroup(Learner, "zero3-resumed", args=(tiny, "policy", train_cfg(3)),
+                         kwargs={"dtype": "float32", "seed": 0, "total_steps": 4}, num_ranks=2, num_cpus=0.5,
+                         setup_timeout_s=TIMEOUT_S)
+    try:
+        resumed.call(lambda a, r: a.load_checkpoint.remote(str(tmp_path / "ck")), TIMEOUT_S, "load")
+        shards = group.shard(batch)
+        after = [g.call(lambda a, r: a.train_step.remote(shards[r], ds_engine.SFT_LOSS), TIMEOUT_S, "train")[0]
+                 for g in (group, resumed)]
+        digests = [g.call(lambda a, r: a.state_digest.remote(), TIMEOUT_S, "digest")[0] for g in (group, resumed)]
+    finally:
+        resumed.kill()
+    assert after[0] == after[1] and digests[0] == digests[1]  # weights, Adam moments and LR schedule restored
+
+
+# ---------------------------------------------------------------- the group itself
+
+
+def test_shard_splits_evenly_or_refuses():
+    assert shard(list(range(6)), 3) == [[0, 1], [2, 3], [4, 5]]
+    parts = shard({"x": torch.arange(4), "y": torch.arange(4) * 2}, 2)
+    assert torch.equal(parts[1]["y"], torch.tensor([4, 6]))
+    with pytest.raises(ValueError, match="5 items do not split evenly across 2 ranks"):
+        shard(list(range(5)), 2)
+
+
+def test_group_errors_name_role_ranks_and_phase(ray_session):
+    class Sleeper:  # defined here so Ray pickles it by value (workers cannot import test modules)
+        def nap(self, seconds: float) -> float:
+            time.sleep(seconds)
+            return seconds
+
+        def boom(self) -> None:
+            raise ValueError("no luck")
+
+    group = ActorGroup(Sleeper, "sleeper", num_ranks=2, num_cpus=0.1, distributed=False)
+    try:
+        assert ray.get(ray.get_actor("sleeper-1").nap.remote(0)) == 0  # named by role and rank
+        with pytest.raises(GroupError, match=r"train: no answer within 0.5 s on sleeper-1"):
+            group.get(group.map(lambda a, r: a.nap.remote(1.5 * r)), timeout_s=0.5, phase="train")
+        with pytest.raises(GroupError, match=r"score: raised ValueError: no luck on sleeper-0, sleeper-1"):
+            group.call(lambda a, r: a.boom.remote(), timeout_s=30, phase="score")
+        ray.kill(group.actors[0], no_restart=True)
+        with pytest.raises(GroupError, match=r"sync: actor died on sleeper-0$"):
+            group.call(lambda a, r: a.nap.remote(0), timeout_s=30, phase="sync")
+    finally:
+        group.kill()
+
+
+def test_group_places_ranks_on_placement_group_slots(ray_session):
+    pg = ray.util.placement_group([{"CPU": 0.2}, {"CPU": 0.2}])
+    ray.get(pg.ready(), timeout=60)
+    slots = [SimpleNamespace(pg=pg, bundle_index=i, num_cpus=0.1, num_gpus=0.0) for i in range(2)]
+    group = ActorGroup(type("Probe", (), {}), "probe", slots=slots, distributed=False)
+    try:
+        pgs = group.call(lambda a, r: a.__ray_call__.remote(
+            lambda self: ray.get_runtime_context().get_placement_group_id()), 60, "probe")
+        assert pgs == [pg.id.hex()] * 2
+    finally:
+        group.kill()
+        ray.util.remove_placement_group(pg)
+
+
+def test_critic_values_match_models_token_values(ray_session, tiny, batch):
+    group = ActorGroup(Learner, "critic-learner", args=(tiny, "critic", train_cfg(0)), kwargs={"seed": 3},
+                       num_ranks=1, num_cpus=0.5, setup_timeout_s=TIMEOUT_S)
+    try:
+        (values,) = group.call(lambda a, r: a.values.remote(batch, 10), TIMEOUT_S, "values")
+    finally:
+        group.kill()
+    torch.manual_seed(3)  # the learner seeds the fresh value head the same way
+    model = models.load_value_model(tiny).eval()
+    with torch.no_grad():
+        ref = models.token_values(model, batch["input_ids"], batch["attention_mask"])[:, -11:-1]
+    torch.testing.assert_close(values, ref, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,116 @@
+"""ds_engine's pure parts on a plain tiny model (no DeepSpeed engine, no Ray): schedule, config, micro-batching,
+the exactness of the SFT loss under splitting, and the forward passes against models.py."""
+
+import math
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from rlhf_ray import ds_engine as E
+from rlhf_ray import models
+from rlhf_ray.config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    models.make_tiny_model(folder)
+    return str(folder)
+
+
+def _batch(B=8, T=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 800, (B, T), generator=g)
+    lengths = torch.randint(4, T + 1, (B,), generator=g)
+    attention = (torch.arange(T) < lengths[:, None]).long()
+    loss_mask = attention * (torch.arange(T) >= 2).long()
+    return {"input_ids": ids * attention, "attention_mask": attention, "loss_mask": loss_mask}
+
+
+def test_lr_factor_warmup_then_schedule():
+    assert [E.lr_factor(s, 0, 10, "constant") for s in (0, 5, 9)] == [1.0, 1.0, 1.0]  # no warm-up: full LR at once
+    assert [E.lr_factor(s, 4, 10, "constant") for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert E.lr_factor(2, 2, 10, "linear") == 1.0 and E.lr_factor(6, 2, 10, "linear") == pytest.approx(0.5)
+    assert E.lr_factor(6, 2, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
+    assert E.lr_factor(50, 2, 10, "cosine") == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="unknown lr_schedule"):
+        E.lr_factor(3, 0, 10, "step")
+
+
+def test_ds_config_accumulation_and_errors():
+    cfg = E.ds_config(TrainConfig(batch_size=16, micro_batch_size=2, zero_stage=3, grad_clip=0.5), world_size=2)
+    assert (cfg["train_batch_size"], cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"]) == (
+        16, 2, 4)
+    assert cfg["zero_optimization"]["stage"] == 3 and cfg["gradient_clipping"] == 0.5
+    assert cfg["optimizer"]["type"] == "AdamW" and cfg["optimizer"]["params"]["torch_adam"] is True
+    assert "scheduler" not in cfg and cfg["bf16"]["enabled"] is False
+    assert E.ds_config(TrainConfig(), 1, "bfloat16")["bf16"]["enabled"] is True
+    ppo = E.ds_config(TrainConfig(batch_size=8, micro_batch_size=4), 1, batch_size=32)
+    assert ppo["gradient_accumulation_steps"] == 8
+    with pytest.raises(ValueError, match="does not split into 3 rank"):
+        E.ds_config(TrainConfig(batch_size=8, micro_batch_size=2), world_size=3)
+    with pytest.raises(ValueError, match="dtype"):
+        E.ds_config(TrainConfig(), 1, "float16")
+
+
+def test_split_micro_batches():
+    b = _batch(B=5)
+    parts = E.split_micro_batches(b, 2, exact=False)
+    assert [len(p["input_ids"]) for p in parts] == [2, 2, 1]
+    assert torch.equal(torch.cat([p["loss_mask"] for p in parts]), b["loss_mask"])
+    with pytest.raises(ValueError, match="5 rows do not split"):
+        E.split_micro_batches(b, 2)
+    with pytest.raises(ValueError, match="differ in length"):
+        E.split_micro_batches({"a": torch.zeros(4), "b": torch.zeros(3)}, 2)
+
+
+def test_sft_loss_and_gradient_add_up_over_micro_batches(tiny):
+    """The invariant train_step relies on: shares normalised by the global count sum to the full-batch loss and
+    their gradients to the full-batch gradient."""
+    model = models.load_policy(tiny)
+    batch = _batch()
+    full, _ = E.sft_nll(model, batch, E.sft_count(batch))
+    full.backward()
+    full_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    n = E.sft_count(batch)
+    total = 0.0
+    for mb in E.split_micro_batches(batch, 2):
+        loss, _ = E.sft_nll(model, mb, n)
+        loss.backward()
+        total += loss.item()
+    assert total == pytest.approx(full.item(), rel=1e-6)
+    for g_full, p in zip(full_grads, model.parameters()):
+        torch.testing.assert_close(p.grad, g_full, atol=1e-7, rtol=1e-5)
+
+
+def test_logprobs_ignore_left_padding(tiny):
+    model = models.load_policy(tiny).eval()
+    ids = torch.randint(3, 800, (1, 9), generator=torch.Generator().manual_seed(1))
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], 1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 9, dtype=torch.long)], 1)
+    with torch.no_grad():
+        plain = E.logprobs(model, ids, torch.ones_like(ids), 4)
+        left = E.logprobs(model, padded, mask, 4)
+        manual = torch.log_softmax(model(ids).logits[:, -5:-1], -1).gather(-1, ids[:, -4:, None]).squeeze(-1)
+    assert plain.shape == (1, 4)
+    torch.testing.assert_close(plain, manual, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(left, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_values_match_models_token_values(tiny):
+    torch.manual_seed(0)
+    model = models.load_value_model(tiny).eval()
+    b = _batch(B=3)
+    with torch.no_grad():
+        ours = E.values(model, b["input_ids"], b["attention_mask"], 5)
+        ref = models.token_values(model, b["input_ids"], b["attention_mask"])
+    torch.testing.assert_close(ours, ref[:, -6:-1])
+
+
+def test_hf_name_strips_wrappers():
+    assert E.hf_name("module.module.model.norm.weight") == "model.norm.weight"
+    assert E.hf_name("lm_head.weight") == "lm_head.weight"
