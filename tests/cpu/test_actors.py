@@ -77,9 +77,24 @@ def _max_gap(a, b):
     return max((torch.tensor(x) - torch.as_tensor(y)).abs().max().item() for x, y in zip(a, b))
 
 
-def test_generate_is_tagged_with_the_weight_version(generator, pairs):
-    table = ray.get(generator.generate.remote(pairs[0], vllm_engine.Sampling(max_tokens=8, n=2, seed=0), PROMPTS))
-    assert table.num_rows == 6 and set(table.column("policy_version").to_pylist()) == {0}
+def test_generate_rows_tagged_and_their_logprobs_match_transformers(generator, tiny, pairs):
+    table = ray.get(generator.generate.remote(pairs[0], vllm_engine.Sampling(max_tokens=12, n=2, seed=1), PROMPTS))
+    assert table.schema.equals(rollout.ROLLOUT_SCHEMA) and table.num_rows == 6
+    assert table.column("group").to_pylist() == [0, 0, 1, 1, 2, 2]
+    assert set(table.column("policy_version").to_pylist()) == {0}
+    for r in table.to_pylist():
+        assert 0 < len(r["response_ids"]) == len(r["logprobs"]) <= 12
+        assert r["finish_reason"] == "stop" or len(r["response_ids"]) == 12
+    # The engine's sampling log-probs are those of the same weights in transformers (fp32).
+    batch = rollout.collate(table, models.load_tokenizer(tiny).pad_token_id)
+    with torch.no_grad():
+        logits = models.load_policy(tiny).eval()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    P = batch.prompt_len
+    hf = rl_math.logprobs_from_logits(logits[:, P - 1 : -1], batch.input_ids[:, P:])
+    assert ((hf - batch.logprobs) * batch.response_mask).abs().max().item() < 1e-4
+    # Same seed, same samples.
+    again = ray.get(generator.generate.remote(pairs[0], vllm_engine.Sampling(max_tokens=12, n=2, seed=1), PROMPTS))
+    assert again.column("response_ids").to_pylist() == table.column("response_ids").to_pylist()
     assert ray.get(generator.weight_version.remote()) == 0
 
 

@@ -161,11 +161,10 @@ def _is_loopback(ip: str) -> bool:
     return (getattr(addr, "ipv4_mapped", None) or addr).is_loopback  # ::ffff:127.0.0.1 counts
 
 
+@pytest.mark.parametrize("stepped", [(3, 2)], indirect=True, ids=["zero3"])
 def test_checkpoint_resumes_bit_identically(stepped, tiny, batch, tmp_path):
     """Last of the `stepped` tests: it takes a second step. ZeRO-3 only (partitioned optimizer state), to save time."""
     group, _ = stepped
-    if group.role != "zero3-learner":
-        pytest.skip("run for ZeRO-3 only")
     group.call(lambda a, r: a.save.remote(str(tmp_path / "ck")), TIMEOUT_S, "save")
     resumed = ActorGroup(Learner, "zero3-resumed", args=(tiny, "policy", train_cfg(3)),
                          kwargs={"dtype": "float32", "seed": 0, "total_steps": 4}, num_ranks=2, num_cpus=0.5,
