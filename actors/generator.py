@@ -28,7 +28,9 @@ class Generator:
                  max_model_len: int = 1024, tensor_parallel_size: int = 1):
         # Errors name the actor (`generator-3`) so a failed sync says which generator missed it.
         self.name = ray.get_runtime_context().get_actor_name() or "generator"
-        self.llm = vllm_engine.build_llm(model_path, dtype, kv_cache_mb, seed, max_model_len,
+        rank = int(self.name.rsplit("-", 1)[-1]) if self.name[-1].isdigit() else 0
+        # Each generator samples from its own stream: engine seed + rank.
+        self.llm = vllm_engine.build_llm(model_path, dtype, kv_cache_mb, seed + rank, max_model_len,
                                          tensor_parallel_size=tensor_parallel_size)
         self.version = 0
 

@@ -1,6 +1,7 @@
 """`rlhf-ray`: the command line.
 
   rlhf-ray validate CONFIG [key=value ...]             print the resolved config, or every error (exit 1)
+  rlhf-ray run CONFIG [key=value ...] [--run-dir D] [--address A]   run the config's stages (today: ppo)
   rlhf-ray sample CONFIG [key=value ...] [--run-dir D]  sample responses to the config's prompts with vLLM
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from rlhf_ray.config import Config, ConfigError, dump_yaml, load_config
 from rlhf_ray.data import DataError
+from rlhf_ray.run_dir import RunDir
 
 
 def _load(args) -> Config:
@@ -25,10 +27,28 @@ def cmd_validate(args) -> int:
 
 
 def run_dir_for(cfg: Config, run_dir: str | None) -> Path:
-    path = Path(run_dir or Path("runs") / cfg.name)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.yaml").write_text(dump_yaml(cfg))
-    return path
+    return RunDir(run_dir or Path("runs") / cfg.name, cfg).path
+
+
+def cmd_run(args) -> int:
+    """Run the config's stages on the cluster at --address / RAY_ADDRESS, else an embedded local one."""
+    from cluster.local import init_ray
+
+    cfg = _load(args)
+    unsupported = [s for s in cfg.stages if s != "ppo"]
+    if unsupported:
+        raise ConfigError([f"{args.config}: stages: {', '.join(unsupported)} cannot run yet; only `ppo` is built"])
+    run_dir = RunDir(args.run_dir or Path("runs") / cfg.name, cfg)
+    ctx = init_ray(args.address or cfg.cluster.address, num_cpus=None, object_store_mb=cfg.cluster.object_store_mb)
+    if getattr(ctx, "dashboard_url", None):
+        print(f"Ray dashboard: http://{ctx.dashboard_url} (token in ~/.ray/auth_token)", flush=True)
+    from rlhf_ray.ppo import PPOTrainer
+
+    history = PPOTrainer(cfg, run_dir).fit()
+    first, last = history[0], history[-1]
+    print(f"done: reward {first['reward_mean']:.3f} -> {last['reward_mean']:.3f}, kl {last['kl_mean']:.3f}; "
+          f"policy in {run_dir.final('ppo')}")
+    return 0
 
 
 def cmd_sample(args) -> int:
@@ -80,6 +100,10 @@ def _parser() -> argparse.ArgumentParser:
 
     with_config("validate", "print the resolved config, or every error with its key and file").set_defaults(
         fn=cmd_validate)
+    s = with_config("run", "run the config's stages (today: ppo)")
+    s.add_argument("--run-dir", help="output folder (default runs/<name>/)")
+    s.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local cluster)")
+    s.set_defaults(fn=cmd_run)
     s = with_config("sample", "sample responses to the config's prompts from the policy with vLLM")
     s.add_argument("--run-dir", help="output folder (default runs/<name>/)")
     s.add_argument("--num-prompts", type=int, help="use only the first N prompts")

@@ -386,9 +386,12 @@ class Config:
             if samples % mb:
                 errs.append(("ppo.mini_batch_size", f"rollout.batch_size x n_samples = {samples} is not a multiple "
                              f"of ppo.mini_batch_size {mb}"))
-            if mb % (ranks * t.micro_batch_size):
-                errs.append(("ppo.mini_batch_size", f"{mb} does not divide into {ranks} policy rank(s) x "
-                             f"train.micro_batch_size {t.micro_batch_size}"))
+            learners = ["policy"] + (["critic"] if self.ppo.advantage == "gae" else [])
+            for role in learners:
+                n = self.cluster.roles[role].count if role in self.cluster.roles else 1
+                if mb % (n * t.micro_batch_size):
+                    errs.append(("ppo.mini_batch_size", f"{mb} does not divide into {n} {role} rank(s) x "
+                                 f"train.micro_batch_size {t.micro_batch_size}"))
         return errs
 
 

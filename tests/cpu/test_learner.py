@@ -208,6 +208,10 @@ def test_group_errors_name_role_ranks_and_phase(ray_session):
         with pytest.raises(GroupError, match=r"score: raised ValueError: no luck on sleeper-0, sleeper-1"):
             group.call(lambda a, r: a.boom.remote(), timeout_s=30, phase="score")
         ray.kill(group.actors[0], no_restart=True)
+        with pytest.raises(ray.exceptions.RayActorError):  # ray.kill is asynchronous: wait until it took effect
+            for _ in range(100):
+                ray.get(group.actors[0].nap.remote(0))
+                time.sleep(0.1)
         with pytest.raises(GroupError, match=r"sync: actor died on sleeper-0$"):
             group.call(lambda a, r: a.nap.remote(0), timeout_s=30, phase="sync")
     finally:

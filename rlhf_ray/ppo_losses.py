@@ -1,0 +1,74 @@
+"""PPO losses as `ds_engine.Loss` objects for the policy and critic learners.
+
+Micro-batch keys (all (B, ·) tensors in the `rollout.RolloutBatch` layout): input_ids, attention_mask (B, P+T);
+response_mask, old_logprobs, advantages, is_weights (B, T) for the policy, plus ref_logprobs when the KL is a loss
+term; response_mask, old_values, returns (B, T) for the critic. Losses are token means over the *global* token
+count (the invariant that makes micro-batching and ranks exact). Coefficients are bound with functools.partial,
+so the Loss pickles into the learner actors.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Optional
+
+import torch
+
+from rlhf_ray import ds_engine, rl_math
+
+
+def response_tokens(mb: ds_engine.Batch) -> float:
+    return float(mb["response_mask"].sum())
+
+
+def _logits(model, mb: ds_engine.Batch) -> torch.Tensor:
+    """Logits predicting each response token: (B, T, V)."""
+    T = mb["response_mask"].shape[1]
+    out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
+                position_ids=ds_engine._position_ids(mb["attention_mask"]), logits_to_keep=T + 1)
+    return out.logits[:, :-1]
+
+
+def policy_loss(model, mb: ds_engine.Batch, n_global: float, clip_eps: float, dual_clip: Optional[float],
+                entropy_coef: float, kl_coef: float, kl_estimator: str) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped surrogate on the proximal policy π_θold, each token weighted by its truncated importance weight
+    π_θold/μ against the behaviour policy μ that sampled it (1 for on-policy samples); minus the entropy bonus;
+    plus β·KL(π || π_ref) when the KL is a loss term (kl_coef > 0 here)."""
+    mask = mb["response_mask"]
+    T = mask.shape[1]
+    logits = _logits(model, mb)
+    logp = rl_math.logprobs_from_logits(logits, mb["input_ids"][:, -T:])
+    pg, clipped = rl_math.ppo_policy_loss(logp, mb["old_logprobs"], mb["advantages"], clip_eps, dual_clip)
+    per_token = pg * mb["is_weights"]
+    entropy = rl_math.entropy_from_logits(logits)
+    per_token = per_token - entropy_coef * entropy
+    if kl_coef:
+        per_token = per_token + kl_coef * rl_math.kl_estimate(logp, mb["ref_logprobs"], kl_estimator)
+    loss = rl_math.token_mean(per_token, mask, n_global)
+    with torch.no_grad():
+        metrics = {
+            "policy_loss": rl_math.token_mean(pg, mask, n_global).item(),
+            "clip_frac": rl_math.token_mean(clipped.float(), mask, n_global).item(),
+            "entropy": rl_math.token_mean(entropy, mask, n_global).item(),
+            "approx_kl": rl_math.token_mean(0.5 * (logp - mb["old_logprobs"]) ** 2, mask, n_global).item(),
+        }
+    return loss, metrics
+
+
+def value_loss(model, mb: ds_engine.Batch, n_global: float, clip_eps: Optional[float]
+               ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped value loss on the critic's V(s_t) for each response token."""
+    mask = mb["response_mask"]
+    values = ds_engine.values(model, mb["input_ids"], mb["attention_mask"], mask.shape[1])
+    loss = rl_math.token_mean(rl_math.value_loss(values, mb["old_values"], mb["returns"], clip_eps), mask, n_global)
+    return loss, {"value_loss": loss.item()}
+
+
+def make_policy_loss(clip_eps: float, dual_clip: Optional[float], entropy_coef: float, kl_coef: float,
+                     kl_estimator: str) -> ds_engine.Loss:
+    return ds_engine.Loss(partial(policy_loss, clip_eps=clip_eps, dual_clip=dual_clip, entropy_coef=entropy_coef,
+                                  kl_coef=kl_coef, kl_estimator=kl_estimator), response_tokens)
+
+
+def make_value_loss(clip_eps: Optional[float]) -> ds_engine.Loss:
+    return ds_engine.Loss(partial(value_loss, clip_eps=clip_eps), response_tokens)

@@ -1,0 +1,34 @@
+"""The run directory `runs/<name>/`: config.yaml (resolved), metrics.jsonl, rollouts/*.parquet, final/<stage>/."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rlhf_ray.config import Config, dump_yaml
+
+
+class RunDir:
+    def __init__(self, path: str | Path, cfg: Config):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "config.yaml").write_text(dump_yaml(cfg))
+
+    def log_metrics(self, row: dict) -> None:
+        """Append one JSON object (one step) to metrics.jsonl; non-finite numbers become null."""
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        with (self.path / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(clean) + "\n")
+
+    def write_rollouts(self, step: int, table: pa.Table) -> Path:
+        out = self.path / "rollouts" / f"step_{step:06d}.parquet"
+        out.parent.mkdir(exist_ok=True)
+        pq.write_table(table, out)
+        return out
+
+    def final(self, stage: str) -> Path:
+        return self.path / "final" / stage

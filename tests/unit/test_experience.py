@@ -1,0 +1,100 @@
+"""From scores to PPO experience, and the PPO losses on a real (tiny) model."""
+
+import pytest
+import torch
+
+from rlhf_ray import experience, models, ppo_losses, rl_math
+
+
+def test_shape_task_reward():
+    task, ended = torch.tensor([1.0, 5.0, -4.0]), torch.tensor([True, False, True])
+    assert experience.shape_task_reward(task, ended, None, None, False).tolist() == [1.0, 5.0, -4.0]
+    assert experience.shape_task_reward(task, ended, None, -1.0, False).tolist() == [1.0, -1.0, -4.0]
+    assert experience.shape_task_reward(task, ended, 2.0, None, False).tolist() == [1.0, 2.0, -2.0]
+    normed = experience.shape_task_reward(task, ended, None, None, True)
+    assert normed.mean().item() == pytest.approx(0.0, abs=1e-6) and normed.std().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_gae_advantages_are_whitened_gae_of_kl_shaped_rewards():
+    g = torch.Generator().manual_seed(0)
+    reward, kl, values = torch.randn(4, generator=g), torch.rand(4, 5, generator=g), torch.randn(4, 5, generator=g)
+    mask = torch.tensor([[1.0] * 5, [1.0] * 3 + [0.0] * 2, [1.0] * 5, [1.0] + [0.0] * 4])
+    adv, ret = experience.advantages("gae", reward, kl, mask, 0.1, True, values, 1.0, 0.95, 1)
+    raw, ret_ref = rl_math.gae(rl_math.kl_shaped_rewards(reward, kl, mask, 0.1), values, mask, 1.0, 0.95)
+    assert torch.allclose(ret, ret_ref)
+    assert torch.allclose(adv, rl_math.masked_whiten(raw, mask) * mask)
+    # The KL as a loss term instead: the rewards carry no KL.
+    _, ret_nokl = experience.advantages("gae", reward, kl, mask, 0.1, False, values, 1.0, 0.95, 1)
+    assert torch.allclose(ret_nokl, rl_math.gae(rl_math.kl_shaped_rewards(reward, kl, mask, 0.0), values, mask,
+                                                1.0, 0.95)[1])
+    with pytest.raises(ValueError, match="needs critic values"):
+        experience.advantages("gae", reward, kl, mask, 0.1, True, None, 1.0, 0.95, 1)
+
+
+def test_group_advantages_spread_over_tokens():
+    reward = torch.tensor([1.0, 0.0, 2.0, 2.0])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    kl = torch.zeros(4, 2)
+    adv, _ = experience.advantages("rloo", reward, kl, mask, 0.1, True, None, 1.0, 1.0, 2)
+    assert adv.tolist() == [[1.0, 1.0], [-1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    adv, _ = experience.advantages("grpo", reward, kl, mask, 0.1, True, None, 1.0, 1.0, 2)
+    assert adv[0, 0] > 0 > adv[1, 0] and adv[1, 1] == 0
+    with pytest.raises(ValueError, match="unknown advantage"):
+        experience.advantages("vtrace", reward, kl, mask, 0.1, True, None, 1.0, 1.0, 2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    models.make_tiny_model(folder)
+    return models.load_policy(str(folder)).eval()
+
+
+def _mb(model, adv_sign=1.0):
+    torch.manual_seed(0)
+    ids = torch.randint(3, 800, (4, 10))
+    mask = torch.ones(4, 10, dtype=torch.long)
+    resp = torch.ones(4, 6)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, -7:-1]
+    old = rl_math.logprobs_from_logits(logits, ids[:, -6:])
+    return {"input_ids": ids, "attention_mask": mask, "response_mask": resp, "old_logprobs": old,
+            "ref_logprobs": old, "advantages": adv_sign * torch.ones(4, 6), "is_weights": torch.ones(4, 6),
+            "old_values": torch.zeros(4, 6), "returns": torch.ones(4, 6)}
+
+
+def test_policy_loss_on_policy_is_minus_the_advantage(tiny):
+    loss = ppo_losses.make_policy_loss(0.2, None, 0.0, 0.0, "k1")
+    mb = _mb(tiny)
+    value, metrics = loss.fn(tiny, mb, loss.count(mb))
+    assert value.item() == pytest.approx(-1.0, abs=1e-5)  # ratio 1, advantage 1
+    assert metrics["clip_frac"] == 0.0 and metrics["approx_kl"] == pytest.approx(0.0, abs=1e-8)
+    assert metrics["entropy"] > 0
+    # Halving the importance weights halves the surrogate; a KL term to an identical reference adds nothing.
+    half = dict(mb, is_weights=0.5 * mb["is_weights"])
+    assert loss.fn(tiny, half, loss.count(mb))[0].item() == pytest.approx(-0.5, abs=1e-5)
+    with_kl = ppo_losses.make_policy_loss(0.2, None, 0.0, 0.5, "k3")
+    assert with_kl.fn(tiny, mb, 24.0)[0].item() == pytest.approx(-1.0, abs=1e-5)
+
+
+def test_policy_loss_splits_exactly_into_micro_batches(tiny):
+    loss = ppo_losses.make_policy_loss(0.2, 3.0, 0.01, 0.1, "k3")
+    mb = _mb(tiny)
+    mb["response_mask"][1, 3:] = 0
+    mb["advantages"] = torch.randn(4, 6)
+    full = loss.fn(tiny, mb, loss.count(mb))[0].item()
+    parts = sum(loss.fn(tiny, {k: v[i:i + 2] for k, v in mb.items()}, loss.count(mb))[0].item() for i in (0, 2))
+    assert parts == pytest.approx(full, abs=1e-6)
+
+
+def test_value_loss_metric(tiny, tmp_path):
+    critic = models.load_value_model(str(tmp_path_from(tiny, tmp_path))).eval()
+    loss = ppo_losses.make_value_loss(0.2)
+    mb = _mb(tiny)
+    value, metrics = loss.fn(critic, mb, loss.count(mb))
+    assert value.item() == pytest.approx(metrics["value_loss"]) and value.item() > 0
+
+
+def tmp_path_from(model, tmp_path):
+    model.save_pretrained(tmp_path / "m")
+    return tmp_path / "m"
