@@ -173,6 +173,13 @@ def _build(cls: type, values: dict, prefix: str, errs: list[str], where: Any) ->
             errs.append(f"{_loc(where, key)}: {key}: unknown key{hint}")
             continue
         kwargs[k] = _convert(v, hints[k], key, errs, where)
+    for f in dataclasses.fields(cls):
+        # A mapping field (e.g. cluster.roles) keeps its default entries that the YAML does not mention:
+        # overriding one role must not delete the others.
+        if isinstance(kwargs.get(f.name), dict) and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+            if isinstance(default, dict):
+                kwargs[f.name] = {**default, **kwargs[f.name]}
     return cls(**kwargs)
 
 

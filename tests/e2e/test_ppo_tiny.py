@@ -35,3 +35,23 @@ def test_reward_rises(staleness, tmp_path):
     table = pq.read_table(run_dir / "rollouts" / "step_000023.parquet")
     assert {"reward", "kl", "staleness", "policy_version", "response"} <= set(table.column_names)
     assert (run_dir / "final" / "ppo" / "config.json").exists()
+
+
+def test_two_generators_and_two_rank_learners_together(tmp_path):
+    """2 generators, 2-rank policy and 2-rank critic learner groups (ZeRO over gloo), reference and reward
+    function, all at once on this 2-core machine with fractional CPUs."""
+    run_dir = tmp_path / "run"
+    exe = str(Path(sys.executable).with_name("rlhf-ray"))
+    proc = subprocess.run([exe, "run", "configs/tiny/ppo.yaml", "cluster.roles.generator.count=2",
+                           "cluster.roles.policy.count=2", "cluster.roles.critic.count=2", "train.zero_stage=2",
+                           "ppo.steps=3", "rollout.max_staleness=1", "--run-dir", str(run_dir)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    placed = [line.split()[:2] for line in proc.stdout.splitlines() if line.split()[:1] in
+              (["generator"], ["policy"], ["critic"], ["reference"])]
+    assert sorted(map(tuple, placed)) == [("critic", "0"), ("critic", "1"), ("generator", "0"), ("generator", "1"),
+                                          ("policy", "0"), ("policy", "1"), ("reference", "0")]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["policy_version"] for r in rows] == [1, 2, 3] and max(r["staleness_max"] for r in rows) <= 1
+    groups = pq.read_table(run_dir / "rollouts" / "step_000000.parquet").column("group").to_pylist()
+    assert sorted(set(groups)) == list(range(32))  # both generators' prompts, numbered across the batch

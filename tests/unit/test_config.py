@@ -60,6 +60,8 @@ def test_yaml_then_overrides_win(tmp_path):
     assert (cfg.name, cfg.ppo.kl_coef, cfg.ppo.clip_eps, cfg.stages) == ("a", 0.01, 0.3, ["sft", "rm", "ppo"])
     assert cfg.reward.clip == 5.0 and isinstance(cfg.reward.clip, float)  # an int is a fine float
     assert cfg.ppo.steps == C.PPOConfig().steps  # untouched keys keep their defaults
+    roles = load_config(None, ["cluster.roles.generator.count=2"]).cluster.roles
+    assert roles["generator"].count == 2 and set(roles) == set(C.ClusterConfig().roles)  # the others stay
 
 
 def test_unknown_key_suggests_nearest_and_names_file_and_line(tmp_path):
