@@ -210,8 +210,9 @@ class PPOConfig:
 
     steps: int = 10
     """PPO steps (policy versions) to run."""
-    advantage: Literal["gae", "grpo", "rloo"] = "gae"
-    """Advantage estimator: GAE with a critic, or critic-free group baselines."""
+    advantage: Literal["gae", "grpo", "rloo", "reinforce++"] = "gae"
+    """Advantage estimator: GAE with a critic (InstructGPT), or critic-free: GRPO / RLOO group baselines,
+    REINFORCE++ (batch-whitened returns)."""
     kl_coef: float = 0.05
     """β: initial weight of the KL penalty."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"

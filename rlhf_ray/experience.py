@@ -44,7 +44,7 @@ def advantages(estimator: str, reward: Tensor, kl: Tensor, mask: Tensor, kl_coef
     """(advantages (B, T), returns (B, T)); advantages whitened over the batch's response tokens.
 
     gae: per-token rewards -β·KL (when the KL is in the reward) plus the task reward at the last token, then GAE
-    with the critic's values. grpo / rloo: a sequence-level advantage from the group of samples of one prompt,
+    with the critic's values. reinforce++: the return-to-go of those rewards, whitened over the batch. grpo / rloo: a sequence-level advantage from the group of samples of one prompt,
     minus β·(summed KL) when the KL is in the reward, spread over the response tokens; returns are unused."""
     coef = kl_coef if kl_in_reward else 0.0
     if estimator == "gae":
@@ -53,12 +53,18 @@ def advantages(estimator: str, reward: Tensor, kl: Tensor, mask: Tensor, kl_coef
         token_rewards = rl_math.kl_shaped_rewards(reward, kl, mask, coef)
         adv, ret = rl_math.gae(token_rewards, values, mask, gamma, lam)
         return rl_math.masked_whiten(adv, mask) * mask, ret
+    if estimator == "reinforce++":
+        # REINFORCE++ (Hu 2025): the return-to-go of the KL-shaped token rewards, no critic, whitened over the
+        # whole batch (not per group).
+        token_rewards = rl_math.kl_shaped_rewards(reward, kl, mask, coef)
+        ret, _ = rl_math.gae(token_rewards, torch.zeros_like(token_rewards), mask, gamma, 1.0)
+        return rl_math.masked_whiten(ret, mask) * mask, ret
     seq_reward = reward - coef * rl_math.masked_sum(kl, mask, dim=1)
     if estimator == "grpo":
         seq_adv = rl_math.group_advantages(seq_reward, group_size)
     elif estimator == "rloo":
         seq_adv = rl_math.rloo_advantages(seq_reward, group_size)
     else:
-        raise ValueError(f"unknown advantage estimator {estimator!r}; choose gae, grpo or rloo")
+        raise ValueError(f"unknown advantage estimator {estimator!r}; choose gae, grpo, rloo or reinforce++")
     adv = seq_adv[:, None] * mask
     return adv, adv.clone()

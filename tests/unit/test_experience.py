@@ -31,6 +31,16 @@ def test_gae_advantages_are_whitened_gae_of_kl_shaped_rewards():
         experience.advantages("gae", reward, kl, mask, 0.1, True, None, 1.0, 0.95, 1)
 
 
+def test_reinforce_pp_is_whitened_return_to_go():
+    reward = torch.tensor([1.0, 0.0])
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    adv, ret = experience.advantages("reinforce++", reward, kl, mask, 0.5, True, None, 1.0, 0.95, 1)
+    # rewards: [-0.05, -0.1, 1 - 0.15], [-0.25]; return-to-go sums them from each token on (γ = 1).
+    assert ret.tolist() == [pytest.approx([0.7, 0.75, 0.85]), pytest.approx([-0.25, 0.0, 0.0])]
+    assert torch.allclose(adv, rl_math.masked_whiten(ret, mask) * mask)
+
+
 def test_group_advantages_spread_over_tokens():
     reward = torch.tensor([1.0, 0.0, 2.0, 2.0])
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
@@ -98,3 +108,11 @@ def test_value_loss_metric(tiny, tmp_path):
 def tmp_path_from(model, tmp_path):
     model.save_pretrained(tmp_path / "m")
     return tmp_path / "m"
+
+
+def test_vader_warmth_orders_replies():
+    from rlhf_ray.labelers import vader_warmth
+
+    warm, flat, cold = vader_warmth(["q"] * 3, ["I'm so glad you asked, happy to help! Great idea.",
+                                                "The form is on page two.", "That is a stupid, awful question."])
+    assert 0 <= cold < flat < warm <= 1 and flat == 0.5
