@@ -9,6 +9,7 @@ its old weights and its old version.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Optional
 
@@ -28,7 +29,8 @@ class Generator:
                  max_model_len: int = 1024, tensor_parallel_size: int = 1):
         # Errors name the actor (`generator-3`) so a failed sync says which generator missed it.
         self.name = ray.get_runtime_context().get_actor_name() or "generator"
-        rank = int(self.name.rsplit("-", 1)[-1]) if self.name[-1].isdigit() else 0
+        tail = re.search(r"-(\d+)$", self.name)
+        rank = int(tail.group(1)) if tail else 0
         # Each generator samples from its own stream: engine seed + rank.
         self.llm = vllm_engine.build_llm(model_path, dtype, kv_cache_mb, seed + rank, max_model_len,
                                          tensor_parallel_size=tensor_parallel_size)
