@@ -1,4 +1,4 @@
-# make run   : the main job (today: sample from SmolLM2-135M-Instruct with vLLM; see README)
+# make run   : the main job (today: PPO end to end on the tiny model, about 2 minutes; see README)
 # make test  : the whole test suite, inside a loopback-only network namespace when ../shared/tools has one
 # Both create .venv and install what is missing first (deploy/install.sh; a second run changes nothing).
 VENV ?= .venv
@@ -19,7 +19,7 @@ install:
 	@deploy/install.sh $(VENV)
 
 run: install
-	$(VENV)/bin/rlhf-ray sample configs/quickstart.yaml
+	$(NETNS) $(VENV)/bin/rlhf-ray run configs/tiny/ppo.yaml
 
 test: install
 	$(NETNS) $(PY) -m pytest tests -q -rs --durations=15 $(PYTEST_ARGS)
