@@ -132,7 +132,7 @@ def _colocation_groups(cfgs: dict, names: list[str]) -> list[list[str]]:
         groups.setdefault(chain[-1], []).append(r)
     for g in groups.values():
         if len({(cfgs[r].pool, cfgs[r].count) for r in g}) > 1:
-            raise PlacementError(f"colocated roles need the same pool and count, got "
+            raise PlacementError("colocated roles need the same pool and count, got "
                                  + ", ".join(f"{r}: {cfgs[r].count} in {cfgs[r].pool!r}" for r in g))
     return list(groups.values())
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import pyarrow as pa
-import ray
 import torch
 
 from actors.generator import Generator
@@ -119,7 +118,7 @@ class PPOTrainer:
     def _next_prompts(self) -> list[dict]:
         return [self.rng.choice(self.prompts) for _ in range(self.cfg.rollout.batch_size)]
 
-    def launch_generate(self, fleet: Fleet, step: int) -> list:
+    def launch_generate(self, fleet: Fleet) -> list:
         """Queue one batch on the generators (each gets a near-equal share of the prompts)."""
         batch, r, n = self._next_prompts(), self.cfg.rollout, len(fleet.generators)
         shares = [batch[i::n] for i in range(n)]
@@ -148,8 +147,10 @@ class PPOTrainer:
         fn_refs = fleet.reward_fn.map(lambda a, i: a.scores.remote(table)) if fleet.reward_fn else []
         T = batch.response_mask.shape[1]
         ids = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        old = _learner_forward(fleet.policy, "logprobs", ids, T, self.timeout)
-        values = _learner_forward(fleet.critic, "values", ids, T, self.timeout) if fleet.critic else None
+        old_refs = _learner_forward(fleet.policy, "logprobs", ids, T)
+        value_refs = _learner_forward(fleet.critic, "values", ids, T) if fleet.critic else None
+        old = torch.cat(fleet.policy.get(old_refs, self.timeout, "score: old logprobs"))
+        values = torch.cat(fleet.critic.get(value_refs, self.timeout, "score: values")) if value_refs else None
         ref_lp = _pad([lp for part in fleet.reference.get(ref_refs, self.timeout, "score: reference") for lp in part], T)
         task = torch.zeros(table.num_rows)
         if rm_refs:
@@ -220,12 +221,12 @@ class PPOTrainer:
         fleet = start_fleet(cfg, self.policy, self.total_steps)
         history: list[dict] = []
         try:
-            inflight: deque = deque([self.launch_generate(fleet, 0)])
+            inflight: deque = deque([self.launch_generate(fleet)])
             for step in range(cfg.ppo.steps):
                 t0 = time.perf_counter()
                 table = self.collect(fleet, inflight.popleft())
                 while len(inflight) < k and step + len(inflight) + 1 < cfg.ppo.steps:
-                    inflight.append(self.launch_generate(fleet, step + len(inflight) + 1))  # overlap with training
+                    inflight.append(self.launch_generate(fleet))  # overlap with training
                 t1 = time.perf_counter()
                 batch = rollout.collate(table, self.tokenizer.pad_token_id)
                 staleness = self.version - batch.policy_version
@@ -237,7 +238,7 @@ class PPOTrainer:
                 t3 = time.perf_counter()
                 sync = self.sync(fleet)
                 if not inflight and step + 1 < cfg.ppo.steps:
-                    inflight.append(self.launch_generate(fleet, step + 1))  # after the sync: on-policy
+                    inflight.append(self.launch_generate(fleet))  # after the sync: on-policy
                 fleet.generators.get(sync["refs"], self.timeout, "sync: load")
                 t4 = time.perf_counter()
                 self.kl_ctl.update(stats["kl_mean"], self.samples)
@@ -273,12 +274,12 @@ def _pad(rows: list[list[float]], T: int) -> torch.Tensor:
     return out
 
 
-def _learner_forward(group: ActorGroup, what: str, ids: dict, T: int, timeout: float) -> torch.Tensor:
-    """Log-probs or values of the whole batch, each rank taking an equal shard (ZeRO-3 forwards are collective)."""
+def _learner_forward(group: ActorGroup, what: str, ids: dict, T: int) -> list:
+    """Refs of log-probs or values of the whole batch, each rank an equal shard (ZeRO-3 forwards are collective)."""
     shards = group.shard(ids)
-    method = (lambda a, r: a.logprobs.remote(shards[r], T)) if what == "logprobs" else \
-        (lambda a, r: a.values.remote(shards[r], T))
-    return torch.cat(group.call(method, timeout, f"score: {what}"))
+    if what == "logprobs":
+        return group.map(lambda a, r: a.logprobs.remote(shards[r], T))
+    return group.map(lambda a, r: a.values.remote(shards[r], T))
 
 
 def _train_refs(group: ActorGroup, mb: dict, loss) -> list:

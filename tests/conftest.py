@@ -1,6 +1,8 @@
-"""Every test runs offline and loopback-only (the Makefile sets the same for `make test`)."""
+"""Every test runs offline and loopback-only (the Makefile sets the same for `make test`); shared fixtures."""
 
 import os
+
+import pytest
 
 for key, value in {
     "HF_HUB_OFFLINE": "1",
@@ -12,3 +14,13 @@ for key, value in {
     "TOKENIZERS_PARALLELISM": "false",
 }.items():
     os.environ.setdefault(key, value)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> str:
+    """The tiny test model (random Llama, local tokenizer), built once per session into a temp folder."""
+    from rlhf_ray import models
+
+    folder = tmp_path_factory.mktemp("tiny")
+    models.make_tiny_model(folder)
+    return str(folder)

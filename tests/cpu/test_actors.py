@@ -14,7 +14,7 @@ from actors.reference import Reference
 from actors.reward_function import RewardFunction
 from actors.reward_model import RewardModel
 from cluster import weight_sync
-from cluster.local import init_ray, listening_socket
+from cluster.local import listening_socket
 from rlhf_ray import data, models, rl_math, rollout, vllm_engine
 
 # Test-local actors and helpers travel to the workers by value (this module is not importable there).
@@ -24,21 +24,7 @@ PROMPTS = ["how do I cook rice", "tell me about the sea", "hello"]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    models.make_tiny_model(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    init_ray(num_cpus=2, object_store_mb=256, dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def generator(cluster, tiny):
+def generator(ray_session, tiny):
     actor = ray.remote(Generator).options(name="generator-0", num_cpus=0.5).remote(
         tiny, "float32", kv_cache_mb=64, max_model_len=256)
     yield actor
@@ -174,7 +160,7 @@ def test_broadcast_sync_matches_new_weights(generator, tiny, pairs):
     ray.kill(source)
 
 
-def test_reference_logprobs_match_transformers(cluster, tiny, pairs):
+def test_reference_logprobs_match_transformers(ray_session, tiny, pairs):
     ref = ray.remote(Reference).options(name="reference-0", num_cpus=0.25).remote(tiny, micro_batch_size=2)
     rows = [{"prompt": p, "response": "", "prompt_ids": pi, "response_ids": ri, "logprobs": [0.0] * len(ri),
              "finish_reason": "stop", "policy_version": 0, "group": i}
@@ -193,7 +179,7 @@ def _saved_reward_model(base, folder):
     return str(folder)
 
 
-def test_reward_models_same_vocab_and_own_tokenizer(cluster, tiny, pairs, tmp_path):
+def test_reward_models_same_vocab_and_own_tokenizer(ray_session, tiny, pairs, tmp_path):
     rows = [{"prompt": p, "response": r, "prompt_ids": pi, "response_ids": ri, "logprobs": [0.0] * len(ri),
              "finish_reason": "stop", "policy_version": 0, "group": i}
             for i, (p, r, pi, ri) in enumerate(zip(PROMPTS, ["the cat", "a river", "hello friend"], *pairs))]
@@ -216,7 +202,7 @@ def test_reward_models_same_vocab_and_own_tokenizer(cluster, tiny, pairs, tmp_pa
         assert got == pytest.approx(want.tolist(), abs=1e-5), base
 
 
-def test_reward_function_from_a_user_file(cluster, tmp_path):
+def test_reward_function_from_a_user_file(ray_session, tmp_path):
     user = tmp_path / "user_reward.py"
     user.write_text("def polite(prompts, responses, finish_reason):\n"
                     "    return [1.0 if 'please' in r else 0.0 for r in responses]\n")

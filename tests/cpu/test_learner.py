@@ -24,7 +24,6 @@ from transformers import AutoModelForCausalLM
 
 from actors.learner import Learner
 from cluster.actor_group import ActorGroup, GroupError, shard
-from cluster.local import init_ray
 from cluster.weight_sync import verified
 from rlhf_ray import ds_engine, models
 from rlhf_ray.config import TrainConfig
@@ -36,20 +35,6 @@ TIMEOUT_S = 300
 
 def train_cfg(stage: int) -> TrainConfig:
     return TrainConfig(lr=LR, weight_decay=WD, grad_clip=CLIP, batch_size=B, micro_batch_size=MICRO, zero_stage=stage)
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    init_ray(num_cpus=2, object_store_mb=256, dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    models.make_tiny_model(folder)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")

@@ -13,27 +13,12 @@ import torch
 from actors.generator import Generator
 from actors.learner import Learner
 from cluster.actor_group import ActorGroup
-from cluster.local import init_ray
 from rlhf_ray import data, ds_engine, models, rollout
 from rlhf_ray.config import TrainConfig
 
 TOLERANCE = {"float32": 1e-4, "bfloat16": 0.05}
 RESPONSES = ["the cat likes the red book", "a quiet river", "hello there friend", "we find a golden apple"]
 PROMPTS = ["how do I cook rice", "tell me about the sea", "hello", "what is in the garden"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    models.make_tiny_model(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    init_ray(num_cpus=2, object_store_mb=256, dashboard=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +69,7 @@ def _setup(tiny, dtype, ranks, zero):
     return group, generator
 
 
-def test_fp32_object_store_then_broadcast(cluster, tiny, pairs):
+def test_fp32_object_store_then_broadcast(ray_session, tiny, pairs):
     group, generator = _setup(tiny, "float32", ranks=2, zero=3)
     mask = pairs["batch"].response_mask
     before = _score(generator, pairs)
@@ -116,7 +101,7 @@ def test_fp32_object_store_then_broadcast(cluster, tiny, pairs):
     ray.kill(generator)
 
 
-def test_bf16_sync(cluster, tiny, pairs):
+def test_bf16_sync(ray_session, tiny, pairs):
     group, generator = _setup(tiny, "bfloat16", ranks=1, zero=0)
     mask = pairs["batch"].response_mask
     _train(group, pairs)

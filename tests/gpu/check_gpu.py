@@ -29,7 +29,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from cluster.local import listening_socket  # noqa: E402
-from cluster.weight_sync import BroadcastGroup, make_buckets, meta_of, verified  # noqa: E402
+from cluster.weight_sync import BroadcastGroup, make_buckets, verified  # noqa: E402
 from rlhf_ray import data, ds_engine, models, rl_math, rollout, scoring  # noqa: E402
 from rlhf_ray.config import TrainConfig  # noqa: E402
 

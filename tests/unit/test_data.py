@@ -11,12 +11,10 @@ from rlhf_ray.data import DataError, Limits
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
+def tok(tiny):
     from rlhf_ray import models
 
-    folder = tmp_path_factory.mktemp("tiny")
-    models.make_tiny_model(folder)
-    return models.load_tokenizer(str(folder))
+    return models.load_tokenizer(tiny)
 
 
 def _jsonl(path, rows):

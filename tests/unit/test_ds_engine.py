@@ -14,13 +14,6 @@ from rlhf_ray import models
 from rlhf_ray.config import TrainConfig
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    models.make_tiny_model(folder)
-    return str(folder)
-
-
 def _batch(B=8, T=12, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, 800, (B, T), generator=g)

@@ -54,10 +54,8 @@ def test_group_advantages_spread_over_tokens():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    models.make_tiny_model(folder)
-    return models.load_policy(str(folder)).eval()
+def tiny_lm(tiny):
+    return models.load_policy(tiny).eval()
 
 
 def _mb(model, adv_sign=1.0):
@@ -73,34 +71,34 @@ def _mb(model, adv_sign=1.0):
             "old_values": torch.zeros(4, 6), "returns": torch.ones(4, 6)}
 
 
-def test_policy_loss_on_policy_is_minus_the_advantage(tiny):
+def test_policy_loss_on_policy_is_minus_the_advantage(tiny_lm):
     loss = ppo_losses.make_policy_loss(0.2, None, 0.0, 0.0, "k1")
-    mb = _mb(tiny)
-    value, metrics = loss.fn(tiny, mb, loss.count(mb))
+    mb = _mb(tiny_lm)
+    value, metrics = loss.fn(tiny_lm, mb, loss.count(mb))
     assert value.item() == pytest.approx(-1.0, abs=1e-5)  # ratio 1, advantage 1
     assert metrics["clip_frac"] == 0.0 and metrics["approx_kl"] == pytest.approx(0.0, abs=1e-8)
     assert metrics["entropy"] > 0
     # Halving the importance weights halves the surrogate; a KL term to an identical reference adds nothing.
     half = dict(mb, is_weights=0.5 * mb["is_weights"])
-    assert loss.fn(tiny, half, loss.count(mb))[0].item() == pytest.approx(-0.5, abs=1e-5)
+    assert loss.fn(tiny_lm, half, loss.count(mb))[0].item() == pytest.approx(-0.5, abs=1e-5)
     with_kl = ppo_losses.make_policy_loss(0.2, None, 0.0, 0.5, "k3")
-    assert with_kl.fn(tiny, mb, 24.0)[0].item() == pytest.approx(-1.0, abs=1e-5)
+    assert with_kl.fn(tiny_lm, mb, 24.0)[0].item() == pytest.approx(-1.0, abs=1e-5)
 
 
-def test_policy_loss_splits_exactly_into_micro_batches(tiny):
+def test_policy_loss_splits_exactly_into_micro_batches(tiny_lm):
     loss = ppo_losses.make_policy_loss(0.2, 3.0, 0.01, 0.1, "k3")
-    mb = _mb(tiny)
+    mb = _mb(tiny_lm)
     mb["response_mask"][1, 3:] = 0
     mb["advantages"] = torch.randn(4, 6)
-    full = loss.fn(tiny, mb, loss.count(mb))[0].item()
-    parts = sum(loss.fn(tiny, {k: v[i:i + 2] for k, v in mb.items()}, loss.count(mb))[0].item() for i in (0, 2))
+    full = loss.fn(tiny_lm, mb, loss.count(mb))[0].item()
+    parts = sum(loss.fn(tiny_lm, {k: v[i:i + 2] for k, v in mb.items()}, loss.count(mb))[0].item() for i in (0, 2))
     assert parts == pytest.approx(full, abs=1e-6)
 
 
-def test_value_loss_metric(tiny, tmp_path):
-    critic = models.load_value_model(str(tmp_path_from(tiny, tmp_path))).eval()
+def test_value_loss_metric(tiny_lm, tmp_path):
+    critic = models.load_value_model(str(tmp_path_from(tiny_lm, tmp_path))).eval()
     loss = ppo_losses.make_value_loss(0.2)
-    mb = _mb(tiny)
+    mb = _mb(tiny_lm)
     value, metrics = loss.fn(critic, mb, loss.count(mb))
     assert value.item() == pytest.approx(metrics["value_loss"]) and value.item() > 0
 
