@@ -22,6 +22,19 @@ from typing import Any, Literal
 import yaml
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-5` as a string (it wants `1.0e-5`); learning rates are written that way, so plain
+    scientific notation resolves to a float here."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)$|^[-+]?(?:\d+\.\d*|\.\d+)$"
+               r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
 class ConfigError(ValueError):
     """Every problem found in a config, each naming its key and where it was set."""
 
@@ -62,8 +75,8 @@ def read_yaml(path: Path) -> tuple[dict, _Source]:
     except OSError as e:
         raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text)
+        data = yaml.load(text, Loader=_Loader)
+        node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as e:
         raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
     if data is None:
@@ -90,7 +103,7 @@ def parse_overrides(overrides: list[str]) -> dict:
         if not sep or not key:
             raise ConfigError([f"command line: {o!r} is not of the form key=value"])
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = yaml.load(raw, Loader=_Loader) if raw else ""
         except yaml.YAMLError:
             value = raw
         _set_dotted(tree, key.strip(), value)

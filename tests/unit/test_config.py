@@ -59,6 +59,8 @@ def test_yaml_then_overrides_win(tmp_path):
     cfg = load_config(p, ["ppo.kl_coef=0.01", "stages=[sft,rm,ppo]", "reward.clip=5"])
     assert (cfg.name, cfg.ppo.kl_coef, cfg.ppo.clip_eps, cfg.stages) == ("a", 0.01, 0.3, ["sft", "rm", "ppo"])
     assert cfg.reward.clip == 5.0 and isinstance(cfg.reward.clip, float)  # an int is a fine float
+    assert load_config(None, ["train.lr=1e-5"]).train.lr == 1e-5  # scientific notation without a dot
+    assert load_config(_yaml(tmp_path, "train:\n  lr: 3E-4\n", "sci.yaml")).train.lr == 3e-4
     assert cfg.ppo.steps == C.PPOConfig().steps  # untouched keys keep their defaults
     roles = load_config(None, ["cluster.roles.generator.count=2"]).cluster.roles
     assert roles["generator"].count == 2 and set(roles) == set(C.ClusterConfig().roles)  # the others stay
