@@ -15,8 +15,9 @@ class RewardModel:
     are; otherwise (e.g. a MiniLM encoder) it re-tokenizes the prompt and response texts as a pair."""
 
     def __init__(self, model_path: str, policy_tokenizer: str, dtype: str = "float32", micro_batch_size: int = 8,
-                 threads: int = 1):
-        torch.set_num_threads(threads)
+                 threads: int = 0):
+        if threads > 0:
+            torch.set_num_threads(threads)
         self.model = models.load_value_model(model_path, dtype).eval().requires_grad_(False)
         self.tokenizer = models.load_tokenizer(model_path)
         self.same_vocab = self.tokenizer.get_vocab() == models.load_tokenizer(policy_tokenizer).get_vocab()

@@ -19,7 +19,8 @@ import datetime
 import ipaddress
 import os
 import socket
-from typing import Any, Callable, Optional, Sequence
+import time
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -94,12 +95,13 @@ class ActorGroup:
     per rank; or None with `num_ranks` (and num_cpus/num_gpus per actor) to place without a placement group.
 
     distributed=True runs the rendezvous (the actor class must derive from DistributedActor); backend is nccl
-    when the ranks have GPUs, else gloo."""
+    when the ranks have GPUs, else gloo. threads > 0 sets OMP_NUM_THREADS (torch's and vLLM's thread count) in
+    the actors' processes; 0 keeps Ray's default (the actor's CPUs rounded down, at least 1)."""
 
     def __init__(self, actor_cls: type, role: str, args: Sequence = (), kwargs: Optional[dict] = None, *,
                  slots: Optional[Sequence[Any]] = None, num_ranks: Optional[int] = None, num_cpus: float = 1.0,
                  num_gpus: float = 0.0, namespace: Optional[str] = None, distributed: bool = True,
-                 setup_timeout_s: float = 300.0):
+                 setup_timeout_s: float = 300.0, threads: int = 0):
         if (slots is None) == (num_ranks is None):
             raise ValueError("give either slots or num_ranks")
         self.role = role
@@ -109,6 +111,8 @@ class ActorGroup:
             opts: dict = {"name": f"{role}-{rank}", "max_restarts": 0}
             if namespace is not None:
                 opts["namespace"] = namespace
+            if threads > 0:  # merged with the job's env vars; Ray only sets OMP_NUM_THREADS when it is unset
+                opts["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
             if slots is None:
                 opts.update(num_cpus=num_cpus, num_gpus=num_gpus)
             else:
@@ -143,27 +147,41 @@ class ActorGroup:
         """fn(actor, rank) for every rank, in rank order (typically returning an ObjectRef)."""
         return [fn(actor, rank) for rank, actor in enumerate(self.actors)]
 
-    def get(self, refs: list, timeout_s: float, phase: str) -> list:
-        """Results of refs (refs[i] from rank i, as `map` returns them); GroupError on timeout, death or error."""
+    def get(self, refs: list, timeout_s: float, phase: str, ranks: Optional[list[int]] = None) -> list:
+        """Results of refs (refs[i] from rank ranks[i], by default rank i, as `map` returns them); GroupError on
+        timeout, death or error."""
+        ranks = list(range(len(refs))) if ranks is None else ranks
         _, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
         if pending:
             pending = set(pending)
-            waiting = [i for i, ref in enumerate(refs) if ref in pending]
+            waiting = [ranks[i] for i, ref in enumerate(refs) if ref in pending]
             raise GroupError(self.role, waiting, phase, f"no answer within {timeout_s:g} s")
         out, died, raised = [], [], []
         for i, ref in enumerate(refs):
             try:
                 out.append(ray.get(ref))
             except ray.exceptions.RayActorError as e:
-                died.append((i, e))
+                died.append((ranks[i], e))
             except ray.exceptions.RayTaskError as e:
-                raised.append((i, e))
+                raised.append((ranks[i], e))
         if died:
-            raise GroupError(self.role, [i for i, _ in died], phase, "actor died") from died[0][1]
+            raise GroupError(self.role, [r for r, _ in died], phase, "actor died") from died[0][1]
         if raised:
-            raise GroupError(self.role, [i for i, _ in raised], phase,
+            raise GroupError(self.role, [r for r, _ in raised], phase,
                              f"raised {type(raised[0][1].cause).__name__}: {raised[0][1].cause}") from raised[0][1]
         return out
+
+    def as_completed(self, refs: list, timeout_s: float, phase: str) -> Iterator[tuple[int, Any]]:
+        """(rank, result) of refs[rank] in the order they finish, so a caller can act on each at once; errors as
+        `get`, with one deadline for all."""
+        deadline = time.monotonic() + timeout_s
+        pending = dict(zip(refs, range(len(refs))))
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise GroupError(self.role, sorted(pending.values()), phase, f"no answer within {timeout_s:g} s")
+            rank = pending.pop(ready[0])
+            yield rank, self.get(ready, timeout_s, phase, ranks=[rank])[0]
 
     def call(self, fn: Callable[[Any, int], Any], timeout_s: float, phase: str) -> list:
         """`get(map(fn))`: run on every rank and wait for all."""

@@ -44,10 +44,15 @@ def cmd_run(args) -> int:
         print(f"Ray dashboard: http://{ctx.dashboard_url} (token in ~/.ray/auth_token)", flush=True)
     from rlhf_ray.ppo import PPOTrainer
 
-    history = PPOTrainer(cfg, run_dir).fit()
+    trainer = PPOTrainer(cfg, run_dir)
+    history = trainer.fit()
     first, last = history[0], history[-1]
     print(f"done: reward {first['reward_mean']:.3f} -> {last['reward_mean']:.3f}, kl {last['kl_mean']:.3f}; "
           f"policy in {run_dir.final('ppo')}")
+    if len(trainer.evals) >= 2:
+        before, after = trainer.evals[0], trainer.evals[-1]
+        print(f"held-out prompts ({before['eval_samples']} samples): reward {before['eval_reward_mean']:.3f} -> "
+              f"{after['eval_reward_mean']:.3f}, kl to the reference {after['eval_kl_mean']:.3f}")
     return 0
 
 

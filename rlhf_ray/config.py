@@ -132,6 +132,9 @@ class RoleConfig:
     """GPUs per actor; a fraction lets roles share a GPU."""
     cpus: float = 0.25
     """CPUs per actor (Ray's logical CPUs); fractions let all five roles share a 2-core machine."""
+    threads: int = 0
+    """Torch/OpenMP threads in each actor's process; 0 = Ray's default (the role's CPUs rounded down, at least 1).
+    On a CPU box whose phases run one at a time, set it to the cores (more than the cores in use at once costs)."""
     colocate_with: Optional[str] = None
     """Another role whose bundles this role shares (same count)."""
 
@@ -353,8 +356,8 @@ class Config:
                 errs.append((f"{key}.pool", f"unknown pool {role.pool!r}; pools: {', '.join(self.cluster.pools)}"))
             if role.count < 1:
                 errs.append((f"{key}.count", f"must be >= 1, got {role.count}"))
-            if role.gpus < 0 or role.cpus < 0:
-                errs.append((key, "gpus and cpus must be >= 0"))
+            if role.gpus < 0 or role.cpus < 0 or role.threads < 0:
+                errs.append((key, "gpus, cpus and threads must be >= 0"))
             if role.gpus > 1 and role.gpus != int(role.gpus):
                 errs.append((f"{key}.gpus", f"more than one GPU must be a whole number, got {role.gpus}"))
             if role.colocate_with is not None:

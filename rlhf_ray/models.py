@@ -159,18 +159,19 @@ def _tiny_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
+def make_tiny_model(out_dir: str | Path, seed: int = 0, tie_word_embeddings: bool = False) -> Path:
     """Build the tiny test Llama and its tokenizer into `out_dir` (safetensors).
 
     Weights depend only on `seed`; the tokenizer is the same for every seed, so tiny policies and reward
-    models built with different seeds read the same token ids."""
+    models built with different seeds read the same token ids. tie_word_embeddings: one matrix for the input
+    embedding and the LM head, as SmolLM2 and most small models have."""
     tokenizer = _tiny_tokenizer()
     ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
            "eos_token_id": tokenizer.eos_token_id}
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024,
-        tie_word_embeddings=False, **ids,
+        tie_word_embeddings=tie_word_embeddings, **ids,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

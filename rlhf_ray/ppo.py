@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import pyarrow as pa
+import ray
 import torch
 
 from actors.generator import Generator
@@ -65,21 +66,25 @@ def start_fleet(cfg: Config, policy: str, total_steps: int) -> Fleet:
     placement = pools.create(pools.plan(cfg.cluster, _roles(cfg)), timeout_s=cfg.cluster.call_timeout_s)
     print(pools.describe(placement), flush=True)
     slots, p, m = placement.slots, cfg.ppo, cfg.model
+
+    def on(role: str) -> dict:
+        return {"slots": slots(role), "threads": cfg.cluster.roles[role].threads}
+
     gen = ActorGroup(Generator, "generator", (policy, m.dtype, cfg.rollout.kv_cache_mb, cfg.seed, m.max_seq_len),
-                     slots=slots("generator"), distributed=False)
+                     distributed=False, **on("generator"))
     ref = ActorGroup(Reference, "reference", (m.reference or policy, m.dtype, cfg.train.micro_batch_size),
-                     slots=slots("reference"), distributed=False)
+                     distributed=False, **on("reference"))
     learner = (cfg.train, m.dtype, cfg.seed, total_steps, p.mini_batch_size)
-    pol = ActorGroup(Learner, "policy-learner", (policy, "policy", *learner), slots=slots("policy"))
+    pol = ActorGroup(Learner, "policy-learner", (policy, "policy", *learner), **on("policy"))
     critic = None
     if p.advantage == "gae":
         critic_train = TrainConfig(**{**cfg.train.__dict__, "lr": p.critic_lr})
         critic = ActorGroup(Learner, "critic-learner", (m.critic or m.reward or policy, "critic", critic_train,
-                                                        *learner[1:]), slots=slots("critic"))
+                                                        *learner[1:]), **on("critic"))
     rm = None
     if m.reward:
         rm = ActorGroup(RewardModel, "reward", (models.resolve_model(m.reward), policy, m.dtype,
-                                                cfg.train.micro_batch_size), slots=slots("reward"), distributed=False)
+                                                cfg.train.micro_batch_size), distributed=False, **on("reward"))
     fns = [f.function for f in cfg.reward.functions]
     reward_fn = ActorGroup(RewardFunction, "reward-fn", (fns,), num_ranks=1, num_cpus=0.01,
                            distributed=False) if fns else None
@@ -101,6 +106,10 @@ class PPOTrainer:
               else rl_math.FixedKLController(p.kl_coef))
         self.kl_ctl, self.version, self.rng = kl, 0, random.Random(cfg.seed)
         self.timeout = cfg.cluster.call_timeout_s
+        # One update per batch, sampled by the weights being trained: π_θold is the learner itself, so its
+        # log-probs need no separate forward (ppo_losses.policy_loss, on_policy).
+        self.on_policy = r.max_staleness == 0 and p.epochs == 1 and p.mini_batch_size == self.samples
+        self.evals: list[dict] = []
 
     def _load_prompts(self) -> list[dict]:
         ds, d = self.cfg.data.prompts, self.cfg.data
@@ -111,16 +120,19 @@ class PPOTrainer:
                                                                            d.truncation), report,
                                d.apply_chat_template)
         print(report, flush=True)
-        return [{"prompt": r["prompt"], "ids": i} for r, i in zip(rows, ids)]
+        train, held_out = data.split_eval([{"prompt": r["prompt"], "ids": i} for r, i in zip(rows, ids)],
+                                          ds.eval_fraction, self.cfg.seed)
+        self.eval_prompts = held_out
+        return train
 
     # ------------------------------------------------------------ phases
 
     def _next_prompts(self) -> list[dict]:
         return [self.rng.choice(self.prompts) for _ in range(self.cfg.rollout.batch_size)]
 
-    def launch_generate(self, fleet: Fleet) -> list:
-        """Queue one batch on the generators (each gets a near-equal share of the prompts)."""
-        batch, r, n = self._next_prompts(), self.cfg.rollout, len(fleet.generators)
+    def launch_generate(self, fleet: Fleet, prompts: Optional[list[dict]] = None) -> list:
+        """Queue one batch (the next training prompts, or `prompts`) on the generators, a near-equal share each."""
+        batch, r, n = prompts or self._next_prompts(), self.cfg.rollout, len(fleet.generators)
         shares = [batch[i::n] for i in range(n)]
         return fleet.generators.map(lambda a, rank: a.generate.remote(
             [b["ids"] for b in shares[rank]],
@@ -130,39 +142,86 @@ class PPOTrainer:
                                  top_p=r.top_p, n=r.n_samples),
             [b["prompt"] for b in shares[rank]]))
 
-    def collect(self, fleet: Fleet, refs: list) -> pa.Table:
+    def collect(self, fleet: Fleet, refs: list) -> tuple[pa.Table, list[dict]]:
+        """Each generator's share as it lands, with its reference log-probs and task rewards requested at once:
+        scoring overlaps the generation still running on other generators. Returns the batch in generator order
+        (groups numbered across it) and each share's scorer refs."""
+        shares, scoring = {}, {}
+        for i, t in fleet.generators.as_completed(refs, self.timeout, "generate"):
+            shares[i], scoring[i] = t, self._score_share(fleet, t, i)
         tables, offset = [], 0
-        for t in fleet.generators.get(refs, self.timeout, "generate"):
-            groups = pa.array([g + offset for g in t.column("group").to_pylist()], pa.int64())
-            tables.append(t.set_column(t.schema.get_field_index("group"), "group", groups))
-            offset += len(set(t.column("group").to_pylist()))
-        return pa.concat_tables(tables)
+        for i in sorted(shares):
+            groups = shares[i].column("group").to_pylist()
+            t = shares[i].set_column(shares[i].schema.get_field_index("group"), "group",
+                                     pa.array([g + offset for g in groups], pa.int64()))
+            tables.append(t)
+            offset += len(set(groups))
+        return pa.concat_tables(tables), [scoring[i] for i in sorted(scoring)]
 
-    def score(self, fleet: Fleet, table: pa.Table, batch: rollout.RolloutBatch) -> experience.Scores:
-        """Reference log-probs, rewards, old log-probs and values, requested together and awaited together."""
-        n_ref = len(fleet.reference)
-        ref_refs = fleet.reference.map(lambda a, i: a.logprobs.remote(_rows(table, i, n_ref)))
-        rm_refs = fleet.reward_model.map(lambda a, i: a.scores.remote(_rows(table, i, len(fleet.reward_model)))) \
-            if fleet.reward_model else []
-        fn_refs = fleet.reward_fn.map(lambda a, i: a.scores.remote(table)) if fleet.reward_fn else []
+    @staticmethod
+    def _score_share(fleet: Fleet, share: pa.Table, i: int) -> dict:
+        """(rank, ref) per scorer for share i; shares go round-robin over each scorer group's ranks."""
+        def to(group: Optional[ActorGroup], call) -> Optional[tuple[int, ray.ObjectRef]]:
+            return None if group is None else (i % len(group), call(group.actors[i % len(group)]))
+
+        return {"reference": to(fleet.reference, lambda a: a.logprobs.remote(share)),
+                "reward": to(fleet.reward_model, lambda a: a.scores.remote(share)),
+                "reward-fn": to(fleet.reward_fn, lambda a: a.scores.remote(share))}
+
+    def _await(self, group: ActorGroup, scoring: list[dict], key: str, phase: str) -> list:
+        items = [s[key] for s in scoring]
+        return group.get([ref for _, ref in items], self.timeout, phase, ranks=[rank for rank, _ in items])
+
+    def task_rewards(self, fleet: Fleet, scoring: list[dict]) -> torch.Tensor:
+        """Reward model scores and reward functions, weighted and summed: (B,)."""
+        parts = []
+        if fleet.reward_model:
+            rm = [x for part in self._await(fleet.reward_model, scoring, "reward", "score: reward model") for x in part]
+            parts.append(self.cfg.reward.model_weight * torch.tensor(rm))
+        if fleet.reward_fn:
+            by_share = self._await(fleet.reward_fn, scoring, "reward-fn", "score: reward functions")
+            for f in self.cfg.reward.functions:
+                parts.append(f.weight * torch.tensor([x for part in by_share for x in part[f.function]]))
+        return torch.stack(parts).sum(0)
+
+    def score(self, fleet: Fleet, table: pa.Table, batch: rollout.RolloutBatch, scoring: list[dict]
+              ) -> experience.Scores:
+        """Old log-probs and values from the learners (the whole batch, one equal shard per rank: ZeRO-3 forwards
+        are collective), then the share scorers' answers. On-policy, μ stands in for π_θold here (see __init__)."""
         T = batch.response_mask.shape[1]
         ids = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        old_refs = _learner_forward(fleet.policy, "logprobs", ids, T)
+        old_refs = None if self.on_policy else _learner_forward(fleet.policy, "logprobs", ids, T)
         value_refs = _learner_forward(fleet.critic, "values", ids, T) if fleet.critic else None
-        old = torch.cat(fleet.policy.get(old_refs, self.timeout, "score: old logprobs"))
+        ref_lp = _pad([lp for part in self._await(fleet.reference, scoring, "reference", "score: reference")
+                       for lp in part], T)
+        task = self.task_rewards(fleet, scoring)
+        old = batch.logprobs if old_refs is None else torch.cat(fleet.policy.get(old_refs, self.timeout,
+                                                                                   "score: old logprobs"))
         values = torch.cat(fleet.critic.get(value_refs, self.timeout, "score: values")) if value_refs else None
-        ref_lp = _pad([lp for part in fleet.reference.get(ref_refs, self.timeout, "score: reference") for lp in part], T)
-        task = torch.zeros(table.num_rows)
-        if rm_refs:
-            rm = [s for part in fleet.reward_model.get(rm_refs, self.timeout, "score: reward model") for s in part]
-            task += self.cfg.reward.model_weight * torch.tensor(rm)
-        if fn_refs:
-            weights = {f.function: f.weight for f in self.cfg.reward.functions}
-            for spec, vals in fleet.reward_fn.get(fn_refs, self.timeout, "score: reward functions")[0].items():
-                task += weights[spec] * torch.tensor(vals)
         ended = torch.tensor([f == "stop" for f in table.column("finish_reason").to_pylist()])
         mask = batch.response_mask
         return experience.Scores(task, ref_lp * mask, old * mask, None if values is None else values * mask, ended)
+
+    def evaluate(self, fleet: Fleet) -> dict:
+        """The held-out prompts at the generators' current weights: task reward, KL(π || π_ref) per response (k3,
+        unbiased and non-negative), length. The samples go to rollouts/eval_vNNNNNN.parquet."""
+        table, scoring = self.collect(fleet, self.launch_generate(fleet, self.eval_prompts))
+        batch = rollout.collate(table, self.tokenizer.pad_token_id)
+        mask = batch.response_mask
+        ref_lp = _pad([lp for part in self._await(fleet.reference, scoring, "reference", "eval: reference")
+                       for lp in part], mask.shape[1])
+        task = self.task_rewards(fleet, scoring)
+        kl = rl_math.masked_sum(rl_math.kl_estimate(batch.logprobs, ref_lp, "k3") * mask, mask, dim=1)
+        self.run_dir.write_rollouts(f"eval_v{self.version:06d}", table.append_column("reward", pa.array(task.tolist()))
+                                    .append_column("kl", pa.array(kl.tolist())))
+        row = {"step": self.version, "policy_version": self.version, "eval_reward_mean": task.mean().item(),
+               "eval_reward_std": task.std().item() if len(task) > 1 else 0.0, "eval_kl_mean": kl.mean().item(),
+               "eval_response_length_mean": mask.sum(1).mean().item(), "eval_samples": len(task)}
+        self.run_dir.log_metrics(row)
+        self.evals.append(row)
+        print(f"eval at policy version {self.version}: reward {row['eval_reward_mean']:.3f}  "
+              f"kl {row['eval_kl_mean']:.3f}  ({len(task)} samples)", flush=True)
+        return row
 
     def make_experience(self, batch: rollout.RolloutBatch, s: experience.Scores) -> tuple[dict, dict]:
         p, rw, mask = self.cfg.ppo, self.cfg.reward, batch.response_mask
@@ -170,23 +229,26 @@ class PPOTrainer:
         kl = rl_math.kl_estimate(s.old_logprobs, s.ref_logprobs, p.kl_estimator) * mask
         adv, ret = experience.advantages(p.advantage, reward, kl, mask, self.kl_ctl.value, p.kl_in_reward, s.values,
                                          p.gamma, p.lam, self.cfg.rollout.n_samples)
-        # Behaviour correction: samples came from μ (the generator, possibly some versions old).
-        is_w = torch.exp(s.old_logprobs - batch.logprobs).clamp(max=IS_WEIGHT_CAP) * mask
+        # Behaviour correction: samples came from μ (the generator, possibly some versions old). On-policy the
+        # weight is 1 and old_logprobs carries μ, for the gap the loss reports.
+        is_w = mask if self.on_policy else torch.exp(s.old_logprobs - batch.logprobs).clamp(max=IS_WEIGHT_CAP) * mask
         exp = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "response_mask": mask,
                "old_logprobs": s.old_logprobs, "ref_logprobs": s.ref_logprobs, "advantages": adv, "is_weights": is_w,
                "returns": ret, "old_values": s.values if s.values is not None else torch.zeros_like(mask)}
         kl_seq = rl_math.masked_sum(kl, mask, dim=1)
         stats = {"reward_mean": s.task.mean().item(), "reward_std": s.task.std().item() if len(s.task) > 1 else 0.0,
                  "kl_mean": kl_seq.mean().item(), "kl_coef": self.kl_ctl.value,
-                 "logprob_gap": rl_math.masked_mean((s.old_logprobs - batch.logprobs).abs(), mask).item(),
                  "response_length_mean": mask.sum(1).mean().item(), "eos_frac": s.ended.float().mean().item()}
+        if not self.on_policy:  # on-policy, the policy loss measures the gap in its own forward
+            stats["logprob_gap"] = rl_math.masked_mean((s.old_logprobs - batch.logprobs).abs(), mask).item()
         return exp, {**stats, "_kl_seq": kl_seq, "_reward": s.task}
 
     def train(self, fleet: Fleet, exp: dict) -> dict:
         """PPO epochs over shuffled mini-batches; each mini-batch is one optimizer step of policy and critic."""
         p = self.cfg.ppo
         pol_loss = ppo_losses.make_policy_loss(p.clip_eps, p.dual_clip, p.entropy_coef,
-                                               0.0 if p.kl_in_reward else self.kl_ctl.value, p.kl_estimator)
+                                               0.0 if p.kl_in_reward else self.kl_ctl.value, p.kl_estimator,
+                                               self.on_policy)
         val_loss = ppo_losses.make_value_loss(p.value_clip_eps)
         sums: dict[str, float] = {}
         n = 0
@@ -205,7 +267,7 @@ class PPOTrainer:
                     sums[k] = sums.get(k, 0.0) + v
                 n += 1
         return {k: v / n for k, v in sums.items() if k in ("policy_loss", "value_loss", "clip_frac", "entropy",
-                                                            "approx_kl", "grad_norm")}
+                                                            "approx_kl", "grad_norm", "logprob_gap")}
 
     def sync(self, fleet: Fleet) -> dict:
         """Weights v+1 from policy rank 0 to every generator (object store; queued after in-flight generation)."""
@@ -221,17 +283,19 @@ class PPOTrainer:
         fleet = start_fleet(cfg, self.policy, self.total_steps)
         history: list[dict] = []
         try:
+            if self.eval_prompts:
+                self.evaluate(fleet)  # before any update
             inflight: deque = deque([self.launch_generate(fleet)])
             for step in range(cfg.ppo.steps):
                 t0 = time.perf_counter()
-                table = self.collect(fleet, inflight.popleft())
+                table, scoring = self.collect(fleet, inflight.popleft())
                 while len(inflight) < k and step + len(inflight) + 1 < cfg.ppo.steps:
                     inflight.append(self.launch_generate(fleet))  # overlap with training
                 t1 = time.perf_counter()
                 batch = rollout.collate(table, self.tokenizer.pad_token_id)
                 staleness = self.version - batch.policy_version
                 assert int(staleness.max()) <= k, f"sample {int(staleness.max())} versions old, bound {k}"
-                exp, stats = self.make_experience(batch, self.score(fleet, table, batch))
+                exp, stats = self.make_experience(batch, self.score(fleet, table, batch, scoring))
                 t2 = time.perf_counter()
                 losses = self.train(fleet, exp)
                 self.version += 1
@@ -254,6 +318,9 @@ class PPOTrainer:
                                             .append_column("staleness", pa.array(staleness.tolist())))
                 history.append(row)
                 print(_progress(row, cfg.ppo.steps), flush=True)
+                every = cfg.train.eval_every
+                if self.eval_prompts and (step + 1 == cfg.ppo.steps or (every and (step + 1) % every == 0)):
+                    self.evaluate(fleet)
             fleet.policy.call(lambda a, r: a.save.remote(str(self.run_dir.final("ppo")), False), self.timeout,
                               "save")
         finally:

@@ -30,15 +30,21 @@ def _logits(model, mb: ds_engine.Batch) -> torch.Tensor:
 
 
 def policy_loss(model, mb: ds_engine.Batch, n_global: float, clip_eps: float, dual_clip: Optional[float],
-                entropy_coef: float, kl_coef: float, kl_estimator: str) -> tuple[torch.Tensor, dict[str, float]]:
+                entropy_coef: float, kl_coef: float, kl_estimator: str, on_policy: bool = False
+                ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate on the proximal policy π_θold, each token weighted by its truncated importance weight
     π_θold/μ against the behaviour policy μ that sampled it (1 for on-policy samples); minus the entropy bonus;
-    plus β·KL(π || π_ref) when the KL is a loss term (kl_coef > 0 here)."""
+    plus β·KL(π || π_ref) when the KL is a loss term (kl_coef > 0 here).
+
+    on_policy: this is the only update on a batch sampled by the current weights, so π_θold is the model being
+    trained and its log-probs are this forward's, detached (the ratio is 1, the gradient that of the surrogate);
+    mb["old_logprobs"] then holds the generator's log-probs μ, and their gap to the learner's is reported."""
     mask = mb["response_mask"]
     T = mask.shape[1]
     logits = _logits(model, mb)
     logp = rl_math.logprobs_from_logits(logits, mb["input_ids"][:, -T:])
-    pg, clipped = rl_math.ppo_policy_loss(logp, mb["old_logprobs"], mb["advantages"], clip_eps, dual_clip)
+    old = logp.detach() if on_policy else mb["old_logprobs"]
+    pg, clipped = rl_math.ppo_policy_loss(logp, old, mb["advantages"], clip_eps, dual_clip)
     per_token = pg * mb["is_weights"]
     entropy = rl_math.entropy_from_logits(logits)
     per_token = per_token - entropy_coef * entropy
@@ -50,8 +56,10 @@ def policy_loss(model, mb: ds_engine.Batch, n_global: float, clip_eps: float, du
             "policy_loss": rl_math.token_mean(pg, mask, n_global).item(),
             "clip_frac": rl_math.token_mean(clipped.float(), mask, n_global).item(),
             "entropy": rl_math.token_mean(entropy, mask, n_global).item(),
-            "approx_kl": rl_math.token_mean(0.5 * (logp - mb["old_logprobs"]) ** 2, mask, n_global).item(),
+            "approx_kl": rl_math.token_mean(0.5 * (logp - old) ** 2, mask, n_global).item(),
         }
+        if on_policy:
+            metrics["logprob_gap"] = rl_math.token_mean((logp - mb["old_logprobs"]).abs(), mask, n_global).item()
     return loss, metrics
 
 
@@ -65,9 +73,9 @@ def value_loss(model, mb: ds_engine.Batch, n_global: float, clip_eps: Optional[f
 
 
 def make_policy_loss(clip_eps: float, dual_clip: Optional[float], entropy_coef: float, kl_coef: float,
-                     kl_estimator: str) -> ds_engine.Loss:
+                     kl_estimator: str, on_policy: bool = False) -> ds_engine.Loss:
     return ds_engine.Loss(partial(policy_loss, clip_eps=clip_eps, dual_clip=dual_clip, entropy_coef=entropy_coef,
-                                  kl_coef=kl_coef, kl_estimator=kl_estimator), response_tokens)
+                                  kl_coef=kl_coef, kl_estimator=kl_estimator, on_policy=on_policy), response_tokens)
 
 
 def make_value_loss(clip_eps: Optional[float]) -> ds_engine.Loss:

@@ -24,8 +24,10 @@ class RunDir:
         with (self.path / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(clean) + "\n")
 
-    def write_rollouts(self, step: int, table: pa.Table) -> Path:
-        out = self.path / "rollouts" / f"step_{step:06d}.parquet"
+    def write_rollouts(self, step: int | str, table: pa.Table) -> Path:
+        """rollouts/step_NNNNNN.parquet for a training step, rollouts/<step>.parquet for a name."""
+        name = f"step_{step:06d}" if isinstance(step, int) else step
+        out = self.path / "rollouts" / f"{name}.parquet"
         out.parent.mkdir(exist_ok=True)
         pq.write_table(table, out)
         return out

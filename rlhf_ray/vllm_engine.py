@@ -100,4 +100,18 @@ def response_logprobs(llm, prompt_ids: list[list[int]], response_ids: list[list[
 def load_weights(llm, named_tensors: list) -> None:
     """Load (HF name, tensor) pairs in place, then drop the prefix cache (its KV came from the old weights)."""
     llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named_tensors})
+    llm.collective_rpc(_retie_lm_head)
     llm.reset_prefix_cache()
+
+
+def _retie_lm_head(worker) -> None:
+    """Tied embeddings (SmolLM2, most small models) load only `embed_tokens`; vLLM's layer-wise reload then puts
+    the LM head's old kernel tensors back ("ParallelLMHead: Failed to load weights"): on CPU the head multiplies
+    by a packed copy of the old embedding, so the engine would sample from new layers and a stale head. Point
+    the head at the new embedding and redo its kernel setup."""
+    model = worker.model_runner.get_model()
+    if getattr(model.config, "tie_word_embeddings", False):
+        head, embed = model.lm_head, model.model.embed_tokens
+        if head.weight.data_ptr() != embed.weight.data_ptr():
+            head.weight.data.copy_(embed.weight.data)
+        head.quant_method.process_weights_after_loading(head)

@@ -55,3 +55,48 @@ def test_two_generators_and_two_rank_learners_together(tmp_path):
     assert [r["policy_version"] for r in rows] == [1, 2, 3] and max(r["staleness_max"] for r in rows) <= 1
     groups = pq.read_table(run_dir / "rollouts" / "step_000000.parquet").column("group").to_pylist()
     assert sorted(set(groups)) == list(range(32))  # both generators' prompts, numbered across the batch
+
+
+def test_reward_model_run_with_held_out_eval_and_a_final_policy_vllm_serves(tiny, tmp_path):
+    """A reward model beside the reward function (their weighted sum is what the rollouts record), held-out
+    prompts scored before and after training, and the final policy folder loaded by vLLM (`rlhf-ray sample`), whose
+    log-probs match transformers' on the same folder: the trained weights, not the initial ones, were saved."""
+    import torch
+
+    from rlhf_ray import models, rollout, scoring
+
+    target_token_frac = scoring.load_reward_function(f"{ROOT}/configs/tiny/rewards.py:target_token_frac")
+
+    torch.manual_seed(1)
+    rm_dir = tmp_path / "rm"  # a reward model with a random score head: the wiring is under test, not its taste
+    models.load_value_model(tiny).save_pretrained(rm_dir)
+    models.load_tokenizer(tiny).save_pretrained(rm_dir)
+    run_dir = tmp_path / "run"
+    exe = str(Path(sys.executable).with_name("rlhf-ray"))
+    proc = subprocess.run([exe, "run", "configs/tiny/ppo.yaml", f"model.policy={tiny}", f"model.reward={rm_dir}",
+                           "reward.model_weight=0.5", "ppo.steps=2", "data.prompts.eval_fraction=0.25",
+                           "--run-dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval_reward_mean" in r]
+    assert [r["policy_version"] for r in evals] == [0, 2] and all(r["eval_samples"] == 8 * 4 for r in evals)
+    assert "held-out prompts (32 samples): reward" in proc.stdout
+
+    table = pq.read_table(run_dir / "rollouts" / "step_000000.parquet")
+    batch = rollout.collate(table, models.load_tokenizer(tiny).pad_token_id)
+    with torch.no_grad():
+        rm = scoring.reward_scores(models.load_value_model(str(rm_dir)).eval(), batch.input_ids, batch.attention_mask)
+    fn = torch.tensor(target_token_frac(None, None, table.column("response_ids").to_pylist()))
+    assert torch.allclose(torch.tensor(table.column("reward").to_pylist()), 0.5 * rm + fn, atol=1e-4)
+
+    final = run_dir / "final" / "ppo"
+    proc = subprocess.run([exe, "sample", "configs/tiny/sample.yaml", f"model.policy={final}", "rollout.n_samples=1",
+                           "--run-dir", str(tmp_path / "sample")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sampled = pq.read_table(tmp_path / "sample" / "rollouts" / "sample.parquet")
+    batch = rollout.collate(sampled, models.load_tokenizer(str(final)).pad_token_id)
+    policy = models.load_policy(str(final)).eval()
+    with torch.no_grad():
+        hf = scoring.response_logprobs(policy, batch, 8)
+    mask = batch.response_mask.bool()
+    assert mask.sum() > 0 and (hf - batch.logprobs)[mask].abs().max() < 1e-3

@@ -85,6 +85,25 @@ def test_policy_loss_on_policy_is_minus_the_advantage(tiny_lm):
     assert with_kl.fn(tiny_lm, mb, 24.0)[0].item() == pytest.approx(-1.0, abs=1e-5)
 
 
+def test_on_policy_loss_needs_no_old_logprobs_and_reports_the_generator_gap(tiny_lm):
+    """on_policy: π_θold is this forward, detached; old_logprobs then carries μ (here shifted by 0.01) only for
+    the gap metric. Same loss and gradient as the general loss given exact old log-probs."""
+    mb = _mb(tiny_lm)
+    mb["advantages"] = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    exact = ppo_losses.make_policy_loss(0.2, None, 0.0, 0.0, "k1")
+    fast = ppo_losses.make_policy_loss(0.2, None, 0.0, 0.0, "k1", on_policy=True)
+    grads = []
+    for loss, batch in ((exact, mb), (fast, dict(mb, old_logprobs=mb["old_logprobs"] + 0.01))):
+        tiny_lm.zero_grad()
+        value, metrics = loss.fn(tiny_lm, batch, 24.0)
+        value.backward()
+        grads.append((value.item(), tiny_lm.lm_head.weight.grad.clone(), metrics))
+    (v1, g1, m1), (v2, g2, m2) = grads
+    tiny_lm.zero_grad()
+    assert v2 == pytest.approx(v1, abs=1e-6) and torch.allclose(g1, g2, atol=1e-6)
+    assert "logprob_gap" not in m1 and m2["logprob_gap"] == pytest.approx(0.01, abs=1e-5)
+
+
 def test_policy_loss_splits_exactly_into_micro_batches(tiny_lm):
     loss = ppo_losses.make_policy_loss(0.2, 3.0, 0.01, 0.1, "k3")
     mb = _mb(tiny_lm)
