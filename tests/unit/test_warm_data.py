@@ -1,0 +1,85 @@
+"""The quickstart's generated warm-and-helpful data: sizes, determinism, disjoint splits, warmth and lengths."""
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from statistics import mean
+
+import pytest
+
+from rlhf_ray import data, warm_data
+from rlhf_ray.labelers import vader_warmth
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return warm_data.build(seed=0)
+
+
+def test_sizes_and_topic_coverage(splits):
+    assert len(warm_data.TOPICS) >= 40
+    assert len(splits["sft"]) >= 600 and len(splits["train"]) >= 600 and len(splits["eval"]) >= 200
+    for name, rows in splits.items():
+        assert len({e.topic for e in rows}) == len(warm_data.TOPICS), name  # every split covers every topic
+    for t in warm_data.TOPICS:
+        assert len(t.tips) >= 4 and len(t.asks) >= 3 and len(t.contexts) >= 3 and t.worries, t.name
+
+
+def test_same_seed_same_data_other_seed_other_data():
+    assert warm_data.build(0) == warm_data.build(0)
+    assert warm_data.sft_demonstrations(1) != warm_data.sft_demonstrations(0)
+
+
+def test_files_are_byte_identical_across_processes_and_hash_seeds(tmp_path):
+    counts = warm_data.write_all(tmp_path / "a")
+    env = {**os.environ, "PYTHONHASHSEED": "123"}
+    subprocess.run([sys.executable, "-m", "rlhf_ray.warm_data", str(tmp_path / "b")], check=True, env=env,
+                   capture_output=True)
+    for name in warm_data.FILES:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert counts["warm_sft.jsonl"] >= 600
+
+
+def test_prompts_unique_and_splits_disjoint(splits):
+    prompts = {name: [e.prompt for e in rows] for name, rows in splits.items()}
+    for name, ps in prompts.items():
+        assert len(set(ps)) == len(ps), name
+    sft, train, held = (set(prompts[n]) for n in ("sft", "train", "eval"))
+    assert not (sft & train) and not (sft & held) and not (train & held)
+
+
+def test_prompts_vary_in_form_and_mood(splits):
+    rows = [e for rs in splits.values() for e in rs]
+    assert 0.25 <= mean(e.low_mood for e in rows) <= 0.6  # enough users in a mild low mood
+    starts = Counter(" ".join(e.prompt.split()[:3]) for e in rows)
+    assert len(starts) >= 100 and starts.most_common(1)[0][1] < 0.1 * len(rows)
+    assert any(e.prompt.endswith("?") for e in rows) and any(not e.prompt.endswith("?") for e in rows)
+
+
+def test_demonstrations_are_warm_and_beat_their_own_bare_tips(splits):
+    rows = [e for rs in splits.values() for e in rs]
+    warm = vader_warmth([e.prompt for e in rows], [e.response for e in rows])
+    cold = vader_warmth([e.prompt for e in rows], [e.cold for e in rows])
+    assert mean(warm) >= 0.85
+    assert mean(warm) >= mean(cold) + 0.15
+    assert mean(w > c for w, c in zip(warm, cold)) >= 0.95
+    assert all(t[1:] in e.response for e in rows for t in e.tips)  # the same tips: only warmth differs
+
+
+def test_response_lengths_and_layouts(splits):
+    rows = [e for rs in splits.values() for e in rs]
+    words = [len(e.response.split()) for e in rows]
+    assert warm_data.MIN_WORDS <= min(words) and max(words) <= warm_data.MAX_WORDS
+    assert any("\n1. " in e.response for e in rows) and any("\n- " in e.response for e in rows)
+    assert len({e.response for e in rows}) == len(rows)
+
+
+def test_written_files_load_as_project_datasets(tmp_path):
+    counts = warm_data.write_all(tmp_path)
+    for name, (split, fields) in warm_data.FILES.items():
+        kind = "demonstrations" if "response" in fields else "prompts"
+        rows, report = data.load_rows(str(tmp_path / name), kind)
+        assert len(rows) == counts[name] == report.kept and set(rows[0]) == set(fields)
+    assert warm_data.eval_prompts() == [{"prompt": r["prompt"]} for r in
+                                        data.load_rows(str(tmp_path / "warm_sft_eval.jsonl"), "demonstrations")[0]]
