@@ -1,6 +1,7 @@
 """The quickstart's generated warm-and-helpful data: sizes, determinism, disjoint splits, warmth and lengths."""
 
 import os
+from pathlib import Path
 import subprocess
 import sys
 from collections import Counter
@@ -83,3 +84,11 @@ def test_written_files_load_as_project_datasets(tmp_path):
         assert len(rows) == counts[name] == report.kept and set(rows[0]) == set(fields)
     assert warm_data.eval_prompts() == [{"prompt": r["prompt"]} for r in
                                         data.load_rows(str(tmp_path / "warm_sft_eval.jsonl"), "demonstrations")[0]]
+
+
+def test_committed_files_are_what_the_generator_writes(tmp_path):
+    """configs/data/warm/ is generated (python -m rlhf_ray.warm_data configs/data/warm); it must not drift."""
+    committed = Path(__file__).resolve().parents[2] / "configs" / "data" / "warm"
+    warm_data.write_all(tmp_path)
+    for f in sorted(tmp_path.iterdir()):
+        assert (committed / f.name).read_bytes() == f.read_bytes(), f.name
