@@ -136,14 +136,16 @@ def finished(run_dir: RunDir, stage: str) -> Optional[dict]:
     return json.loads(marker.read_text()) if marker.is_file() else None
 
 
-def _mark_done(run_dir: RunDir, stage: str, result: StageResult) -> None:
-    """Write the marker last, atomically: a stage killed before this point is rerun in full."""
+def _mark_done(run_dir: RunDir, stage: str, cfg: Config, result: StageResult) -> None:
+    """Write the marker last, atomically: a stage killed before this point is rerun in full. It records what
+    the stage started from (`inputs`: the config keys earlier stages can set) beside what it made."""
     folder = run_dir.final(stage)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{MARKER}.tmp"
-    tmp.write_text(json.dumps({"stage": stage, "outputs": result.outputs, "summary": result.summary,
-                               "metrics": result.metrics, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
-                              indent=1))
+    inputs = {key: _get(cfg, key) for key in (*OUTPUT_KEYS.values(), "model.reference")}
+    tmp.write_text(json.dumps({"stage": stage, "inputs": inputs, "outputs": result.outputs,
+                               "summary": result.summary, "metrics": result.metrics,
+                               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
     os.replace(tmp, folder / MARKER)
 
 
@@ -172,7 +174,7 @@ def run(cfg: Config, run_dir: RunDir, force: bool = False, connect: Callable[[],
             run_dir.stage = stage
             result = RUNNERS[stage](cfg, run_dir)
             run_dir.stage = None
-            _mark_done(run_dir, stage, result)
+            _mark_done(run_dir, stage, cfg, result)
         print(result.summary, flush=True)
         cfg = apply_outputs(cfg, result.outputs)
         results.append(result)
