@@ -121,7 +121,7 @@ def test_a_later_stage_starts_from_the_sft_output_and_finished_stages_are_skippe
     assert (sft_dir / "final" / "sft" / MARKER).read_text() == before
     dpo = _marker(sft_dir, "dpo")
     assert dpo["inputs"]["model.policy"] == str(sft_dir / "final" / "sft")
-    assert [r["step"] for r in _metrics(sft_dir, "dpo")] == [0, 1, 2, 3]
+    assert [r["step"] for r in _metrics(sft_dir, "dpo")] == [1, 2, 3]  # no held-out pairs here: no step-0 row
     assert len(_metrics(sft_dir, "sft")) == 43  # untouched
 
 
@@ -131,5 +131,5 @@ def test_rerun_skips_everything_then_force_reruns(sft_dir, capsys):
     assert _run("configs/tiny/sft.yaml", "train.max_steps=2", "train.eval_every=0", "--force",
                 "--run-dir", str(sft_dir)) == 0
     assert [r["step"] for r in _metrics(sft_dir, "sft")] == [0, 1, 2]  # the forced run's rows replace the old ones
-    assert len(_metrics(sft_dir, "dpo")) == 4  # other stages' rows stay
+    assert len(_metrics(sft_dir, "dpo")) == 3  # other stages' rows stay
     assert AutoModelForCausalLM.from_pretrained(sft_dir / "final" / "sft") is not None
