@@ -1,4 +1,4 @@
-"""SFT, reward model and DPO end to end through `rlhf-ray run` (in-process `cli.main`, one Ray session for the
+"""SFT, reward model (on the policy backbone and on the MiniLM encoder) and DPO end to end through `rlhf-ray run` (in-process `cli.main`, one Ray session for the
 module) on the tiny random-init model and the learnable datasets of configs/tiny/make_data.py; then the pipeline:
 a later stage starts from an earlier stage's output, a rerun skips finished stages, `--force` reruns them."""
 
@@ -92,6 +92,23 @@ def test_rm_held_out_accuracy_and_the_reward_actor_loads_it(ray_session, tmp_pat
                       + [data.response_ids(tok, r) for _, _, r in pairs]})
     scores = rm.scores(table)
     assert scores[0] > scores[2] and scores[1] > scores[3], scores
+
+
+def test_rm_on_a_separate_encoder_reads_text_pairs(ray_session, tmp_path):
+    """model.reward = minilm-l6: the pairs are re-tokenized as (prompt, response) texts for the encoder, and the
+    reward actor, which scores rollouts by their texts for such a model, agrees with what was trained."""
+    assert _run("configs/tiny/rm.yaml", "model.reward=minilm-l6", "train.lr=1e-4", "train.max_steps=7",
+                "--run-dir", str(tmp_path)) == 0
+    last = _metrics(tmp_path, "rm")[-1]
+    print(f"rm on minilm-l6: held-out accuracy {last['eval_accuracy']:.3f}, margin {last['eval_margin']:.3f}")
+    assert last["step"] == 7 and last["eval_accuracy"] >= 0.75
+    from actors.reward_model import RewardModel
+
+    rm = RewardModel(str(tmp_path / "final" / "rm"), models.resolve_model("tiny"))
+    assert not rm.same_vocab
+    scores = rm.scores(pa.table({"prompt": ["Hello, what do you think of the kitchen?"] * 2,
+                                 "response": ["The kitchen is warm and kind.", "The kitchen is cold and broken."]}))
+    assert scores[0] > scores[1], scores
 
 
 def test_dpo_raises_held_out_preference_accuracy(ray_session, tmp_path):
