@@ -57,6 +57,11 @@ class Learner(DistributedActor):
         micro = ds_engine.split_micro_batches(batch, self.train.micro_batch_size)
         return ds_engine.train_step(self.engine, micro, loss)
 
+    def evaluate(self, batch: Batch, loss: Loss) -> dict[str, float]:
+        """`loss` and its metrics over this rank's shard of a held-out set, no gradients (all ranks together)."""
+        micro = ds_engine.split_micro_batches(batch, self.train.micro_batch_size, exact=False)
+        return ds_engine.eval_step(self.engine, micro, loss)
+
     def _forward(self, batch: Batch, fn) -> torch.Tensor:
         """fn(engine, micro_batch) over micro-batches, no gradients, concatenated on CPU."""
         outs = []

@@ -1,7 +1,8 @@
 """`rlhf-ray`: the command line.
 
   rlhf-ray validate CONFIG [key=value ...]             print the resolved config, or every error (exit 1)
-  rlhf-ray run CONFIG [key=value ...] [--run-dir D] [--address A]   run the config's stages (today: ppo)
+  rlhf-ray run CONFIG [key=value ...] [--run-dir D] [--address A] [--force]   run the config's stages in order
+                                                       (sft, rm, dpo, ppo), skipping ones already finished
   rlhf-ray sample CONFIG [key=value ...] [--run-dir D]  sample responses to the config's prompts with vLLM
 """
 
@@ -31,28 +32,25 @@ def run_dir_for(cfg: Config, run_dir: str | None) -> Path:
 
 
 def cmd_run(args) -> int:
-    """Run the config's stages on the cluster at --address / RAY_ADDRESS, else an embedded local one."""
-    from cluster.local import init_ray
+    """Run the config's stages in order on the cluster at --address / RAY_ADDRESS, else an embedded local one.
+
+    Stages already finished in the run directory are skipped (their outputs reused) unless --force."""
+    from rlhf_ray import pipeline
 
     cfg = _load(args)
-    unsupported = [s for s in cfg.stages if s != "ppo"]
-    if unsupported:
-        raise ConfigError([f"{args.config}: stages: {', '.join(unsupported)} cannot run yet; only `ppo` is built"])
+    pipeline.check_inputs(cfg, args.config)  # before any actor: missing datasets, stages not built yet
     run_dir = RunDir(args.run_dir or Path("runs") / cfg.name, cfg)
-    ctx = init_ray(args.address or cfg.cluster.address, num_cpus=None, object_store_mb=cfg.cluster.object_store_mb)
-    if getattr(ctx, "dashboard_url", None):
-        print(f"Ray dashboard: http://{ctx.dashboard_url} (token in ~/.ray/auth_token)", flush=True)
-    from rlhf_ray.ppo import PPOTrainer
 
-    trainer = PPOTrainer(cfg, run_dir)
-    history = trainer.fit()
-    first, last = history[0], history[-1]
-    print(f"done: reward {first['reward_mean']:.3f} -> {last['reward_mean']:.3f}, kl {last['kl_mean']:.3f}; "
-          f"policy in {run_dir.final('ppo')}")
-    if len(trainer.evals) >= 2:
-        before, after = trainer.evals[0], trainer.evals[-1]
-        print(f"held-out prompts ({before['eval_samples']} samples): reward {before['eval_reward_mean']:.3f} -> "
-              f"{after['eval_reward_mean']:.3f}, kl to the reference {after['eval_kl_mean']:.3f}")
+    def connect() -> None:
+        from cluster.local import init_ray
+
+        ctx = init_ray(args.address or cfg.cluster.address, num_cpus=None,
+                       object_store_mb=cfg.cluster.object_store_mb)
+        if getattr(ctx, "dashboard_url", None):
+            print(f"Ray dashboard: http://{ctx.dashboard_url} (token in ~/.ray/auth_token)", flush=True)
+
+    results = pipeline.run(cfg, run_dir, force=args.force, connect=connect)
+    print("done: " + " | ".join(r.summary.rsplit("; ", 1)[0] for r in results) + f" (run directory {run_dir.path})")
     return 0
 
 
@@ -105,9 +103,10 @@ def _parser() -> argparse.ArgumentParser:
 
     with_config("validate", "print the resolved config, or every error with its key and file").set_defaults(
         fn=cmd_validate)
-    s = with_config("run", "run the config's stages (today: ppo)")
+    s = with_config("run", "run the config's stages in order, skipping stages already finished in the run dir")
     s.add_argument("--run-dir", help="output folder (default runs/<name>/)")
     s.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local cluster)")
+    s.add_argument("--force", action="store_true", help="rerun stages even when final/<stage>/ marks them finished")
     s.set_defaults(fn=cmd_run)
     s = with_config("sample", "sample responses to the config's prompts from the policy with vLLM")
     s.add_argument("--run-dir", help="output folder (default runs/<name>/)")

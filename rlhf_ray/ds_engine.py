@@ -272,6 +272,35 @@ def values(model, input_ids: Tensor, attention_mask: Tensor, response_len: int) 
     return token_values(model, input_ids, attention_mask)[:, -response_len - 1 : -1]
 
 
+def sequence_rewards(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """(B,) reward of each right-padded sequence, float32, through the model's (or engine's) own forward: a
+    decoder's `score` head at the last real token (as `models.sequence_scores`), or an encoder's pooled logit."""
+    if getattr(model, "score", None) is None:  # BERT-style: the head pools [CLS]; absolute positions, right padding
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+    per_token = token_values(model, input_ids, attention_mask)  # (B, T)
+    return per_token.gather(-1, rl_math.last_token_index(attention_mask)[:, None]).squeeze(-1)
+
+
+@torch.no_grad()
+def eval_step(engine: "DeepSpeedEngine", micro_batches: list[Batch], loss: Loss) -> dict[str, float]:
+    """`loss` and its metrics over this rank's micro-batches without gradients, normalised over every rank's
+    rows like `train_step` (held-out evaluation). All ranks call it together, with the same number of
+    micro-batches (ZeRO-3 forwards are collective)."""
+    (n_global,) = _all_reduce_sum([sum(loss.count(mb) for mb in micro_batches)])
+    n_global = max(n_global, 1.0)
+    engine.eval()
+    totals: dict[str, float] = {}
+    try:
+        for mb in micro_batches:
+            value, metrics = loss.fn(engine, _to(mb, engine.device), n_global)
+            for k, v in {"loss": value.item(), **metrics}.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+    finally:
+        engine.train()
+    keys = sorted(totals)
+    return dict(zip(keys, _all_reduce_sum([totals[k] for k in keys])))
+
+
 @torch.no_grad()
 def eval_forward(engine: "DeepSpeedEngine", fn: Callable[[Any], Tensor]) -> Tensor:
     """`fn(engine)` in eval mode without gradients, then back to train mode. Under ZeRO-3 a collective."""

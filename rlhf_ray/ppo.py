@@ -30,6 +30,7 @@ from cluster import pools
 from cluster.actor_group import ActorGroup
 from rlhf_ray import data, experience, models, ppo_losses, rl_math, rollout, vllm_engine
 from rlhf_ray.config import Config, TrainConfig
+from rlhf_ray.pipeline import StageResult
 from rlhf_ray.run_dir import RunDir
 
 IS_WEIGHT_CAP = 2.0  # truncation c of the behaviour importance weight min(π_θold/μ, c) (IMPALA-style)
@@ -326,6 +327,22 @@ class PPOTrainer:
         finally:
             fleet.kill()
         return history
+
+
+def run(cfg: Config, run_dir: RunDir) -> StageResult:
+    """The PPO stage: `cfg.model.policy` is the starting policy (the SFT output in a pipeline)."""
+    trainer = PPOTrainer(cfg, run_dir)
+    history = trainer.fit()
+    first, last, out = history[0], history[-1], run_dir.final("ppo")
+    line = f"ppo: reward {first['reward_mean']:.3f} -> {last['reward_mean']:.3f}, kl {last['kl_mean']:.3f}"
+    metrics = {"reward_first": first["reward_mean"], "reward_last": last["reward_mean"], "kl_last": last["kl_mean"]}
+    if len(trainer.evals) >= 2:
+        before, after = trainer.evals[0], trainer.evals[-1]
+        line += (f"; held-out prompts ({before['eval_samples']} samples): reward {before['eval_reward_mean']:.3f} "
+                 f"-> {after['eval_reward_mean']:.3f}, kl to the reference {after['eval_kl_mean']:.3f}")
+        metrics.update(eval_reward_before=before["eval_reward_mean"], eval_reward_after=after["eval_reward_mean"],
+                       eval_kl_after=after["eval_kl_mean"])
+    return StageResult({"policy": str(out)}, f"{line}; policy in {out}", metrics=metrics)
 
 
 def _rows(table: pa.Table, i: int, n: int) -> pa.Table:

@@ -53,10 +53,13 @@ class RolloutBatch:
 
 
 def collate(table: pa.Table, pad_id: int) -> RolloutBatch:
-    """Table -> RolloutBatch (see its layout)."""
+    """Table -> RolloutBatch (see its layout). Only prompt_ids and response_ids are required: scoring given
+    responses (DPO's reference log-probs) has no behaviour log-probs or version, which then read as 0."""
     prompts = table.column("prompt_ids").to_pylist()
     responses = table.column("response_ids").to_pylist()
-    logps = table.column("logprobs").to_pylist()
+    names = table.column_names
+    logps = table.column("logprobs").to_pylist() if "logprobs" in names else [[] for _ in prompts]
+    versions = table.column("policy_version").to_pylist() if "policy_version" in names else [0] * len(prompts)
     B, P, T = len(prompts), max(map(len, prompts)), max(map(len, responses))
     input_ids = torch.full((B, P + T), pad_id, dtype=torch.long)
     attention = torch.zeros((B, P + T), dtype=torch.long)
@@ -71,5 +74,5 @@ def collate(table: pa.Table, pad_id: int) -> RolloutBatch:
         attention_mask=attention,
         response_mask=attention[:, P:].float(),
         logprobs=logprobs,
-        policy_version=torch.tensor(table.column("policy_version").to_pylist(), dtype=torch.long),
+        policy_version=torch.tensor(versions, dtype=torch.long),
     )

@@ -13,7 +13,11 @@ from rlhf_ray.config import Config, dump_yaml
 
 
 class RunDir:
+    """stage: set by the pipeline while a stage runs; every metrics row then carries it (`stage` key), so the
+    rows of a pipeline's stages can share one metrics.jsonl."""
+
     def __init__(self, path: str | Path, cfg: Config):
+        self.stage: str | None = None
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "config.yaml").write_text(dump_yaml(cfg))
@@ -21,8 +25,23 @@ class RunDir:
     def log_metrics(self, row: dict) -> None:
         """Append one JSON object (one step) to metrics.jsonl; non-finite numbers become null."""
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        if self.stage is not None:
+            clean = {"stage": self.stage, **clean}
         with (self.path / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(clean) + "\n")
+
+    def metrics(self, stage: str | None = None) -> list[dict]:
+        """The rows of metrics.jsonl (only `stage`'s, when given)."""
+        path = self.path / "metrics.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return [r for r in rows if stage is None or r.get("stage") == stage]
+
+    def drop_metrics(self, stage: str) -> None:
+        """Remove `stage`'s rows (before it reruns), keeping the other stages' rows in order."""
+        path = self.path / "metrics.jsonl"
+        if path.exists():
+            keep = [r for r in self.metrics() if r.get("stage") != stage]
+            path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     def write_rollouts(self, step: int | str, table: pa.Table) -> Path:
         """rollouts/step_NNNNNN.parquet for a training step, rollouts/<step>.parquet for a name."""

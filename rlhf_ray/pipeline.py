@@ -1,0 +1,181 @@
+"""Run a config's stages in order, each stage's outputs feeding the next, skipping stages already finished.
+
+A stage is `fn(cfg, run_dir) -> StageResult`. Its `outputs` name what it made, by what later stages use:
+  policy       a causal-LM folder (sft, dpo, ppo)    -> model.policy of later stages (and so their reference)
+  reward       a sequence-classifier folder (rm)     -> model.reward (PPO scores with it, the critic starts from it)
+  preferences  a preferences dataset (label)         -> data.preferences.path
+`apply_outputs` writes them into the config the next stages see; a new stage only has to return its outputs.
+
+Resuming: the last thing a stage writes is `final/<stage>/stage_done.json` (its outputs and summary). A rerun
+skips every stage that has one and reuses its outputs, unless `force`. Before a stage (re)runs, its old
+final/<stage>/ folder and its rows in metrics.jsonl are removed, so the run directory describes its last run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from rlhf_ray.config import Config, ConfigError
+from rlhf_ray.run_dir import RunDir
+
+MARKER = "stage_done.json"
+
+
+@dataclass
+class StageResult:
+    outputs: dict[str, str]
+    """What later stages use: `policy`, `reward` or `preferences` -> a path."""
+    summary: str
+    """One line for the console: the stage's headline numbers and where its output is."""
+    skipped: bool = False
+    """True when a finished earlier run was reused."""
+    metrics: dict = field(default_factory=dict)
+    """Headline numbers (also in the marker), e.g. {"eval_loss": 1.2}."""
+
+
+# Where each output goes in the config of the stages after it.
+OUTPUT_KEYS = {"policy": "model.policy", "reward": "model.reward", "preferences": "data.preferences.path"}
+# Datasets each stage reads, and outputs each stage makes (what an earlier stage can give a later one).
+NEEDS = {"sft": ["data.demonstrations.path"], "label": ["data.prompts.path"], "rm": ["data.preferences.path"],
+         "dpo": ["data.preferences.path"], "ppo": ["data.prompts.path"]}
+MAKES = {"sft": ["policy"], "label": ["preferences"], "rm": ["reward"], "dpo": ["policy"], "ppo": ["policy"]}
+
+
+def _sft(cfg: Config, run_dir: RunDir) -> StageResult:
+    from rlhf_ray import sft
+
+    return sft.run(cfg, run_dir)
+
+
+def _rm(cfg: Config, run_dir: RunDir) -> StageResult:
+    from rlhf_ray import rm
+
+    return rm.run(cfg, run_dir)
+
+
+def _dpo(cfg: Config, run_dir: RunDir) -> StageResult:
+    from rlhf_ray import dpo
+
+    return dpo.run(cfg, run_dir)
+
+
+def _ppo(cfg: Config, run_dir: RunDir) -> StageResult:
+    from rlhf_ray import ppo
+
+    return ppo.run(cfg, run_dir)
+
+
+# Imports stay inside the wrappers: `validate` and the checks below must not pay for Ray, DeepSpeed or vLLM.
+RUNNERS: dict[str, Callable[[Config, RunDir], StageResult]] = {"sft": _sft, "rm": _rm, "dpo": _dpo, "ppo": _ppo}
+
+
+def _get(cfg: Config, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set(cfg: Config, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    obj = cfg
+    for part in parents:
+        obj = getattr(obj, part)
+    setattr(obj, last, value)
+
+
+def apply_outputs(cfg: Config, outputs: dict[str, str]) -> Config:
+    """A copy of `cfg` with a stage's outputs in place (see the module docstring); `cfg` is left as it was."""
+    unknown = set(outputs) - set(OUTPUT_KEYS)
+    if unknown:
+        raise ValueError(f"unknown stage outputs {sorted(unknown)}; known: {sorted(OUTPUT_KEYS)}")
+    cfg = copy.deepcopy(cfg)
+    for name, path in outputs.items():
+        _set(cfg, OUTPUT_KEYS[name], path)
+    return cfg
+
+
+def _looks_local(path: str) -> bool:
+    """A dataset path that must exist here (data.iter_raw_rows would take other strings with a `/` for hub names)."""
+    return path.startswith((".", "/", "~")) or Path(path).suffix in (".jsonl", ".json", ".parquet")
+
+
+def check_inputs(cfg: Config, source: str = "") -> None:
+    """Before anything runs: every stage is built, and every dataset it reads is set (or made by an earlier
+    stage) and, when it is a local path, exists. Raises one ConfigError listing every problem."""
+    problems, made, where = [], set(), f"{source}: " if source else ""
+    for i, stage in enumerate(cfg.stages):
+        if stage not in RUNNERS:
+            problems.append(f"{where}stages[{i}]: the `{stage}` stage is not built yet; built: {', '.join(RUNNERS)}")
+            continue
+        for key in NEEDS[stage]:
+            made_by = [n for n, k in OUTPUT_KEYS.items() if k == key and n in made]
+            value = _get(cfg, key)
+            if made_by:
+                continue
+            if value is None:
+                problems.append(f"{where}{key}: the `{stage}` stage needs this dataset; set it (or run a stage "
+                                f"that makes it first)")
+            elif _looks_local(value) and not Path(value).expanduser().exists():
+                problems.append(f"{where}{key}: no such file or folder: {value}")
+        made.update(MAKES[stage])
+    if problems:
+        raise ConfigError(problems)
+
+
+def finished(run_dir: RunDir, stage: str) -> Optional[dict]:
+    """The marker of a finished stage in this run directory, or None."""
+    marker = run_dir.final(stage) / MARKER
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
+def _mark_done(run_dir: RunDir, stage: str, cfg: Config, result: StageResult) -> None:
+    """Write the marker last, atomically: a stage killed before this point is rerun in full. It records what
+    the stage started from (`inputs`: the config keys earlier stages can set) beside what it made."""
+    folder = run_dir.final(stage)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{MARKER}.tmp"
+    inputs = {key: _get(cfg, key) for key in (*OUTPUT_KEYS.values(), "model.reference")}
+    tmp.write_text(json.dumps({"stage": stage, "inputs": inputs, "outputs": result.outputs,
+                               "summary": result.summary, "metrics": result.metrics,
+                               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+    os.replace(tmp, folder / MARKER)
+
+
+def _reset(run_dir: RunDir, stage: str) -> None:
+    shutil.rmtree(run_dir.final(stage), ignore_errors=True)
+    run_dir.drop_metrics(stage)
+
+
+def run(cfg: Config, run_dir: RunDir, force: bool = False, connect: Callable[[], None] = lambda: None
+        ) -> list[StageResult]:
+    """Run (or skip) each stage in order; `connect()` (e.g. Ray init) is called once, before the first stage
+    that actually runs, so a rerun of a finished pipeline starts nothing."""
+    check_inputs(cfg)
+    results, connected = [], False
+    for stage in cfg.stages:
+        done = None if force else finished(run_dir, stage)
+        if done is not None:
+            result = StageResult(done["outputs"], done["summary"], skipped=True, metrics=done.get("metrics", {}))
+            print(f"{stage}: finished in an earlier run ({run_dir.final(stage)}), skipped (--force reruns it)",
+                  flush=True)
+        else:
+            if not connected:
+                connect()
+                connected = True
+            _reset(run_dir, stage)
+            run_dir.stage = stage
+            result = RUNNERS[stage](cfg, run_dir)
+            run_dir.stage = None
+            _mark_done(run_dir, stage, cfg, result)
+        print(result.summary, flush=True)
+        cfg = apply_outputs(cfg, result.outputs)
+        results.append(result)
+    return results

@@ -1,0 +1,126 @@
+"""The loop the supervised stages share (SFT, reward model, DPO): one DeepSpeed learner group, a fixed dataset,
+optimizer steps over seeded shuffles, held-out evaluation, metrics, and the final HF folder.
+
+A stage builds a `Job` (encoded rows, a collate function, a `ds_engine.Loss`) and calls `run`. Data is loaded,
+checked and tokenized before any actor starts, so a bad row stops the run before compute is spent.
+
+metrics.jsonl rows: `step` counts optimizer steps done. With an eval split, a row at step 0 holds the eval
+metrics of the starting model (`eval_loss`, ...: what training must improve on); every training row has `loss`
+and the loss's own metrics on that step's batch, `grad_norm`, `lr`, and the `eval_*` metrics on the steps where
+evaluation runs (every `train.eval_every` steps and at the last step).
+
+The learner group is placed on the `policy` role (`cluster.roles.policy`: ranks, pool, CPUs/GPUs) for every
+supervised stage, the reward model's included: a stage trains one model at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from actors.learner import Learner
+from cluster import pools
+from cluster.actor_group import ActorGroup
+from rlhf_ray import batching, data, ds_engine
+from rlhf_ray.config import Config
+from rlhf_ray.run_dir import RunDir
+
+LEARNER_ROLE = "policy"
+
+
+@dataclass
+class Job:
+    """One supervised stage's training, ready to run."""
+
+    stage: str
+    """sft | rm | dpo: names the actors, the metrics rows and final/<stage>."""
+    model: str
+    """Folder the learner starts from."""
+    kind: str
+    """Learner kind: `policy` (causal LM) or `reward` (sequence classifier)."""
+    loss: ds_engine.Loss
+    train: list[dict]
+    """Encoded training rows (what `collate` takes)."""
+    eval: list[dict]
+    """Encoded held-out rows (may be empty), a multiple of the learner ranks."""
+    collate: Callable[[list[dict]], ds_engine.Batch]
+
+
+def load_split(cfg: Config, name: str, encode: Callable[[list[dict], data.LoadReport], list]
+               ) -> tuple[list, list]:
+    """Rows of dataset `data.<name>`, encoded by `encode(rows, report)`, split into (train, eval) by
+    `eval_fraction` with the run's seed. The eval part is trimmed to a multiple of the learner ranks (every rank
+    evaluates an equal shard)."""
+    ds = getattr(cfg.data, name)
+    if ds.path is None:
+        raise data.DataError(f"data.{name}.path: this stage needs a {name} dataset")
+    rows, report = data.load_rows(ds.path, name, ds.split, cfg.data.skip_malformed, ds.max_rows)
+    encoded = encode(rows, report)
+    train, held_out = data.split_eval(encoded, ds.eval_fraction, cfg.seed)
+    ranks = cfg.cluster.roles[LEARNER_ROLE].count
+    held_out = held_out[: len(held_out) - len(held_out) % ranks]
+    print(f"{report}; {len(train)} for training, {len(held_out)} held out", flush=True)
+    if len(train) < cfg.train.batch_size:
+        raise data.DataError(f"{ds.path}: {len(train)} training rows are fewer than one batch "
+                             f"(train.batch_size = {cfg.train.batch_size})")
+    return train, held_out
+
+
+def run(cfg: Config, run_dir: RunDir, job: Job, roles: tuple[str, ...] = (LEARNER_ROLE,),
+        before_learners: Optional[Callable[[pools.Placement], None]] = None) -> list[dict]:
+    """Place `roles`, call `before_learners(placement)` (DPO: reference log-probs), start the learner group,
+    train, save run_dir.final(stage); returns the metrics rows. Every actor and placement group is released."""
+    t = cfg.train
+    schedule = batching.step_batches(len(job.train), t.batch_size, t.epochs, cfg.seed, t.max_steps)
+    placement = pools.create(pools.plan(cfg.cluster, list(roles)), timeout_s=cfg.cluster.call_timeout_s)
+    print(pools.describe(placement), flush=True)
+    try:
+        if before_learners is not None:
+            before_learners(placement)
+        group = ActorGroup(Learner, f"{job.stage}-learner", (job.model, job.kind, t, cfg.model.dtype, cfg.seed,
+                                                             len(schedule)), slots=placement.slots(LEARNER_ROLE),
+                             threads=cfg.cluster.roles[LEARNER_ROLE].threads)
+        try:
+            history = _fit(cfg, run_dir, job, group, schedule)
+            out = str(run_dir.final(job.stage))
+            group.call(lambda a, r: a.save.remote(out, False), cfg.cluster.call_timeout_s, f"{job.stage}: save")
+        finally:
+            group.kill()
+    finally:
+        pools.remove(placement)
+    return history
+
+
+def _fit(cfg: Config, run_dir: RunDir, job: Job, group: ActorGroup, schedule: list[list[int]]) -> list[dict]:
+    timeout, every, history = cfg.cluster.call_timeout_s, cfg.train.eval_every, []
+    if job.eval:  # the starting point, so "eval loss falls" is measured against the untrained model
+        history.append(_log(run_dir, {"step": 0, **_evaluate(job, group, timeout)}, job.stage, len(schedule)))
+    for step, idx in enumerate(schedule, 1):
+        shards = group.shard(job.collate([job.train[i] for i in idx]))
+        metrics = group.call(lambda a, r: a.train_step.remote(shards[r], job.loss), timeout,
+                             f"{job.stage}: train step {step}")[0]  # equal on every rank
+        row = {"step": step, **metrics}
+        if job.eval and (step == len(schedule) or (every and step % every == 0)):
+            row.update(_evaluate(job, group, timeout))
+        history.append(_log(run_dir, row, job.stage, len(schedule)))
+    return history
+
+
+def _evaluate(job: Job, group: ActorGroup, timeout: float) -> dict[str, float]:
+    """The loss's metrics over the whole held-out set, as `eval_<name>`."""
+    shards = group.shard(job.collate(job.eval))
+    out = group.call(lambda a, r: a.evaluate.remote(shards[r], job.loss), timeout, f"{job.stage}: evaluate")[0]
+    return {f"eval_{k}": v for k, v in out.items()}
+
+
+def _log(run_dir: RunDir, row: dict, stage: str, steps: int) -> dict:
+    run_dir.log_metrics(row)
+    step = row["step"]
+    if step in (0, 1, steps) or step % max(1, steps // 10) == 0 or "eval_loss" in row:
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k in SHOWN and isinstance(v, float))
+        print(f"{stage} step {step}/{steps}  {shown}", flush=True)
+    return row
+
+
+SHOWN = ("loss", "accuracy", "margin", "reward_margin", "eval_loss", "eval_accuracy", "eval_margin",
+         "eval_reward_margin", "eval_policy_accuracy")

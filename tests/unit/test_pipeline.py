@@ -1,0 +1,103 @@
+"""The pipeline without Ray: stage outputs feed later stages, finished stages are skipped unless forced, and a
+stage's inputs are checked before anything starts (fake stages stand in for the real drivers)."""
+
+import json
+
+import pytest
+
+from rlhf_ray import cli, pipeline
+from rlhf_ray.config import ConfigError, load_config
+from rlhf_ray.pipeline import StageResult
+from rlhf_ray.run_dir import RunDir
+
+PREFS = "configs/data/tiny_prefs.jsonl"
+
+
+def _cfg(tmp_path, *overrides):
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text(json.dumps({"prompt": "hi", "response": "hello"}) + "\n")
+    return load_config(None, [f"data.demonstrations.path={demos}", f"data.preferences.path={tmp_path / 'p.jsonl'}",
+                              f"data.prompts.path={demos}", *overrides])
+
+
+@pytest.fixture
+def fake_stages(monkeypatch):
+    """Stages that record the config they saw and 'make' a folder named after themselves."""
+    seen = []
+
+    def make(stage, key):
+        def fn(cfg, run_dir):
+            seen.append((stage, cfg.model.policy, cfg.model.reward))
+            run_dir.log_metrics({"step": 1, "loss": 0.5})
+            out = run_dir.final(stage)
+            out.mkdir(parents=True, exist_ok=True)
+            return StageResult({key: str(out)}, f"{stage}: done")
+        return fn
+
+    monkeypatch.setattr(pipeline, "RUNNERS", {"sft": make("sft", "policy"), "rm": make("rm", "reward"),
+                                              "dpo": make("dpo", "policy"), "ppo": make("ppo", "policy")})
+    return seen
+
+
+def test_outputs_feed_later_stages_and_reruns_skip_finished_ones(tmp_path, fake_stages):
+    (tmp_path / "p.jsonl").write_text("")
+    cfg = _cfg(tmp_path, "stages=[sft,rm,ppo]")
+    run_dir = RunDir(tmp_path / "run", cfg)
+    pipeline.run(cfg, run_dir)
+    final = tmp_path / "run" / "final"
+    assert fake_stages == [("sft", "tiny", None), ("rm", str(final / "sft"), None),
+                           ("ppo", str(final / "sft"), str(final / "rm"))]
+    assert cfg.model.policy == "tiny"  # the caller's config is not changed
+    assert [r["stage"] for r in run_dir.metrics()] == ["sft", "rm", "ppo"]
+    marker = pipeline.finished(run_dir, "ppo")
+    assert marker["inputs"]["model.reward"] == str(final / "rm") and marker["outputs"] == {"policy": str(final / "ppo")}
+
+    fake_stages.clear()
+    results = pipeline.run(cfg, run_dir)
+    assert fake_stages == [] and all(r.skipped for r in results)
+    (final / "rm" / pipeline.MARKER).unlink()  # as if rm had been killed before finishing
+    (final / "rm" / "partial").write_text("x")
+    pipeline.run(cfg, run_dir)
+    assert [s[0] for s in fake_stages] == ["rm"] and not (final / "rm" / "partial").exists()
+    assert [r["stage"] for r in run_dir.metrics()] == ["sft", "ppo", "rm"]  # rm's old row replaced, not doubled
+
+    fake_stages.clear()
+    pipeline.run(cfg, run_dir, force=True)
+    assert [s[0] for s in fake_stages] == ["sft", "rm", "ppo"] and len(run_dir.metrics()) == 3
+
+
+def test_connect_only_when_a_stage_runs(tmp_path, fake_stages):
+    (tmp_path / "p.jsonl").write_text("")
+    cfg = _cfg(tmp_path, "stages=[sft]")
+    run_dir, calls = RunDir(tmp_path / "run", cfg), []
+    pipeline.run(cfg, run_dir, connect=lambda: calls.append(1))
+    pipeline.run(cfg, run_dir, connect=lambda: calls.append(1))
+    assert calls == [1]
+
+
+def test_inputs_are_checked_before_anything_runs(tmp_path):
+    cfg = _cfg(tmp_path, "stages=[sft,rm]", "data.preferences.path=null")
+    with pytest.raises(ConfigError, match=r"c\.yaml: data\.preferences\.path: the `rm` stage needs"):
+        pipeline.check_inputs(cfg, "c.yaml")
+    with pytest.raises(ConfigError, match=r"data\.preferences\.path: no such file or folder: .*p\.jsonl"):
+        pipeline.check_inputs(_cfg(tmp_path, "stages=[dpo]"))
+    with pytest.raises(ConfigError, match=r"stages\[0\]: the `label` stage is not built yet"):
+        pipeline.check_inputs(_cfg(tmp_path, "stages=[label,dpo]"))
+    pipeline.check_inputs(_cfg(tmp_path, "stages=[sft,ppo]"))  # the preferences file is not needed here
+
+
+def test_apply_outputs():
+    cfg = load_config()
+    out = pipeline.apply_outputs(cfg, {"policy": "/a", "reward": "/b", "preferences": "/c.parquet"})
+    assert (out.model.policy, out.model.reward, out.data.preferences.path) == ("/a", "/b", "/c.parquet")
+    assert cfg.model.policy == "tiny"
+    with pytest.raises(ValueError, match="unknown stage outputs"):
+        pipeline.apply_outputs(cfg, {"critic": "/x"})
+
+
+def test_cli_run_without_preferences_fails_before_ray(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(pipeline.Path(__file__).resolve().parents[2])
+    code = cli.main(["run", "configs/tiny/rm.yaml", "data.preferences.path=null", "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 1 and "data.preferences.path" in err and "configs/tiny/rm.yaml" in err
+    assert not (tmp_path / "r").exists()  # nothing created, no cluster started
