@@ -345,12 +345,6 @@ def run(cfg: Config, run_dir: RunDir) -> StageResult:
     return StageResult({"policy": str(out)}, f"{line}; policy in {out}", metrics=metrics)
 
 
-def _rows(table: pa.Table, i: int, n: int) -> pa.Table:
-    """Rank i's contiguous share of a table split n ways (near-equal)."""
-    size = -(-table.num_rows // n)
-    return table.slice(i * size, size)
-
-
 def _pad(rows: list[list[float]], T: int) -> torch.Tensor:
     out = torch.zeros(len(rows), T)
     for i, r in enumerate(rows):
