@@ -246,6 +246,10 @@ class PPOConfig:
     """Samples per optimizer step within an epoch."""
     critic_lr: float = 1e-5
     """Critic learning rate."""
+    gold: Optional[str] = None
+    """A judge (`module:function`, as reward functions) scored on the held-out prompts only, never trained on:
+    the one the reward model stands in for, e.g. the labeler that made its preferences. Reported as
+    `eval_gold_mean`."""
 
 
 @dataclass
@@ -341,6 +345,9 @@ class Config:
             need(0 <= ds.eval_fraction < 1, f"data.{name}.eval_fraction", f"must be in [0, 1), got {ds.eval_fraction}")
         if p.advantage in ("grpo", "rloo"):
             need(r.n_samples >= 2, "rollout.n_samples", f"advantage {p.advantage!r} needs a group of >= 2 samples per prompt")
+        if p.gold:
+            need(self.data.prompts.eval_fraction > 0, "ppo.gold",
+                 "the gold judge scores held-out prompts only: set data.prompts.eval_fraction > 0")
         if "label" in self.stages:
             need(self.label.k >= 2, "label.k", f"preference collection needs k >= 2 responses, got {self.label.k}")
         errs += self._check_cluster()

@@ -125,6 +125,9 @@ def check_inputs(cfg: Config, source: str = "") -> None:
                                 f"that makes it first)")
             elif _looks_local(value) and not Path(value).expanduser().exists():
                 problems.append(f"{where}{key}: no such file or folder: {value}")
+        if stage == "ppo" and not (cfg.model.reward or cfg.reward.functions or "reward" in made):
+            problems.append(f"{where}reward.functions: the `ppo` stage needs a reward: a reward model (model.reward, "
+                            f"or an `rm` stage before it) or reward functions")
         made.update(MAKES[stage])
     if problems:
         raise ConfigError(problems)

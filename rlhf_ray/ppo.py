@@ -86,7 +86,7 @@ def start_fleet(cfg: Config, policy: str, total_steps: int) -> Fleet:
     if m.reward:
         rm = ActorGroup(RewardModel, "reward", (models.resolve_model(m.reward), policy, m.dtype,
                                                 cfg.train.micro_batch_size), distributed=False, **on("reward"))
-    fns = [f.function for f in cfg.reward.functions]
+    fns = list(dict.fromkeys([f.function for f in cfg.reward.functions] + ([p.gold] if p.gold else [])))
     reward_fn = ActorGroup(RewardFunction, "reward-fn", (fns,), num_ranks=1, num_cpus=0.01,
                            distributed=False) if fns else None
     return Fleet(placement, gen, ref, pol, critic, rm, reward_fn)
@@ -173,17 +173,17 @@ class PPOTrainer:
         items = [s[key] for s in scoring]
         return group.get([ref for _, ref in items], self.timeout, phase, ranks=[rank for rank, _ in items])
 
-    def task_rewards(self, fleet: Fleet, scoring: list[dict]) -> torch.Tensor:
-        """Reward model scores and reward functions, weighted and summed: (B,)."""
-        parts = []
+    def task_rewards(self, fleet: Fleet, scoring: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Reward model scores and reward functions, weighted and summed: (B,); and each function's own (B,)."""
+        parts, by_fn = [], {}
         if fleet.reward_model:
             rm = [x for part in self._await(fleet.reward_model, scoring, "reward", "score: reward model") for x in part]
             parts.append(self.cfg.reward.model_weight * torch.tensor(rm))
         if fleet.reward_fn:
             by_share = self._await(fleet.reward_fn, scoring, "reward-fn", "score: reward functions")
-            for f in self.cfg.reward.functions:
-                parts.append(f.weight * torch.tensor([x for part in by_share for x in part[f.function]]))
-        return torch.stack(parts).sum(0)
+            by_fn = {spec: torch.tensor([x for part in by_share for x in part[spec]]) for spec in by_share[0]}
+            parts += [f.weight * by_fn[f.function] for f in self.cfg.reward.functions]
+        return torch.stack(parts).sum(0), by_fn
 
     def score(self, fleet: Fleet, table: pa.Table, batch: rollout.RolloutBatch, scoring: list[dict]
               ) -> experience.Scores:
@@ -195,7 +195,7 @@ class PPOTrainer:
         value_refs = _learner_forward(fleet.critic, "values", ids, T) if fleet.critic else None
         ref_lp = _pad([lp for part in self._await(fleet.reference, scoring, "reference", "score: reference")
                        for lp in part], T)
-        task = self.task_rewards(fleet, scoring)
+        task, _ = self.task_rewards(fleet, scoring)
         old = batch.logprobs if old_refs is None else torch.cat(fleet.policy.get(old_refs, self.timeout,
                                                                                    "score: old logprobs"))
         values = torch.cat(fleet.critic.get(value_refs, self.timeout, "score: values")) if value_refs else None
@@ -211,16 +211,19 @@ class PPOTrainer:
         mask = batch.response_mask
         ref_lp = _pad([lp for part in self._await(fleet.reference, scoring, "reference", "eval: reference")
                        for lp in part], mask.shape[1])
-        task = self.task_rewards(fleet, scoring)
+        task, by_fn = self.task_rewards(fleet, scoring)
         kl = rl_math.masked_sum(rl_math.kl_estimate(batch.logprobs, ref_lp, "k3") * mask, mask, dim=1)
         self.run_dir.write_rollouts(f"eval_v{self.version:06d}", table.append_column("reward", pa.array(task.tolist()))
                                     .append_column("kl", pa.array(kl.tolist())))
         row = {"step": self.version, "policy_version": self.version, "eval_reward_mean": task.mean().item(),
                "eval_reward_std": task.std().item() if len(task) > 1 else 0.0, "eval_kl_mean": kl.mean().item(),
                "eval_response_length_mean": mask.sum(1).mean().item(), "eval_samples": len(task)}
+        if self.cfg.ppo.gold:
+            row["eval_gold_mean"] = by_fn[self.cfg.ppo.gold].mean().item()
         self.run_dir.log_metrics(row)
         self.evals.append(row)
-        print(f"eval at policy version {self.version}: reward {row['eval_reward_mean']:.3f}  "
+        gold = f"  gold {row['eval_gold_mean']:.3f}" if "eval_gold_mean" in row else ""
+        print(f"eval at policy version {self.version}: reward {row['eval_reward_mean']:.3f}{gold}  "
               f"kl {row['eval_kl_mean']:.3f}  ({len(task)} samples)", flush=True)
         return row
 
@@ -342,6 +345,9 @@ def run(cfg: Config, run_dir: RunDir) -> StageResult:
                  f"-> {after['eval_reward_mean']:.3f}, kl to the reference {after['eval_kl_mean']:.3f}")
         metrics.update(eval_reward_before=before["eval_reward_mean"], eval_reward_after=after["eval_reward_mean"],
                        eval_kl_after=after["eval_kl_mean"])
+        if "eval_gold_mean" in before:
+            line += f", gold {before['eval_gold_mean']:.3f} -> {after['eval_gold_mean']:.3f}"
+            metrics.update(eval_gold_before=before["eval_gold_mean"], eval_gold_after=after["eval_gold_mean"])
     return StageResult({"policy": str(out)}, f"{line}; policy in {out}", metrics=metrics)
 
 

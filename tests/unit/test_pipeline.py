@@ -83,7 +83,9 @@ def test_inputs_are_checked_before_anything_runs(tmp_path):
         pipeline.check_inputs(_cfg(tmp_path, "stages=[dpo]"))
     with pytest.raises(ConfigError, match=r"stages\[0\]: the `label` stage is not built yet"):
         pipeline.check_inputs(_cfg(tmp_path, "stages=[label,dpo]"))
-    pipeline.check_inputs(_cfg(tmp_path, "stages=[sft,ppo]"))  # the preferences file is not needed here
+    with pytest.raises(ConfigError, match=r"reward\.functions: the `ppo` stage needs a reward"):
+        pipeline.check_inputs(_cfg(tmp_path, "stages=[sft,ppo]"))
+    pipeline.check_inputs(_cfg(tmp_path, "stages=[sft,ppo]", "model.reward=/some/rm"))  # no preferences needed
 
 
 def test_apply_outputs():
