@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from rlhf_ray.yaml_tree import ConfigError, build, field_docs, parse_overrides, read_yaml, where_set
+from rlhf_ray.yaml_tree import ConfigError, build, build_tree, field_docs, parse_overrides, read_yaml, where_set
 
 __all__ = ["Config", "ConfigError", "load_config", "dump_yaml", "field_docs", "parse_overrides"]
 
@@ -312,6 +312,9 @@ class Config:
     """Reward model."""
     label: LabelConfig = field(default_factory=LabelConfig)
     """Preference collection."""
+    stage_overrides: dict[str, dict] = field(default_factory=dict)
+    """Settings for one stage only, on top of the rest, as a partial tree per stage:
+    `{sft: {train: {lr: 3.0e-5}}, rm: {train: {lr: 1.0e-4}}}` (each stage of a pipeline trains its own way)."""
 
     def check(self) -> list[tuple[str, str]]:
         """Combinations that cannot work, as (key, message) pairs."""
@@ -410,19 +413,43 @@ class Config:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file <- `key=value` overrides; raises ConfigError listing every problem."""
+    """Defaults <- YAML file <- `key=value` overrides; raises ConfigError listing every problem, those of each
+    stage's own settings (`stage_overrides`) included."""
     layers: list[tuple[dict, Any]] = []
     if path is not None:
         layers.append(read_yaml(Path(path)))
     if overrides:
         layers.append((parse_overrides(overrides), "command line"))
     cfg, errs = build(Config, layers)
+    for values, where in layers:
+        for stage, tree in (values.get("stage_overrides") or {}).items():
+            if stage not in STAGES:
+                errs.append(f"{where_set('stage_overrides.' + str(stage), layers)}: stage_overrides.{stage}: "
+                            f"unknown stage; choose from {', '.join(STAGES)}")
+            elif isinstance(tree, dict):
+                build_tree(Config, tree, f"stage_overrides.{stage}.", errs, where)
     if errs:
         raise ConfigError(errs)
     problems = [f"{where_set(key, layers)}: {key}: {msg}" for key, msg in cfg.check()]
+    for stage in cfg.stage_overrides:
+        problems += [f"{where_set('stage_overrides.' + stage, layers)}: stage_overrides.{stage}: {key}: {msg}"
+                     for key, msg in for_stage(cfg, stage).check()]
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def for_stage(cfg: Config, stage: str) -> Config:
+    """`cfg` as one stage sees it: its `stage_overrides` entry merged on top (`cfg` itself is left as it was)."""
+    tree = cfg.stage_overrides.get(stage)
+    if not tree:
+        return cfg
+    base = {k: v for k, v in to_dict(cfg).items() if k != "stage_overrides"}
+    out, errs = build(Config, [(base, "resolved config"), (tree, f"stage_overrides.{stage}")])
+    if errs:
+        raise ConfigError(errs)
+    out.stage_overrides = cfg.stage_overrides
+    return out
 
 
 def to_dict(cfg: Any) -> dict:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from rlhf_ray.config import Config, ConfigError
+from rlhf_ray.config import Config, ConfigError, for_stage
 from rlhf_ray.run_dir import RunDir
 
 MARKER = "stage_done.json"
@@ -111,7 +111,9 @@ def check_inputs(cfg: Config, source: str = "") -> None:
     """Before anything runs: every stage is built, and every dataset it reads is set (or made by an earlier
     stage) and, when it is a local path, exists. Raises one ConfigError listing every problem."""
     problems, made, where = [], set(), f"{source}: " if source else ""
-    for i, stage in enumerate(cfg.stages):
+    base = cfg
+    for i, stage in enumerate(base.stages):
+        cfg = for_stage(base, stage)
         if stage not in RUNNERS:
             problems.append(f"{where}stages[{i}]: the `{stage}` stage is not built yet; built: {', '.join(RUNNERS)}")
             continue
@@ -175,9 +177,10 @@ def run(cfg: Config, run_dir: RunDir, force: bool = False, connect: Callable[[],
                 connected = True
             _reset(run_dir, stage)
             run_dir.stage = stage
-            result = RUNNERS[stage](cfg, run_dir)
+            stage_cfg = for_stage(cfg, stage)  # its own settings (stage_overrides) on top
+            result = RUNNERS[stage](stage_cfg, run_dir)
             run_dir.stage = None
-            _mark_done(run_dir, stage, cfg, result)
+            _mark_done(run_dir, stage, stage_cfg, result)
         print(result.summary, flush=True)
         cfg = apply_outputs(cfg, result.outputs)
         results.append(result)

@@ -196,6 +196,11 @@ def _build(cls: type, values: dict, prefix: str, errs: list[str], where: Any) ->
     return cls(**kwargs)
 
 
+def build_tree(cls: type, values: dict, prefix: str, errs: list[str], where: Any) -> Any:
+    """Check one partial tree (e.g. a stage's own settings) against `cls`, errors keyed under `prefix`."""
+    return _build(cls, values, prefix, errs, where)
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():

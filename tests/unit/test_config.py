@@ -140,3 +140,21 @@ def test_validate_command_exit_codes(tmp_path):
     assert bad.returncode == 1
     assert "ppo.kl_cof: unknown key; did you mean ppo.kl_coef?" in bad.stderr
     assert "ppo.clip_eps: expected a number" in bad.stderr
+
+
+def test_stage_overrides_apply_to_their_stage_only_and_are_checked(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("stages: [sft, ppo]\ntrain:\n  lr: 1.0e-5\nstage_overrides:\n  sft:\n    train: {lr: 3.0e-5, epochs: 2}\n")
+    cfg = load_config(y)
+    sft, ppo = C.for_stage(cfg, "sft"), C.for_stage(cfg, "ppo")
+    assert (sft.train.lr, sft.train.epochs, ppo.train.lr, ppo.train.epochs) == (3e-5, 2, 1e-5, 1)
+    assert cfg.train.lr == 1e-5 and sft.cluster.roles.keys() == cfg.cluster.roles.keys()
+    y.write_text("stage_overrides:\n  sft:\n    train: {lr: fast, epoch: 2}\n  rl: {}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(y)
+    assert f"{y}:3: stage_overrides.sft.train.lr: expected a number, got 'fast'" in str(e.value)
+    assert "stage_overrides.sft.train.epoch: unknown key; did you mean stage_overrides.sft.train.epochs?" in str(e.value)
+    assert f"{y}:4: stage_overrides.rl: unknown stage" in str(e.value)
+    y.write_text("stage_overrides:\n  ppo:\n    rollout: {temperature: 0}\n")
+    with pytest.raises(ConfigError, match=r"stage_overrides\.ppo: rollout\.temperature: must be > 0, got 0"):
+        load_config(y)
