@@ -55,6 +55,10 @@ class DatasetConfig:
     """Fraction of rows held out for evaluation (a seeded shuffle decides which)."""
     max_rows: Optional[int] = None
     """Read at most this many rows (after skipping malformed ones). None: all."""
+    eval_path: Optional[str] = None
+    """A separate held-out dataset of the same kind, instead of `eval_fraction`."""
+    eval_max_rows: Optional[int] = None
+    """Read at most this many rows of `eval_path`. None: all."""
 
 
 @dataclass
@@ -346,11 +350,13 @@ class Config:
         for name, ds in [("prompts", self.data.prompts), ("demonstrations", self.data.demonstrations),
                          ("preferences", self.data.preferences)]:
             need(0 <= ds.eval_fraction < 1, f"data.{name}.eval_fraction", f"must be in [0, 1), got {ds.eval_fraction}")
+            need(not (ds.eval_path and ds.eval_fraction), f"data.{name}.eval_path",
+                 "hold out rows by eval_path or by eval_fraction, not both")
         if p.advantage in ("grpo", "rloo"):
             need(r.n_samples >= 2, "rollout.n_samples", f"advantage {p.advantage!r} needs a group of >= 2 samples per prompt")
         if p.gold:
-            need(self.data.prompts.eval_fraction > 0, "ppo.gold",
-                 "the gold judge scores held-out prompts only: set data.prompts.eval_fraction > 0")
+            need(self.data.prompts.eval_fraction > 0 or bool(self.data.prompts.eval_path), "ppo.gold",
+                 "the gold judge scores held-out prompts only: set data.prompts.eval_path or eval_fraction")
         if "label" in self.stages:
             need(self.label.k >= 2, "label.k", f"preference collection needs k >= 2 responses, got {self.label.k}")
         errs += self._check_cluster()

@@ -16,7 +16,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -248,13 +248,14 @@ def encode_preference(tokenizer, row: dict, limits: Limits, chat: bool = True) -
 _ENCODERS = {"prompts": encode_prompt, "demonstrations": encode_demonstration, "preferences": encode_preference}
 
 
-def encode_rows(tokenizer, rows: list[dict], kind: str, limits: Limits, report: LoadReport,
-                chat: bool = True) -> list:
-    """Encode every row; rows over the limits are dropped and counted (truncation=drop) or raise with the row."""
+def encode_kept(tokenizer, rows: list[dict], kind: str, limits: Limits, report: LoadReport,
+                chat: bool = True) -> list[tuple[dict, Any]]:
+    """(row, encoding) of every row kept: rows over the limits are dropped and counted (truncation=drop) or
+    raise with the row."""
     out = []
     for i, row in enumerate(rows, 1):
         try:
-            out.append(_ENCODERS[kind](tokenizer, row, limits, chat))
+            out.append((row, _ENCODERS[kind](tokenizer, row, limits, chat)))
         except TooLong as e:
             report.skip(f"too long: {str(e).split(' is ')[0]}")
         except DataError as e:
@@ -263,6 +264,24 @@ def encode_rows(tokenizer, rows: list[dict], kind: str, limits: Limits, report: 
         raise DataError(f"{report.source}: every row is over the token limits ({report})")
     report.kept = len(out)
     return out
+
+
+def encode_rows(tokenizer, rows: list[dict], kind: str, limits: Limits, report: LoadReport,
+                chat: bool = True) -> list:
+    """The encodings of `encode_kept`."""
+    return [enc for _, enc in encode_kept(tokenizer, rows, kind, limits, report, chat)]
+
+
+def load_held_out(ds, kind: str, skip_malformed: bool, seed: int, encode: Callable[[list, LoadReport], list]
+                  ) -> tuple[list, list, list[LoadReport]]:
+    """(train, held out) encodings of one dataset config (`DatasetConfig`): held out by its own `eval_path`
+    file or by a seeded `eval_fraction` of `path`; and the load reports."""
+    rows, report = load_rows(ds.path, kind, ds.split, skip_malformed, ds.max_rows)
+    train = encode(rows, report)
+    if not ds.eval_path:
+        return (*split_eval(train, ds.eval_fraction, seed), [report])
+    rows, eval_report = load_rows(ds.eval_path, kind, ds.split, skip_malformed, ds.eval_max_rows)
+    return train, encode(rows, eval_report), [report, eval_report]
 
 
 # ---------------------------------------------------------------- writing

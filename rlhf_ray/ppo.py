@@ -116,14 +116,14 @@ class PPOTrainer:
         ds, d = self.cfg.data.prompts, self.cfg.data
         if ds.path is None:
             raise data.DataError("data.prompts.path: PPO needs a prompts dataset")
-        rows, report = data.load_rows(ds.path, "prompts", ds.split, d.skip_malformed, ds.max_rows)
-        ids = data.encode_rows(self.tokenizer, rows, "prompts", data.Limits(d.max_prompt_len, d.max_response_len,
-                                                                           d.truncation), report,
-                               d.apply_chat_template)
-        print(report, flush=True)
-        train, held_out = data.split_eval([{"prompt": r["prompt"], "ids": i} for r, i in zip(rows, ids)],
-                                          ds.eval_fraction, self.cfg.seed)
-        self.eval_prompts = held_out
+        limits = data.Limits(d.max_prompt_len, d.max_response_len, d.truncation)
+
+        def encode(rows: list[dict], report: data.LoadReport) -> list[dict]:
+            return [{"prompt": row["prompt"], "ids": ids} for row, ids in
+                    data.encode_kept(self.tokenizer, rows, "prompts", limits, report, d.apply_chat_template)]
+
+        train, self.eval_prompts, reports = data.load_held_out(ds, "prompts", d.skip_malformed, self.cfg.seed, encode)
+        print("; ".join(map(str, reports)) + f"; {len(self.eval_prompts)} prompts held out", flush=True)
         return train
 
     # ------------------------------------------------------------ phases

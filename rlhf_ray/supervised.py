@@ -54,12 +54,10 @@ def load_split(cfg: Config, name: str, encode: Callable[[list[dict], data.LoadRe
     ds = getattr(cfg.data, name)
     if ds.path is None:
         raise data.DataError(f"data.{name}.path: this stage needs a {name} dataset")
-    rows, report = data.load_rows(ds.path, name, ds.split, cfg.data.skip_malformed, ds.max_rows)
-    encoded = encode(rows, report)
-    train, held_out = data.split_eval(encoded, ds.eval_fraction, cfg.seed)
+    train, held_out, reports = data.load_held_out(ds, name, cfg.data.skip_malformed, cfg.seed, encode)
     ranks = cfg.cluster.roles[LEARNER_ROLE].count
     held_out = held_out[: len(held_out) - len(held_out) % ranks]
-    print(f"{report}; {len(train)} for training, {len(held_out)} held out", flush=True)
+    print(f"{'; '.join(map(str, reports))}; {len(train)} for training, {len(held_out)} held out", flush=True)
     if len(train) < cfg.train.batch_size:
         raise data.DataError(f"{ds.path}: {len(train)} training rows are fewer than one batch "
                              f"(train.batch_size = {cfg.train.batch_size})")

@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rlhf_ray import data
+from rlhf_ray.config import ConfigError
 from rlhf_ray.data import DataError, Limits
 
 
@@ -139,3 +140,23 @@ def test_write_rows_round_trips(tmp_path):
     for name in ("out.parquet", "out.jsonl"):
         data.write_rows(PREFS, tmp_path / name)
         assert data.load_rows(str(tmp_path / name), "preferences")[0] == PREFS
+
+
+def test_held_out_by_its_own_file_or_by_fraction(tmp_path):
+    from rlhf_ray.config import DatasetConfig, load_config
+
+    train, held = tmp_path / "t.jsonl", tmp_path / "e.jsonl"
+    data.write_rows([{"prompt": f"p{i}"} for i in range(10)], train)
+    data.write_rows([{"prompt": f"e{i}"} for i in range(5)], held)
+
+    def encode(rows, report):
+        report.kept = len(rows)
+        return [r["prompt"] for r in rows]
+
+    a, b, reports = data.load_held_out(DatasetConfig(str(train), eval_path=str(held), eval_max_rows=3), "prompts",
+                                       False, 0, encode)
+    assert (len(a), b, len(reports)) == (10, ["e0", "e1", "e2"], 2)
+    a, b, _ = data.load_held_out(DatasetConfig(str(train), eval_fraction=0.2), "prompts", False, 0, encode)
+    assert len(a) == 8 and len(b) == 2 and not set(a) & set(b)
+    with pytest.raises(ConfigError, match="data.prompts.eval_path: hold out rows by eval_path or by eval_fraction"):
+        load_config(None, [f"data.prompts.eval_path={held}", "data.prompts.eval_fraction=0.1"])
