@@ -34,7 +34,8 @@ class ModelConfig:
     reward: Optional[str] = None
     """Reward model (sequence classification, one label). None: the `rm` stage output in a pipeline."""
     critic: Optional[str] = None
-    """Critic (value model) initialisation. None: the reward model, as in InstructGPT."""
+    """Critic (value model) initialisation; it must read the policy's tokens. None: the reward model, as in
+    InstructGPT, when it reads the policy's tokens; else (an encoder such as minilm-l6) the policy."""
     tokenizer: Optional[str] = None
     """Tokenizer folder or name. None: the policy's."""
     dtype: Literal["float32", "bfloat16"] = "float32"
@@ -278,12 +279,16 @@ class RMConfig:
 
 @dataclass
 class LabelConfig:
-    """Preference collection: sample k responses per prompt and let a labeler pick."""
+    """Preference collection: sample k responses per prompt from the policy (prompts: data.prompts; sampling:
+    rollout.temperature / top_p, up to data.max_response_len tokens), score each with the labeler, and keep the
+    best and the worst of each prompt as a preferences row; prompts whose responses all tie are dropped and
+    counted."""
 
     labeler: str = "rlhf_ray.labelers:vader_warmth"
-    """`module:function(prompts, responses) -> list[float]`: higher is preferred."""
+    """`module:function` or `path/to/file.py:function`, called like a reward function,
+    `fn(prompts, responses, **metadata) -> list[float]`: higher is preferred."""
     k: int = 2
-    """Responses sampled per prompt."""
+    """Responses sampled per prompt (more makes ties rarer and margins larger)."""
 
 
 @dataclass

@@ -297,3 +297,38 @@ def write_rows(rows: list[dict], path: str | Path) -> None:
         with path.open("w") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
+
+
+# ---------------------------------------------------------------- preference pairs from scored samples
+
+DROP_REASONS = ("ties", "blank", "same_text")
+
+
+def best_worst_pairs(prompts: list[str], responses: list[list[str]], scores: list[list[float]]
+                     ) -> tuple[list[dict], dict[str, int]]:
+    """One preferences row per prompt from its k scored responses: the best as `chosen`, the worst as `rejected`,
+    `margin` = their score difference (what the RM's margin loss reads), and both scores.
+
+    Returns (rows, dropped): a prompt gives no row, and is counted under its reason, when
+      ties       its responses all score the same: there is no preference to learn
+      blank      fewer than two responses have text (a preferences row needs text on both sides)
+      same_text  best and worst read alike (two token sequences can decode to one text): a contradictory pair
+    so len(rows) + sum(dropped.values()) == len(prompts). Equal scores go to the earliest response."""
+    rows, dropped = [], dict.fromkeys(DROP_REASONS, 0)
+    for prompt, texts, values in zip(prompts, responses, scores, strict=True):
+        if len(texts) != len(values):
+            raise ValueError(f"prompt {prompt!r:.60}: {len(texts)} responses but {len(values)} scores")
+        candidates = [(v, t) for t, v in zip(texts, values) if t.strip()]
+        if len(candidates) < 2:
+            dropped["blank"] += 1
+            continue
+        best = max(candidates, key=lambda c: c[0])
+        worst = min(candidates, key=lambda c: c[0])
+        if best[0] == worst[0]:
+            dropped["ties"] += 1
+        elif best[1] == worst[1]:
+            dropped["same_text"] += 1
+        else:
+            rows.append({"prompt": prompt, "chosen": best[1], "rejected": worst[1], "margin": best[0] - worst[0],
+                         "chosen_score": best[0], "rejected_score": worst[0]})
+    return rows, dropped

@@ -20,13 +20,14 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                           GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast)
 
 from rlhf_ray.rl_math import last_token_index
+from rlhf_ray.yaml_tree import ConfigError
 
 PAD, BOS, EOS = "<|pad|>", "<|im_start|>", "<|im_end|>"
 # ChatML, as SmolLM2 uses (without its default system prompt); add_generation_prompt opens the assistant turn.
@@ -236,6 +237,25 @@ def load_tokenizer(name_or_path: str):
         # Many chat models ship without a pad token; eos is safe because every consumer masks padding.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def same_vocab(a: str, b: str) -> bool:
+    """Whether two models read the same token ids (their tokenizers map every token to the same id)."""
+    return load_tokenizer(a).get_vocab() == load_tokenizer(b).get_vocab()
+
+
+def critic_start(critic: Optional[str], reward: Optional[str], policy: str) -> str:
+    """Where PPO's critic starts: `model.critic` when set; else the reward model, as in InstructGPT, when it reads
+    the policy's tokens; else the policy. The critic gives a value per policy token (GAE), so a reward model with
+    its own vocabulary (an encoder such as minilm-l6, which scores re-tokenized texts) cannot be its start."""
+    if critic:
+        if not same_vocab(critic, policy):
+            raise ConfigError([f"model.critic: {critic} does not read the policy's tokens ({policy}); the critic "
+                               "values each policy token, so it needs the policy's vocabulary"])
+        return critic
+    if reward and same_vocab(reward, policy):
+        return reward
+    return policy
 
 
 def load_policy(name_or_path: str, dtype: str = "float32") -> PreTrainedModel:

@@ -2,7 +2,8 @@
 
 A stage is `fn(cfg, run_dir) -> StageResult`. Its `outputs` name what it made, by what later stages use:
   policy       a causal-LM folder (sft, dpo, ppo)    -> model.policy of later stages (and so their reference)
-  reward       a sequence-classifier folder (rm)     -> model.reward (PPO scores with it, the critic starts from it)
+  reward       a sequence-classifier folder (rm)     -> model.reward (PPO scores with it; the critic starts
+                                                        from it when it reads the policy's tokens)
   preferences  a preferences dataset (label)         -> data.preferences.path
 `apply_outputs` writes them into the config the next stages see; a new stage only has to return its outputs.
 
@@ -54,6 +55,12 @@ def _sft(cfg: Config, run_dir: RunDir) -> StageResult:
     return sft.run(cfg, run_dir)
 
 
+def _label(cfg: Config, run_dir: RunDir) -> StageResult:
+    from rlhf_ray import label
+
+    return label.run(cfg, run_dir)
+
+
 def _rm(cfg: Config, run_dir: RunDir) -> StageResult:
     from rlhf_ray import rm
 
@@ -73,7 +80,8 @@ def _ppo(cfg: Config, run_dir: RunDir) -> StageResult:
 
 
 # Imports stay inside the wrappers: `validate` and the checks below must not pay for Ray, DeepSpeed or vLLM.
-RUNNERS: dict[str, Callable[[Config, RunDir], StageResult]] = {"sft": _sft, "rm": _rm, "dpo": _dpo, "ppo": _ppo}
+RUNNERS: dict[str, Callable[[Config, RunDir], StageResult]] = {"sft": _sft, "label": _label, "rm": _rm, "dpo": _dpo,
+                                                                "ppo": _ppo}
 
 
 def _get(cfg: Config, dotted: str):
@@ -130,9 +138,21 @@ def check_inputs(cfg: Config, source: str = "") -> None:
         if stage == "ppo" and not (cfg.model.reward or cfg.reward.functions or "reward" in made):
             problems.append(f"{where}reward.functions: the `ppo` stage needs a reward: a reward model (model.reward, "
                             f"or an `rm` stage before it) or reward functions")
+        if stage == "label":
+            problems += _labeler_problems(cfg.label.labeler, where)
         made.update(MAKES[stage])
     if problems:
         raise ConfigError(problems)
+
+
+def _labeler_problems(spec: str, where: str) -> list[str]:
+    """What can be told of label.labeler without importing it (that happens when the stage starts)."""
+    target, sep, name = spec.rpartition(":")
+    if not (sep and target and name):
+        return [f"{where}label.labeler: expected `module:function` or `path/to/file.py:function`, got {spec!r}"]
+    if target.endswith(".py") and not Path(target).expanduser().is_file():
+        return [f"{where}label.labeler: no such file: {target}"]
+    return []
 
 
 def finished(run_dir: RunDir, stage: str) -> Optional[dict]:

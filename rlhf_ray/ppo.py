@@ -21,14 +21,13 @@ import pyarrow as pa
 import ray
 import torch
 
-from actors.generator import Generator
 from actors.learner import Learner
 from actors.reference import Reference
 from actors.reward_function import RewardFunction
 from actors.reward_model import RewardModel
 from cluster import pools
 from cluster.actor_group import ActorGroup
-from rlhf_ray import data, experience, models, ppo_losses, rl_math, rollout, vllm_engine
+from rlhf_ray import data, experience, generation, models, ppo_losses, rl_math, rollout, vllm_engine
 from rlhf_ray.config import Config, TrainConfig
 from rlhf_ray.pipeline import StageResult
 from rlhf_ray.run_dir import RunDir
@@ -64,6 +63,9 @@ def _roles(cfg: Config) -> list[str]:
 
 def start_fleet(cfg: Config, policy: str, total_steps: int) -> Fleet:
     """Placement groups first (fails fast when the cluster is too small), then every actor group."""
+    # The critic values each policy token (GAE): it starts from the RM only when the RM reads the policy's tokens.
+    critic_start = (models.critic_start(cfg.model.critic, cfg.model.reward, policy) if cfg.ppo.advantage == "gae"
+                    else None)
     placement = pools.create(pools.plan(cfg.cluster, _roles(cfg)), timeout_s=cfg.cluster.call_timeout_s)
     print(pools.describe(placement), flush=True)
     slots, p, m = placement.slots, cfg.ppo, cfg.model
@@ -71,8 +73,7 @@ def start_fleet(cfg: Config, policy: str, total_steps: int) -> Fleet:
     def on(role: str) -> dict:
         return {"slots": slots(role), "threads": cfg.cluster.roles[role].threads}
 
-    gen = ActorGroup(Generator, "generator", (policy, m.dtype, cfg.rollout.kv_cache_mb, cfg.seed, m.max_seq_len),
-                     distributed=False, **on("generator"))
+    gen = generation.start_generators(cfg, policy, slots("generator"))
     ref = ActorGroup(Reference, "reference", (m.reference or policy, m.dtype, cfg.train.micro_batch_size),
                      distributed=False, **on("reference"))
     learner = (cfg.train, m.dtype, cfg.seed, total_steps, p.mini_batch_size)
@@ -80,8 +81,9 @@ def start_fleet(cfg: Config, policy: str, total_steps: int) -> Fleet:
     critic = None
     if p.advantage == "gae":
         critic_train = TrainConfig(**{**cfg.train.__dict__, "lr": p.critic_lr})
-        critic = ActorGroup(Learner, "critic-learner", (m.critic or m.reward or policy, "critic", critic_train,
-                                                        *learner[1:]), **on("critic"))
+        print(f"critic starts from {critic_start}", flush=True)
+        critic = ActorGroup(Learner, "critic-learner", (critic_start, "critic", critic_train, *learner[1:]),
+                            **on("critic"))
     rm = None
     if m.reward:
         rm = ActorGroup(RewardModel, "reward", (models.resolve_model(m.reward), policy, m.dtype,

@@ -1,0 +1,155 @@
+"""Preference collection (the `label` stage): the generator fleet samples `label.k` responses per prompt from the
+current policy (the SFT output in a pipeline), the labeler scores each, and the best and worst of every prompt
+become a preferences row {prompt, chosen, rejected, margin} (`data.best_worst_pairs`). The result is
+final/label/preferences.parquet, the `data.preferences.path` of the RM and DPO stages after it.
+
+Departures from "sample two, ask a human": k >= 2 samples and best-vs-worst (as in RLAIF / best-of-n data
+collection), which maximises the margin per labelled prompt; prompts whose responses all score the same are
+dropped and counted, never written as a coin flip.
+
+The labeler is any reward function (`module:function` or `path/file.py:function`, called as
+`fn(prompts, responses, **metadata)` with the metadata a PPO reward function gets: response_ids, finish_reason,
+...). It runs in this driver on every sample; what it returns is checked (one finite number per response).
+
+Responses are sampled to data.max_response_len - 1 tokens: the RM and DPO re-tokenize the text and append EOS,
+so a response cut off at the limit still fits there. Written prompts are the raw text: those stages apply the
+chat template themselves.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+
+from actors.reward_function import RewardFunction
+from cluster import pools
+from rlhf_ray import data, models
+from rlhf_ray.config import Config
+from rlhf_ray.pipeline import StageResult
+from rlhf_ray.run_dir import RunDir
+from rlhf_ray.scoring import RewardFunctionError
+
+ROLE = "generator"
+
+
+def load_labeler(spec: str) -> RewardFunction:
+    """The labeler, loaded from what label.labeler names (before any actor starts, so a bad spec costs nothing)."""
+    try:
+        return RewardFunction([spec])
+    except RewardFunctionError as e:
+        raise RewardFunctionError(f"label.labeler: {e}") from None
+
+
+def load_prompts(cfg: Config, tokenizer) -> list[dict]:
+    """{prompt, ids} for data.prompts (all rows, or max_rows), chat-templated as PPO's prompts are."""
+    ds, d = cfg.data.prompts, cfg.data
+    if ds.path is None:
+        raise data.DataError("data.prompts.path: the label stage needs a prompts dataset")
+    rows, report = data.load_rows(ds.path, "prompts", ds.split, d.skip_malformed, ds.max_rows)
+    limits = data.Limits(d.max_prompt_len, d.max_response_len, d.truncation)
+    prompts = [{"prompt": row["prompt"], "ids": ids}
+               for row, ids in data.encode_kept(tokenizer, rows, "prompts", limits, report, d.apply_chat_template)]
+    print(report, flush=True)
+    return prompts
+
+
+def sample(cfg: Config, policy: str, prompts: list[dict]) -> tuple[pa.Table, float]:
+    """(k rollouts per prompt, grouped by `group`; generation seconds, engine start excluded)."""
+    from rlhf_ray import generation  # Ray and vLLM: here, so the checks above import without them
+
+    placement = pools.create(pools.plan(cfg.cluster, [ROLE]), timeout_s=cfg.cluster.call_timeout_s)
+    print(pools.describe(placement), flush=True)
+    try:
+        generators = generation.start_generators(cfg, policy, placement.slots(ROLE))
+        try:
+            generators.call(lambda a, r: a.weight_version.remote(), cfg.cluster.call_timeout_s, "label: start")
+            t0 = time.perf_counter()
+            params = generation.sampling(cfg, cfg.label.k, cfg.data.max_response_len - 1)
+            refs = generation.launch(generators, prompts, params)
+            table = generation.gather(generators, refs, cfg.cluster.call_timeout_s, "label: generate")
+            return table, time.perf_counter() - t0
+        finally:
+            generators.kill()
+    finally:
+        pools.remove(placement)
+
+
+def score(labeler: RewardFunction, spec: str, table: pa.Table) -> list[float]:
+    """The labeler's score of every sample; its errors name label.labeler."""
+    try:
+        return labeler.scores(table)[spec]
+    except RewardFunctionError as e:
+        raise RewardFunctionError(f"label.labeler = {spec}: {e}") from None
+
+
+def _groups(table: pa.Table, scores: list[float]) -> tuple[list[str], list[list[str]], list[list[float]]]:
+    """Per prompt (group): its text, its responses and their scores."""
+    prompts, responses, values = {}, {}, {}
+    for g, p, r, s in zip(table.column("group").to_pylist(), table.column("prompt").to_pylist(),
+                          table.column("response").to_pylist(), scores):
+        prompts[g] = p
+        responses.setdefault(g, []).append(r)
+        values.setdefault(g, []).append(s)
+    order = sorted(prompts)
+    return [prompts[g] for g in order], [responses[g] for g in order], [values[g] for g in order]
+
+
+def _fits(cfg: Config, tokenizer, rows: list[dict]) -> tuple[list[dict], int]:
+    """(rows the RM and DPO will accept under the token limits, rows dropped): re-tokenizing a sampled text can
+    in rare cases give more tokens than were sampled."""
+    d = cfg.data
+    limits = data.Limits(d.max_prompt_len, d.max_response_len, "drop")
+    kept = []
+    for r in rows:
+        try:
+            data.encode_preference(tokenizer, r, limits, d.apply_chat_template)
+            kept.append(r)
+        except data.TooLong:
+            pass
+    return kept, len(rows) - len(kept)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def metrics_row(n_prompts: int, table: pa.Table, scores: list[float], pairs: list[dict], dropped: dict[str, int],
+                seconds: float) -> dict:
+    """The stage's one metrics row. score_mean is the labeler's (gold) score of the policy that was sampled."""
+    lengths = [len(ids) for ids in table.column("response_ids").to_pylist()]
+    return {"step": 0, "prompts": n_prompts, "samples": table.num_rows, "pairs": len(pairs),
+            **{f"{why}_dropped": n for why, n in dropped.items()},
+            "score_mean": _mean(scores), "chosen_score_mean": _mean([p["chosen_score"] for p in pairs]),
+            "rejected_score_mean": _mean([p["rejected_score"] for p in pairs]),
+            "margin_mean": _mean([p["margin"] for p in pairs]), "response_length_mean": _mean(lengths),
+            "eos_frac": _mean([f == "stop" for f in table.column("finish_reason").to_pylist()]),
+            "tokens_per_s": sum(lengths) / max(seconds, 1e-9), "time_generate_s": seconds}
+
+
+def run(cfg: Config, run_dir: RunDir) -> StageResult:
+    spec = cfg.label.labeler
+    labeler = load_labeler(spec)
+    policy = models.resolve_model(cfg.model.policy)
+    tokenizer = models.load_tokenizer(cfg.model.tokenizer or policy)
+    prompts = load_prompts(cfg, tokenizer)
+
+    table, seconds = sample(cfg, policy, prompts)
+    scores = score(labeler, spec, table)
+    run_dir.write_rollouts("label", table.append_column("score", pa.array(scores, pa.float64())))
+    pairs, dropped = data.best_worst_pairs(*_groups(table, scores))
+    pairs, dropped["too_long"] = _fits(cfg, tokenizer, pairs)
+    if not pairs:
+        raise data.DataError(f"label: no preference pairs from {len(prompts)} prompts (dropped: {dropped}); "
+                             f"sample more responses per prompt (label.k) or check label.labeler = {spec}")
+    out = run_dir.final("label") / "preferences.parquet"
+    data.write_rows(pairs, out)
+
+    row = metrics_row(len(prompts), table, scores, pairs, dropped, seconds)
+    run_dir.log_metrics(row)
+    why = ", ".join(f"{n} {reason}" for reason, n in dropped.items() if n) or "none"
+    line = (f"label: {len(prompts)} prompts x {cfg.label.k} samples -> {len(pairs)} pairs (dropped: {why}); "
+            f"labeler score: all samples {row['score_mean']:.3f}, chosen {row['chosen_score_mean']:.3f}, "
+            f"rejected {row['rejected_score_mean']:.3f}; {row['tokens_per_s']:.0f} tokens/s")
+    metrics = {k: row[k] for k in ("pairs", "ties_dropped", "score_mean", "chosen_score_mean", "rejected_score_mean")}
+    return StageResult({"preferences": str(out)}, f"{line}; preferences in {out}", metrics=metrics)
