@@ -184,3 +184,17 @@ def test_minilm_reward_model():
     assert scores.shape == (2,) and torch.isfinite(scores).all()
     with pytest.raises(ValueError, match="critic needs a decoder backbone"):
         M.token_values(model, enc["input_ids"], enc["attention_mask"])
+
+
+def test_critic_starts_from_the_reward_model_only_when_it_reads_the_policy_tokens(tiny, tmp_path):
+    """PPO's critic values each policy token (GAE): a reward model on the policy's vocabulary starts it (as in
+    InstructGPT); an encoder with its own vocabulary (minilm-l6) cannot, so the critic starts from the policy."""
+    rm = tmp_path / "rm"
+    M.load_value_model(tiny).save_pretrained(rm)
+    M.load_tokenizer(tiny).save_pretrained(rm)
+    assert M.critic_start(None, str(rm), tiny) == str(rm)
+    assert M.critic_start(None, "minilm-l6", tiny) == tiny
+    assert M.critic_start(None, None, tiny) == tiny
+    assert M.critic_start(str(rm), "minilm-l6", tiny) == str(rm)
+    with pytest.raises(M.ConfigError, match="model.critic: .* does not read the policy's tokens"):
+        M.critic_start("minilm-l6", None, tiny)

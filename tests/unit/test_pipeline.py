@@ -81,8 +81,9 @@ def test_inputs_are_checked_before_anything_runs(tmp_path):
         pipeline.check_inputs(cfg, "c.yaml")
     with pytest.raises(ConfigError, match=r"data\.preferences\.path: no such file or folder: .*p\.jsonl"):
         pipeline.check_inputs(_cfg(tmp_path, "stages=[dpo]"))
-    with pytest.raises(ConfigError, match=r"stages\[0\]: the `label` stage is not built yet"):
-        pipeline.check_inputs(_cfg(tmp_path, "stages=[label,dpo]"))
+    with pytest.raises(ConfigError, match=r"data\.prompts\.path: the `label` stage needs") as e:
+        pipeline.check_inputs(_cfg(tmp_path, "stages=[label,dpo]", "data.prompts.path=null"))
+    assert "preferences" not in str(e.value)  # dpo's come from label
     with pytest.raises(ConfigError, match=r"reward\.functions: the `ppo` stage needs a reward"):
         pipeline.check_inputs(_cfg(tmp_path, "stages=[sft,ppo]"))
     pipeline.check_inputs(_cfg(tmp_path, "stages=[sft,ppo]", "model.reward=/some/rm"))  # no preferences needed
