@@ -12,8 +12,9 @@ The labeler is any reward function (`module:function` or `path/file.py:function`
 ...). It runs in this driver on every sample; what it returns is checked (one finite number per response).
 
 Responses are sampled to data.max_response_len - 1 tokens: the RM and DPO re-tokenize the text and append EOS,
-so a response cut off at the limit still fits there. Written prompts are the raw text: those stages apply the
-chat template themselves.
+so a response cut off at the limit still fits there. A pair whose text re-tokenizes longer is handled here by
+data.truncation (`error` stops, `drop` drops and counts it, `truncate` leaves it to those stages), so they never
+meet a row they refuse. Written prompts are the raw text: those stages apply the chat template themselves.
 """
 
 from __future__ import annotations
@@ -95,10 +96,13 @@ def _groups(table: pa.Table, scores: list[float]) -> tuple[list[str], list[list[
     return [prompts[g] for g in order], [responses[g] for g in order], [values[g] for g in order]
 
 
-def _fits(cfg: Config, tokenizer, rows: list[dict]) -> tuple[list[dict], int]:
-    """(rows the RM and DPO will accept under the token limits, rows dropped): re-tokenizing a sampled text can
-    in rare cases give more tokens than were sampled."""
+def fit_limits(cfg: Config, tokenizer, rows: list[dict]) -> tuple[list[dict], int]:
+    """(rows the RM and DPO stages will take, rows dropped), by data.truncation. Those stages re-tokenize the text,
+    which can take more tokens than were sampled (a policy far from its training data samples byte pieces that
+    decode to U+FFFD), so a pair can be over data.max_response_len here though its samples were not."""
     d = cfg.data
+    if d.truncation == "truncate":
+        return rows, 0  # those stages cut them
     limits = data.Limits(d.max_prompt_len, d.max_response_len, "drop")
     kept = []
     for r in rows:
@@ -107,7 +111,12 @@ def _fits(cfg: Config, tokenizer, rows: list[dict]) -> tuple[list[dict], int]:
             kept.append(r)
         except data.TooLong:
             pass
-    return kept, len(rows) - len(kept)
+    over = len(rows) - len(kept)
+    if over and d.truncation == "error":
+        raise data.DataError(f"label: {over} of {len(rows)} pairs are over data.max_response_len = "
+                             f"{d.max_response_len} tokens once their text is re-tokenized; set data.truncation to "
+                             "`drop` (skip and count them) or `truncate`, or raise data.max_response_len")
+    return kept, over
 
 
 def _mean(xs: list[float]) -> float:
@@ -138,7 +147,7 @@ def run(cfg: Config, run_dir: RunDir) -> StageResult:
     scores = score(labeler, spec, table)
     run_dir.write_rollouts("label", table.append_column("score", pa.array(scores, pa.float64())))
     pairs, dropped = data.best_worst_pairs(*_groups(table, scores))
-    pairs, dropped["too_long"] = _fits(cfg, tokenizer, pairs)
+    pairs, dropped["too_long"] = fit_limits(cfg, tokenizer, pairs)
     if not pairs:
         raise data.DataError(f"label: no preference pairs from {len(prompts)} prompts (dropped: {dropped}); "
                              f"sample more responses per prompt (label.k) or check label.labeler = {spec}")

@@ -106,3 +106,19 @@ def test_the_pipeline_checks_the_labeler_spec_before_anything_runs(tmp_path):
         pipeline.check_inputs(load_config(None, [*base, "label.labeler=nowhere.py:f"]))
     with pytest.raises(ConfigError, match=r"label\.labeler: expected `module:function`"):
         pipeline.check_inputs(load_config(None, [*base, "label.labeler=just_a_name"]))
+
+
+@pytest.mark.parametrize("truncation", ["error", "drop", "truncate"])
+def test_pairs_over_the_token_limits_follow_data_truncation(truncation):
+    """The RM and DPO re-tokenize the texts: a pair longer there than its samples were is settled here."""
+    tok = models.load_tokenizer("tiny")
+    rows = [{"prompt": "Hello", "chosen": "the cat " * 10, "rejected": "a dog"},
+            {"prompt": "Hello", "chosen": "yes", "rejected": "no"}]
+    cfg = load_config(None, ["data.max_response_len=8", f"data.truncation={truncation}"])
+    if truncation == "error":
+        with pytest.raises(data.DataError, match=r"1 of 2 pairs are over data\.max_response_len = 8 .*truncation"):
+            label.fit_limits(cfg, tok, rows)
+    elif truncation == "drop":
+        assert label.fit_limits(cfg, tok, rows) == (rows[1:], 1)
+    else:
+        assert label.fit_limits(cfg, tok, rows) == (rows, 0)
