@@ -135,6 +135,9 @@ def test_ppo_scores_with_the_reward_model_and_its_critic_starts_from_it(run):
     assert [r["policy_version"] for r in rows] == list(range(1, 7))
     assert all(math.isfinite(r["reward_mean"]) and math.isfinite(r["value_loss"]) for r in rows)
     assert (run_dir / "final" / "ppo" / "config.json").exists()
+    gold = [r["eval_gold_mean"] for r in _metrics(run_dir, "ppo") if "eval_gold_mean" in r]
+    print(f"ppo: the labeler's (gold) score on held-out prompts {gold[0]:.3f} -> {gold[-1]:.3f}")
+    assert len(gold) == 2
 
 
 def test_a_rerun_skips_every_stage_without_starting_ray(run):
