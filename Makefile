@@ -1,10 +1,12 @@
-# make run   : the main job (today: PPO end to end on the tiny model, about 2 minutes; see README)
+# make run   : the main job, the quickstart: SFT -> labeling -> reward model -> PPO on SmolLM2-135M-Instruct
+#              (about 15 minutes on 2 CPU cores; a rerun continues: finished stages are skipped; see README)
 # make test  : the whole test suite, inside a loopback-only network namespace when ../shared/tools has one
 # Both create .venv and install what is missing first (deploy/install.sh; a second run changes nothing).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 NETNS := $(wildcard ../shared/tools/netns-run)
 PYTEST_ARGS ?=
+ARGS ?=
 
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
@@ -19,7 +21,7 @@ install:
 	@deploy/install.sh $(VENV)
 
 run: install
-	$(NETNS) $(VENV)/bin/rlhf-ray run configs/tiny/ppo.yaml
+	$(NETNS) $(VENV)/bin/rlhf-ray run configs/quickstart.yaml $(ARGS)
 
 test: install
 	$(NETNS) $(PY) -m pytest tests -q -rs --durations=15 $(PYTEST_ARGS)

@@ -2,7 +2,7 @@
 
   rlhf-ray validate CONFIG [key=value ...]             print the resolved config, or every error (exit 1)
   rlhf-ray run CONFIG [key=value ...] [--run-dir D] [--address A] [--force]   run the config's stages in order
-                                                       (sft, rm, dpo, ppo), skipping ones already finished
+                                                       (sft, label, rm, dpo, ppo), skipping finished ones
   rlhf-ray sample CONFIG [key=value ...] [--run-dir D]  sample responses to the config's prompts with vLLM
 """
 
@@ -50,7 +50,7 @@ def cmd_run(args) -> int:
             print(f"Ray dashboard: http://{ctx.dashboard_url} (token in ~/.ray/auth_token)", flush=True)
 
     results = pipeline.run(cfg, run_dir, force=args.force, connect=connect)
-    print("done: " + " | ".join(r.summary.rsplit("; ", 1)[0] for r in results) + f" (run directory {run_dir.path})")
+    print(f"\nsummary ({run_dir.path}):\n" + "\n".join(f"  {r.summary}" for r in results), flush=True)
     return 0
 
 

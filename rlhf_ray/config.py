@@ -137,11 +137,11 @@ class RoleConfig:
     """GPUs per actor; a fraction lets roles share a GPU."""
     cpus: float = 0.25
     """CPUs per actor (Ray's logical CPUs); fractions let all five roles share a 2-core machine."""
+    colocate_with: Optional[str] = None
+    """Another role whose bundles this role shares (same count)."""
     threads: int = 0
     """Torch/OpenMP threads in each actor's process; 0 = Ray's default (the role's CPUs rounded down, at least 1).
     On a CPU box whose phases run one at a time, set it to the cores (more than the cores in use at once costs)."""
-    colocate_with: Optional[str] = None
-    """Another role whose bundles this role shares (same count)."""
 
 
 def _default_pools() -> dict[str, PoolConfig]:
