@@ -4,7 +4,6 @@ penalty and DPO)."""
 from __future__ import annotations
 
 import pyarrow as pa
-import torch
 
 from rlhf_ray import models, rollout, scoring
 
@@ -12,9 +11,7 @@ from rlhf_ray import models, rollout, scoring
 class Reference:
     """Wrap with `ray.remote`; named `reference-<rank>`."""
 
-    def __init__(self, model_path: str, dtype: str = "float32", micro_batch_size: int = 8, threads: int = 0):
-        if threads > 0:
-            torch.set_num_threads(threads)
+    def __init__(self, model_path: str, dtype: str = "float32", micro_batch_size: int = 8):
         self.model = models.load_policy(model_path, dtype).eval().requires_grad_(False)
         self.pad_id = models.load_tokenizer(model_path).pad_token_id
         self.micro_batch_size = micro_batch_size

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pyarrow as pa
-import torch
 
 from rlhf_ray import models, rollout, scoring
 
@@ -14,10 +13,7 @@ class RewardModel:
     When the reward model reads the policy's tokens (same vocabulary) it scores the rollout's token ids as they
     are; otherwise (e.g. a MiniLM encoder) it re-tokenizes the prompt and response texts as a pair."""
 
-    def __init__(self, model_path: str, policy_tokenizer: str, dtype: str = "float32", micro_batch_size: int = 8,
-                 threads: int = 0):
-        if threads > 0:
-            torch.set_num_threads(threads)
+    def __init__(self, model_path: str, policy_tokenizer: str, dtype: str = "float32", micro_batch_size: int = 8):
         self.model = models.load_value_model(model_path, dtype).eval().requires_grad_(False)
         self.tokenizer = models.load_tokenizer(model_path)
         self.same_vocab = self.tokenizer.get_vocab() == models.load_tokenizer(policy_tokenizer).get_vocab()

@@ -37,9 +37,14 @@ def launch(generators: ActorGroup, prompts: list[dict], params: vllm_engine.Samp
 
 
 def gather(generators: ActorGroup, refs: list, timeout_s: float, phase: str) -> pa.Table:
-    """Every rank's rollouts, in rank order, with `group` renumbered so it names one prompt across the batch."""
+    """Every rank's rollouts, in rank order, as one batch (see `join`)."""
+    return join(generators.get(refs, timeout_s, phase))
+
+
+def join(shares: list[pa.Table]) -> pa.Table:
+    """The ranks' rollout tables, in rank order, with `group` renumbered so it names one prompt across the batch."""
     tables, offset = [], 0
-    for t in generators.get(refs, timeout_s, phase):
+    for t in shares:
         groups = t.column("group").to_pylist()
         tables.append(t.set_column(t.schema.get_field_index("group"), "group",
                                    pa.array([g + offset for g in groups], pa.int64())))

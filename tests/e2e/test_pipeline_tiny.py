@@ -25,22 +25,6 @@ PROMPTS, K = 160, 8  # data.prompts.max_rows and label.k there
 STAGES = ["sft", "label", "rm", "ppo"]
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    """One embedded loopback Ray for every run here; `rlhf-ray run` reuses it. Relative paths in the config are
-    relative to the repository root, as for the command line."""
-    import ray
-
-    from cluster.local import init_ray
-
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    init_ray(num_cpus=2, object_store_mb=256, dashboard=False)
-    yield
-    ray.shutdown()
-    os.chdir(cwd)
-
-
 class _Tee(io.StringIO):
     """Keeps what the driver prints (the test reads it) and still shows it."""
 

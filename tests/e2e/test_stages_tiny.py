@@ -3,7 +3,6 @@ module) on the tiny random-init model and the learnable datasets of configs/tiny
 a later stage starts from an earlier stage's output, a rerun skips finished stages, `--force` reruns them."""
 
 import json
-import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,22 +14,6 @@ from rlhf_ray import cli, data, models
 from rlhf_ray.pipeline import MARKER
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    """One embedded loopback Ray for every run here; `rlhf-ray run` reuses it. Relative paths in the configs are
-    relative to the repository root, as for the command line."""
-    import ray
-
-    from cluster.local import init_ray
-
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    init_ray(num_cpus=2, object_store_mb=256, dashboard=False)
-    yield
-    ray.shutdown()
-    os.chdir(cwd)
 
 
 def _run(*args: str) -> int:
