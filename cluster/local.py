@@ -24,7 +24,7 @@ LOOPBACK_ENV = {
 
 
 def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, object_store_mb: int = 512,
-             dashboard: bool = True, resources: Optional[dict] = None):
+             dashboard: bool = True, resources: Optional[dict] = None, metrics_export_port: Optional[int] = None):
     """`ray.init` on `address` (or `RAY_ADDRESS`); with neither, an embedded cluster bound to 127.0.0.1.
 
     Returns the ray context (its `dashboard_url` is set when the dashboard runs)."""
@@ -47,7 +47,31 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, obje
         _temp_dir=os.environ.get("RLHF_RAY_TMP") or os.path.join(tempfile.gettempdir(), "rlhf-ray"),
         runtime_env={"env_vars": {k: os.environ[k] for k in LOOPBACK_ENV}},
         log_to_driver=True,
+        _metrics_export_port=metrics_export_port,
     )
+
+
+def describe_cluster() -> str:
+    """Where to watch the run: the dashboard (and how to sign in), Prometheus metrics, the cluster's size."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    me = [n for n in ray.nodes() if n["Alive"] and n["NodeID"] == ctx.get_node_id()]
+    total = ray.cluster_resources()
+    lines = [f"Ray cluster: {len([n for n in ray.nodes() if n['Alive']])} node(s), {total.get('CPU', 0):g} CPUs, "
+             f"{total.get('GPU', 0):g} GPUs"]
+    url = ray._private.worker.get_dashboard_url()  # "" when the cluster runs without one
+    if url:
+        lines.append(f"  dashboard: http://{url}")
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+        if is_token_auth_enabled():
+            lines.append("    token authentication is on: the page asks for the token, which `ray get-auth-token` "
+                         "prints (or ~/.ray/auth_token; API calls send `Authorization: Bearer <token>`)")
+    if me:
+        lines.append(f"  Prometheus metrics (ray_rlhf_*): http://{me[0]['NodeManagerAddress']}:"
+                     f"{me[0]['MetricsExportPort']}/metrics")
+    return "\n".join(lines)
 
 
 def listening_socket(host: str) -> socket.socket:

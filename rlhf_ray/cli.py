@@ -4,11 +4,15 @@
   rlhf-ray run CONFIG [key=value ...] [--run-dir D] [--address A] [--force]   run the config's stages in order
                                                        (sft, label, rm, dpo, ppo), skipping finished ones
   rlhf-ray sample CONFIG [key=value ...] [--run-dir D]  sample responses to the config's prompts with vLLM
+  rlhf-ray submit CONFIG [key=value ...] --address http://HEAD:8265 [--follow]   the run as a Ray Job
+  rlhf-ray status|logs|stop JOB_ID [--address ...]     follow a submitted job (`logs --follow` streams)
+  rlhf-ray report RUN_DIR                              redraw RUN_DIR/plots/*.png from metrics.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,19 +41,28 @@ def cmd_run(args) -> int:
     Stages already finished in the run directory are skipped (their outputs reused) unless --force."""
     from rlhf_ray import pipeline
 
+    from rlhf_ray.monitor import Monitor
+
     cfg = _load(args)
+    address = args.address or cfg.cluster.address
+    if address and address.startswith(("http://", "https://")):
+        raise ConfigError([f"--address {address}: `run` joins a cluster (auto, HOST:6379, ray://HOST:10001); "
+                           "send a run to a dashboard address with `rlhf-ray submit`"])
     pipeline.check_inputs(cfg, args.config)  # before any actor: missing datasets, stages not built yet
-    run_dir = RunDir(args.run_dir or Path("runs") / cfg.name, cfg)
+    path = args.run_dir or Path("runs") / cfg.name
+    run_dir = RunDir(path, cfg, monitor=Monitor(cfg, Path(path).expanduser()))
 
     def connect() -> None:
-        from cluster.local import init_ray
+        from cluster.local import describe_cluster, init_ray
 
-        ctx = init_ray(args.address or cfg.cluster.address, num_cpus=None,
-                       object_store_mb=cfg.cluster.object_store_mb)
-        if getattr(ctx, "dashboard_url", None):
-            print(f"Ray dashboard: http://{ctx.dashboard_url} (token in ~/.ray/auth_token)", flush=True)
+        init_ray(address, num_cpus=None, object_store_mb=cfg.cluster.object_store_mb,
+                 metrics_export_port=cfg.cluster.metrics_export_port)
+        print(describe_cluster(), flush=True)
 
-    results = pipeline.run(cfg, run_dir, force=args.force, connect=connect)
+    try:
+        results = pipeline.run(cfg, run_dir, force=args.force, connect=connect)
+    finally:
+        run_dir.monitor.close()
     print(f"\nsummary ({run_dir.path}):\n" + "\n".join(f"  {r.summary}" for r in results), flush=True)
     return 0
 
@@ -91,6 +104,51 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    from rlhf_ray import jobs
+
+    job_id = jobs.submit(args.config, args.overrides, args.address, args.run_dir, args.env, args.job_id)
+    where = args.address or os.environ.get("RAY_ADDRESS") or "the local dashboard"
+    print(f"submitted {job_id} to {where}\n  rlhf-ray status {job_id}\n  rlhf-ray logs {job_id} --follow\n"
+          f"  rlhf-ray stop {job_id}", flush=True)
+    if not args.follow:
+        return 0
+    return 0 if jobs.logs(job_id, args.address, follow=True) == "SUCCEEDED" else 1
+
+
+def cmd_status(args) -> int:
+    from rlhf_ray import jobs
+
+    status, text = jobs.describe(args.job_id, args.address)
+    print(text)
+    return 0 if status in ("SUCCEEDED", "RUNNING", "PENDING") else 1
+
+
+def cmd_logs(args) -> int:
+    from rlhf_ray import jobs
+
+    out = jobs.logs(args.job_id, args.address, args.follow)
+    if not args.follow:
+        print(out, end="")
+        return 0
+    return 0 if out == "SUCCEEDED" else 1
+
+
+def cmd_stop(args) -> int:
+    from rlhf_ray import jobs
+
+    print(f"{args.job_id}: " + ("stopping" if jobs.stop(args.job_id, args.address) else "already ended"))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from rlhf_ray import report
+
+    for path in report.render(Path(args.run_dir)):
+        print(path)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlhf-ray", description="Distributed RLHF on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -113,6 +171,26 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--num-prompts", type=int, help="use only the first N prompts")
     s.add_argument("--show", type=int, default=4, help="print this many samples")
     s.set_defaults(fn=cmd_sample)
+
+    s = with_config("submit", "run the config as a Ray Job on the cluster at --address (the dashboard, :8265)")
+    s.add_argument("--address", help="dashboard address, http://HOST:8265 (default: RAY_ADDRESS, else local)")
+    s.add_argument("--run-dir", help="output folder on the driver's node (default ~/rlhf-ray-runs/<name>)")
+    s.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment variable for the job")
+    s.add_argument("--job-id", help="submission id (default: Ray picks one)")
+    s.add_argument("--follow", action="store_true", help="stream the logs until the job ends; exit 1 unless it succeeded")
+    s.set_defaults(fn=cmd_submit)
+    for name, fn, help in [("status", cmd_status, "a submitted job's state and run directory"),
+                           ("logs", cmd_logs, "a submitted job's driver log"),
+                           ("stop", cmd_stop, "stop a submitted job")]:
+        s = sub.add_parser(name, help=help)
+        s.add_argument("job_id")
+        s.add_argument("--address", help="dashboard address, http://HOST:8265 (default: RAY_ADDRESS, else local)")
+        if name == "logs":
+            s.add_argument("--follow", action="store_true", help="stream until the job ends")
+        s.set_defaults(fn=fn)
+    s = sub.add_parser("report", help="redraw the plots of a run directory from its metrics.jsonl")
+    s.add_argument("run_dir")
+    s.set_defaults(fn=cmd_report)
     return p
 
 
@@ -120,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -166,6 +166,8 @@ class ClusterConfig:
     """Object store cap for the embedded cluster, MiB."""
     call_timeout_s: float = 600.0
     """Longest wait for any remote call before it fails naming the actor and phase."""
+    metrics_export_port: Optional[int] = None
+    """Prometheus port of the embedded cluster (None: a free one; printed at start)."""
 
 
 @dataclass
@@ -292,6 +294,24 @@ class LabelConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """What a run shows besides metrics.jsonl: terminal progress, Ray metrics, plots, trackers."""
+
+    progress: Literal["auto", "bar", "lines"] = "auto"
+    """`bar` (a progress bar per stage), `lines` (a concise line every `lines_every_s`), `auto`: bar on a terminal."""
+    lines_every_s: float = 10.0
+    """Least seconds between two progress lines (first, last and eval steps are always shown)."""
+    ray_metrics: bool = True
+    """Export every metric as a Ray gauge `rlhf_<key>` (Prometheus: `ray_rlhf_<key>{run, stage}`)."""
+    plots_every_s: float = 60.0
+    """Redraw plots/*.png at most this often during a stage (0: only when a stage ends)."""
+    tensorboard: bool = False
+    """Also write TensorBoard events to <run dir>/tensorboard (needs the tensorboard package)."""
+    wandb_project: Optional[str] = None
+    """Also log to this Weights & Biases project (needs wandb; WANDB_MODE=offline works without a network)."""
+
+
+@dataclass
 class Config:
     """A run: which stages, on which models and data, with which settings."""
 
@@ -321,6 +341,8 @@ class Config:
     """Reward model."""
     label: LabelConfig = field(default_factory=LabelConfig)
     """Preference collection."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Progress, metrics export, plots, trackers."""
     stage_overrides: dict[str, dict] = field(default_factory=dict)
     """Settings for one stage only, on top of the rest, as a partial tree per stage:
     `{sft: {train: {lr: 3.0e-5}}, rm: {train: {lr: 1.0e-4}}}` (each stage of a pipeline trains its own way)."""

@@ -155,6 +155,7 @@ def run(cfg: Config, run_dir: RunDir) -> StageResult:
     data.write_rows(pairs, out)
 
     row = metrics_row(len(prompts), table, scores, pairs, dropped, seconds)
+    run_dir.expect_steps(1)
     run_dir.log_metrics(row)
     why = ", ".join(f"{n} {reason}" for reason, n in dropped.items() if n) or "none"
     line = (f"label: {len(prompts)} prompts x {cfg.label.k} samples -> {len(pairs)} pairs (dropped: {why}); "

@@ -196,10 +196,12 @@ def run(cfg: Config, run_dir: RunDir, force: bool = False, connect: Callable[[],
                 connect()
                 connected = True
             _reset(run_dir, stage)
-            run_dir.stage = stage
+            run_dir.start_stage(stage)
             stage_cfg = for_stage(cfg, stage)  # its own settings (stage_overrides) on top
-            result = RUNNERS[stage](stage_cfg, run_dir)
-            run_dir.stage = None
+            try:
+                result = RUNNERS[stage](stage_cfg, run_dir)
+            finally:
+                run_dir.end_stage()  # the plots show a failed stage too
             _mark_done(run_dir, stage, stage_cfg, result)
         print(result.summary, flush=True)
         cfg = apply_outputs(cfg, result.outputs)

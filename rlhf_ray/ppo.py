@@ -213,9 +213,6 @@ class PPOTrainer:
             row["eval_gold_mean"] = by_fn[self.cfg.ppo.gold].mean().item()
         self.run_dir.log_metrics(row)
         self.evals.append(row)
-        gold = f"  gold {row['eval_gold_mean']:.3f}" if "eval_gold_mean" in row else ""
-        print(f"eval at policy version {self.version}: reward {row['eval_reward_mean']:.3f}{gold}  "
-              f"kl {row['eval_kl_mean']:.3f}  ({len(task)} samples)", flush=True)
         return row
 
     def make_experience(self, batch: rollout.RolloutBatch, s: experience.Scores) -> tuple[dict, dict]:
@@ -278,6 +275,7 @@ class PPOTrainer:
         fleet = start_fleet(cfg, self.policy, self.total_steps)
         history: list[dict] = []
         try:
+            self.run_dir.expect_steps(cfg.ppo.steps)
             if self.eval_prompts:
                 self.evaluate(fleet)  # before any update
             inflight: deque = deque([self.launch_generate(fleet)])
@@ -286,7 +284,7 @@ class PPOTrainer:
                 table, scoring = self.collect(fleet, inflight.popleft())
                 while len(inflight) < k and step + len(inflight) + 1 < cfg.ppo.steps:
                     inflight.append(self.launch_generate(fleet))  # overlap with training
-                t1 = time.perf_counter()
+                t1, depth = time.perf_counter(), len(inflight)  # batches generating while this one trains
                 batch = rollout.collate(table, self.tokenizer.pad_token_id)
                 staleness = self.version - batch.policy_version
                 assert int(staleness.max()) <= k, f"sample {int(staleness.max())} versions old, bound {k}"
@@ -298,7 +296,7 @@ class PPOTrainer:
                 sync = self.sync(fleet)
                 if not inflight and step + 1 < cfg.ppo.steps:
                     inflight.append(self.launch_generate(fleet))  # after the sync: on-policy
-                fleet.generators.get(sync["refs"], self.timeout, "sync: load")
+                loaded = fleet.generators.get(sync["refs"], self.timeout, "sync: load")
                 t4 = time.perf_counter()
                 self.kl_ctl.update(stats["kl_mean"], self.samples)
                 gen_tokens = int(batch.response_mask.sum())
@@ -306,13 +304,13 @@ class PPOTrainer:
                                                                           if not k_.startswith("_")},
                        **losses, "staleness_max": int(staleness.max()), "staleness_mean": staleness.float().mean().item(),
                        "tokens_per_s": gen_tokens / max(t4 - t0, 1e-9), "time_generate_s": t1 - t0,
-                       "time_score_s": t2 - t1, "time_train_s": t3 - t2, "time_sync_s": t4 - t3}
+                       "time_score_s": t2 - t1, "time_train_s": t3 - t2, "time_sync_s": t4 - t3,
+                       "sync_bytes": sum(r["bytes"] for r in loaded), "buffer_depth": depth}
                 self.run_dir.log_metrics(row)
                 self.run_dir.write_rollouts(step, table.append_column("reward", pa.array(stats["_reward"].tolist()))
                                             .append_column("kl", pa.array(stats["_kl_seq"].tolist()))
                                             .append_column("staleness", pa.array(staleness.tolist())))
                 history.append(row)
-                print(_progress(row, cfg.ppo.steps), flush=True)
                 every = cfg.train.eval_every
                 if self.eval_prompts and (step + 1 == cfg.ppo.steps or (every and (step + 1) % every == 0)):
                     self.evaluate(fleet)
@@ -360,10 +358,3 @@ def _learner_forward(group: ActorGroup, what: str, ids: dict, T: int) -> list:
 def _train_refs(group: ActorGroup, mb: dict, loss) -> list:
     shards = group.shard(mb)
     return group.map(lambda a, r: a.train_step.remote(shards[r], loss))
-
-
-def _progress(row: dict, steps: int) -> str:
-    return (f"ppo step {row['step'] + 1}/{steps}  reward {row['reward_mean']:.3f}  kl {row['kl_mean']:.3f}  "
-            f"len {row['response_length_mean']:.1f}  staleness {row['staleness_max']}  "
-            f"gen {row['time_generate_s']:.1f}s score {row['time_score_s']:.1f}s train {row['time_train_s']:.1f}s "
-            f"sync {row['time_sync_s']:.1f}s")

@@ -14,13 +14,28 @@ from rlhf_ray.config import Config, dump_yaml
 
 class RunDir:
     """stage: set by the pipeline while a stage runs; every metrics row then carries it (`stage` key), so the
-    rows of a pipeline's stages can share one metrics.jsonl."""
+    rows of a pipeline's stages can share one metrics.jsonl. monitor: shows each row as it is logged
+    (progress, Ray gauges, plots, trackers; `rlhf_ray.monitor`), when the command line gives one."""
 
-    def __init__(self, path: str | Path, cfg: Config):
+    def __init__(self, path: str | Path, cfg: Config, monitor=None):
         self.stage: str | None = None
-        self.path = Path(path)
+        self.monitor = monitor
+        self.path = Path(path).expanduser()
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "config.yaml").write_text(dump_yaml(cfg))
+
+    def start_stage(self, stage: str) -> None:
+        self.stage = stage
+
+    def expect_steps(self, steps: int | None) -> None:
+        """The running stage will log `steps` training rows (for the progress bar's length and ETA)."""
+        if self.monitor is not None:
+            self.monitor.start(self.stage or "run", steps)
+
+    def end_stage(self) -> None:
+        if self.monitor is not None:
+            self.monitor.end()
+        self.stage = None
 
     def log_metrics(self, row: dict) -> None:
         """Append one JSON object (one step) to metrics.jsonl; non-finite numbers become null."""
@@ -29,6 +44,8 @@ class RunDir:
             clean = {"stage": self.stage, **clean}
         with (self.path / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(clean) + "\n")
+        if self.monitor is not None:
+            self.monitor.log(self.stage, row)
 
     def metrics(self, stage: str | None = None) -> list[dict]:
         """The rows of metrics.jsonl (only `stage`'s, when given)."""

@@ -91,8 +91,10 @@ def run(cfg: Config, run_dir: RunDir, job: Job, roles: tuple[str, ...] = (LEARNE
 
 def _fit(cfg: Config, run_dir: RunDir, job: Job, group: ActorGroup, schedule: list[list[int]]) -> list[dict]:
     timeout, every, history = cfg.cluster.call_timeout_s, cfg.train.eval_every, []
+    run_dir.expect_steps(len(schedule))
     if job.eval:  # the starting point, so "eval loss falls" is measured against the untrained model
-        history.append(_log(run_dir, {"step": 0, **_evaluate(job, group, timeout)}, job.stage, len(schedule)))
+        history.append({"step": 0, **_evaluate(job, group, timeout)})
+        run_dir.log_metrics(history[-1])
     for step, idx in enumerate(schedule, 1):
         shards = group.shard(job.collate([job.train[i] for i in idx]))
         metrics = group.call(lambda a, r: a.train_step.remote(shards[r], job.loss), timeout,
@@ -100,7 +102,8 @@ def _fit(cfg: Config, run_dir: RunDir, job: Job, group: ActorGroup, schedule: li
         row = {"step": step, **metrics}
         if job.eval and (step == len(schedule) or (every and step % every == 0)):
             row.update(_evaluate(job, group, timeout))
-        history.append(_log(run_dir, row, job.stage, len(schedule)))
+        history.append(row)
+        run_dir.log_metrics(row)
     return history
 
 
@@ -109,16 +112,3 @@ def _evaluate(job: Job, group: ActorGroup, timeout: float) -> dict[str, float]:
     shards = group.shard(job.collate(job.eval))
     out = group.call(lambda a, r: a.evaluate.remote(shards[r], job.loss), timeout, f"{job.stage}: evaluate")[0]
     return {f"eval_{k}": v for k, v in out.items()}
-
-
-def _log(run_dir: RunDir, row: dict, stage: str, steps: int) -> dict:
-    run_dir.log_metrics(row)
-    step = row["step"]
-    if step in (0, 1, steps) or step % max(1, steps // 10) == 0 or "eval_loss" in row:
-        shown = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k in SHOWN and isinstance(v, float))
-        print(f"{stage} step {step}/{steps}  {shown}", flush=True)
-    return row
-
-
-SHOWN = ("loss", "accuracy", "margin", "reward_margin", "eval_loss", "eval_accuracy", "eval_margin",
-         "eval_reward_margin", "eval_policy_accuracy")

@@ -1,0 +1,125 @@
+"""Operating a run on a Ray cluster, for real, on an embedded loopback cluster with its dashboard and token auth:
+`rlhf-ray submit` sends a tiny PPO run through Ray's job API; while it runs, the state API lists its actors by
+role and rank and its phases by method, and Ray's Prometheus endpoint serves the project's gauges; `status` and
+`logs` read the job back; the plots exist; `stop` ends a second job and its actors."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXE = str(Path(sys.executable).with_name("rlhf-ray"))
+ACTORS = {"generator-0", "reference-0", "policy-learner-0", "critic-learner-0", "reward-fn-0"}
+TASKS = {"Generator.generate", "Learner.train_step", "Reference.logprobs", "Generator.update_weights"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The embedded cluster with its dashboard (the job API lives there). Jobs run `python -m rlhf_ray.cli`, so
+    the cluster's PATH must find this venv's python, as a cluster image's would."""
+    import ray
+
+    from cluster.local import init_ray
+
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    ctx = init_ray(num_cpus=2, object_store_mb=256, dashboard=True)
+    node = ray.nodes()[0]
+    yield {"dashboard": f"http://{ctx.dashboard_url}",
+           "metrics": f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"}
+    ray.shutdown()
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for(what: str, check, timeout: float, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def gauges(url: str) -> dict[str, dict[str, float]]:
+    """{metric name: {labels: value}} of the ray_rlhf_* series the endpoint serves now."""
+    out: dict[str, dict[str, float]] = {}
+    for line in urllib.request.urlopen(url, timeout=10).read().decode().splitlines():
+        m = re.match(r"(ray_rlhf_\w+)\{(.*)\} (\S+)$", line)
+        if m:
+            out.setdefault(m[1], {})[m[2]] = float(m[3])
+    return out
+
+
+def test_submit_watch_and_read_back_a_tiny_ppo_job(cluster, tmp_path):
+    from ray.util.state import list_actors, list_tasks
+
+    run_dir = tmp_path / "run"
+    proc = cli("submit", "configs/tiny/ppo.yaml", "ppo.steps=8", "logging.plots_every_s=1",
+               "--address", cluster["dashboard"], "--run-dir", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job = re.search(r"submitted (\S+)", proc.stdout)[1]
+
+    alive = wait_for("the run's named actors", lambda: ACTORS <= {
+        a.name for a in list_actors(filters=[("state", "=", "ALIVE")])} and ACTORS, timeout=240)
+    assert alive
+    served = wait_for("the project's gauges on the metrics endpoint",
+                      lambda: (g := gauges(cluster["metrics"])).get("ray_rlhf_reward_mean") and g, timeout=240)
+    labels = next(iter(served["ray_rlhf_reward_mean"]))
+    assert 'run="tiny-ppo"' in labels and 'stage="ppo"' in labels, labels
+    for key in ("kl_mean", "tokens_per_s", "staleness_max", "buffer_depth", "time_generate_s", "time_score_s",
+                "time_train_s", "time_sync_s", "sync_bytes", "policy_loss", "value_loss", "policy_version"):
+        assert f"ray_rlhf_{key}" in served, (key, sorted(served))
+    assert next(iter(served["ray_rlhf_sync_bytes"].values())) > 0
+
+    status = wait_for("the job to end", lambda: (s := cli("status", job, "--address", cluster["dashboard"]))
+                      and "RUNNING" not in s.stdout and "PENDING" not in s.stdout and s, timeout=600, every=3)
+    assert f"job {job}: SUCCEEDED" in status.stdout and str(run_dir) in status.stdout, status.stdout
+    phases = {t.name for t in list_tasks(limit=10000)}
+    assert TASKS <= phases, sorted(phases)
+    log = cli("logs", job, "--address", cluster["dashboard"]).stdout
+    assert "ppo step 8/8" in log and re.search(r"role\s+rank\s+pool\s+bundle\s+node\s+GPU", log), log[-3000:]
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in rows if "reward_mean" in r]) == 8
+    plots = sorted((run_dir / "plots").glob("*.png"))
+    assert {"ppo_reward.png", "ppo_kl.png", "ppo_phase_times.png"} <= {p.name for p in plots}
+    assert all(p.stat().st_size > 5000 for p in plots), [(p.name, p.stat().st_size) for p in plots]
+    for p in plots:
+        p.unlink()
+    again = cli("report", str(run_dir))
+    assert again.returncode == 0 and (run_dir / "plots" / "ppo_reward.png").stat().st_size > 5000, again.stderr
+
+
+def test_stop_ends_the_job_and_its_actors(cluster, tmp_path):
+    from ray.util.state import list_actors
+
+    proc = cli("submit", "configs/tiny/ppo.yaml", "ppo.steps=200", "--address", cluster["dashboard"],
+               "--run-dir", str(tmp_path / "run"))
+    job = re.search(r"submitted (\S+)", proc.stdout)[1]
+    wait_for("the generator to start", lambda: "generator-0" in {
+        a.name for a in list_actors(filters=[("state", "=", "ALIVE")])}, timeout=240)
+    stop = cli("stop", job, "--address", cluster["dashboard"])
+    assert stop.returncode == 0 and "stopping" in stop.stdout, stop.stdout + stop.stderr
+    wait_for("STOPPED", lambda: "STOPPED" in cli("status", job, "--address", cluster["dashboard"]).stdout,
+             timeout=120, every=2)
+    wait_for("its actors to go", lambda: not (ACTORS & {
+        a.name for a in list_actors(filters=[("state", "=", "ALIVE")])}), timeout=120, every=2)
+
+
+def test_errors_name_what_is_wrong(cluster, tmp_path):
+    bad = cli("submit", "configs/tiny/ppo.yaml", "ppo.stepz=3", "--address", cluster["dashboard"])
+    assert bad.returncode == 1 and "ppo.stepz" in bad.stderr, bad.stderr
+    nobody = cli("status", "raysubmit_nope", "--address", "http://127.0.0.1:9")
+    assert nobody.returncode == 1 and "127.0.0.1:9" in nobody.stderr, nobody.stderr[-2000:]
+    http = cli("run", "configs/tiny/ppo.yaml", "--address", cluster["dashboard"])
+    assert http.returncode == 1 and "submit" in http.stderr, http.stderr
