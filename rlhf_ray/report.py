@@ -1,0 +1,221 @@
+"""`rlhf-ray report RUN_DIR`: PNG plots of a run's metrics.jsonl in RUN_DIR/plots/, one set per stage.
+
+PPO: reward (±std band, eval points), KL, response length, losses, staleness, phase times. SFT/RM/DPO: loss,
+accuracy, margin. A plot whose keys never hold a number is skipped; a null (non-finite value) is left out of its
+line, never an error.
+Safe to rerun while a run is writing: a half-written last line is ignored and every PNG is replaced atomically,
+so a viewer never sees a truncated file. matplotlib is imported inside functions: only this command needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Callable
+
+# A train row at step s updates version s -> s+1 (from samples of version s - staleness); an eval row at step v
+# evaluates version v. So one x axis serves both, read as a policy version.
+X_VERSION = "policy version (train: version updated; eval: version evaluated)"
+PHASES = ("time_generate_s", "time_score_s", "time_train_s", "time_sync_s")
+
+
+class ReportError(ValueError):
+    """RUN_DIR has nothing to plot (no metrics.jsonl)."""
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of metrics.jsonl. A line that does not parse is skipped: the run may be mid-append."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [r for r in rows if isinstance(r, dict)]
+
+
+def stage_of(row: dict) -> str:
+    """The pipeline tags rows with `stage`; untagged rows (a stage run alone) are PPO's when they carry a version."""
+    return row.get("stage") or ("ppo" if "policy_version" in row else "train")
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _xy(rows: list[dict], key: str) -> tuple[list, list]:
+    """(step, value) of the rows where both are finite numbers; the others are left out, not an error."""
+    pts = [(r["step"], r[key]) for r in rows if _num(r.get("step")) and _num(r.get(key))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _has(rows: list[dict], keys: tuple[str, ...]) -> bool:
+    return any(_xy(rows, k)[0] for k in keys)
+
+
+def _lines(ax, rows, keys, ylabel, color=None, counts=False) -> None:
+    """One line per key that has numbers. Markers when points are few (a single point stays visible); evals dashed;
+    counts (staleness, depth) as steps with integer ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    for k in keys:
+        x, y = _xy(rows, k)
+        if x:
+            ax.plot(x, y, marker="o" if len(x) < 30 else None, markersize=4, color=color, label=k,
+                    linestyle="--" if k.startswith("eval_") else "-", drawstyle="steps-post" if counts else "default")
+    if counts:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
+# ------------------------------------------------------------ each draw(fig, rows) returns its title
+
+
+def _single(keys: tuple[str, ...], ylabel: str, xlabel: str, title: str) -> Callable:
+    """A plot of one axis: train and eval_ lines of `keys`."""
+    def draw(fig, rows):
+        ax = fig.subplots()
+        _lines(ax, rows, keys, ylabel)
+        ax.set_xlabel(xlabel)
+        return title
+    return draw
+
+
+def _ppo_reward(fig, rows):
+    ax = fig.subplots()
+    band = [(r["step"], r["reward_mean"], r["reward_std"]) for r in rows
+            if all(_num(r.get(k)) for k in ("step", "reward_mean", "reward_std"))]
+    if band:
+        ax.fill_between([b[0] for b in band], [b[1] - b[2] for b in band], [b[1] + b[2] for b in band],
+                        alpha=0.2, label="reward_mean ± reward_std")
+    _lines(ax, rows, ("reward_mean", "eval_reward_mean", "eval_gold_mean"), "reward (per response)")
+    ax.set_xlabel(X_VERSION)
+    return "PPO reward: training batches and held-out evals"
+
+
+def _ppo_losses(fig, rows):
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    _lines(top, rows, ("policy_loss", "value_loss"), "loss")
+    _lines(bottom, rows, ("entropy",), "entropy (nats/token)", color="tab:purple")
+    _lines(bottom.twinx(), rows, ("clip_frac",), "clip fraction", color="tab:red")  # [0, 1]: its own scale
+    bottom.set_xlabel("PPO step")
+    return "PPO losses, policy entropy and clip fraction"
+
+
+def _ppo_staleness(fig, rows):
+    ax = fig.subplots()
+    _lines(ax, rows, ("staleness_max", "staleness_mean"), "staleness (policy versions)", counts=True)
+    if _has(rows, ("buffer_depth",)):  # a count of buffered items, not versions: its own scale
+        _lines(ax.twinx(), rows, ("buffer_depth",), "buffer depth", color="tab:green", counts=True)
+    ax.set_xlabel("PPO step")
+    return "PPO sample staleness" + (" and buffer depth" if _has(rows, ("buffer_depth",)) else "")
+
+
+def _ppo_phases(fig, rows):
+    """Stacked bars: each step's wall time by phase (a null phase counts as 0 s); throughput on its own axis."""
+    ax = fig.subplots()
+    steps = [r for r in rows if _num(r.get("step")) and any(_num(r.get(k)) for k in PHASES)]
+    bottom = [0.0] * len(steps)
+    for k in PHASES:
+        h = [r[k] if _num(r.get(k)) else 0.0 for r in steps]
+        if any(h):
+            ax.bar([r["step"] for r in steps], h, bottom=bottom, width=0.8, linewidth=0, label=k[5:-2])
+            bottom = [b + v for b, v in zip(bottom, h)]
+    ax.set_ylabel("wall time per step (s)")
+    ax.set_xlabel("PPO step")
+    if _has(rows, ("tokens_per_s",)):
+        _lines(ax.twinx(), rows, ("tokens_per_s",), "generated tokens/s (over the whole step)", color="black")
+    return "PPO step time by phase, and throughput"
+
+
+KL, LENGTH = ("kl_mean", "eval_kl_mean"), ("response_length_mean", "eval_response_length_mean")
+# (file name, keys of which at least one must hold a number, draw)
+PPO_PLOTS: list[tuple[str, tuple[str, ...], Callable]] = [
+    ("ppo_reward.png", ("reward_mean", "eval_reward_mean", "eval_gold_mean"), _ppo_reward),
+    ("ppo_kl.png", KL, _single(KL, "KL(π ‖ π_ref) per response (nats)", X_VERSION, "PPO KL to the reference policy")),
+    ("ppo_response_length.png", LENGTH, _single(LENGTH, "response length (tokens)", X_VERSION,
+                                                "PPO mean response length")),
+    ("ppo_losses.png", ("policy_loss", "value_loss", "entropy", "clip_frac"), _ppo_losses),
+    ("ppo_staleness.png", ("staleness_max", "staleness_mean", "buffer_depth"), _ppo_staleness),
+    ("ppo_phase_times.png", PHASES, _ppo_phases),
+]
+
+# SFT / RM / DPO (and any other stage): (name, keys, y label); train and eval_ lines on one axis.
+SUPERVISED_PLOTS = [
+    ("loss", ("loss", "eval_loss"), "loss (nats)"),
+    ("accuracy", ("accuracy", "eval_accuracy", "policy_accuracy", "eval_policy_accuracy"), "preference accuracy"),
+    ("margin", ("margin", "eval_margin", "reward_margin", "eval_reward_margin"), "reward margin r_chosen − r_rejected"),
+]
+
+
+def plots_for(stage: str) -> list[tuple[str, tuple[str, ...], Callable]]:
+    if stage == "ppo":
+        return PPO_PLOTS
+    return [(f"{stage}_{name}.png", keys, _single(keys, y, "optimizer step", f"{stage.upper()} {name}: training "
+                                                  "batches and held-out set (eval_*)"))
+            for name, keys, y in SUPERVISED_PLOTS]
+
+
+# ------------------------------------------------------------ writing
+
+
+def _save(fig, out: Path) -> None:
+    """Save to a temp file in the same folder, then rename over `out`: a viewer sees the old PNG or the new one.
+    (Not tempfile.mkstemp: its files are mode 0600, and the plots should be as readable as the rest of the run.)"""
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def render(run_dir: Path) -> list[Path]:
+    """Write RUN_DIR/plots/<stage>_*.png for every stage in RUN_DIR/metrics.jsonl; returns the paths written."""
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:  # don't switch the backend under a user's notebook
+        matplotlib.use("Agg")
+    from matplotlib.figure import Figure  # no pyplot: no global figures to leak in a long-lived process
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise ReportError(f"{run_dir / 'metrics.jsonl'} does not exist: not a run directory, or no step has finished")
+    stages: dict[str, list[dict]] = {}
+    for row in read_rows(run_dir / "metrics.jsonl"):
+        stages.setdefault(stage_of(row), []).append(row)
+    (run_dir / "plots").mkdir(exist_ok=True)
+    written = []
+    for stage, rows in stages.items():
+        for name, keys, draw in plots_for(stage):
+            if not _has(rows, keys):
+                continue
+            fig = Figure(figsize=(8, 6.5 if name == "ppo_losses.png" else 4.8), layout="constrained")
+            fig.suptitle(f"{draw(fig, rows)} ({run_dir.name})")
+            # One legend for every axis (twins included), below the plot so it never covers data.
+            handles = [h for ax in fig.axes for h in ax.get_legend_handles_labels()[0]]
+            fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize="small")
+            _save(fig, run_dir / "plots" / name)
+            written.append(run_dir / "plots" / name)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`rlhf-ray report RUN_DIR`: render the plots, print their paths."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="rlhf-ray report", description="Plot a run's metrics.jsonl into RUN_DIR/plots/.")
+    p.add_argument("run_dir", type=Path, help="a run directory (runs/<name>/)")
+    args = p.parse_args(argv)
+    try:
+        written = render(args.run_dir)
+    except ReportError as e:  # a user mistake: one line, no traceback (as cli.main does for ConfigError)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(map(str, written)))
+    return 0
