@@ -144,9 +144,7 @@ def cmd_stop(args) -> int:
 def cmd_report(args) -> int:
     from rlhf_ray import report
 
-    for path in report.render(Path(args.run_dir)):
-        print(path)
-    return 0
+    return report.main([args.run_dir])
 
 
 def _parser() -> argparse.ArgumentParser:
