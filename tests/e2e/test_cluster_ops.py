@@ -72,8 +72,10 @@ def test_submit_watch_and_read_back_a_tiny_ppo_job(cluster, tmp_path):
     alive = wait_for("the run's named actors", lambda: ACTORS <= {
         a.name for a in list_actors(filters=[("state", "=", "ALIVE")])} and ACTORS, timeout=240)
     assert alive
-    served = wait_for("the project's gauges on the metrics endpoint",
-                      lambda: (g := gauges(cluster["metrics"])).get("ray_rlhf_reward_mean") and g, timeout=240)
+    # Read the endpoint once the run is a few steps in: every key of a row has been exported several times by then.
+    served = wait_for("the project's gauges on the metrics endpoint", lambda: max(
+        (g := gauges(cluster["metrics"])).get("ray_rlhf_policy_version", {}).values(), default=0) >= 4 and g,
+        timeout=300)
     labels = next(iter(served["ray_rlhf_reward_mean"]))
     assert 'run="tiny-ppo"' in labels and 'stage="ppo"' in labels, labels
     for key in ("kl_mean", "tokens_per_s", "staleness_max", "buffer_depth", "time_generate_s", "time_score_s",
@@ -91,6 +93,11 @@ def test_submit_watch_and_read_back_a_tiny_ppo_job(cluster, tmp_path):
 
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len([r for r in rows if "reward_mean" in r]) == 8
+    # The Grafana dashboard in deploy/ charts series this run really served (PPO keys the rows hold).
+    charted = set(re.findall(r"ray_rlhf_(\w+)", (ROOT / "deploy/grafana/rlhf-ray.json").read_text()))
+    ppo_keys = set().union(*rows)
+    assert len(charted & ppo_keys) >= 15 and {f"ray_rlhf_{k}" for k in charted & ppo_keys} <= set(served), \
+        sorted(charted & ppo_keys - {k.removeprefix("ray_rlhf_") for k in served})
     plots = sorted((run_dir / "plots").glob("*.png"))
     assert {"ppo_reward.png", "ppo_kl.png", "ppo_phase_times.png"} <= {p.name for p in plots}
     assert all(p.stat().st_size > 5000 for p in plots), [(p.name, p.stat().st_size) for p in plots]

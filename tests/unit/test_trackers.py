@@ -6,6 +6,7 @@ import json
 import math
 import struct
 import sys
+import time
 
 import pytest
 
@@ -86,7 +87,10 @@ def test_wandb_offline_run_holds_the_rows(tmp_path, monkeypatch):
 
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1, list(tmp_path.rglob("*"))
-    history = _wandb_history(runs[0])
+    # wandb-core writes the file from its own process; seen once under load: read before the history landed.
+    deadline = time.monotonic() + 20
+    while len(history := _wandb_history(runs[0])) < len(ROWS) and time.monotonic() < deadline:
+        time.sleep(0.5)
     # one W&B step per row, growing across stages; the stage's own step logged beside the values
     assert [h["_step"] for h in history] == list(range(len(ROWS)))
     for h, (stage, row) in zip(history, ROWS):
