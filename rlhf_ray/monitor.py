@@ -22,9 +22,9 @@ SHOWN = {
     "ppo": {"reward_mean": "reward", "kl_mean": "kl", "response_length_mean": "len", "staleness_max": "stale",
             "tokens_per_s": "tok/s", "time_generate_s": "gen s", "time_score_s": "score s", "time_train_s": "train s",
             "time_sync_s": "sync s"},
-    "eval": {"eval_reward_mean": "reward", "eval_gold_mean": "gold", "eval_kl_mean": "kl",
-             "eval_response_length_mean": "len", "eval_loss": "loss", "eval_accuracy": "acc",
-             "eval_policy_accuracy": "policy acc"},
+    "eval": {"eval_reward_mean": "eval reward", "eval_gold_mean": "eval gold", "eval_kl_mean": "eval kl",
+             "eval_response_length_mean": "eval len", "eval_loss": "eval loss", "eval_accuracy": "eval acc",
+             "eval_policy_accuracy": "eval policy acc"},
     "label": {"pairs": "pairs", "score_mean": "score", "tokens_per_s": "tok/s"},
     "default": {"loss": "loss", "accuracy": "acc", "margin": "margin", "reward_margin": "reward margin"},
 }
@@ -80,16 +80,16 @@ class Progress:
             self.done += 1
         if self.bar is not None:
             if evaluation:
-                self.bar.write(f"{stage} eval at step {row.get('step')}: {text}")
+                self.bar.write(f"{stage} at step {row.get('step')}  {text}")
             else:
+                self.bar.set_postfix_str(text, refresh=False)
                 self.bar.update(1)
-                self.bar.set_postfix_str(text, refresh=True)
             return
         now = time.monotonic()
         if evaluation or self.done in (1, self.total) or any(k.startswith("eval_") for k in row) \
                 or now - self.last >= self.every_s:
             self.last = now
-            where = f"eval at step {row.get('step')}" if evaluation else f"step {self.done}/{self.total or '?'}"
+            where = f"at step {row.get('step')}" if evaluation else f"step {self.done}/{self.total or '?'}"
             print(f"{stage} {where}{'' if evaluation else self._eta()}  {text}", flush=True)
 
     def _eta(self) -> str:
