@@ -9,8 +9,9 @@ onto the nodes Ray reports; `create` checks, then makes one group per pool and w
 
 Strategy: a one-node pool is STRICT_PACK (the pool *is* one node: NCCL and colocated weights stay on it); a
 multi-node pool is PACK: Ray fills a node before opening the next, as the plan does, which keeps a learner's
-neighbouring ranks together (SPREAD would scatter them; STRICT_SPREAD needs bundles <= nodes). Pools are not
-pinned to particular nodes: Ray puts each pool's group wherever it fits, biggest pool first.
+neighbouring ranks together (SPREAD would scatter them; STRICT_SPREAD needs bundles <= nodes). A pool with a
+`node_resource` is pinned to the nodes that advertise that custom resource (each bundle asks for PIN_UNITS of
+it); other pools go wherever they fit, biggest pool first.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 EPS = 1e-6
+PIN_UNITS = 0.001
+"""Of a pool's `node_resource` per bundle: enough to pin, never the limit (nodes advertise e.g. 1000)."""
 
 
 class PlacementError(RuntimeError):
@@ -40,6 +43,8 @@ class PoolLayout:
     """The (role, rank) pairs in each bundle."""
     node_of_bundle: list[int] = field(default_factory=list)
     """Planned pool node (0..nodes-1) of each bundle; where Ray put it is in `Placement.nodes`."""
+    node_resource: Optional[str] = None
+    """The custom resource that pins this pool to its nodes (in every bundle), if any."""
 
 
 @dataclass
@@ -112,6 +117,9 @@ def plan(cluster_cfg, roles: list[str] | None = None) -> PoolPlan:
         for g in mine:
             _add_group(layout, cfgs, g)
         _pack_pool(name, pool, layout, {r: (c.gpus, c.cpus) for r, c in cfgs.items()})
+        if pool.node_resource:
+            layout.node_resource = pool.node_resource
+            layout.bundles = [{**b, pool.node_resource: PIN_UNITS} for b in layout.bundles]
         out.pools[name] = layout
     for r in names:  # in the order asked, so describe() lists roles as configured
         members = out.pools[cfgs[r].pool].members
@@ -181,9 +189,10 @@ def _roles_text(members: list[list[tuple[str, int]]], per_actor: dict[str, tuple
 class _Node:
     """Free CPUs and the free share of each GPU: a fractional bundle must fit inside one GPU, as in Ray."""
 
-    def __init__(self, cpus: float, gpus: float):
+    def __init__(self, cpus: float, gpus: float, resources: frozenset | set = frozenset()):
         self.cpus = cpus
         self.gpus = [1.0] * int(gpus + EPS)
+        self.resources = resources
 
     def take(self, bundle: dict[str, float]) -> bool:
         """Reserve `bundle` here if it fits: whole GPUs need wholly free GPUs, a fraction needs one GPU's room."""
@@ -229,8 +238,14 @@ def check_resources(p: PoolPlan, available: dict, nodes: list[dict] | None = Non
         raise PlacementError(f"the run asks for {_fmt(asked)} but the cluster has {_fmt(available)} "
                              f"(short of {', '.join(short)}); asked:\n{_asked(p)}")
     alive = [n for n in nodes or [] if n.get("Alive", True)]
-    if nodes is None or _fits_nodes(p, [_Node(n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0))
-                                        for n in alive]):
+    for name, layout in p.pools.items():
+        pin = layout.node_resource
+        if pin and nodes is not None and not any(pin in n["Resources"] for n in alive):
+            raise PlacementError(f"pool {name!r} is pinned to nodes with resource {pin!r} (cluster.pools.{name}."
+                                 f"node_resource), but no node advertises it; start its nodes with "
+                                 f"`ray start --resources '{{\"{pin}\": 1000}}'`")
+    if nodes is None or _fits_nodes(p, [_Node(n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0),
+                                              set(n["Resources"])) for n in alive]):
         return
     has = "; ".join(f"{n.get('NodeManagerAddress', '?')} ({n.get('NodeID', '?')[:8]}): {_fmt(n['Resources'])}"
                     for n in alive)
@@ -241,14 +256,15 @@ def check_resources(p: PoolPlan, available: dict, nodes: list[dict] | None = Non
 def _fits_nodes(p: PoolPlan, nodes: list[_Node]) -> bool:
     """Pools in creation order; a STRICT_PACK pool must fit whole on one node, others bundle by bundle (PACK)."""
     for name in creation_order(p):
-        bundles = p.pools[name].bundles
+        bundles, pin = p.pools[name].bundles, p.pools[name].node_resource
+        mine = [node for node in nodes if not pin or pin in node.resources]  # a pinned pool: its own nodes only
         if p.pools[name].strategy == "STRICT_PACK":  # the whole pool on the first node that holds it
-            trials = [copy.deepcopy(node) for node in nodes]
+            trials = [copy.deepcopy(node) for node in mine]
             i = next((i for i, t in enumerate(trials) if _first_fit(bundles, [t]) is not None), None)
             if i is None:
                 return False
-            nodes[i] = trials[i]
-        elif _first_fit(bundles, nodes) is None:
+            mine[i].__dict__.update(trials[i].__dict__)
+        elif _first_fit(bundles, mine) is None:
             return False
     return True
 

@@ -123,6 +123,10 @@ class PoolConfig:
     """GPUs per node (0: a CPU pool)."""
     cpus_per_node: int = 2
     """CPUs per node."""
+    node_resource: Optional[str] = None
+    """A custom Ray resource only this pool's nodes advertise (`ray start --resources '{"rlhf_pool_rollout": 1000}'`,
+    as deploy/kuberay's worker groups do): the pool's bundles ask for a sliver of it, so they land on those nodes.
+    None: the pool goes wherever its GPUs and CPUs fit."""
 
 
 @dataclass

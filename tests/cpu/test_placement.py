@@ -111,6 +111,25 @@ def test_check_resources_per_node():
     pools.check_resources(spread, {"CPU": 8.0, "GPU": 4.0}, nodes)
 
 
+def test_pinned_pools_use_only_their_nodes():
+    c = cfg({"rollout": (1, 2, 4), "train": (1, 2, 4)}, generator=("rollout", 2, 1.0, 0.5),
+            policy=("train", 2, 1.0, 0.5))
+    c.pools["rollout"].node_resource = "rlhf_pool_b"
+    p = pools.plan(c)
+    assert all(b["rlhf_pool_b"] == pools.PIN_UNITS for b in p.pools["rollout"].bundles)
+    assert all("rlhf_pool_b" not in b for b in p.pools["train"].bundles)
+    big = {"NodeManagerAddress": "127.0.0.1", "Alive": True, "Resources": {"CPU": 8.0, "GPU": 4.0}}
+    with pytest.raises(PlacementError, match="no node advertises it; start its nodes with"):
+        pools.check_resources(p, {"CPU": 8.0, "GPU": 4.0}, [dict(big, NodeID="a" * 56)])
+    # One big node would hold both pools, but the rollout pool may only use the node with its resource.
+    small_b = {"NodeManagerAddress": "127.0.0.1", "Alive": True, "NodeID": "b" * 56,
+               "Resources": {"CPU": 4.0, "GPU": 1.0, "rlhf_pool_b": 1000.0}}
+    with pytest.raises(PlacementError, match="nodes cannot hold"):
+        pools.check_resources(p, {"CPU": 12.0, "GPU": 5.0}, [dict(big, NodeID="a" * 56), small_b])
+    small_b["Resources"]["GPU"] = 2.0
+    pools.check_resources(p, {"CPU": 12.0, "GPU": 6.0}, [dict(big, NodeID="a" * 56), small_b])
+
+
 # ---------------------------------------------------------------- real placement groups on a simulated cluster
 
 
@@ -122,10 +141,12 @@ def ray_cluster(tmp_path_factory):
     # Every node binds 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, set in conftest); `num_gpus` registers
     # fake GPUs that Ray hands out as CUDA_VISIBLE_DEVICES ids without any device behind them.
     assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+    # Each node also advertises a pool resource, as deploy/kuberay's worker groups do (for node_resource pinning).
     node = dict(num_cpus=4, num_gpus=2, object_store_memory=80 << 20, node_ip_address="127.0.0.1")
-    cluster = Cluster(initialize_head=True, head_node_args=dict(node, include_dashboard=False))
+    cluster = Cluster(initialize_head=True, head_node_args=dict(node, include_dashboard=False,
+                                                                resources={"rlhf_pool_a": 1000}))
     try:
-        cluster.add_node(**node)
+        cluster.add_node(**node, resources={"rlhf_pool_b": 1000})
         ray.init(address=cluster.address)
         yield cluster
     finally:
@@ -189,6 +210,20 @@ def test_spread_pools_on_separate_nodes(place):
     assert gens[0][0] == gens[1][0] and pols[0][0] == pols[1][0] and gens[0][0] != pols[0][0]
     assert gens[0][1] != gens[1][1] and pols[0][1] != pols[1][1]  # whole GPUs: distinct ids
     assert [s.node_id for s in pl.slots("generator")] == [g[0] for g in gens]
+
+
+def test_pinned_pools_land_on_the_nodes_that_advertise_them(place):
+    import ray
+
+    node_of = {r: n["NodeID"] for n in ray.nodes() if n["Alive"] for r in n["Resources"] if r.startswith("rlhf_pool_")}
+    for gen_pin, pol_pin in [("rlhf_pool_a", "rlhf_pool_b"), ("rlhf_pool_b", "rlhf_pool_a")]:
+        c = cfg({"rollout": (1, 2, 4), "train": (1, 2, 4)}, generator=("rollout", 2, 1.0, 0.1),
+                policy=("train", 1, 1.0, 0.1))
+        c.pools["rollout"].node_resource, c.pools["train"].node_resource = gen_pin, pol_pin
+        pl = place(c)
+        assert {g[0] for g in where(pl, "generator")} == {node_of[gen_pin]}
+        assert {p[0] for p in where(pl, "policy")} == {node_of[pol_pin]}
+        pools.remove(pl)
 
 
 def test_multi_node_pool_packs_two_per_node(place):

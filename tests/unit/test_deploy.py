@@ -165,7 +165,8 @@ def test_one_worker_group_per_pool_sized_as_the_pool(cfg):
         params = g["rayStartParams"]
         assert not {"num-cpus", "num-gpus"} & set(params), f"{name}: CPUs/GPUs come from the container limits"
         (resources,) = shlex.split(params["resources"])  # KubeRay's quoting: '"{\"name\": n}"'
-        assert json.loads(resources) == {f"rlhf_pool_{name}": 1000}, name
+        assert pool.node_resource == f"rlhf_pool_{name}", name  # the config pins the pool to this group
+        assert json.loads(resources) == {pool.node_resource: 1000}, name
         assert params["metrics-export-port"] == "8080"
 
 
@@ -175,7 +176,8 @@ def test_the_kuberay_pods_can_hold_the_configs_placement(cfg):
     nodes = [{"CPU": head_cpus, "GPU": 0.0}]
     for g in spec["workerGroupSpecs"]:
         cpus, gpus = limits(g["template"]["spec"]["containers"][0])
-        nodes += [{"CPU": cpus, "GPU": gpus} for _ in range(g["replicas"])]
+        (custom,) = shlex.split(g["rayStartParams"]["resources"])
+        nodes += [{"CPU": cpus, "GPU": gpus, **json.loads(custom)} for _ in range(g["replicas"])]
 
     def check(nodes: list[dict]) -> None:
         total = {k: sum(n[k] for n in nodes) for k in ("CPU", "GPU")}
@@ -225,7 +227,7 @@ def test_launcher_has_one_node_type_per_pool_sized_as_the_pool(cfg):
     for name, pool in used_pools(cfg).items():
         t = types[name]
         assert t["min_workers"] == t["max_workers"] == pool.nodes, name
-        assert t["resources"] == {"CPU": pool.cpus_per_node, "GPU": pool.gpus_per_node, f"rlhf_pool_{name}": 1000}
+        assert t["resources"] == {"CPU": pool.cpus_per_node, "GPU": pool.gpus_per_node, pool.node_resource: 1000}
         vcpus, gpus = INSTANCES[t["node_config"]["InstanceType"]]
         assert gpus == pool.gpus_per_node and pool.cpus_per_node <= vcpus, name
     assert launcher["max_workers"] == sum(p.nodes for p in used_pools(cfg).values())
