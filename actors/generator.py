@@ -15,6 +15,7 @@ from typing import Optional
 
 import pyarrow as pa
 import ray
+import torch
 
 from cluster import weight_sync
 from rlhf_ray import rollout, vllm_engine
@@ -26,22 +27,28 @@ class Generator:
     """Wrap with `ray.remote` (ActorGroup does) and name it `generator-<rank>`."""
 
     def __init__(self, model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, seed: int = 0,
-                 max_model_len: int = 1024, tensor_parallel_size: int = 1):
+                 max_model_len: int = 1024, tensor_parallel_size: int = 1, version: int = 0):
         # Errors name the actor (`generator-3`) so a failed sync says which generator missed it.
         self.name = ray.get_runtime_context().get_actor_name() or "generator"
         tail = re.search(r"-(\d+)$", self.name)
-        rank = int(tail.group(1)) if tail else 0
+        self.rank = int(tail.group(1)) if tail else 0
         # Each generator samples from its own stream: engine seed + rank.
-        self.llm = vllm_engine.build_llm(model_path, dtype, kv_cache_mb, seed + rank, max_model_len,
+        self.llm = vllm_engine.build_llm(model_path, dtype, kv_cache_mb, seed + self.rank, max_model_len,
                                          tensor_parallel_size=tensor_parallel_size)
-        self.version = 0
+        self.version = version  # a generator started from a checkpoint's weights holds that policy version
 
     def weight_version(self) -> int:
         return self.version
 
     def generate(self, prompt_ids: list[list[int]], sampling: vllm_engine.Sampling,
-                 prompts: Optional[list[str]] = None) -> pa.Table:
-        """Rollout rows (rollout.ROLLOUT_SCHEMA), each tagged with the weights version that produced it."""
+                 prompts: Optional[list[str]] = None, seed: Optional[int] = None) -> pa.Table:
+        """Rollout rows (rollout.ROLLOUT_SCHEMA), each tagged with the weights version that produced it.
+
+        seed: reseed the sampler (torch's generator, which vLLM's CPU and GPU samplers draw from when requests
+        carry no seed of their own) with seed + rank first, so a batch's samples depend on its seed, weights and
+        prompts only, not on what the engine sampled before: a resumed run draws what the unbroken run drew."""
+        if seed is not None:
+            torch.manual_seed(seed + self.rank)
         return rollout.to_table(vllm_engine.generate(self.llm, prompt_ids, sampling, self.version, prompts))
 
     def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from rlhf_ray.config import Config, ConfigError, dump_yaml, load_config
 from rlhf_ray.data import DataError
 from rlhf_ray.run_dir import RunDir
+from rlhf_ray.stopping import Stopped
 
 
 def _load(args) -> Config:
@@ -199,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Stopped as e:
+        print(str(e), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -111,6 +111,10 @@ class TrainConfig:
     """Stop after this many optimizer steps. None: run the epochs."""
     eval_every: int = 0
     """Evaluate every this many steps (0: at the end only)."""
+    checkpoint_every: int = 0
+    """Checkpoint every this many steps and at the last (0: only when stopped by SIGTERM / Ctrl-C)."""
+    keep_checkpoints: int = 2
+    """Newest complete checkpoints kept per stage."""
 
 
 @dataclass
@@ -321,6 +325,9 @@ class Config:
 
     name: str = "run"
     """Run name; the run directory defaults to `runs/<name>/`."""
+    resume: Literal["auto", "never"] = "auto"
+    """`auto`: a stage with a complete checkpoint in the run directory continues from the newest one; `never`:
+    it starts over (`--force` does too)."""
     stages: list[str] = field(default_factory=lambda: ["ppo"])
     """Stages in order, from `sft`, `label`, `rm`, `dpo`, `ppo`."""
     seed: int = 0
@@ -373,6 +380,8 @@ class Config:
                        ("model.max_seq_len", self.model.max_seq_len), ("ppo.steps", p.steps), ("train.epochs", t.epochs)]:
             need(v > 0, key, f"must be > 0, got {v}")
         need(r.max_staleness >= 0, "rollout.max_staleness", f"must be >= 0, got {r.max_staleness}")
+        need(t.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {t.checkpoint_every}")
+        need(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")
         need(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
         need(0 <= self.dpo.label_smoothing < 0.5, "dpo.label_smoothing", f"must be in [0, 0.5), got {self.dpo.label_smoothing}")
         need(p.dual_clip is None or p.dual_clip > 1, "ppo.dual_clip", f"must be > 1, got {p.dual_clip}")

@@ -5,6 +5,8 @@ count, pool, CPUs/GPUs, threads); a batch of prompts is dealt round-robin over t
 
 from __future__ import annotations
 
+from typing import Optional
+
 import pyarrow as pa
 
 from actors.generator import Generator
@@ -13,11 +15,13 @@ from rlhf_ray import vllm_engine
 from rlhf_ray.config import Config
 
 
-def start_generators(cfg: Config, policy: str, slots: list) -> ActorGroup:
-    """Generators holding `policy` (a local folder), one per slot; engine seeds are cfg.seed + rank."""
+def start_generators(cfg: Config, policy: str, slots: list, version: int = 0) -> ActorGroup:
+    """Generators holding `policy` (a local folder) as policy `version`, one per slot; engine seeds are
+    cfg.seed + rank."""
     m = cfg.model
     return ActorGroup(Generator, "generator", (policy, m.dtype, cfg.rollout.kv_cache_mb, cfg.seed, m.max_seq_len),
-                      slots=slots, distributed=False, threads=cfg.cluster.roles["generator"].threads)
+                      {"version": version}, slots=slots, distributed=False,
+                      threads=cfg.cluster.roles["generator"].threads)
 
 
 def sampling(cfg: Config, n: int, max_tokens: int) -> vllm_engine.Sampling:
@@ -28,12 +32,14 @@ def sampling(cfg: Config, n: int, max_tokens: int) -> vllm_engine.Sampling:
     return vllm_engine.Sampling(max_tokens=max_tokens, temperature=r.temperature, top_p=r.top_p, n=n)
 
 
-def launch(generators: ActorGroup, prompts: list[dict], params: vllm_engine.Sampling) -> list:
-    """Queue `prompts` ({prompt, ids}) on the generators: rank i gets prompts[i::n]. One ref per rank."""
+def launch(generators: ActorGroup, prompts: list[dict], params: vllm_engine.Sampling,
+           seed: Optional[int] = None) -> list:
+    """Queue `prompts` ({prompt, ids}) on the generators: rank i gets prompts[i::n]. One ref per rank.
+    seed: the batch's sampling seed (each rank reseeds with seed + rank; see Generator.generate)."""
     n = len(generators)
     shares = [prompts[i::n] for i in range(n)]
     return generators.map(lambda a, rank: a.generate.remote([p["ids"] for p in shares[rank]], params,
-                                                            [p["prompt"] for p in shares[rank]]))
+                                                            [p["prompt"] for p in shares[rank]], seed))
 
 
 def gather(generators: ActorGroup, refs: list, timeout_s: float, phase: str) -> pa.Table:

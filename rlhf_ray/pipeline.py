@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from rlhf_ray import checkpoint
 from rlhf_ray.config import Config, ConfigError, for_stage
 from rlhf_ray.run_dir import RunDir
 
@@ -196,6 +197,8 @@ def run(cfg: Config, run_dir: RunDir, force: bool = False, connect: Callable[[],
                 connect()
                 connected = True
             _reset(run_dir, stage)
+            if force:
+                checkpoint.clear(run_dir.path, stage)  # --force starts the stage over, not from its checkpoint
             run_dir.start_stage(stage)
             stage_cfg = for_stage(cfg, stage)  # its own settings (stage_overrides) on top
             try:

@@ -15,9 +15,11 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import torch
 
@@ -27,10 +29,11 @@ from actors.reward_function import RewardFunction
 from actors.reward_model import RewardModel
 from cluster import pools
 from cluster.actor_group import ActorGroup
-from rlhf_ray import data, experience, generation, models, ppo_losses, rl_math, rollout
-from rlhf_ray.config import Config, TrainConfig
+from rlhf_ray import checkpoint, data, faults, experience, generation, models, ppo_losses, rl_math, rollout
+from rlhf_ray.config import Config, ConfigError, TrainConfig, to_dict
 from rlhf_ray.pipeline import StageResult
 from rlhf_ray.run_dir import RunDir
+from rlhf_ray.stopping import GracefulStop, Stopped
 
 IS_WEIGHT_CAP = 2.0  # truncation c of the behaviour importance weight min(π_θold/μ, c) (IMPALA-style)
 
@@ -61,8 +64,10 @@ def _roles(cfg: Config) -> list[str]:
     return roles
 
 
-def start_fleet(cfg: Config, policy: str, total_steps: int) -> Fleet:
-    """Placement groups first (fails fast when the cluster is too small), then every actor group."""
+def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[str] = None, version: int = 0) -> Fleet:
+    """Placement groups first (fails fast when the cluster is too small), then every actor group. weights: the
+    generators start from this folder as policy `version` (a checkpoint's), learners from `policy` (their
+    checkpoint is loaded next)."""
     # The critic values each policy token (GAE): it starts from the RM only when the RM reads the policy's tokens.
     critic_start = (models.critic_start(cfg.model.critic, cfg.model.reward, policy) if cfg.ppo.advantage == "gae"
                     else None)
@@ -73,7 +78,7 @@ def start_fleet(cfg: Config, policy: str, total_steps: int) -> Fleet:
     def on(role: str) -> dict:
         return {"slots": slots(role), "threads": cfg.cluster.roles[role].threads}
 
-    gen = generation.start_generators(cfg, policy, slots("generator"))
+    gen = generation.start_generators(cfg, weights or policy, slots("generator"), version)
     ref = ActorGroup(Reference, "reference", (m.reference or policy, m.dtype, cfg.train.micro_batch_size),
                      distributed=False, **on("reference"))
     learner = (cfg.train, m.dtype, cfg.seed, total_steps, p.mini_batch_size)
@@ -107,12 +112,13 @@ class PPOTrainer:
         self.total_steps = p.steps * p.epochs * (self.samples // p.mini_batch_size)
         kl = (rl_math.AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon) if p.kl_target
               else rl_math.FixedKLController(p.kl_coef))
-        self.kl_ctl, self.version, self.rng = kl, 0, random.Random(cfg.seed)
+        self.kl_ctl, self.version, self.rng, self.launches = kl, 0, random.Random(cfg.seed), 0
         self.timeout = cfg.cluster.call_timeout_s
         # One update per batch, sampled by the weights being trained: π_θold is the learner itself, so its
         # log-probs need no separate forward (ppo_losses.policy_loss, on_policy).
         self.on_policy = r.max_staleness == 0 and p.epochs == 1 and p.mini_batch_size == self.samples
         self.evals: list[dict] = []
+        self.history: list[dict] = []
 
     def _load_prompts(self) -> list[dict]:
         ds, d = self.cfg.data.prompts, self.cfg.data
@@ -136,7 +142,9 @@ class PPOTrainer:
     def launch_generate(self, fleet: Fleet, prompts: Optional[list[dict]] = None) -> list:
         """Queue one batch (the next training prompts, or `prompts`) on the generators, a near-equal share each."""
         params = generation.sampling(self.cfg, self.cfg.rollout.n_samples, self.cfg.data.max_response_len)
-        return generation.launch(fleet.generators, prompts or self._next_prompts(), params)
+        self.launches += 1  # each batch samples with a seed of its own (see Generator.generate)
+        seed = self.cfg.seed * 1_000_003 + self.launches * 7919
+        return generation.launch(fleet.generators, prompts or self._next_prompts(), params, seed)
 
     def collect(self, fleet: Fleet, refs: list) -> tuple[pa.Table, list[dict]]:
         """Each generator's share as it lands, with its reference log-probs and task rewards requested at once:
@@ -271,54 +279,122 @@ class PPOTrainer:
     # ------------------------------------------------------------ the loop
 
     def fit(self) -> list[dict]:
-        cfg, k = self.cfg, self.cfg.rollout.max_staleness
-        fleet = start_fleet(cfg, self.policy, self.total_steps)
-        history: list[dict] = []
+        """The run: resumes from the newest complete checkpoint (resume: auto), checkpoints every
+        train.checkpoint_every steps and on SIGTERM / Ctrl-C (then raises stopping.Stopped)."""
+        cfg = self.cfg
+        ckpt = checkpoint.latest(self.run_dir.path, "ppo") if cfg.resume == "auto" else None
+        if ckpt is None:
+            checkpoint.clear(self.run_dir.path, "ppo")  # a fresh start: an older run's checkpoints are not ours
+        state = self._restore(ckpt[1]) if ckpt else None
+        weights = str(ckpt[0] / "policy") if ckpt else None
+        fleet = start_fleet(cfg, self.policy, self.total_steps, weights, self.version)
         try:
-            self.run_dir.expect_steps(cfg.ppo.steps)
-            if self.eval_prompts:
-                self.evaluate(fleet)  # before any update
-            inflight: deque = deque([self.launch_generate(fleet)])
-            for step in range(cfg.ppo.steps):
-                t0 = time.perf_counter()
-                table, scoring = self.collect(fleet, inflight.popleft())
-                while len(inflight) < k and step + len(inflight) + 1 < cfg.ppo.steps:
-                    inflight.append(self.launch_generate(fleet))  # overlap with training
-                t1, depth = time.perf_counter(), len(inflight)  # batches generating while this one trains
-                batch = rollout.collate(table, self.tokenizer.pad_token_id)
-                staleness = self.version - batch.policy_version
-                assert int(staleness.max()) <= k, f"sample {int(staleness.max())} versions old, bound {k}"
-                exp, stats = self.make_experience(batch, self.score(fleet, table, batch, scoring))
-                t2 = time.perf_counter()
-                losses = self.train(fleet, exp)
-                self.version += 1
-                t3 = time.perf_counter()
-                sync = self.sync(fleet)
-                if not inflight and step + 1 < cfg.ppo.steps:
-                    inflight.append(self.launch_generate(fleet))  # after the sync: on-policy
-                loaded = fleet.generators.get(sync["refs"], self.timeout, "sync: load")
-                t4 = time.perf_counter()
-                self.kl_ctl.update(stats["kl_mean"], self.samples)
-                gen_tokens = int(batch.response_mask.sum())
-                row = {"step": step, "policy_version": self.version, **{k_: v for k_, v in stats.items()
-                                                                          if not k_.startswith("_")},
-                       **losses, "staleness_max": int(staleness.max()), "staleness_mean": staleness.float().mean().item(),
-                       "tokens_per_s": gen_tokens / max(t4 - t0, 1e-9), "time_generate_s": t1 - t0,
-                       "time_score_s": t2 - t1, "time_train_s": t3 - t2, "time_sync_s": t4 - t3,
-                       "sync_bytes": sum(r["bytes"] for r in loaded), "buffer_depth": depth}
-                self.run_dir.log_metrics(row)
-                self.run_dir.write_rollouts(step, table.append_column("reward", pa.array(stats["_reward"].tolist()))
-                                            .append_column("kl", pa.array(stats["_kl_seq"].tolist()))
-                                            .append_column("staleness", pa.array(staleness.tolist())))
-                history.append(row)
-                every = cfg.train.eval_every
-                if self.eval_prompts and (step + 1 == cfg.ppo.steps or (every and (step + 1) % every == 0)):
-                    self.evaluate(fleet)
+            with GracefulStop() as stop:
+                self.run_dir.expect_steps(cfg.ppo.steps)
+                inflight: deque = self._load(fleet, ckpt[0], state) if ckpt else deque()
+                if ckpt is None and self.eval_prompts:
+                    self.evaluate(fleet)  # before any update
+                start = state["step"] if state else 0
+                if not inflight and start < cfg.ppo.steps:
+                    inflight.append(self.launch_generate(fleet))
+                for step in range(start, cfg.ppo.steps):
+                    self.history.append(self.step(fleet, step, inflight))
+                    every, last = cfg.train.eval_every, step + 1 == cfg.ppo.steps
+                    if self.eval_prompts and (last or (every and (step + 1) % every == 0)):
+                        self.evaluate(fleet)
+                    every = cfg.train.checkpoint_every
+                    if stop.requested or (every and (last or (step + 1) % every == 0)):
+                        where = self.save_checkpoint(fleet, step + 1, inflight)
+                        if stop.requested:
+                            raise Stopped(f"ppo: stopped by {stop.requested} after step {step + 1} of "
+                                          f"{cfg.ppo.steps}; checkpoint {where}; the same command resumes")
+                    faults.maybe("ppo.after_step", step + 1)
             fleet.policy.call(lambda a, r: a.save.remote(str(self.run_dir.final("ppo")), False), self.timeout,
                               "save")
         finally:
             fleet.kill()
-        return history
+        return self.history
+
+    def step(self, fleet: Fleet, step: int, inflight: deque) -> dict:
+        """One PPO step on the oldest batch in flight; keeps up to max_staleness batches generating ahead."""
+        cfg, k = self.cfg, self.cfg.rollout.max_staleness
+        t0 = time.perf_counter()
+        table, scoring = self.collect(fleet, inflight.popleft())
+        while len(inflight) < k and step + len(inflight) + 1 < cfg.ppo.steps:
+            inflight.append(self.launch_generate(fleet))  # overlap with training
+        t1, depth = time.perf_counter(), len(inflight)  # batches generating while this one trains
+        batch = rollout.collate(table, self.tokenizer.pad_token_id)
+        staleness = self.version - batch.policy_version
+        assert int(staleness.max()) <= k, f"sample {int(staleness.max())} versions old, bound {k}"
+        exp, stats = self.make_experience(batch, self.score(fleet, table, batch, scoring))
+        t2 = time.perf_counter()
+        losses = self.train(fleet, exp)
+        self.version += 1
+        t3 = time.perf_counter()
+        sync = self.sync(fleet)
+        if not inflight and step + 1 < cfg.ppo.steps:
+            inflight.append(self.launch_generate(fleet))  # after the sync: on-policy
+        loaded = fleet.generators.get(sync["refs"], self.timeout, "sync: load")
+        t4 = time.perf_counter()
+        self.kl_ctl.update(stats["kl_mean"], self.samples)
+        gen_tokens = int(batch.response_mask.sum())
+        row = {"step": step, "policy_version": self.version, **{k_: v for k_, v in stats.items()
+                                                                  if not k_.startswith("_")},
+               **losses, "staleness_max": int(staleness.max()), "staleness_mean": staleness.float().mean().item(),
+               "tokens_per_s": gen_tokens / max(t4 - t0, 1e-9), "time_generate_s": t1 - t0,
+               "time_score_s": t2 - t1, "time_train_s": t3 - t2, "time_sync_s": t4 - t3,
+               "sync_bytes": sum(r["bytes"] for r in loaded), "buffer_depth": depth}
+        self.run_dir.log_metrics(row)
+        self.run_dir.write_rollouts(step, table.append_column("reward", pa.array(stats["_reward"].tolist()))
+                                    .append_column("kl", pa.array(stats["_kl_seq"].tolist()))
+                                    .append_column("staleness", pa.array(staleness.tolist())))
+        return row
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, fleet: Fleet, steps_done: int, inflight: deque) -> Path:
+        """Learners (weights, optimizer, schedule), the batches in flight (waited for: their samples came from
+        older weights, which the checkpoint does not keep), and the driver's state; complete or absent."""
+        tmp = checkpoint.begin(self.run_dir.path, "ppo", steps_done)
+        fleet.policy.call(lambda a, r: a.save.remote(str(tmp / "policy"), True), self.timeout, "checkpoint: policy")
+        if fleet.critic:
+            fleet.critic.call(lambda a, r: a.save.remote(str(tmp / "critic"), True), self.timeout,
+                              "checkpoint: critic")
+        for j, refs in enumerate(inflight):
+            shares = fleet.generators.get(refs, self.timeout, "checkpoint: rollouts in flight")
+            for i, share in enumerate(shares):
+                self.run_dir.write_table(share, tmp / "buffer" / f"batch_{j}_share_{i}.parquet")
+            inflight[j] = [ray.put(share) for share in shares]
+        state = {"step": steps_done, "version": self.version, "kl_coef": self.kl_ctl.value,
+                 "rng": checkpoint.rng_state(self.rng), "launches": self.launches, "buffer": len(inflight),
+                 "shares": len(fleet.generators), "rows": self.run_dir.metrics(self.run_dir.stage),
+                 "config": to_dict(self.cfg)}
+        return checkpoint.commit(tmp, state, self.cfg.train.keep_checkpoints)
+
+    def _restore(self, state: dict) -> dict:
+        """The driver's side of a checkpoint (before any actor starts); refuses a config that changes results."""
+        checkpoint.ensure_same_config(state["config"], to_dict(self.cfg))
+        self.version, self.kl_ctl.value, self.launches = state["version"], state["kl_coef"], state["launches"]
+        checkpoint.set_rng_state(self.rng, state["rng"])
+        self.run_dir.replace_metrics(self.run_dir.stage, state["rows"])
+        self.history = [r for r in state["rows"] if "reward_mean" in r]
+        self.evals = [r for r in state["rows"] if "eval_reward_mean" in r]
+        print(f"ppo: resuming after step {state['step']} (policy version {self.version}) from the checkpoint",
+              flush=True)
+        return state
+
+    def _load(self, fleet: Fleet, path: Path, state: dict) -> deque:
+        """Learner states into the fresh actors; the saved batches back in flight, in order."""
+        fleet.policy.call(lambda a, r: a.load_checkpoint.remote(str(path / "policy")), self.timeout, "resume: policy")
+        if fleet.critic:
+            fleet.critic.call(lambda a, r: a.load_checkpoint.remote(str(path / "critic")), self.timeout,
+                              "resume: critic")
+        if state["buffer"] and state["shares"] != len(fleet.generators):
+            raise ConfigError([f"resume: the checkpoint holds batches split over {state['shares']} generators, "
+                               f"the run now has {len(fleet.generators)}; resume with "
+                               f"cluster.roles.generator.count={state['shares']}"])
+        return deque([ray.put(pq.read_table(path / "buffer" / f"batch_{j}_share_{i}.parquet"))
+                      for i in range(state["shares"])] for j in range(state["buffer"]))
 
 
 def run(cfg: Config, run_dir: RunDir) -> StageResult:

@@ -55,16 +55,24 @@ class RunDir:
 
     def drop_metrics(self, stage: str) -> None:
         """Remove `stage`'s rows (before it reruns), keeping the other stages' rows in order."""
+        self.replace_metrics(stage, [])
+
+    def replace_metrics(self, stage: str | None, rows: list[dict]) -> None:
+        """`stage`'s rows become `rows` (a resumed stage: those its checkpoint saw; rows logged after it, by the
+        run that died, go). stage None: every row."""
         path = self.path / "metrics.jsonl"
-        if path.exists():
-            keep = [r for r in self.metrics() if r.get("stage") != stage]
-            path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        keep = [r for r in self.metrics() if stage is not None and r.get("stage") != stage]
+        if path.exists() or rows:
+            path.write_text("".join(json.dumps(r) + "\n" for r in keep + rows))
 
     def write_rollouts(self, step: int | str, table: pa.Table) -> Path:
         """rollouts/step_NNNNNN.parquet for a training step, rollouts/<step>.parquet for a name."""
         name = f"step_{step:06d}" if isinstance(step, int) else step
-        out = self.path / "rollouts" / f"{name}.parquet"
-        out.parent.mkdir(exist_ok=True)
+        return self.write_table(table, self.path / "rollouts" / f"{name}.parquet")
+
+    @staticmethod
+    def write_table(table: pa.Table, out: Path) -> Path:
+        out.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, out)
         return out
 

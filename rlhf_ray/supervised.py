@@ -21,9 +21,10 @@ from typing import Callable, Optional
 from actors.learner import Learner
 from cluster import pools
 from cluster.actor_group import ActorGroup
-from rlhf_ray import batching, data, ds_engine
-from rlhf_ray.config import Config
+from rlhf_ray import batching, checkpoint, data, ds_engine, faults
+from rlhf_ray.config import Config, to_dict
 from rlhf_ray.run_dir import RunDir
+from rlhf_ray.stopping import GracefulStop, Stopped
 
 LEARNER_ROLE = "policy"
 
@@ -92,19 +93,55 @@ def run(cfg: Config, run_dir: RunDir, job: Job, roles: tuple[str, ...] = (LEARNE
 def _fit(cfg: Config, run_dir: RunDir, job: Job, group: ActorGroup, schedule: list[list[int]]) -> list[dict]:
     timeout, every, history = cfg.cluster.call_timeout_s, cfg.train.eval_every, []
     run_dir.expect_steps(len(schedule))
-    if job.eval:  # the starting point, so "eval loss falls" is measured against the untrained model
+    start = _resume(cfg, run_dir, job, group)
+    if start is not None:
+        history = [r for r in run_dir.metrics(run_dir.stage) if "loss" in r]
+    elif job.eval:  # the starting point, so "eval loss falls" is measured against the untrained model
         history.append({"step": 0, **_evaluate(job, group, timeout)})
         run_dir.log_metrics(history[-1])
-    for step, idx in enumerate(schedule, 1):
-        shards = group.shard(job.collate([job.train[i] for i in idx]))
-        metrics = group.call(lambda a, r: a.train_step.remote(shards[r], job.loss), timeout,
-                             f"{job.stage}: train step {step}")[0]  # equal on every rank
-        row = {"step": step, **metrics}
-        if job.eval and (step == len(schedule) or (every and step % every == 0)):
-            row.update(_evaluate(job, group, timeout))
-        history.append(row)
-        run_dir.log_metrics(row)
+    with GracefulStop() as stop:
+        for step, idx in enumerate(schedule[start or 0:], (start or 0) + 1):
+            shards = group.shard(job.collate([job.train[i] for i in idx]))
+            metrics = group.call(lambda a, r: a.train_step.remote(shards[r], job.loss), timeout,
+                                 f"{job.stage}: train step {step}")[0]  # equal on every rank
+            row = {"step": step, **metrics}
+            if job.eval and (step == len(schedule) or (every and step % every == 0)):
+                row.update(_evaluate(job, group, timeout))
+            history.append(row)
+            run_dir.log_metrics(row)
+            n = cfg.train.checkpoint_every
+            if stop.requested or (n and (step == len(schedule) or step % n == 0)):
+                where = _checkpoint(cfg, run_dir, job, group, step)
+                if stop.requested:
+                    raise Stopped(f"{job.stage}: stopped by {stop.requested} after step {step} of {len(schedule)}; "
+                                  f"checkpoint {where}; the same command resumes")
+            faults.maybe("supervised.after_step", step)
     return history
+
+
+def _checkpoint(cfg: Config, run_dir: RunDir, job: Job, group: ActorGroup, step: int):
+    """The learner's weights, optimizer and schedule, and the stage's metrics rows; the data order is the seeded
+    schedule, so `step` says where to go on."""
+    tmp = checkpoint.begin(run_dir.path, job.stage, step)
+    group.call(lambda a, r: a.save.remote(str(tmp / "learner"), True), cfg.cluster.call_timeout_s,
+               f"{job.stage}: checkpoint")
+    state = {"step": step, "rows": run_dir.metrics(run_dir.stage), "config": to_dict(cfg)}
+    return checkpoint.commit(tmp, state, cfg.train.keep_checkpoints)
+
+
+def _resume(cfg: Config, run_dir: RunDir, job: Job, group: ActorGroup) -> Optional[int]:
+    """Steps already done, from the newest complete checkpoint (resume: auto), or None for a fresh start."""
+    ckpt = checkpoint.latest(run_dir.path, job.stage) if cfg.resume == "auto" else None
+    if ckpt is None:
+        checkpoint.clear(run_dir.path, job.stage)
+        return None
+    path, state = ckpt
+    checkpoint.ensure_same_config(state["config"], to_dict(cfg))
+    group.call(lambda a, r: a.load_checkpoint.remote(str(path / "learner")), cfg.cluster.call_timeout_s,
+               f"{job.stage}: resume")
+    run_dir.replace_metrics(run_dir.stage, state["rows"])
+    print(f"{job.stage}: resuming after step {state['step']} from the checkpoint", flush=True)
+    return state["step"]
 
 
 def _evaluate(job: Job, group: ActorGroup, timeout: float) -> dict[str, float]:

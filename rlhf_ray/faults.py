@@ -1,0 +1,26 @@
+"""Fault injection for the reliability tests: `RLHF_RAY_FAULTS="point=value,..."` makes the driver die hard
+(`os._exit`, no cleanup, as on a pre-emption or an OOM kill) when it reaches `point` with that value.
+
+Points: `ppo.after_step=N` / `supervised.after_step=N` (after step N is logged and, when due, checkpointed),
+`checkpoint.before_commit=N` (a checkpoint of N steps written but not yet renamed into place). Unset, a check
+costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+EXIT_CODE = 3
+
+
+def _armed() -> dict[str, str]:
+    spec = os.environ.get("RLHF_RAY_FAULTS", "")
+    return dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
+
+
+def maybe(point: str, value: int) -> None:
+    """Die here if RLHF_RAY_FAULTS names this point with this value."""
+    if _armed().get(point) == str(value):
+        print(f"fault injected: {point}={value}: the driver exits now", file=sys.stderr, flush=True)
+        os._exit(EXIT_CODE)
