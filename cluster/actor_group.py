@@ -28,11 +28,14 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from cluster.local import listening_socket
 
 
+DIED = "actor died"
+
+
 class GroupError(RuntimeError):
     """A group call that timed out, whose actor died, or that raised; names the role, ranks and phase."""
 
     def __init__(self, role: str, ranks: list[int], phase: str, what: str):
-        self.role, self.ranks, self.phase = role, ranks, phase
+        self.role, self.ranks, self.phase, self.died = role, ranks, phase, what == DIED
         names = ", ".join(f"{role}-{r}" for r in ranks)
         super().__init__(f"{phase}: {what} on {names}")
 
@@ -121,7 +124,9 @@ class ActorGroup:
                 opts.update(num_cpus=s.num_cpus, num_gpus=s.num_gpus, scheduling_strategy=where)
             options.append(opts)
         self.gpus = any(o["num_gpus"] > 0 for o in options)
-        self.actors = [remote_cls.options(**o).remote(*args, **(kwargs or {})) for o in options]
+        self._make = lambda o: remote_cls.options(**o).remote(*args, **(kwargs or {}))
+        self._options, self.distributed, self.restarts = options, distributed, 0
+        self.actors = [self._make(o) for o in options]
         if distributed:
             try:
                 self._rendezvous(setup_timeout_s)
@@ -165,17 +170,18 @@ class ActorGroup:
             except ray.exceptions.RayTaskError as e:
                 raised.append((ranks[i], e))
         if died:
-            raise GroupError(self.role, [r for r, _ in died], phase, "actor died") from died[0][1]
+            raise GroupError(self.role, [r for r, _ in died], phase, DIED) from died[0][1]
         if raised:
             raise GroupError(self.role, [r for r, _ in raised], phase,
                              f"raised {type(raised[0][1].cause).__name__}: {raised[0][1].cause}") from raised[0][1]
         return out
 
-    def as_completed(self, refs: list, timeout_s: float, phase: str) -> Iterator[tuple[int, Any]]:
-        """(rank, result) of refs[rank] in the order they finish, so a caller can act on each at once; errors as
-        `get`, with one deadline for all."""
+    def as_completed(self, refs: list, timeout_s: float, phase: str, ranks: Optional[list[int]] = None
+                     ) -> Iterator[tuple[int, Any]]:
+        """(rank, result) of refs[i] (from rank ranks[i], by default rank i) in the order they finish, so a caller
+        can act on each at once; errors as `get`, with one deadline for all."""
         deadline = time.monotonic() + timeout_s
-        pending = dict(zip(refs, range(len(refs))))
+        pending = dict(zip(refs, range(len(refs)) if ranks is None else ranks))
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
@@ -190,6 +196,23 @@ class ActorGroup:
     def shard(self, items: Any, n: Optional[int] = None) -> list:
         """Split items (a list, or a dict of equal-length tensors) into one equal part per rank (or n parts)."""
         return shard(items, len(self) if n is None else n)
+
+    def restart(self, rank: int, timeout_s: float = 60.0) -> None:
+        """A fresh actor for `rank` (dead, or killed here) on the same slot, with the same name and arguments.
+        Not for distributed groups: a torch.distributed group cannot take in a new member."""
+        if self.distributed:
+            raise RuntimeError(f"{self.role}-{rank}: ranks of a distributed group cannot be restarted")
+        ray.kill(self.actors[rank], no_restart=True)
+        deadline = time.monotonic() + timeout_s
+        while True:  # the name is free once Ray has marked the old actor dead (ray.kill is asynchronous)
+            try:
+                self.actors[rank] = self._make(self._options[rank])
+                break
+            except ValueError:
+                if time.monotonic() > deadline:
+                    raise GroupError(self.role, [rank], "restart", f"name still taken after {timeout_s:g} s")
+                time.sleep(0.2)
+        self.restarts += 1
 
     def kill(self) -> None:
         for actor in self.actors:

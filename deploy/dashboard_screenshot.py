@@ -40,7 +40,7 @@ def start_tiny_run(steps: int) -> tuple[str, str]:
     url = "http://" + init_ray(num_cpus=2, object_store_mb=256).dashboard_url
     os.chdir(ROOT)
     job = jobs.submit("configs/tiny/ppo.yaml", [f"ppo.steps={steps}"], url, "/tmp/rlhf-ray-screenshot-run")
-    while "critic-learner-0" not in {a.name for a in list_actors(filters=[("state", "=", "ALIVE")])}:
+    while "critic-learner-0" not in {a.name for a in list_actors(url, filters=[("state", "=", "ALIVE")])}:
         time.sleep(2)
     time.sleep(20)  # a few PPO steps, so the task and job pages have something to show
     return url, job

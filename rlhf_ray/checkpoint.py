@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 from rlhf_ray import faults
 from rlhf_ray.config import ConfigError
+from rlhf_ray.stopping import LearnerLost
 
 STEP_DIR = re.compile(r"^step_(\d{6})$")
 # Keys that may change between a run and its resume: where it runs, how it reports, how long it goes on.
@@ -95,6 +96,17 @@ def ensure_same_config(saved: dict, now: dict) -> None:
     if changed:
         raise ConfigError([f"resume: the checkpoint of this run was written under another config ({k}); "
                            "restore the setting, or rerun with --force to start the stage over" for k in changed])
+
+
+def learner_lost(err, run_dir: Path, stage: str) -> Optional[Exception]:
+    """For a GroupError from a learner that died: the LearnerLost to raise, saying where the run can resume."""
+    if not (getattr(err, "died", False) and err.role.endswith("learner")):
+        return None
+    newest = latest(run_dir, stage)
+    where = (f"the same command resumes from {newest[0]}" if newest else
+             "no checkpoint yet (train.checkpoint_every = 0), so the same command starts the stage over")
+    return LearnerLost(f"{err}: a learner rank cannot be replaced inside its process group, so the run stopped; "
+                       f"{where}")
 
 
 def rng_state(rng) -> list[Any]:

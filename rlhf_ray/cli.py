@@ -20,7 +20,7 @@ from pathlib import Path
 from rlhf_ray.config import Config, ConfigError, dump_yaml, load_config
 from rlhf_ray.data import DataError
 from rlhf_ray.run_dir import RunDir
-from rlhf_ray.stopping import Stopped
+from rlhf_ray.stopping import LearnerLost, NonFiniteLoss, Stopped
 
 
 def _load(args) -> Config:
@@ -198,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (ConfigError, DataError, ConnectionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (NonFiniteLoss, LearnerLost) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Stopped as e:

@@ -115,6 +115,8 @@ class TrainConfig:
     """Checkpoint every this many steps and at the last (0: only when stopped by SIGTERM / Ctrl-C)."""
     keep_checkpoints: int = 2
     """Newest complete checkpoints kept per stage."""
+    max_skipped_updates: int = 3
+    """A non-finite loss skips its update; this many skipped in a row stop the run."""
 
 
 @dataclass
@@ -174,6 +176,8 @@ class ClusterConfig:
     """Object store cap for the embedded cluster, MiB."""
     call_timeout_s: float = 600.0
     """Longest wait for any remote call before it fails naming the actor and phase."""
+    max_actor_restarts: int = 3
+    """A generator or scorer that dies is replaced on its slot; more than this many per role fail the run."""
     metrics_export_port: Optional[int] = None
     """Prometheus port of the embedded cluster (None: a free one; printed at start)."""
 
@@ -382,6 +386,7 @@ class Config:
         need(r.max_staleness >= 0, "rollout.max_staleness", f"must be >= 0, got {r.max_staleness}")
         need(t.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {t.checkpoint_every}")
         need(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")
+        need(t.max_skipped_updates >= 1, "train.max_skipped_updates", f"must be >= 1, got {t.max_skipped_updates}")
         need(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
         need(0 <= self.dpo.label_smoothing < 0.5, "dpo.label_smoothing", f"must be in [0, 0.5), got {self.dpo.label_smoothing}")
         need(p.dual_clip is None or p.dual_clip > 1, "ppo.dual_clip", f"must be > 1, got {p.dual_clip}")

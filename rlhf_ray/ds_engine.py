@@ -24,6 +24,7 @@ Departures from stock DeepSpeed use, each for a measured reason on this stack (D
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
@@ -214,7 +215,12 @@ def train_step(engine: "DeepSpeedEngine", micro_batches: list[Batch], loss: Loss
 
     Every rank must call it together (collectives). Returns the global batch's metrics, equal on every rank:
     `loss` and the loss's own metrics (summed shares, i.e. full-batch values), `grad_norm` (before clipping),
-    `lr` (the LR this step used)."""
+    `lr` (the LR this step used), `skipped` (1.0 when the update was skipped, else 0.0).
+
+    A non-finite loss on any micro-batch of any rank skips the whole update: the ranks agree on it before each
+    backward; the remaining backwards run on a zeroed loss (DeepSpeed's gradient bookkeeping and collectives go
+    on as usual), the optimizer step is left out, DeepSpeed counts a skipped step and holds the LR schedule, and
+    the gradients are zeroed. Weights and optimizer state are as before the call."""
     gas = engine.gradient_accumulation_steps()
     if len(micro_batches) != gas:
         raise ValueError(f"got {len(micro_batches)} micro-batches; this engine accumulates exactly {gas} per step")
@@ -224,23 +230,43 @@ def train_step(engine: "DeepSpeedEngine", micro_batches: list[Batch], loss: Loss
     lr = engine.get_lr()[0]
     engine.train()
     totals: dict[str, float] = {}
-    own_norm = None
+    own_norm, skip = None, False
     for i, mb in enumerate(micro_batches):
         value, metrics = loss.fn(engine, _to(mb, engine.device), n_global)
+        skip = skip or _all_reduce_sum([0.0 if torch.isfinite(value).all() else 1.0])[0] > 0
         # Undo DeepSpeed's ÷gas (scale_wrt_gas=False) and its mean over ranks (× world): see the module docstring.
-        engine.backward(value * world, scale_wrt_gas=False)
-        if i == gas - 1 and engine.zero_optimization_stage() == 0:
+        engine.backward((value.nan_to_num(0.0, 0.0, 0.0) * 0.0 if skip else value) * world, scale_wrt_gas=False)
+        if i == gas - 1 and engine.zero_optimization_stage() == 0 and not skip:
             own_norm = _grad_norm(engine.module)  # gradients are all-reduced by now; step() clips them
-        engine.step()
+        with _without_update(engine) if skip and i == gas - 1 else contextlib.nullcontext():
+            engine.step()
         for k, v in {"loss": value.item(), **metrics}.items():
             totals[k] = totals.get(k, 0.0) + float(v)
     keys = sorted(totals)
     out = dict(zip(keys, _all_reduce_sum([totals[k] for k in keys])))
     grad_norm = engine.get_global_grad_norm()  # ZeRO optimizers (and bf16) report it; torch AdamW at ZeRO-0 not
     grad_norm = own_norm if grad_norm is None else grad_norm
-    out["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+    out["grad_norm"] = float(grad_norm) if grad_norm is not None and not skip else float("nan")
     out["lr"] = float(lr)
+    out["skipped"] = float(skip)
     return out
+
+
+@contextlib.contextmanager
+def _without_update(engine: "DeepSpeedEngine"):
+    """engine.step() without the optimizer step: DeepSpeed reads `optimizer.overflow` as "skip" (it counts a
+    skipped step, does not advance the LR schedule) and zeroes the gradients afterwards as usual."""
+    opt = engine.optimizer
+    saved = {k: opt.__dict__[k] for k in ("step", "overflow") if k in opt.__dict__}
+    opt.step, opt.overflow = (lambda *a, **k: None), True  # instance attributes shadow the class's
+    try:
+        yield
+    finally:
+        for k in ("step", "overflow"):
+            if k in saved:
+                setattr(opt, k, saved[k])
+            else:
+                delattr(opt, k)
 
 
 # ---------------------------------------------------------------- forward passes

@@ -2,8 +2,10 @@
 (`os._exit`, no cleanup, as on a pre-emption or an OOM kill) when it reaches `point` with that value.
 
 Points: `ppo.after_step=N` / `supervised.after_step=N` (after step N is logged and, when due, checkpointed),
-`checkpoint.before_commit=N` (a checkpoint of N steps written but not yet renamed into place). Unset, a check
-costs one dict lookup.
+`checkpoint.before_commit=N` (a checkpoint of N steps written but not yet renamed into place). And actor
+deaths: `kill.<actor name>=N` kills that actor (`ray.kill`, no restart) as PPO step N starts;
+`kill_after_launch.<actor name>=N` right after the Nth generation batch is queued (so it dies mid-sampling).
+Unset, a check costs one dict lookup.
 """
 
 from __future__ import annotations
@@ -17,6 +19,17 @@ EXIT_CODE = 3
 def _armed() -> dict[str, str]:
     spec = os.environ.get("RLHF_RAY_FAULTS", "")
     return dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
+
+
+def kill_actors(when: str, value: int) -> None:
+    """Kill the actors armed for `when` (`kill` at a step, `kill_after_launch` after a launch) = value."""
+    for key, armed in _armed().items():
+        if key.startswith(when + ".") and armed == str(value):
+            import ray
+
+            name = key.removeprefix(when + ".")
+            print(f"fault injected: {when} {name} at {value}", file=sys.stderr, flush=True)
+            ray.kill(ray.get_actor(name), no_restart=True)
 
 
 def maybe(point: str, value: int) -> None:

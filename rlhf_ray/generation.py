@@ -5,6 +5,7 @@ count, pool, CPUs/GPUs, threads); a batch of prompts is dealt round-robin over t
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Optional
 
 import pyarrow as pa
@@ -32,19 +33,43 @@ def sampling(cfg: Config, n: int, max_tokens: int) -> vllm_engine.Sampling:
     return vllm_engine.Sampling(max_tokens=max_tokens, temperature=r.temperature, top_p=r.top_p, n=n)
 
 
+@dataclass
+class Launch:
+    """One batch queued on the generators: each rank's prompts, the ref of its rollouts and the actor it went to,
+    so that the share of a generator that died can be sampled again by its replacement (`resubmit`)."""
+
+    shares: list[list[dict]]
+    params: vllm_engine.Sampling
+    seed: Optional[int]
+    refs: list = field(default_factory=list)
+    actors: list = field(default_factory=list)
+
+
 def launch(generators: ActorGroup, prompts: list[dict], params: vllm_engine.Sampling,
-           seed: Optional[int] = None) -> list:
-    """Queue `prompts` ({prompt, ids}) on the generators: rank i gets prompts[i::n]. One ref per rank.
+           seed: Optional[int] = None) -> Launch:
+    """Queue `prompts` ({prompt, ids}) on the generators: rank i gets prompts[i::n], one ref per rank.
     seed: the batch's sampling seed (each rank reseeds with seed + rank; see Generator.generate)."""
     n = len(generators)
-    shares = [prompts[i::n] for i in range(n)]
-    return generators.map(lambda a, rank: a.generate.remote([p["ids"] for p in shares[rank]], params,
-                                                            [p["prompt"] for p in shares[rank]], seed))
+    batch = Launch([prompts[i::n] for i in range(n)], params, seed)
+    for rank in range(n):
+        resubmit(generators, batch, rank)
+    return batch
 
 
-def gather(generators: ActorGroup, refs: list, timeout_s: float, phase: str) -> pa.Table:
+def resubmit(generators: ActorGroup, batch: Launch, rank: int) -> None:
+    """(Re)queue rank's share on rank's current actor: the same prompts, sampling and seed."""
+    share, actor = batch.shares[rank], generators.actors[rank]
+    ref = actor.generate.remote([p["ids"] for p in share], batch.params, [p["prompt"] for p in share], batch.seed)
+    if rank < len(batch.refs):
+        batch.refs[rank], batch.actors[rank] = ref, actor
+    else:
+        batch.refs.append(ref)
+        batch.actors.append(actor)
+
+
+def gather(generators: ActorGroup, batch: Launch, timeout_s: float, phase: str) -> pa.Table:
     """Every rank's rollouts, in rank order, as one batch (see `join`)."""
-    return join(generators.get(refs, timeout_s, phase))
+    return join(generators.get(batch.refs, timeout_s, phase))
 
 
 def join(shares: list[pa.Table]) -> pa.Table:

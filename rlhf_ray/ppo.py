@@ -23,80 +23,15 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from actors.learner import Learner
-from actors.reference import Reference
-from actors.reward_function import RewardFunction
-from actors.reward_model import RewardModel
-from cluster import pools
-from cluster.actor_group import ActorGroup
+from cluster.actor_group import ActorGroup, GroupError
 from rlhf_ray import checkpoint, data, faults, experience, generation, models, ppo_losses, rl_math, rollout
-from rlhf_ray.config import Config, ConfigError, TrainConfig, to_dict
+from rlhf_ray.config import Config, ConfigError, to_dict
+from rlhf_ray.fleet import SCORE_CALLS, Fleet, start_fleet
 from rlhf_ray.pipeline import StageResult
 from rlhf_ray.run_dir import RunDir
-from rlhf_ray.stopping import GracefulStop, Stopped
+from rlhf_ray.stopping import GracefulStop, SkipGuard, Stopped
 
 IS_WEIGHT_CAP = 2.0  # truncation c of the behaviour importance weight min(π_θold/μ, c) (IMPALA-style)
-
-
-@dataclass
-class Fleet:
-    """Every actor of a PPO run."""
-
-    placement: pools.Placement
-    generators: ActorGroup
-    reference: ActorGroup
-    policy: ActorGroup
-    critic: Optional[ActorGroup]
-    reward_model: Optional[ActorGroup]
-    reward_fn: Optional[ActorGroup]
-
-    def kill(self) -> None:
-        for g in (self.generators, self.reference, self.policy, self.critic, self.reward_model, self.reward_fn):
-            if g is not None:
-                g.kill()
-        pools.remove(self.placement)
-
-
-def _roles(cfg: Config) -> list[str]:
-    roles = ["generator", "reference", "policy"]
-    roles += ["critic"] if cfg.ppo.advantage == "gae" else []
-    roles += ["reward"] if cfg.model.reward else []
-    return roles
-
-
-def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[str] = None, version: int = 0) -> Fleet:
-    """Placement groups first (fails fast when the cluster is too small), then every actor group. weights: the
-    generators start from this folder as policy `version` (a checkpoint's), learners from `policy` (their
-    checkpoint is loaded next)."""
-    # The critic values each policy token (GAE): it starts from the RM only when the RM reads the policy's tokens.
-    critic_start = (models.critic_start(cfg.model.critic, cfg.model.reward, policy) if cfg.ppo.advantage == "gae"
-                    else None)
-    placement = pools.create(pools.plan(cfg.cluster, _roles(cfg)), timeout_s=cfg.cluster.call_timeout_s)
-    print(pools.describe(placement), flush=True)
-    slots, p, m = placement.slots, cfg.ppo, cfg.model
-
-    def on(role: str) -> dict:
-        return {"slots": slots(role), "threads": cfg.cluster.roles[role].threads}
-
-    gen = generation.start_generators(cfg, weights or policy, slots("generator"), version)
-    ref = ActorGroup(Reference, "reference", (m.reference or policy, m.dtype, cfg.train.micro_batch_size),
-                     distributed=False, **on("reference"))
-    learner = (cfg.train, m.dtype, cfg.seed, total_steps, p.mini_batch_size)
-    pol = ActorGroup(Learner, "policy-learner", (policy, "policy", *learner), **on("policy"))
-    critic = None
-    if p.advantage == "gae":
-        critic_train = TrainConfig(**{**cfg.train.__dict__, "lr": p.critic_lr})
-        print(f"critic starts from {critic_start}", flush=True)
-        critic = ActorGroup(Learner, "critic-learner", (critic_start, "critic", critic_train, *learner[1:]),
-                            **on("critic"))
-    rm = None
-    if m.reward:
-        rm = ActorGroup(RewardModel, "reward", (models.resolve_model(m.reward), policy, m.dtype,
-                                                cfg.train.micro_batch_size), distributed=False, **on("reward"))
-    fns = list(dict.fromkeys([f.function for f in cfg.reward.functions] + ([p.gold] if p.gold else [])))
-    reward_fn = ActorGroup(RewardFunction, "reward-fn", (fns,), num_ranks=1, num_cpus=0.01,
-                           distributed=False) if fns else None
-    return Fleet(placement, gen, ref, pol, critic, rm, reward_fn)
 
 
 class PPOTrainer:
@@ -119,6 +54,7 @@ class PPOTrainer:
         self.on_policy = r.max_staleness == 0 and p.epochs == 1 and p.mini_batch_size == self.samples
         self.evals: list[dict] = []
         self.history: list[dict] = []
+        self.guard = SkipGuard(cfg.train.max_skipped_updates)
 
     def _load_prompts(self) -> list[dict]:
         ds, d = self.cfg.data.prompts, self.cfg.data
@@ -139,49 +75,83 @@ class PPOTrainer:
     def _next_prompts(self) -> list[dict]:
         return [self.rng.choice(self.prompts) for _ in range(self.cfg.rollout.batch_size)]
 
-    def launch_generate(self, fleet: Fleet, prompts: Optional[list[dict]] = None) -> list:
+    def launch_generate(self, fleet: Fleet, prompts: Optional[list[dict]] = None) -> generation.Launch:
         """Queue one batch (the next training prompts, or `prompts`) on the generators, a near-equal share each."""
         params = generation.sampling(self.cfg, self.cfg.rollout.n_samples, self.cfg.data.max_response_len)
         self.launches += 1  # each batch samples with a seed of its own (see Generator.generate)
         seed = self.cfg.seed * 1_000_003 + self.launches * 7919
-        return generation.launch(fleet.generators, prompts or self._next_prompts(), params, seed)
+        batch = generation.launch(fleet.generators, prompts or self._next_prompts(), params, seed)
+        faults.kill_actors("kill_after_launch", self.launches)
+        return batch
 
-    def collect(self, fleet: Fleet, refs: list) -> tuple[pa.Table, list[dict]]:
+    def generated(self, fleet: Fleet, batch: generation.Launch, phase: str):
+        """(rank, rollouts) of each share as it lands. A share whose generator died is sampled again, same prompts
+        and seed, by a replacement brought to the current weights: no prompt is lost or counted twice."""
+        done: set[int] = set()
+        while len(done) < len(batch.refs):
+            todo = [i for i in range(len(batch.refs)) if i not in done]
+            try:
+                for i, table in fleet.generators.as_completed([batch.refs[i] for i in todo], self.timeout, phase,
+                                                              ranks=todo):
+                    done.add(i)
+                    yield i, table
+            except GroupError as e:
+                if not e.died:
+                    raise
+                for i in e.ranks:
+                    if batch.actors[i] is fleet.generators.actors[i]:  # not replaced yet (by an earlier batch)
+                        fleet.revive_generator(i, self.version, self.timeout, phase)
+                    generation.resubmit(fleet.generators, batch, i)
+                    print(f"{phase}: the share of generator-{i} is sampled again ({len(batch.shares[i])} prompts)",
+                          flush=True)
+
+    def collect(self, fleet: Fleet, batch: generation.Launch) -> tuple[pa.Table, list[dict]]:
         """Each generator's share as it lands, with its reference log-probs and task rewards requested at once:
         scoring overlaps the generation still running on other generators. Returns the batch in generator order
         (groups numbered across it) and each share's scorer refs."""
         shares, scoring = {}, {}
-        for i, t in fleet.generators.as_completed(refs, self.timeout, "generate"):
+        for i, t in self.generated(fleet, batch, "generate"):
             shares[i], scoring[i] = t, self._score_share(fleet, t, i)
         order = sorted(shares)
         return generation.join([shares[i] for i in order]), [scoring[i] for i in order]
 
     @staticmethod
     def _score_share(fleet: Fleet, share: pa.Table, i: int) -> dict:
-        """(rank, ref) per scorer for share i; shares go round-robin over each scorer group's ranks."""
-        def to(group: Optional[ActorGroup], call) -> Optional[tuple[int, ray.ObjectRef]]:
-            return None if group is None else (i % len(group), call(group.actors[i % len(group)]))
+        """(rank, ref) per scorer for share i, and the share itself (to score again if a scorer dies); shares go
+        round-robin over each scorer group's ranks."""
+        out: dict = {"share": share}
+        for key, group in fleet.scorers().items():
+            out[key] = None if group is None else (i % len(group), SCORE_CALLS[key](group.actors[i % len(group)], share))
+        return out
 
-        return {"reference": to(fleet.reference, lambda a: a.logprobs.remote(share)),
-                "reward": to(fleet.reward_model, lambda a: a.scores.remote(share)),
-                "reward-fn": to(fleet.reward_fn, lambda a: a.scores.remote(share))}
-
-    def _await(self, group: ActorGroup, scoring: list[dict], key: str, phase: str) -> list:
-        items = [s[key] for s in scoring]
-        return group.get([ref for _, ref in items], self.timeout, phase, ranks=[rank for rank, _ in items])
+    def _await(self, fleet: Fleet, scoring: list[dict], key: str, phase: str) -> list:
+        """The `key` scorer's answers for every share; a scorer that died is replaced and its shares re-sent."""
+        group = fleet.scorers()[key]
+        while True:
+            items = [s[key] for s in scoring]
+            try:
+                return group.get([ref for _, ref in items], self.timeout, phase, ranks=[rank for rank, _ in items])
+            except GroupError as e:
+                if not e.died:
+                    raise
+                for rank in sorted(set(e.ranks)):
+                    fleet.revive(group, rank, phase, self.timeout)
+                for s in scoring:
+                    if s[key][0] in e.ranks:
+                        s[key] = (s[key][0], SCORE_CALLS[key](group.actors[s[key][0]], s["share"]))
 
     def _ref_logprobs(self, fleet: Fleet, scoring: list[dict], T: int, phase: str) -> torch.Tensor:
         """The reference actors' log-probs of every share, as one (B, T) batch."""
-        return _pad([lp for part in self._await(fleet.reference, scoring, "reference", phase) for lp in part], T)
+        return _pad([lp for part in self._await(fleet, scoring, "reference", phase) for lp in part], T)
 
     def task_rewards(self, fleet: Fleet, scoring: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Reward model scores and reward functions, weighted and summed: (B,); and each function's own (B,)."""
         parts, by_fn = [], {}
         if fleet.reward_model:
-            rm = [x for part in self._await(fleet.reward_model, scoring, "reward", "score: reward model") for x in part]
+            rm = [x for part in self._await(fleet, scoring, "reward", "score: reward model") for x in part]
             parts.append(self.cfg.reward.model_weight * torch.tensor(rm))
         if fleet.reward_fn:
-            by_share = self._await(fleet.reward_fn, scoring, "reward-fn", "score: reward functions")
+            by_share = self._await(fleet, scoring, "reward-fn", "score: reward functions")
             by_fn = {spec: torch.tensor([x for part in by_share for x in part[spec]]) for spec in by_share[0]}
             parts += [f.weight * by_fn[f.function] for f in self.cfg.reward.functions]
         return torch.stack(parts).sum(0), by_fn
@@ -261,20 +231,37 @@ class PPOTrainer:
                 refs = _train_refs(fleet.policy, mb, pol_loss)
                 crefs = _train_refs(fleet.critic, mb, val_loss) if fleet.critic else []
                 out = fleet.policy.get(refs, self.timeout, "train: policy")[0]
+                self.guard.see(out["skipped"], f"ppo policy update (version {self.version})")
                 if crefs:
-                    out = {**out, **fleet.critic.get(crefs, self.timeout, "train: critic")[0]}
+                    critic = fleet.critic.get(crefs, self.timeout, "train: critic")[0]
+                    self.guard.see(critic["skipped"], f"ppo critic update (version {self.version})")
+                    out = {**out, **critic, "skipped": out["skipped"] + critic["skipped"]}
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n += 1
-        return {k: v / n for k, v in sums.items() if k in ("policy_loss", "value_loss", "clip_frac", "entropy",
-                                                            "approx_kl", "grad_norm", "logprob_gap")}
+        means = {k: v / n for k, v in sums.items() if k in ("policy_loss", "value_loss", "clip_frac", "entropy",
+                                                             "approx_kl", "grad_norm", "logprob_gap")}
+        return {**means, "skipped_updates": int(sums.get("skipped", 0))}
 
     def sync(self, fleet: Fleet) -> dict:
         """Weights v+1 from policy rank 0 to every generator (object store; queued after in-flight generation)."""
         buckets = fleet.policy.call(lambda a, r: a.export_buckets.remote(self.version, 64 << 20), self.timeout,
                                     "sync: export")[0]
-        return {"refs": fleet.generators.map(lambda a, r: a.update_weights.remote(self.version, buckets,
-                                                                                   self.timeout))}
+        return {"buckets": buckets, "refs": fleet.generators.map(
+            lambda a, r: a.update_weights.remote(self.version, buckets, self.timeout))}
+
+    def synced(self, fleet: Fleet, sync: dict) -> list[dict]:
+        """Each generator's load report; one that died is replaced and given the same buckets."""
+        try:
+            return fleet.generators.get(sync["refs"], self.timeout, "sync: load")
+        except GroupError as e:
+            if not e.died:
+                raise
+            for rank in e.ranks:  # a replacement starts on the first weights, then loads these buckets
+                fleet.revive(fleet.generators, rank, "sync: load", self.timeout)
+                sync["refs"][rank] = fleet.generators.actors[rank].update_weights.remote(
+                    self.version, sync["buckets"], self.timeout)
+            return self.synced(fleet, sync)
 
     # ------------------------------------------------------------ the loop
 
@@ -311,6 +298,8 @@ class PPOTrainer:
                     faults.maybe("ppo.after_step", step + 1)
             fleet.policy.call(lambda a, r: a.save.remote(str(self.run_dir.final("ppo")), False), self.timeout,
                               "save")
+        except GroupError as e:
+            raise checkpoint.learner_lost(e, self.run_dir.path, "ppo") or e
         finally:
             fleet.kill()
         return self.history
@@ -318,6 +307,7 @@ class PPOTrainer:
     def step(self, fleet: Fleet, step: int, inflight: deque) -> dict:
         """One PPO step on the oldest batch in flight; keeps up to max_staleness batches generating ahead."""
         cfg, k = self.cfg, self.cfg.rollout.max_staleness
+        faults.kill_actors("kill", step)
         t0 = time.perf_counter()
         table, scoring = self.collect(fleet, inflight.popleft())
         while len(inflight) < k and step + len(inflight) + 1 < cfg.ppo.steps:
@@ -334,12 +324,13 @@ class PPOTrainer:
         sync = self.sync(fleet)
         if not inflight and step + 1 < cfg.ppo.steps:
             inflight.append(self.launch_generate(fleet))  # after the sync: on-policy
-        loaded = fleet.generators.get(sync["refs"], self.timeout, "sync: load")
+        loaded = self.synced(fleet, sync)
         t4 = time.perf_counter()
         self.kl_ctl.update(stats["kl_mean"], self.samples)
         gen_tokens = int(batch.response_mask.sum())
         row = {"step": step, "policy_version": self.version, **{k_: v for k_, v in stats.items()
                                                                   if not k_.startswith("_")},
+               "actor_restarts": sum(g.restarts for g in (fleet.generators, *fleet.scorers().values()) if g),
                **losses, "staleness_max": int(staleness.max()), "staleness_mean": staleness.float().mean().item(),
                "tokens_per_s": gen_tokens / max(t4 - t0, 1e-9), "time_generate_s": t1 - t0,
                "time_score_s": t2 - t1, "time_train_s": t3 - t2, "time_sync_s": t4 - t3,
@@ -360,11 +351,10 @@ class PPOTrainer:
         if fleet.critic:
             fleet.critic.call(lambda a, r: a.save.remote(str(tmp / "critic"), True), self.timeout,
                               "checkpoint: critic")
-        for j, refs in enumerate(inflight):
-            shares = fleet.generators.get(refs, self.timeout, "checkpoint: rollouts in flight")
-            for i, share in enumerate(shares):
+        for j, batch in enumerate(inflight):
+            for i, share in self.generated(fleet, batch, "checkpoint: rollouts in flight"):
                 self.run_dir.write_table(share, tmp / "buffer" / f"batch_{j}_share_{i}.parquet")
-            inflight[j] = [ray.put(share) for share in shares]
+                batch.refs[i] = ray.put(share)
         state = {"step": steps_done, "version": self.version, "kl_coef": self.kl_ctl.value,
                  "rng": checkpoint.rng_state(self.rng), "launches": self.launches, "buffer": len(inflight),
                  "shares": len(fleet.generators), "rows": self.run_dir.metrics(self.run_dir.stage),
@@ -393,8 +383,12 @@ class PPOTrainer:
             raise ConfigError([f"resume: the checkpoint holds batches split over {state['shares']} generators, "
                                f"the run now has {len(fleet.generators)}; resume with "
                                f"cluster.roles.generator.count={state['shares']}"])
-        return deque([ray.put(pq.read_table(path / "buffer" / f"batch_{j}_share_{i}.parquet"))
-                      for i in range(state["shares"])] for j in range(state["buffer"]))
+        def saved(j: int) -> generation.Launch:  # a batch whose samples are in: its refs hold the tables
+            refs = [ray.put(pq.read_table(path / "buffer" / f"batch_{j}_share_{i}.parquet"))
+                    for i in range(state["shares"])]
+            return generation.Launch([], None, None, refs, list(fleet.generators.actors))
+
+        return deque(saved(j) for j in range(state["buffer"]))
 
 
 def run(cfg: Config, run_dir: RunDir) -> StageResult:

@@ -17,6 +17,32 @@ class Stopped(RuntimeError):
     """A stage stopped on a signal after writing its checkpoint."""
 
 
+class LearnerLost(RuntimeError):
+    """A learner rank died: its torch.distributed group cannot take a replacement, so the run stops."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """Too many updates in a row skipped for a non-finite loss."""
+
+
+class SkipGuard:
+    """Counts optimizer updates skipped in a row for a non-finite loss (ds_engine.train_step's `skipped`); says
+    so for each, and raises NonFiniteLoss at `limit` in a row (the weights are still the last good ones)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_a_row = limit, 0
+
+    def see(self, skipped: float, where: str) -> None:
+        if not skipped:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        print(f"{where}: non-finite loss, update skipped ({self.in_a_row} in a row, limit {self.limit})", flush=True)
+        if self.in_a_row >= self.limit:
+            raise NonFiniteLoss(f"{where}: {self.in_a_row} updates in a row had a non-finite loss "
+                                f"(train.max_skipped_updates = {self.limit}); lower the LR or check the data")
+
+
 class GracefulStop:
     """`with GracefulStop() as stop: ... if stop.requested: ...` (handlers only in the main thread)."""
 

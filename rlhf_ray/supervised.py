@@ -20,11 +20,11 @@ from typing import Callable, Optional
 
 from actors.learner import Learner
 from cluster import pools
-from cluster.actor_group import ActorGroup
+from cluster.actor_group import ActorGroup, GroupError
 from rlhf_ray import batching, checkpoint, data, ds_engine, faults
 from rlhf_ray.config import Config, to_dict
 from rlhf_ray.run_dir import RunDir
-from rlhf_ray.stopping import GracefulStop, Stopped
+from rlhf_ray.stopping import GracefulStop, SkipGuard, Stopped
 
 LEARNER_ROLE = "policy"
 
@@ -83,6 +83,8 @@ def run(cfg: Config, run_dir: RunDir, job: Job, roles: tuple[str, ...] = (LEARNE
             history = _fit(cfg, run_dir, job, group, schedule)
             out = str(run_dir.final(job.stage))
             group.call(lambda a, r: a.save.remote(out, False), cfg.cluster.call_timeout_s, f"{job.stage}: save")
+        except GroupError as e:
+            raise checkpoint.learner_lost(e, run_dir.path, job.stage) or e
         finally:
             group.kill()
     finally:
@@ -99,11 +101,13 @@ def _fit(cfg: Config, run_dir: RunDir, job: Job, group: ActorGroup, schedule: li
     elif job.eval:  # the starting point, so "eval loss falls" is measured against the untrained model
         history.append({"step": 0, **_evaluate(job, group, timeout)})
         run_dir.log_metrics(history[-1])
+    guard = SkipGuard(cfg.train.max_skipped_updates)
     with GracefulStop() as stop:
         for step, idx in enumerate(schedule[start or 0:], (start or 0) + 1):
             shards = group.shard(job.collate([job.train[i] for i in idx]))
             metrics = group.call(lambda a, r: a.train_step.remote(shards[r], job.loss), timeout,
                                  f"{job.stage}: train step {step}")[0]  # equal on every rank
+            guard.see(metrics["skipped"], f"{job.stage} step {step}")
             row = {"step": step, **metrics}
             if job.eval and (step == len(schedule) or (every and step % every == 0)):
                 row.update(_evaluate(job, group, timeout))

@@ -12,7 +12,9 @@ but not from the gradient norm.
 """
 
 import ipaddress
+import math
 import os
+import sys
 import time
 from types import SimpleNamespace
 
@@ -163,6 +165,36 @@ def test_checkpoint_resumes_bit_identically(stepped, tiny, batch, tmp_path):
     finally:
         resumed.kill()
     assert after[0] == after[1] and digests[0] == digests[1]  # weights, Adam moments and LR schedule restored
+
+
+def _nan_on_last_rank(model, mb, n_global):
+    """The SFT loss, but NaN on the last rank only (so the ranks must agree to skip)."""
+    import torch.distributed as dist
+
+    loss, metrics = ds_engine.sft_nll(model, mb, n_global)
+    last = not dist.is_initialized() or dist.get_rank() == dist.get_world_size() - 1
+    return (loss * float("nan") if last else loss), metrics
+
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors unpickle _nan_on_last_rank by value
+
+
+def test_a_non_finite_loss_skips_the_update_on_every_rank(stepped, batch):
+    """Weights, Adam state and LR schedule stay as they were: the next good step is the one it would have been."""
+    group, _ = stepped
+    shards = group.shard(batch)
+
+    def step(loss):
+        return group.call(lambda a, r: a.train_step.remote(shards[r], loss), TIMEOUT_S, "train")
+
+    before = group.call(lambda a, r: a.state_digest.remote(), TIMEOUT_S, "digest")
+    bad = step(ds_engine.Loss(_nan_on_last_rank, ds_engine.sft_count))
+    assert all(m["skipped"] == 1.0 and math.isnan(m["loss"]) for m in bad), bad
+    assert group.call(lambda a, r: a.state_digest.remote(), TIMEOUT_S, "digest") == before
+    good = step(ds_engine.SFT_LOSS)
+    after = group.call(lambda a, r: a.state_digest.remote(), TIMEOUT_S, "digest")
+    assert good[0]["skipped"] == 0.0 and math.isfinite(good[0]["grad_norm"]) and len(set(after)) == 1
+    assert after != before and good[0]["lr"] == bad[0]["lr"]  # the schedule did not move on the skipped step
 
 
 # ---------------------------------------------------------------- the group itself

@@ -50,6 +50,13 @@ def wait_for(what: str, check, timeout: float, every: float = 1.0):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def alive_actors(cluster) -> set[str]:
+    from ray.util.state import list_actors
+
+    # The address, not discovery: discovery fails when another Ray runs on the machine (seen in CI beside a run).
+    return {a.name for a in list_actors(cluster["dashboard"], filters=[("state", "=", "ALIVE")])}
+
+
 def gauges(url: str) -> dict[str, dict[str, float]]:
     """{metric name: {labels: value}} of the ray_rlhf_* series the endpoint serves now."""
     out: dict[str, dict[str, float]] = {}
@@ -61,7 +68,7 @@ def gauges(url: str) -> dict[str, dict[str, float]]:
 
 
 def test_submit_watch_and_read_back_a_tiny_ppo_job(cluster, tmp_path):
-    from ray.util.state import list_actors, list_tasks
+    from ray.util.state import list_tasks
 
     run_dir = tmp_path / "run"
     proc = cli("submit", "configs/tiny/ppo.yaml", "ppo.steps=8", "logging.plots_every_s=1",
@@ -69,8 +76,7 @@ def test_submit_watch_and_read_back_a_tiny_ppo_job(cluster, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     job = re.search(r"submitted (\S+)", proc.stdout)[1]
 
-    alive = wait_for("the run's named actors", lambda: ACTORS <= {
-        a.name for a in list_actors(filters=[("state", "=", "ALIVE")])} and ACTORS, timeout=240)
+    alive = wait_for("the run's named actors", lambda: ACTORS <= alive_actors(cluster), timeout=240)
     assert alive
     # Read the endpoint once the run is a few steps in: every key of a row has been exported several times by then.
     served = wait_for("the project's gauges on the metrics endpoint", lambda: max(
@@ -86,7 +92,7 @@ def test_submit_watch_and_read_back_a_tiny_ppo_job(cluster, tmp_path):
     status = wait_for("the job to end", lambda: (s := cli("status", job, "--address", cluster["dashboard"]))
                       and "RUNNING" not in s.stdout and "PENDING" not in s.stdout and s, timeout=600, every=3)
     assert f"job {job}: SUCCEEDED" in status.stdout and str(run_dir) in status.stdout, status.stdout
-    phases = {t.name for t in list_tasks(limit=10000)}
+    phases = {t.name for t in list_tasks(cluster["dashboard"], limit=10000)}
     assert TASKS <= phases, sorted(phases)
     log = cli("logs", job, "--address", cluster["dashboard"]).stdout
     assert "ppo step 8/8" in log and re.search(r"role\s+rank\s+pool\s+bundle\s+node\s+GPU", log), log[-3000:]
@@ -108,19 +114,15 @@ def test_submit_watch_and_read_back_a_tiny_ppo_job(cluster, tmp_path):
 
 
 def test_stop_ends_the_job_and_its_actors(cluster, tmp_path):
-    from ray.util.state import list_actors
-
     proc = cli("submit", "configs/tiny/ppo.yaml", "ppo.steps=200", "--address", cluster["dashboard"],
                "--run-dir", str(tmp_path / "run"))
     job = re.search(r"submitted (\S+)", proc.stdout)[1]
-    wait_for("the generator to start", lambda: "generator-0" in {
-        a.name for a in list_actors(filters=[("state", "=", "ALIVE")])}, timeout=240)
+    wait_for("the generator to start", lambda: "generator-0" in alive_actors(cluster), timeout=240)
     stop = cli("stop", job, "--address", cluster["dashboard"])
     assert stop.returncode == 0 and "stopping" in stop.stdout, stop.stdout + stop.stderr
     wait_for("STOPPED", lambda: "STOPPED" in cli("status", job, "--address", cluster["dashboard"]).stdout,
              timeout=120, every=2)
-    wait_for("its actors to go", lambda: not (ACTORS & {
-        a.name for a in list_actors(filters=[("state", "=", "ALIVE")])}), timeout=120, every=2)
+    wait_for("its actors to go", lambda: not (ACTORS & alive_actors(cluster)), timeout=120, every=2)
 
 
 def test_errors_name_what_is_wrong(cluster, tmp_path):

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -127,3 +128,58 @@ def test_resuming_under_a_config_that_changes_results_is_refused(tmp_path):
     fresh = run(run_dir, "ppo.steps=4", "ppo.kl_coef=0.5", "--force")
     assert fresh.returncode == 0 and "resuming after" not in fresh.stdout, fresh.stderr[-3000:]
     print("survived: refused with the key named; --force started over")
+
+
+def test_a_diverging_run_skips_non_finite_updates_then_stops(tmp_path):
+    """LR 1e6 without clipping: a real divergence. Each non-finite loss skips its update on every rank; three in
+    a row (train.max_skipped_updates) stop the run with one clear error, its actors gone."""
+    proc = subprocess.run([EXE, "run", "configs/tiny/sft.yaml", "train.lr=1e6", "train.grad_clip=0",
+                           "--run-dir", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    skipped = [r for r in rows(tmp_path / "run") if r.get("skipped")]
+    print(f"\ntried: SFT at LR 1e6 -> exit {proc.returncode}, {len(skipped)} updates skipped")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "3 updates in a row had a non-finite loss (train.max_skipped_updates = 3)" in proc.stderr
+    assert len(skipped) == 3 and all(r["loss"] is None for r in skipped)  # NaN is written as null
+    print("survived: the run stopped cleanly, naming the limit")
+
+
+def prompts_per_step(run_dir: Path) -> list[list[str]]:
+    return [sorted(pq.read_table(p).column("prompt").to_pylist())
+            for p in sorted((run_dir / "rollouts").glob("step_*.parquet"))]
+
+
+def test_dead_generators_and_scorers_are_replaced_without_losing_a_prompt(tmp_path):
+    """Two generators; generator-1 dies as step 2 starts (found dead by the weight sync), generator-0 while it
+    samples the 4th batch; the reference and the reward-function actor die as step 3 starts. Each is replaced
+    (a generator brought to the current weights) and its share sampled or scored again: every step trains on
+    exactly the prompts the unbroken run drew."""
+    straight, healed = tmp_path / "straight", tmp_path / "healed"
+    args = ("ppo.steps=5", "cluster.roles.generator.count=2", "train.checkpoint_every=0")
+    assert run(straight, *args).returncode == 0
+    proc = run(healed, *args, faults="kill.generator-1=2,kill.reference-0=3,kill.reward-fn-0=3,"
+                                      "kill_after_launch.generator-0=4")
+    replaced = [line for line in proc.stdout.splitlines() if "starting a replacement" in line]
+    print(f"\ntried: kill generator-1 (step 2), reference-0 and reward-fn-0 (step 3), generator-0 (sampling batch "
+          f"4) -> exit {proc.returncode}; "
+          + "; ".join(replaced))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(line.split(": ")[-1].split(" died")[0] for line in replaced) == [
+        "generator-0", "generator-1", "reference-0", "reward-fn-0"]
+    assert "generate: the share of generator-0 is sampled again (16 prompts)" in proc.stdout  # batch 4's share
+    assert rows(healed)[-1]["actor_restarts"] == 4
+    got, want = prompts_per_step(healed), prompts_per_step(straight)
+    assert len(got) == 5 and all(len(p) == 32 * 4 for p in got) and got == want
+    print("survived: 5 steps, each on the unbroken run's 128 samples' prompts, none lost or doubled")
+
+
+def test_a_dead_learner_stops_the_run_and_the_same_command_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run(run_dir, "ppo.steps=5", faults="kill.policy-learner-0=3")
+    print(f"\ntried: kill policy-learner-0 at step 3 (checkpoints every 2) -> exit {proc.returncode}")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "policy-learner-0" in proc.stderr and "a learner rank cannot be replaced" in proc.stderr
+    assert "the same command resumes from" in proc.stderr and "step_000002" in proc.stderr, proc.stderr[-2000:]
+    again = run(run_dir, "ppo.steps=5")
+    assert again.returncode == 0 and "resuming after step 2" in again.stdout, again.stderr[-3000:]
+    assert [r["step"] for r in rows(run_dir)] == list(range(5))
+    print("survived: the run stopped with one clear error naming the checkpoint; the rerun resumed after step 2")

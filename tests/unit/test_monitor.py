@@ -67,3 +67,16 @@ def test_run_dir_feeds_the_monitor_and_plots_when_a_stage_ends(tmp_path, capsys)
     assert (tmp_path / "plots" / "ppo_reward.png").stat().st_size > 0
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert "ppo step 3/3" in capsys.readouterr().out
+
+
+def test_skip_guard_counts_in_a_row_and_stops_at_the_limit(capsys):
+    import pytest
+
+    from rlhf_ray.stopping import NonFiniteLoss, SkipGuard
+
+    guard = SkipGuard(limit=2)
+    for skipped in (1.0, 0.0, 1.0):
+        guard.see(skipped, "ppo")
+    assert guard.in_a_row == 1 and capsys.readouterr().out.count("update skipped") == 2
+    with pytest.raises(NonFiniteLoss, match="2 updates in a row"):
+        guard.see(1.0, "ppo")
