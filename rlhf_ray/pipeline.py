@@ -142,8 +142,36 @@ def check_inputs(cfg: Config, source: str = "") -> None:
         if stage == "label":
             problems += _labeler_problems(cfg.label.labeler, where)
         made.update(MAKES[stage])
+    problems += _model_problems(base, where)
     if problems:
         raise ConfigError(problems)
+
+
+MODEL_KEYS = ("model.policy", "model.reference", "model.reward", "model.critic", "model.tokenizer")
+
+
+def _model_problems(cfg: Config, where: str) -> list[str]:
+    """Model folders that do not exist or are not model folders, and a tokenizer with more tokens than the
+    policy's embedding has rows (its ids would index past it), told before anything loads. Hub names pass."""
+    from rlhf_ray import models
+
+    problems, folders = [], {}
+    for key in MODEL_KEYS:
+        value = _get(cfg, key)
+        if value is None:
+            continue
+        try:
+            folders[key] = models.resolve_model(value)
+        except (ValueError, OSError) as e:
+            problems.append(f"{where}{key}: {e}")
+    tok, policy = folders.get("model.tokenizer"), folders.get("model.policy")
+    if tok and policy and Path(tok).is_dir() and Path(policy).is_dir():
+        n_tokens = len(models.load_tokenizer(tok))
+        rows = json.loads((Path(policy) / "config.json").read_text()).get("vocab_size")
+        if rows is not None and n_tokens > rows:
+            problems.append(f"{where}model.tokenizer: {tok} has {n_tokens} tokens but model.policy ({policy}) "
+                            f"embeds {rows}: this tokenizer does not belong to this model")
+    return problems
 
 
 def _labeler_problems(spec: str, where: str) -> list[str]:

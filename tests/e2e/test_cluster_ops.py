@@ -3,12 +3,14 @@
 role and rank and its phases by method, and Ray's Prometheus endpoint serves the project's gauges; `status` and
 `logs` read the job back; the plots exist; `stop` ends a second job and its actors."""
 
+import ipaddress
 import json
 import os
 import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -132,3 +134,31 @@ def test_errors_name_what_is_wrong(cluster, tmp_path):
     assert nobody.returncode == 1 and "127.0.0.1:9" in nobody.stderr, nobody.stderr[-2000:]
     http = cli("run", "configs/tiny/ppo.yaml", "--address", cluster["dashboard"])
     assert http.returncode == 1 and "submit" in http.stderr, http.stderr
+
+
+def test_the_embedded_cluster_listens_on_loopback_only_and_keeps_token_auth(cluster):
+    """The threat model's two promises (README, Security): nothing of Ray's is reachable from another machine,
+    and on this one the dashboard / job API answers only with the token."""
+    import psutil
+
+    ray_pids = {p.pid for p in psutil.process_iter(["cmdline"])
+                if any(w in " ".join(p.info["cmdline"] or []) for w in ("ray", "gcs_server", "raylet"))}
+    listening = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in ray_pids}
+    assert len(listening) >= 5, listening  # GCS, raylet, object manager, dashboard, agents, metrics...
+    def loopback(ip: str) -> bool:  # 127.0.0.1, ::1, or an IPv4-mapped ::ffff:127.0.0.1 (gRPC's dual-stack form)
+        addr = ipaddress.ip_address(ip)
+        return addr.is_loopback or bool(getattr(addr, "ipv4_mapped", None) and addr.ipv4_mapped.is_loopback)
+
+    assert all(loopback(ip) for ip, _ in listening), sorted(listening)
+
+    url = cluster["dashboard"] + "/api/jobs/"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(url, timeout=10)
+    assert e.value.code == 401
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": "Bearer wrong"}), timeout=10)
+    assert e.value.code == 403
+    ok = urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}), timeout=10)
+    assert ok.status == 200

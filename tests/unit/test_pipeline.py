@@ -86,7 +86,24 @@ def test_inputs_are_checked_before_anything_runs(tmp_path):
     assert "preferences" not in str(e.value)  # dpo's come from label
     with pytest.raises(ConfigError, match=r"reward\.functions: the `ppo` stage needs a reward"):
         pipeline.check_inputs(_cfg(tmp_path, "stages=[sft,ppo]"))
-    pipeline.check_inputs(_cfg(tmp_path, "stages=[sft,ppo]", "model.reward=/some/rm"))  # no preferences needed
+    pipeline.check_inputs(_cfg(tmp_path, "stages=[sft,ppo]", "model.reward=org/some-rm"))  # no preferences needed
+
+
+def test_models_are_checked_before_anything_runs(tmp_path, tiny):
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "config.json").write_text(json.dumps({"vocab_size": 10}))
+    with pytest.raises(ConfigError) as e:
+        pipeline.check_inputs(_cfg(tmp_path, "stages=[sft]", f"model.reference={tmp_path / 'nope'}",
+                                   f"model.critic={not_a_model}"), "c.yaml")
+    assert f"c.yaml: model.reference: no such model folder: {tmp_path / 'nope'}" in str(e.value)
+    assert f"c.yaml: model.critic: {not_a_model} is not a model folder: it has no config.json" in str(e.value)
+    with pytest.raises(ConfigError, match=r"model\.tokenizer: .* has \d+ tokens but model\.policy .* embeds 10: "
+                                          r"this tokenizer does not belong to this model"):
+        pipeline.check_inputs(_cfg(tmp_path, "stages=[sft]", f"model.policy={small}", f"model.tokenizer={tiny}"))
+    pipeline.check_inputs(_cfg(tmp_path, "stages=[sft]", f"model.policy={tiny}", f"model.tokenizer={tiny}"))
 
 
 def test_apply_outputs():
