@@ -47,6 +47,9 @@ def submit(config: str, overrides: list[str], address: Optional[str], run_dir: O
         if not (sep and key):
             raise ConfigError([f"--env {item!r}: expected KEY=VALUE"])
         env_vars[key] = value
+    # `stop` sends SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (Ray's default: 3 s). The run needs the
+    # step in progress plus a checkpoint write to stop cleanly (stopping.py), so give it what a call may take.
+    env_vars.setdefault("RAY_JOB_STOP_WAIT_TIME_S", str(int(cfg.cluster.call_timeout_s)))
     run_dir = run_dir or f"~/rlhf-ray-runs/{cfg.name}"
     return client(address).submit_job(
         entrypoint=entrypoint(str(rel.relative_to(Path.cwd())), overrides, run_dir),

@@ -286,6 +286,7 @@ class PPOTrainer:
                     inflight.append(self.launch_generate(fleet))
                 for step in range(start, cfg.ppo.steps):
                     self.history.append(self.step(fleet, step, inflight))
+                    self.guard.check()
                     every, last = cfg.train.eval_every, step + 1 == cfg.ppo.steps
                     if self.eval_prompts and (last or (every and (step + 1) % every == 0)):
                         self.evaluate(fleet)

@@ -26,20 +26,23 @@ class NonFiniteLoss(RuntimeError):
 
 
 class SkipGuard:
-    """Counts optimizer updates skipped in a row for a non-finite loss (ds_engine.train_step's `skipped`); says
-    so for each, and raises NonFiniteLoss at `limit` in a row (the weights are still the last good ones)."""
+    """Counts optimizer updates skipped in a row for a non-finite loss (ds_engine.train_step's `skipped`) and says
+    so for each (`see`); `check`, called once the step's metrics are logged, raises NonFiniteLoss at `limit` in
+    a row (the weights are still the last good ones)."""
 
     def __init__(self, limit: int):
-        self.limit, self.in_a_row = limit, 0
+        self.limit, self.in_a_row, self.where = limit, 0, ""
 
     def see(self, skipped: float, where: str) -> None:
         if not skipped:
             self.in_a_row = 0
             return
-        self.in_a_row += 1
+        self.in_a_row, self.where = self.in_a_row + 1, where
         print(f"{where}: non-finite loss, update skipped ({self.in_a_row} in a row, limit {self.limit})", flush=True)
+
+    def check(self) -> None:
         if self.in_a_row >= self.limit:
-            raise NonFiniteLoss(f"{where}: {self.in_a_row} updates in a row had a non-finite loss "
+            raise NonFiniteLoss(f"{self.where}: {self.in_a_row} updates in a row had a non-finite loss "
                                 f"(train.max_skipped_updates = {self.limit}); lower the LR or check the data")
 
 

@@ -113,6 +113,7 @@ def _fit(cfg: Config, run_dir: RunDir, job: Job, group: ActorGroup, schedule: li
                 row.update(_evaluate(job, group, timeout))
             history.append(row)
             run_dir.log_metrics(row)
+            guard.check()
             n = cfg.train.checkpoint_every
             if stop.requested or (n and (step == len(schedule) or step % n == 0)):
                 where = _checkpoint(cfg, run_dir, job, group, step)

@@ -78,5 +78,7 @@ def test_skip_guard_counts_in_a_row_and_stops_at_the_limit(capsys):
     for skipped in (1.0, 0.0, 1.0):
         guard.see(skipped, "ppo")
     assert guard.in_a_row == 1 and capsys.readouterr().out.count("update skipped") == 2
-    with pytest.raises(NonFiniteLoss, match="2 updates in a row"):
-        guard.see(1.0, "ppo")
+    guard.check()  # 1 in a row: below the limit
+    guard.see(1.0, "ppo")
+    with pytest.raises(NonFiniteLoss, match="ppo: 2 updates in a row"):
+        guard.check()
