@@ -71,6 +71,18 @@ def latest(run_dir: Path, stage: str) -> Optional[tuple[Path, dict]]:
     return (done[-1], json.loads((done[-1] / "state.json").read_text())) if done else None
 
 
+def resume_point(run_dir: Path, stage: str, config: dict, resume: str) -> Optional[tuple[Path, dict]]:
+    """The checkpoint a stage continues from (`resume: auto`, the newest complete one, written under a config
+    with the same results), or None for a fresh start, which first removes an older run's checkpoints (a later
+    `latest` must not pick them)."""
+    ckpt = latest(run_dir, stage) if resume == "auto" else None
+    if ckpt is None:
+        clear(run_dir, stage)
+        return None
+    ensure_same_config(ckpt[1]["config"], config)
+    return ckpt
+
+
 def clear(run_dir: Path, stage: str) -> None:
     shutil.rmtree(stage_dir(run_dir, stage), ignore_errors=True)
 

@@ -50,8 +50,8 @@ def cmd_run(args) -> int:
         raise ConfigError([f"--address {address}: `run` joins a cluster (auto, HOST:6379, ray://HOST:10001); "
                            "send a run to a dashboard address with `rlhf-ray submit`"])
     pipeline.check_inputs(cfg, args.config)  # before any actor: missing datasets, stages not built yet
-    path = args.run_dir or Path("runs") / cfg.name
-    run_dir = RunDir(path, cfg, monitor=Monitor(cfg, Path(path).expanduser()))
+    run_dir = RunDir(args.run_dir or Path("runs") / cfg.name, cfg)
+    run_dir.monitor = Monitor(cfg, run_dir.path)
 
     def connect() -> None:
         from cluster.local import describe_cluster, init_ray

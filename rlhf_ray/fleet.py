@@ -18,6 +18,8 @@ from cluster.actor_group import ActorGroup, GroupError
 from rlhf_ray import generation, models
 from rlhf_ray.config import Config, TrainConfig
 
+BUCKET_BYTES = 64 << 20  # weight-sync bucket size
+
 # How each scorer scores a generator's share (a rollout table); the keys are Fleet.scorers()'.
 SCORE_CALLS = {"reference": lambda actor, share: actor.logprobs.remote(share),
                "reward": lambda actor, share: actor.scores.remote(share),
@@ -52,14 +54,21 @@ class Fleet:
         print(f"{phase}: {group.role}-{rank} died; starting a replacement", flush=True)
         group.restart(rank, timeout_s)
 
+    def learners(self) -> list[tuple[str, ActorGroup]]:
+        """(checkpoint folder name, group) of each learner group."""
+        return [("policy", self.policy)] + ([("critic", self.critic)] if self.critic else [])
+
+    def export_weights(self, version: int, timeout_s: float, phase: str) -> list:
+        """The policy's full weights as `version`'s bucket refs in the object store (policy rank 0 returns them)."""
+        return self.policy.call(lambda a, r: a.export_buckets.remote(version, BUCKET_BYTES), timeout_s, phase)[0]
+
     def revive_generator(self, rank: int, version: int, timeout_s: float, phase: str) -> None:
         """A new generator for `rank`, brought to policy `version` with weights exported from the policy learner
         now (the learner holds `version` wherever generation is awaited)."""
         self.revive(self.generators, rank, phase, timeout_s)
         if version == self.start_version:
             return  # it started with these weights
-        buckets = self.policy.call(lambda a, r: a.export_buckets.remote(version, 64 << 20), timeout_s,
-                                   f"{phase}: weights for generator-{rank}")[0]
+        buckets = self.export_weights(version, timeout_s, f"{phase}: weights for generator-{rank}")
         actor = self.generators.actors[rank]
         self.generators.get([actor.update_weights.remote(version, buckets, timeout_s)], timeout_s,
                             f"{phase}: weights for generator-{rank}", ranks=[rank])

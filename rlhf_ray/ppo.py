@@ -245,8 +245,7 @@ class PPOTrainer:
 
     def sync(self, fleet: Fleet) -> dict:
         """Weights v+1 from policy rank 0 to every generator (object store; queued after in-flight generation)."""
-        buckets = fleet.policy.call(lambda a, r: a.export_buckets.remote(self.version, 64 << 20), self.timeout,
-                                    "sync: export")[0]
+        buckets = fleet.export_weights(self.version, self.timeout, "sync: export")
         return {"buckets": buckets, "refs": fleet.generators.map(
             lambda a, r: a.update_weights.remote(self.version, buckets, self.timeout))}
 
@@ -269,10 +268,10 @@ class PPOTrainer:
         """The run: resumes from the newest complete checkpoint (resume: auto), checkpoints every
         train.checkpoint_every steps and on SIGTERM / Ctrl-C (then raises stopping.Stopped)."""
         cfg = self.cfg
-        ckpt = checkpoint.latest(self.run_dir.path, "ppo") if cfg.resume == "auto" else None
-        if ckpt is None:
-            checkpoint.clear(self.run_dir.path, "ppo")  # a fresh start: an older run's checkpoints are not ours
-        state = self._restore(ckpt[1]) if ckpt else None
+        ckpt = checkpoint.resume_point(self.run_dir.path, "ppo", to_dict(cfg), cfg.resume)
+        state = ckpt[1] if ckpt else None
+        if state:
+            self._restore(state)
         weights = str(ckpt[0] / "policy") if ckpt else None
         fleet = start_fleet(cfg, self.policy, self.total_steps, weights, self.version)
         try:
@@ -348,10 +347,8 @@ class PPOTrainer:
         """Learners (weights, optimizer, schedule), the batches in flight (waited for: their samples came from
         older weights, which the checkpoint does not keep), and the driver's state; complete or absent."""
         tmp = checkpoint.begin(self.run_dir.path, "ppo", steps_done)
-        fleet.policy.call(lambda a, r: a.save.remote(str(tmp / "policy"), True), self.timeout, "checkpoint: policy")
-        if fleet.critic:
-            fleet.critic.call(lambda a, r: a.save.remote(str(tmp / "critic"), True), self.timeout,
-                              "checkpoint: critic")
+        for name, group in fleet.learners():
+            group.call(lambda a, r: a.save.remote(str(tmp / name), True), self.timeout, f"checkpoint: {name}")
         for j, batch in enumerate(inflight):
             for i, share in self.generated(fleet, batch, "checkpoint: rollouts in flight"):
                 self.run_dir.write_table(share, tmp / "buffer" / f"batch_{j}_share_{i}.parquet")
@@ -362,9 +359,8 @@ class PPOTrainer:
                  "config": to_dict(self.cfg)}
         return checkpoint.commit(tmp, state, self.cfg.train.keep_checkpoints)
 
-    def _restore(self, state: dict) -> dict:
-        """The driver's side of a checkpoint (before any actor starts); refuses a config that changes results."""
-        checkpoint.ensure_same_config(state["config"], to_dict(self.cfg))
+    def _restore(self, state: dict) -> None:
+        """The driver's side of a checkpoint (before any actor starts)."""
         self.version, self.kl_ctl.value, self.launches = state["version"], state["kl_coef"], state["launches"]
         checkpoint.set_rng_state(self.rng, state["rng"])
         self.run_dir.replace_metrics(self.run_dir.stage, state["rows"])
@@ -372,18 +368,16 @@ class PPOTrainer:
         self.evals = [r for r in state["rows"] if "eval_reward_mean" in r]
         print(f"ppo: resuming after step {state['step']} (policy version {self.version}) from the checkpoint",
               flush=True)
-        return state
 
     def _load(self, fleet: Fleet, path: Path, state: dict) -> deque:
         """Learner states into the fresh actors; the saved batches back in flight, in order."""
-        fleet.policy.call(lambda a, r: a.load_checkpoint.remote(str(path / "policy")), self.timeout, "resume: policy")
-        if fleet.critic:
-            fleet.critic.call(lambda a, r: a.load_checkpoint.remote(str(path / "critic")), self.timeout,
-                              "resume: critic")
+        for name, group in fleet.learners():
+            group.call(lambda a, r: a.load_checkpoint.remote(str(path / name)), self.timeout, f"resume: {name}")
         if state["buffer"] and state["shares"] != len(fleet.generators):
             raise ConfigError([f"resume: the checkpoint holds batches split over {state['shares']} generators, "
                                f"the run now has {len(fleet.generators)}; resume with "
                                f"cluster.roles.generator.count={state['shares']}"])
+
         def saved(j: int) -> generation.Launch:  # a batch whose samples are in: its refs hold the tables
             refs = [ray.put(pq.read_table(path / "buffer" / f"batch_{j}_share_{i}.parquet"))
                     for i in range(state["shares"])]

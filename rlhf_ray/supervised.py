@@ -136,12 +136,10 @@ def _checkpoint(cfg: Config, run_dir: RunDir, job: Job, group: ActorGroup, step:
 
 def _resume(cfg: Config, run_dir: RunDir, job: Job, group: ActorGroup) -> Optional[int]:
     """Steps already done, from the newest complete checkpoint (resume: auto), or None for a fresh start."""
-    ckpt = checkpoint.latest(run_dir.path, job.stage) if cfg.resume == "auto" else None
+    ckpt = checkpoint.resume_point(run_dir.path, job.stage, to_dict(cfg), cfg.resume)
     if ckpt is None:
-        checkpoint.clear(run_dir.path, job.stage)
         return None
     path, state = ckpt
-    checkpoint.ensure_same_config(state["config"], to_dict(cfg))
     group.call(lambda a, r: a.load_checkpoint.remote(str(path / "learner")), cfg.cluster.call_timeout_s,
                f"{job.stage}: resume")
     run_dir.replace_metrics(run_dir.stage, state["rows"])
