@@ -1,6 +1,7 @@
 # make run   : the main job, the quickstart: SFT -> labeling -> reward model -> PPO on SmolLM2-135M-Instruct
 #              (about 15 minutes on 2 CPU cores; a rerun continues: finished stages are skipped; see README)
 # make test  : the whole test suite, inside a loopback-only network namespace when ../shared/tools has one
+# make bench : rlhf-ray beside raw vLLM, plain torch and TRL on SmolLM2-135M (runs/bench-smollm2/bench.md)
 # Both create .venv and install what is missing first (deploy/install.sh; a second run changes nothing).
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -16,12 +17,19 @@ export MASTER_ADDR = 127.0.0.1
 export GLOO_SOCKET_IFNAME = lo
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: install run test
+.PHONY: install bench-deps run test bench
 install:
 	@deploy/install.sh $(VENV)
+
+# The peer of the benchmark, TRL, in a venv of its own (needs the package index once; tests run offline).
+bench-deps: install
+	@$(PY) -m rlhf_ray.bench.peer --install
 
 run: install
 	$(NETNS) $(VENV)/bin/rlhf-ray run configs/quickstart.yaml $(ARGS)
 
-test: install
+test: install bench-deps
 	$(NETNS) $(PY) -m pytest tests -q -rs --durations=15 $(PYTEST_ARGS)
+
+bench: install bench-deps
+	$(NETNS) $(VENV)/bin/rlhf-ray bench --model smollm2 $(ARGS)

@@ -49,7 +49,9 @@ class Generator:
         prompts only, not on what the engine sampled before: a resumed run draws what the unbroken run drew."""
         if seed is not None:
             torch.manual_seed(seed + self.rank)
-        return rollout.to_table(vllm_engine.generate(self.llm, prompt_ids, sampling, self.version, prompts))
+        t0 = time.perf_counter()
+        rows = vllm_engine.generate(self.llm, prompt_ids, sampling, self.version, prompts)
+        return rollout.with_seconds(rollout.to_table(rows), time.perf_counter() - t0)  # busy time, for idle stats
 
     def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
         """The engine's log p of each given response token (teacher-forced, via prompt logprobs)."""

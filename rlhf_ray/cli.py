@@ -7,6 +7,7 @@
   rlhf-ray submit CONFIG [key=value ...] --address http://HEAD:8265 [--follow]   the run as a Ray Job
   rlhf-ray status|logs|stop JOB_ID [--address ...]     follow a submitted job (`logs --follow` streams)
   rlhf-ray report RUN_DIR                              redraw RUN_DIR/plots/*.png from metrics.jsonl
+  rlhf-ray bench [--model tiny|smollm2] [--out DIR]    rlhf-ray beside raw vLLM, plain torch and TRL
 """
 
 from __future__ import annotations
@@ -148,6 +149,13 @@ def cmd_report(args) -> int:
     return report.main([args.run_dir])
 
 
+def cmd_bench(args) -> int:
+    from rlhf_ray import bench
+
+    bench.run(args.model, args.out, fast=args.quick, with_peer=not args.no_peer, dtype=args.dtype)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlhf-ray", description="Distributed RLHF on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -190,6 +198,13 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="redraw the plots of a run directory from its metrics.jsonl")
     s.add_argument("run_dir")
     s.set_defaults(fn=cmd_report)
+    s = sub.add_parser("bench", help="measure rlhf-ray beside raw vLLM, plain torch and TRL on the embedded cluster")
+    s.add_argument("--model", choices=["tiny", "smollm2"], default="tiny", help="the workload (default tiny)")
+    s.add_argument("--out", help="folder for bench.json and bench.md (default runs/bench-<model>)")
+    s.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: proves it runs (CI)")
+    s.add_argument("--no-peer", action="store_true", help="skip TRL (its venv needs the package index once)")
+    s.add_argument("--dtype", choices=["float32", "bfloat16"], help="engine, learner and peer dtype (default float32)")
+    s.set_defaults(fn=cmd_bench)
     return p
 
 

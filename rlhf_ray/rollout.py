@@ -36,6 +36,16 @@ def to_table(rows: list[dict]) -> pa.Table:
     return table
 
 
+def with_seconds(table: pa.Table, seconds: float) -> pa.Table:
+    """Tag a generator's rollouts with the seconds its engine spent sampling them (schema metadata)."""
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), b"generate_s": repr(seconds).encode()})
+
+
+def seconds(table: pa.Table) -> float:
+    """The sampling seconds `with_seconds` tagged (0.0 when untagged)."""
+    return float((table.schema.metadata or {}).get(b"generate_s", 0.0))
+
+
 @dataclass
 class RolloutBatch:
     """Padded tensors of B rollouts: prompts left-padded to P, responses right-padded to T, so column P + t is

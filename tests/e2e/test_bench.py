@@ -1,0 +1,76 @@
+"""`rlhf-ray bench --quick` on the tiny model: every section runs for real (raw vLLM, plain torch, the actors on
+the embedded cluster, weight sync, PPO steps, TRL in its own venv) and the record holds what was run. Timings
+here prove nothing (tiny sizes, a shared CI box); the README's table comes from `--model smollm2`."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlhf_ray import models
+from rlhf_ray.bench import peer, workload
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _rlhf_ray() -> str:
+    exe = Path(sys.executable).with_name("rlhf-ray")
+    return str(exe) if exe.exists() else shutil.which("rlhf-ray")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    assert peer.venv_python().exists(), "the TRL venv is missing: `make test` installs it (make bench-deps)"
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run([_rlhf_ray(), "bench", "--model", "tiny", "--quick", "--out", str(out)], cwd=ROOT,
+                          text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text(), proc.stdout
+
+
+def test_same_work_on_both_sides(bench):
+    r, _, _ = bench
+    w = workload.quick(workload.WORKLOADS["tiny"])
+    g, t = r["generation"], r["learning"]
+    assert g["tokens"] == w.prompts * w.group * w.response_len  # EOS ignored on both sides: fixed-length work
+    assert len(g["raw_s"]) == len(g["actor_s"]) == w.repeats
+    assert g["ratio"] == pytest.approx(g["actor_tokens_per_s"] / g["raw_tokens_per_s"])
+    assert t["sequences"] == w.samples and t["ratio"] == pytest.approx(t["actor_tokens_per_s"] / t["raw_tokens_per_s"])
+    assert min(g["raw_s"] + g["actor_s"] + t["raw_s"] + t["actor_s"]) > 0
+
+
+def test_weight_sync_moves_the_whole_model_per_bucket_size(bench):
+    r, _, _ = bench
+    n_bytes = sum(p.numel() * p.element_size() for p in models.load_policy("tiny").parameters())
+    sync = r["weight_sync"]
+    assert [s["bucket_bytes"] for s in sync] == list(workload.WORKLOADS["tiny"].bucket_bytes)
+    assert all(s["bytes"] == n_bytes for s in sync)
+    counts = [s["buckets"] for s in sync]
+    assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1] >= 1  # bigger buckets, fewer of them
+    for s in sync:
+        assert s["total_s"] >= s["export_s"] > 0 and s["memcpy_s"] > 0
+
+
+def test_ppo_steps_respect_their_staleness_bound(bench):
+    r, _, _ = bench
+    runs = {p["max_staleness"]: p for p in r["ppo_steps"]}
+    assert set(runs) == {0, 1}
+    assert runs[0]["staleness_max"] == 0 and runs[1]["staleness_max"] == 1  # the overlapped batch is one behind
+    for p in runs.values():
+        assert p["step_s"] == pytest.approx(sum(p["phase_s"].values()))
+        assert 0 <= p["generator_idle_frac"] < 1
+
+
+def test_peer_ran_the_same_terms(bench):
+    r, md, _ = bench
+    w = workload.quick(workload.WORKLOADS["tiny"])
+    assert [(p["algo"], p["max_staleness"]) for p in r["peer"]] == [("grpo", 0), ("grpo", 1), ("ppo", 0)]
+    for p in r["peer"]:
+        assert p["peer_s"] > 0 and p["speedup"] == pytest.approx(p["peer_s"] / p["rlhf_ray_s"])
+        s = p["peer_run"]  # what TRL reported it ran
+        assert s["completions_per_step"] == w.samples and s["tokens_per_step"] == w.samples * w.response_len
+    for header in ("| section | rlhf-ray | limit |", "| bucket |", "| max_staleness |", "| algorithm | peer |"):
+        assert header in md

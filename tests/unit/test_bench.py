@@ -1,0 +1,87 @@
+"""The benchmark's pure parts: the workload's batches and configs, the step summaries and the tables."""
+
+import pytest
+
+from rlhf_ray.bench import steps, table, workload
+
+
+def test_train_batch_is_prompt_then_response_tokens():
+    w = workload.quick(workload.WORKLOADS["tiny"])
+    ids = [[5, 6, 7], [8, 9]]
+    w = workload.dataclasses.replace(w, prompts=2, group=2)
+    b = workload.train_batch(w, ids)
+    assert b["input_ids"].shape == (4, 3 + w.response_len)
+    assert b["attention_mask"].sum(1).tolist() == [3 + w.response_len] * 2 + [2 + w.response_len] * 2
+    assert b["loss_mask"].sum(1).tolist() == [w.response_len] * 4  # the loss reads exactly the response
+    assert b["input_ids"][2, :2].tolist() == [8, 9] and b["input_ids"][2, -1] == 0  # right-padded
+    assert (b["loss_mask"] <= b["attention_mask"]).all()
+
+
+@pytest.mark.parametrize("advantage,staleness", [("grpo", 0), ("grpo", 1), ("gae", 0)])
+def test_step_configs_validate(tmp_path, advantage, staleness):
+    w = workload.WORKLOADS["smollm2"]
+    cfg = steps.config(w, tmp_path / "p.jsonl", advantage, staleness, "rm" if advantage == "gae" else None,
+                       steps.threads_for(w, staleness))
+    assert (cfg.rollout.batch_size, cfg.rollout.n_samples, cfg.data.max_response_len) == (8, 4, 64)
+    assert cfg.rollout.ignore_eos and cfg.ppo.mini_batch_size == 32 and cfg.ppo.steps == w.steps + 1
+    assert cfg.ppo.kl_coef == (w.ppo_beta if advantage == "gae" else w.beta)
+    # overlapping runs split the cores between the generator and the learner; synchronous ones give each all
+    assert cfg.cluster.roles["generator"].threads + cfg.cluster.roles["policy"].threads == (2 if staleness else 4)
+
+
+def test_summarize_phases_rates_and_idle():
+    rows = [{"time_generate_s": 2.0, "time_score_s": 1.0, "time_train_s": 4.0, "time_sync_s": 1.0,
+             "response_length_mean": 64.0, "generator_busy_s": 2.0, "staleness_max": 0},
+            {"time_generate_s": 4.0, "time_score_s": 1.0, "time_train_s": 4.0, "time_sync_s": 1.0,
+             "response_length_mean": 64.0, "generator_busy_s": 4.0, "staleness_max": 1}]
+    s = steps.summarize(rows, samples=32)
+    assert s["phase_s"] == {"generate": 3.0, "score": 1.0, "train": 4.0, "sync": 1.0}
+    assert s["step_s"] == 9.0
+    assert s["samples_per_s"] == pytest.approx(32 / 9)
+    assert s["tokens_per_s"] == pytest.approx(32 * 64 / 9)
+    assert s["generator_idle_frac"] == pytest.approx(1 - 3 / 9)
+    assert s["staleness_max"] == 1
+
+
+def _result():
+    run = {"phase_s": {"generate": 6.0, "score": 1.0, "train": 12.0, "sync": 1.0}, "step_s": 20.0,
+           "samples_per_s": 1.6, "tokens_per_s": 102.4, "generator_idle_frac": 0.7, "staleness_max": 0}
+    return {
+        "machine": {"cpu": "CPU X", "cores": 2, "memory_gib": 24.0, "gpu": None, "versions": {"torch": "2.13.0"}},
+        "workload": workload.dataclasses.asdict(workload.WORKLOADS["smollm2"]), "fast": False, "started": "now",
+        "generation": {"actor_tokens_per_s": 330.0, "raw_tokens_per_s": 340.0, "ratio": 330 / 340},
+        "learning": {"actor_tokens_per_s": 300.0, "raw_tokens_per_s": 310.0, "ratio": 300 / 310},
+        "weight_sync": [{"bucket_bytes": 4 << 20, "buckets": 136, "bytes": 538_000_000, "total_s": 2.0,
+                         "export_s": 1.0, "fetch_s": 0.5, "load_s": 0.5, "memcpy_s": 0.05}],
+        "ppo_steps": [{"max_staleness": 0, **run}, {"max_staleness": 1, **run, "step_s": 14.0}],
+    }
+
+
+def test_peer_rows_speedup_per_run():
+    r = _result()
+    trl = {"grpo": {"mean_s": 34.0, "trl_version": "0.99"}, "ppo": {"mean_s": 60.0, "trl_version": "0.99"}}
+    rows = table.peer_rows(trl, r["ppo_steps"], {"max_staleness": 0, "step_s": 30.0})
+    assert [(p["algo"], p["max_staleness"]) for p in rows] == [("grpo", 0), ("grpo", 1), ("ppo", 0)]
+    assert [p["speedup"] for p in rows] == pytest.approx([34 / 20, 34 / 14, 2.0])
+
+
+def test_render_has_every_section():
+    r = _result()
+    r["peer"] = table.peer_rows({"grpo": {"mean_s": 34.0, "trl_version": "0.99"},
+                                 "ppo": {"mean_s": 60.0, "trl_version": "0.99"}},
+                                r["ppo_steps"], {"max_staleness": 0, "step_s": 30.0})
+    md = table.render(r)
+    assert "| generation, tokens/s | 330 (generator actor) | 340 (vLLM in-process) | 0.97 | >= 0.9 |" in md
+    assert "| learning, tokens/s | 300 (learner actor, DeepSpeed) | 310 (plain torch AdamW) | 0.97 | >= 0.85 |" in md
+    assert "| 4 MiB | 136 | 538.0 | 2.000 | 1.000 | 0.500 | 0.500 | 0.0500 | 269 |" in md
+    assert "| 1 | 6.00 | 1.00 | 12.00 | 1.00 | 14.00 | 1.60 | 102 | 70% |" in md
+    assert "| GRPO, β = 0 | TRL 0.99 | 34.00 | 1 | 14.00 | 2.43x | >= 2x |" in md
+    assert "| PPO + critic, β = 0.05 | TRL 0.99 | 60.00 | 0 | 30.00 | 2.00x | >= 2x |" in md
+    assert "CPU X, 2 cores, 24.0 GiB, no GPU; torch 2.13.0" in md
+
+
+def test_prompts_come_from_the_project(tmp_path):
+    rows = workload.prompt_rows(40)
+    assert len(rows) == 40 and all(r["prompt"] for r in rows)
+    with pytest.raises(ValueError, match="needs 100000 prompts"):
+        workload.prompt_rows(100000)
