@@ -1,0 +1,1 @@
+"""Benchmarks: rlhf-ray against the raw engines and a peer."""
