@@ -70,7 +70,9 @@ def test_peer_ran_the_same_terms(bench):
     assert [(p["algo"], p["max_staleness"]) for p in r["peer"]] == [("grpo", 0), ("grpo", 1), ("ppo", 0)]
     for p in r["peer"]:
         assert p["peer_s"] > 0 and p["speedup"] == pytest.approx(p["peer_s"] / p["rlhf_ray_s"])
-        s = p["peer_run"]  # what TRL reported it ran
-        assert s["completions_per_step"] == w.samples and s["tokens_per_step"] == w.samples * w.response_len
+        ran = p["peer_run"]  # what TRL reported it ran: every completion of every step, exactly response_len long
+        assert ran["completions_per_step"] == w.samples and ran["completion_lengths"] == [w.response_len]
+        assert ran["completions_seen"] == w.samples * (w.steps + 1)
+    assert not r["peer"][0]["peer_run"]["ref_model_loaded"]  # GRPO at β = 0: TRL loads no reference either
     for header in ("| section | rlhf-ray | limit |", "| bucket |", "| max_staleness |", "| algorithm | peer |"):
         assert header in md
