@@ -1,5 +1,6 @@
 """Fault injection on real tiny runs (`rlhf-ray run` in a subprocess, each on its own embedded cluster): the driver
-is killed hard in the middle of writing a checkpoint, or stopped with SIGTERM, and the same command resumes.
+is killed hard in the middle of writing a checkpoint, and the resumed run stopped with SIGTERM, and the same command
+resumes each time.
 Each test prints what it tried and what survived."""
 
 import json
@@ -60,7 +61,7 @@ def straight(tmp_path_factory) -> Path:
     return out
 
 
-def test_a_crash_mid_checkpoint_resumes_from_the_last_complete_one_exactly(straight, tmp_path):
+def test_a_crash_mid_checkpoint_and_a_sigterm_then_each_resume_exactly(straight, tmp_path):
     broken = tmp_path / "broken"
     crash = run(broken, *SIX_STEPS, faults="checkpoint.before_commit=4")
     ckpts = sorted(p.name for p in (broken / "checkpoints" / "ppo").iterdir())
@@ -72,45 +73,56 @@ def test_a_crash_mid_checkpoint_resumes_from_the_last_complete_one_exactly(strai
     changed = run(broken, *SIX_STEPS, "ppo.kl_coef=0.5")
     print(f"tried: resume with ppo.kl_coef changed -> exit {changed.returncode}")
     assert changed.returncode == 1 and "ppo.kl_coef: 0.01 then, 0.5 now" in changed.stderr, changed.stderr[-3000:]
+
+    # The resumed run is itself stopped by SIGTERM once it has logged a step of its own (SIGTERM's test, on the
+    # same chain: one run fewer); no periodic checkpoints in it, so the one it leaves is SIGTERM's.
+    code, out, err = sigterm_after_first_new_step(broken, "resuming after step 2", *SIX_STEPS,
+                                                  "train.checkpoint_every=0")
+    done = len(rows(broken))
+    ckpts = sorted(p.name for p in (broken / "checkpoints" / "ppo").iterdir())
+    print(f"tried: SIGTERM the resumed run after its first step -> exit {code} after {done} steps, {ckpts}")
+    assert "resuming after step 2 (policy version 2)" in out
+    assert code == 130 and "stopped by SIGTERM" in err, err[-3000:]
+    assert 3 <= done < 6 and ckpts == ["step_000002", f"step_{done:06d}"]  # the .tmp one removed
+
     again = run(broken, *SIX_STEPS)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming after step 2 (policy version 2)" in again.stdout
-    assert sorted(p.name for p in (broken / "checkpoints" / "ppo").iterdir()) == ["step_000004", "step_000006"]
+    assert f"resuming after step {done}" in again.stdout
+    newer = [n for n in (4, 6) if n > done]  # what the finishing run checkpoints (every 2 steps); 2 are kept
+    assert sorted(p.name for p in (broken / "checkpoints" / "ppo").iterdir()) == \
+        [f"step_{n:06d}" for n in sorted({2, done, *newer})[-2:]]
     a, b = results(straight), results(broken)
-    assert [r["step"] for r in b] == list(range(6)) and len(a) == len(b)
+    assert [r["step"] for r in b] == list(range(6)) and len(a) == len(b)  # none lost, none twice
     assert same_rows(a, b), (a, b)
     wa, wb = weights(straight), weights(broken)
     gap = max((wa[k] - wb[k]).abs().max().item() for k in wa)
-    print(f"survived: a changed config refused, naming the key; resumed from step 2; 6 metrics rows equal to the "
-          f"unbroken run's (rel 1e-6); "
-          f"final weights max gap {gap:.1e}")
+    print(f"survived: a changed config refused, naming the key; resumed from step 2; SIGTERM checkpointed after "
+          f"step {done} and the same command finished from there; 6 metrics rows equal to the unbroken run's "
+          f"(rel 1e-6); final weights max gap {gap:.1e}")
     assert wa.keys() == wb.keys() and gap <= 1e-6
 
 
-def test_sigterm_checkpoints_at_the_step_boundary_and_the_same_command_resumes(tmp_path):
-    run_dir, steps = tmp_path / "run", 4
-    env = dict(os.environ, RLHF_RAY_FAULTS="")
-    proc = subprocess.Popen([EXE, "run", *TINY_PPO, f"ppo.steps={steps}", "train.checkpoint_every=0",
-                             "--run-dir", str(run_dir)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not ((run_dir / "metrics.jsonl").exists() and rows(run_dir)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=300)
-    done = len(rows(run_dir))
-    ckpts = sorted(p.name for p in (run_dir / "checkpoints" / "ppo").iterdir())
-    print(f"\ntried: SIGTERM after the first step was logged -> exit {proc.returncode} after {done} steps, {ckpts}")
-    assert proc.returncode == 130 and "stopped by SIGTERM" in err, err[-3000:]
-    assert 1 <= done < steps and ckpts == [f"step_{done:06d}"]
-
-    again = run(run_dir, f"ppo.steps={steps}", "train.checkpoint_every=0")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming after step {done}" in again.stdout
-    steps_logged = [r["step"] for r in rows(run_dir)]
-    print(f"survived: resumed after step {done}; steps logged {steps_logged}")
-    assert steps_logged == list(range(steps))  # none lost, none twice
-    assert (run_dir / "final" / "ppo" / "model.safetensors").exists()
+def sigterm_after_first_new_step(run_dir: Path, resuming: str, *args: str) -> tuple[int, str, str]:
+    """`rlhf-ray run` resuming in run_dir, sent SIGTERM once it has printed `resuming` (its checkpoint's rows are
+    back in metrics.jsonl by then, whatever an earlier run left there) and logged one more row.
+    (exit code, stdout, stderr)."""
+    out_path, err_path = run_dir.parent / "sigterm.out", run_dir.parent / "sigterm.err"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        proc = subprocess.Popen([EXE, "run", *TINY_PPO, *args, "--run-dir", str(run_dir)], cwd=ROOT,
+                                env=dict(os.environ, RLHF_RAY_FAULTS=""), stdout=out, stderr=err, text=True)
+        try:
+            deadline = time.monotonic() + 300
+            while proc.poll() is None and time.monotonic() < deadline and resuming not in out_path.read_text():
+                time.sleep(0.2)
+            restored = len(rows(run_dir))
+            while proc.poll() is None and time.monotonic() < deadline and len(rows(run_dir)) <= restored:
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return code, out_path.read_text(), err_path.read_text()
 
 
 def test_sft_killed_after_a_checkpoint_resumes_to_the_same_model(tmp_path):

@@ -158,11 +158,19 @@ def test_the_dpo_branch_reuses_the_finished_sft_and_label_stages(run, capsys):
 
 
 def test_force_reruns_finished_stages(run):
+    """Forced stages run again (short: 2 SFT steps, 16 label prompts; the full ones are what the tests above read)
+    and their rows replace the earlier ones."""
+    from transformers import AutoModelForCausalLM
+
     run_dir, _ = run
     prefs = run_dir / "final" / "label" / "preferences.parquet"
     written, ppo_rows = prefs.stat().st_mtime_ns, _metrics(run_dir, "ppo")
-    sft_rows = len(_metrics(run_dir, "sft"))
-    assert _run("stages=[sft,label]", "--force", "--run-dir", str(run_dir)) == 0
+    assert len(_metrics(run_dir, "sft")) > 3
+    assert _run("stages=[sft,label]", "train.max_steps=2", "train.eval_every=0", "data.prompts.max_rows=16", "--force",
+                "--run-dir", str(run_dir)) == 0
     assert prefs.stat().st_mtime_ns > written
-    assert len(_metrics(run_dir, "sft")) == sft_rows and len(_metrics(run_dir, "label")) == 1  # replaced, not added
+    assert [r["step"] for r in _metrics(run_dir, "sft")] == [0, 1, 2]  # the forced run's rows replace the old ones
+    (label,) = _metrics(run_dir, "label")  # replaced, not added
+    assert label["prompts"] == 16 and pq.read_table(prefs).num_rows == label["pairs"]
     assert _metrics(run_dir, "ppo") == ppo_rows  # stages not listed keep their rows
+    assert AutoModelForCausalLM.from_pretrained(run_dir / "final" / "sft").config.architectures == ["LlamaForCausalLM"]

@@ -1,6 +1,7 @@
 """PPO end to end through `rlhf-ray run` on the tiny random-init model with a verifiable reward (a target eighth of
 the vocabulary; a random policy scores ~0.125): the mean reward must rise clearly, synchronously (max_staleness 0)
-and with one batch generated ahead (max_staleness 1), with the staleness bound held and the KL bounded."""
+and with one batch generated ahead (max_staleness 1, on 2 generators and 2-rank learner groups: one run that the
+many-actors test reads too), with the staleness bound held and the KL bounded."""
 
 import json
 import subprocess
@@ -16,43 +17,60 @@ KEYS = ["step", "policy_version", "reward_mean", "reward_std", "kl_mean", "respo
         "time_train_s", "time_sync_s"]
 
 
-@pytest.mark.parametrize("staleness", [0, 1])
-def test_reward_rises(staleness, tmp_path):
-    run_dir = tmp_path / "run"
-    exe = str(Path(sys.executable).with_name("rlhf-ray"))
-    proc = subprocess.run([exe, "run", "configs/tiny/ppo.yaml", f"rollout.max_staleness={staleness}",
-                           "--run-dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+STEPS = 20  # ppo.steps in configs/tiny/ppo.yaml
+EXE = str(Path(sys.executable).with_name("rlhf-ray"))
+MANY = ("cluster.roles.generator.count=2", "cluster.roles.policy.count=2", "cluster.roles.critic.count=2",
+        "train.zero_stage=2")
+
+
+def run_ppo(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([EXE, "run", "configs/tiny/ppo.yaml", *args, "--run-dir", str(run_dir)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def ahead(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One batch generated ahead (max_staleness 1) on 2 generators and 2-rank ZeRO-2 policy and critic learner
+    groups, reference and reward function, all at once on this 2-core machine with fractional CPUs: the one run
+    that both the staleness-1 learning test and the many-actors test read (each used to start its own)."""
+    run_dir = tmp_path_factory.mktemp("ahead") / "run"
+    return run_dir, run_ppo(run_dir, "rollout.max_staleness=1", *MANY)
+
+
+@pytest.mark.parametrize("staleness", [0, 1])
+def test_reward_rises(staleness, request, tmp_path):
+    if staleness == 0:
+        run_dir = tmp_path / "run"
+        run_ppo(run_dir, "rollout.max_staleness=0")
+    else:
+        run_dir, _ = request.getfixturevalue("ahead")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 24 and all(k in rows[0] for k in KEYS)
+    assert len(rows) == STEPS and all(k in rows[0] for k in KEYS)
     rewards = [r["reward_mean"] for r in rows]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     print(f"staleness {staleness}: reward first 5 {first:.3f}, last 5 {last:.3f}, final kl {rows[-1]['kl_mean']:.2f}")
     assert last - first >= 0.3, rewards
     assert max(r["staleness_max"] for r in rows) == staleness  # the bound, and reached (overlap really happened)
     assert max(r["kl_mean"] for r in rows) < 50  # nats per response: the leash holds the policy near the reference
-    assert [r["policy_version"] for r in rows] == list(range(1, 25))
-    table = pq.read_table(run_dir / "rollouts" / "step_000023.parquet")
+    assert [r["policy_version"] for r in rows] == list(range(1, STEPS + 1))
+    table = pq.read_table(run_dir / "rollouts" / f"step_{STEPS - 1:06d}.parquet")
     assert {"reward", "kl", "staleness", "policy_version", "response"} <= set(table.column_names)
     assert (run_dir / "final" / "ppo" / "config.json").exists()
 
 
-def test_two_generators_and_two_rank_learners_together(tmp_path):
+def test_two_generators_and_two_rank_learners_together(ahead):
     """2 generators, 2-rank policy and 2-rank critic learner groups (ZeRO over gloo), reference and reward
-    function, all at once on this 2-core machine with fractional CPUs."""
-    run_dir = tmp_path / "run"
-    exe = str(Path(sys.executable).with_name("rlhf-ray"))
-    proc = subprocess.run([exe, "run", "configs/tiny/ppo.yaml", "cluster.roles.generator.count=2",
-                           "cluster.roles.policy.count=2", "cluster.roles.critic.count=2", "train.zero_stage=2",
-                           "ppo.steps=3", "rollout.max_staleness=1", "--run-dir", str(run_dir)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    function, all at once (the staleness-1 run above)."""
+    run_dir, proc = ahead
     placed = [line.split()[:2] for line in proc.stdout.splitlines() if line.split()[:1] in
               (["generator"], ["policy"], ["critic"], ["reference"]) and line.split()[1].isdigit()]
     assert sorted(map(tuple, placed)) == [("critic", "0"), ("critic", "1"), ("generator", "0"), ("generator", "1"),
                                           ("policy", "0"), ("policy", "1"), ("reference", "0")]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["policy_version"] for r in rows] == [1, 2, 3] and max(r["staleness_max"] for r in rows) <= 1
+    assert [r["policy_version"] for r in rows] == list(range(1, STEPS + 1))
+    assert max(r["staleness_max"] for r in rows) <= 1
     groups = pq.read_table(run_dir / "rollouts" / "step_000000.parquet").column("group").to_pylist()
     assert sorted(set(groups)) == list(range(32))  # both generators' prompts, numbered across the batch
 
@@ -72,7 +90,7 @@ def test_reward_model_run_with_held_out_eval_and_a_final_policy_vllm_serves(tiny
     models.load_value_model(tiny).save_pretrained(rm_dir)
     models.load_tokenizer(tiny).save_pretrained(rm_dir)
     run_dir = tmp_path / "run"
-    exe = str(Path(sys.executable).with_name("rlhf-ray"))
+    exe = EXE
     proc = subprocess.run([exe, "run", "configs/tiny/ppo.yaml", f"model.policy={tiny}", f"model.reward={rm_dir}",
                            "reward.model_weight=0.5", "ppo.steps=2", "data.prompts.eval_fraction=0.25",
                            "--run-dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=900)

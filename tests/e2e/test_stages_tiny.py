@@ -1,6 +1,7 @@
 """SFT, reward model (on the policy backbone and on the MiniLM encoder) and DPO end to end through `rlhf-ray run` (in-process `cli.main`, one Ray session for the
 module) on the tiny random-init model and the learnable datasets of configs/tiny/make_data.py; then the pipeline:
-a later stage starts from an earlier stage's output, a rerun skips finished stages, `--force` reruns them."""
+a later stage starts from an earlier stage's output and a rerun skips finished stages (a whole rerun of a finished
+run, and `--force`, are tested on the pipeline: test_pipeline_tiny.py)."""
 
 import json
 from pathlib import Path
@@ -123,13 +124,3 @@ def test_a_later_stage_starts_from_the_sft_output_and_finished_stages_are_skippe
     assert dpo["inputs"]["model.policy"] == str(sft_dir / "final" / "sft")
     assert [r["step"] for r in _metrics(sft_dir, "dpo")] == [1, 2, 3]  # no held-out pairs here: no step-0 row
     assert len(_metrics(sft_dir, "sft")) == 43  # untouched
-
-
-def test_rerun_skips_everything_then_force_reruns(sft_dir, capsys):
-    assert _run("configs/tiny/sft.yaml", "--run-dir", str(sft_dir)) == 0
-    assert "skipped" in capsys.readouterr().out and len(_metrics(sft_dir, "sft")) == 43
-    assert _run("configs/tiny/sft.yaml", "train.max_steps=2", "train.eval_every=0", "--force",
-                "--run-dir", str(sft_dir)) == 0
-    assert [r["step"] for r in _metrics(sft_dir, "sft")] == [0, 1, 2]  # the forced run's rows replace the old ones
-    assert len(_metrics(sft_dir, "dpo")) == 3  # other stages' rows stay
-    assert AutoModelForCausalLM.from_pretrained(sft_dir / "final" / "sft") is not None
