@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable
 
 from actors.generator import Generator
 from actors.learner import Learner
@@ -55,17 +54,6 @@ def raw_train(w: Workload, batch: dict) -> dict:
                     "batch": {k: v.tolist() for k, v in batch.items()}}, w.threads)
 
 
-def _timed(fn: Callable[[], object], repeats: int) -> tuple[list[float], object]:
-    """Seconds of `repeats` calls after one untimed warm-up, and the last call's result."""
-    out = fn()
-    seconds = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        seconds.append(time.perf_counter() - t0)
-    return seconds, out
-
-
 def start_actors(w: Workload, batch_size: int) -> tuple[ActorGroup, ActorGroup]:
     """One generator and one policy learner (world size 1), each with every core's worth of threads; they take
     turns, never running at once."""
@@ -82,7 +70,7 @@ def generation(w: Workload, gen: ActorGroup, prompt_ids: list[list[int]], raw_ou
     """Section 1: generated tokens/s of the generator actor vs vLLM called directly."""
     sampling = vllm_engine.Sampling(max_tokens=w.response_len, temperature=1.0, n=w.group, ignore_eos=True)
     actor = gen.actors[0]
-    seconds, table = _timed(lambda: gen.get([actor.generate.remote(prompt_ids, sampling)], TIMEOUT_S,
+    seconds, table = raw.timed(lambda: gen.get([actor.generate.remote(prompt_ids, sampling)], TIMEOUT_S,
                                             "bench: generate")[0], w.repeats)
     tokens = sum(len(r) for r in table.column("response_ids").to_pylist())
     if tokens != raw_out["tokens"]:
@@ -94,7 +82,7 @@ def generation(w: Workload, gen: ActorGroup, prompt_ids: list[list[int]], raw_ou
 
 def learning(w: Workload, learner: ActorGroup, batch: dict, raw_out: dict) -> dict:
     """Section 2: tokens/s of the learner actor's train_step (DeepSpeed) vs a plain torch loop, same batch."""
-    seconds, _ = _timed(lambda: learner.call(lambda a, r: a.train_step.remote(batch, ds_engine.SFT_LOSS),
+    seconds, _ = raw.timed(lambda: learner.call(lambda a, r: a.train_step.remote(batch, ds_engine.SFT_LOSS),
                                              TIMEOUT_S, "bench: train_step"), w.repeats)
     tokens = raw_out["tokens"]
     actor_tps, raw_tps = tokens / statistics.median(seconds), tokens / raw_out["median_s"]

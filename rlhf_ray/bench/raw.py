@@ -18,15 +18,16 @@ import time
 import torch
 
 
-def _timed(fn, repeats: int) -> list[float]:
-    """Seconds of each of `repeats` calls, after one untimed warm-up call (compilation, caches, allocator)."""
-    fn()
-    out = []
+def timed(fn, repeats: int) -> tuple[list[float], object]:
+    """Seconds of each of `repeats` calls, after one untimed warm-up call (compilation, caches, allocator), and
+    the last call's result."""
+    out = fn()
+    seconds = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+        out = fn()
+        seconds.append(time.perf_counter() - t0)
+    return seconds, out
 
 
 def generate(spec: dict) -> dict:
@@ -42,13 +43,8 @@ def generate(spec: dict) -> dict:
     params = SamplingParams(n=spec["group"], max_tokens=spec["response_len"], temperature=1.0, ignore_eos=True,
                             logprobs=0)
     prompts = [{"prompt_token_ids": ids} for ids in spec["prompt_ids"]]
-    tokens = []
-
-    def once() -> None:
-        outs = llm.generate(prompts, params, use_tqdm=False)
-        tokens.append(sum(len(c.token_ids) for o in outs for c in o.outputs))
-
-    return {"seconds": _timed(once, spec["repeats"]), "tokens": tokens[-1]}
+    seconds, outs = timed(lambda: llm.generate(prompts, params, use_tqdm=False), spec["repeats"])
+    return {"seconds": seconds, "tokens": sum(len(c.token_ids) for o in outs for c in o.outputs)}
 
 
 def train(spec: dict) -> dict:
@@ -71,14 +67,14 @@ def train(spec: dict) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return {"seconds": _timed(step, spec["repeats"]), "tokens": int(batch["attention_mask"].sum())}
+    return {"seconds": timed(step, spec["repeats"])[0], "tokens": int(batch["attention_mask"].sum())}
 
 
 def copy(spec: dict) -> dict:
     """memcpy of `bytes` bytes within this process (what moving the weights costs at the very least)."""
     src = torch.randint(0, 255, (spec["bytes"],), dtype=torch.uint8)
     dst = torch.empty_like(src)
-    return {"seconds": _timed(lambda: dst.copy_(src), spec["repeats"]), "bytes": spec["bytes"]}
+    return {"seconds": timed(lambda: dst.copy_(src), spec["repeats"])[0], "bytes": spec["bytes"]}
 
 
 def main(argv: list[str]) -> int:
