@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from rlhf_ray import checkpoint
-from rlhf_ray.config import Config, ConfigError, for_stage
+from rlhf_ray.config import Config, ConfigError, for_stage, to_dict
 from rlhf_ray.run_dir import RunDir
 
 MARKER = "stage_done.json"
@@ -221,14 +221,16 @@ def run(cfg: Config, run_dir: RunDir, force: bool = False, connect: Callable[[],
             print(f"{stage}: finished in an earlier run ({run_dir.final(stage)}), skipped (--force reruns it)",
                   flush=True)
         else:
+            stage_cfg = for_stage(cfg, stage)  # its own settings (stage_overrides) on top
+            if force:
+                checkpoint.clear(run_dir.path, stage)  # --force starts the stage over, not from its checkpoint
+            else:  # a checkpoint it cannot resume from is refused before Ray starts (the stage checks it again)
+                checkpoint.check_resumable(run_dir.path, stage, to_dict(stage_cfg), stage_cfg.resume)
             if not connected:
                 connect()
                 connected = True
             _reset(run_dir, stage)
-            if force:
-                checkpoint.clear(run_dir.path, stage)  # --force starts the stage over, not from its checkpoint
             run_dir.start_stage(stage)
-            stage_cfg = for_stage(cfg, stage)  # its own settings (stage_overrides) on top
             try:
                 result = RUNNERS[stage](stage_cfg, run_dir)
             finally:

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXE = str(Path(sys.executable).with_name("rlhf-ray"))
 TINY_PPO = ["configs/tiny/ppo.yaml", "rollout.max_staleness=1", "train.checkpoint_every=2"]
 SIX_STEPS = ("ppo.steps=6", "cluster.roles.generator.count=2")  # the unbroken run two tests compare with
-TIMING = ("time_", "tokens_per_s")
+TIMING = ("time_", "tokens_per_s", "generator_busy_s")  # wall-clock seconds, not results
 
 
 def run(run_dir: Path, *args: str, faults: str = "", timeout: float = 600) -> subprocess.CompletedProcess:

@@ -116,7 +116,7 @@ def test_ppo_scores_with_the_reward_model_and_its_critic_starts_from_it(run):
     assert f"critic starts from {rm}\n" in printed  # the RM reads the policy's tokens (the tiny vocabulary)
     rows = [r for r in _metrics(run_dir, "ppo") if "reward_mean" in r]
     print(f"ppo: reward {rows[0]['reward_mean']:.3f} -> {rows[-1]['reward_mean']:.3f}, kl {rows[-1]['kl_mean']:.3f}")
-    assert [r["policy_version"] for r in rows] == list(range(1, 7))
+    assert [r["policy_version"] for r in rows] == list(range(1, 3))
     assert all(math.isfinite(r["reward_mean"]) and math.isfinite(r["value_loss"]) for r in rows)
     assert (run_dir / "final" / "ppo" / "config.json").exists()
     gold = [r["eval_gold_mean"] for r in _metrics(run_dir, "ppo") if "eval_gold_mean" in r]

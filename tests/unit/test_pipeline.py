@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from rlhf_ray import cli, pipeline
-from rlhf_ray.config import ConfigError, load_config
+from rlhf_ray import checkpoint, cli, pipeline
+from rlhf_ray.config import ConfigError, load_config, to_dict
 from rlhf_ray.pipeline import StageResult
 from rlhf_ray.run_dir import RunDir
 
@@ -73,6 +73,30 @@ def test_connect_only_when_a_stage_runs(tmp_path, fake_stages):
     pipeline.run(cfg, run_dir, connect=lambda: calls.append(1))
     pipeline.run(cfg, run_dir, connect=lambda: calls.append(1))
     assert calls == [1]
+
+
+def test_a_checkpoint_written_under_another_config_is_refused_before_connect(tmp_path, fake_stages):
+    """resume: auto with a stage checkpoint whose config changes the results: refused before Ray would start,
+    with the message the stage itself gives; the same config, or --force, goes on."""
+    cfg = _cfg(tmp_path, "stages=[sft,ppo]", "model.reward=org/some-rm", "resume=auto")
+    run_dir, calls = RunDir(tmp_path / "run", cfg), []
+    pipeline.run(cfg, run_dir, connect=lambda: calls.append(1))
+    (run_dir.final("ppo") / pipeline.MARKER).unlink()  # as if ppo had been killed after its step-2 checkpoint
+    ppo_cfg = pipeline.for_stage(pipeline.apply_outputs(cfg, {"policy": str(run_dir.final("sft"))}), "ppo")
+    checkpoint.commit(checkpoint.begin(run_dir.path, "ppo", 2), {"step": 2, "config": to_dict(ppo_cfg)}, 2)
+    fake_stages.clear()
+
+    changed = _cfg(tmp_path, "stages=[sft,ppo]", "model.reward=org/some-rm", "resume=auto", "ppo.kl_coef=0.5")
+    with pytest.raises(ConfigError, match=r"resume: .*another config \(ppo\.kl_coef: 0\.05 then, 0\.5 now\)"):
+        pipeline.run(changed, run_dir, connect=lambda: calls.append(2))
+    assert calls == [1] and fake_stages == []  # nothing started
+    assert checkpoint.complete(checkpoint.stage_dir(run_dir.path, "ppo"))  # and nothing removed
+
+    pipeline.run(cfg, run_dir, connect=lambda: calls.append(3))  # the same config resumes
+    assert calls == [1, 3] and [s[0] for s in fake_stages] == ["ppo"]
+    (run_dir.final("ppo") / pipeline.MARKER).unlink()
+    pipeline.run(changed, run_dir, force=True, connect=lambda: calls.append(4))  # --force starts over
+    assert calls == [1, 3, 4]
 
 
 def test_inputs_are_checked_before_anything_runs(tmp_path):
