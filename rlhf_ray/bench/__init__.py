@@ -35,7 +35,7 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
 
     w = WORKLOADS[model]
     w = dataclasses.replace(quick(w) if fast else w, **({"dtype": dtype} if dtype else {}))
-    out_dir = Path(out or Path("runs") / f"bench-{model}").expanduser()
+    out_dir = Path(out or Path("runs") / f"bench-{model}").expanduser().resolve()  # the peer runs elsewhere
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = wl.prompt_rows(w.prompts * (w.steps + 2))
     prompts_file = out_dir / "prompts.jsonl"
@@ -57,8 +57,9 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
 
         say("peer: TRL (its own venv)")
         texts = wl.prompt_texts(w, wl.encode_prompts(w, rows))
-        trl = {"grpo": peer.run_trl(peer_spec(w, "grpo", texts), engines.TIMEOUT_S),
-               "ppo": peer.run_trl(peer_spec(w, "ppo", texts, rm), engines.TIMEOUT_S)}
+        for algo in ("grpo", "ppo"):
+            trl[algo] = peer.run_trl(peer_spec(w, algo, texts, rm), engines.TIMEOUT_S)
+            say(f"TRL {algo}: {trl[algo]['mean_s']:.1f} s per step")
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the actors inherit it: no engine banners per run
     init_ray(None, num_cpus=None, object_store_mb=1024)
@@ -67,6 +68,8 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
         gen, learner = engines.start_actors(w, w.samples)
         result["generation"] = engines.generation(w, gen, prompt_ids, raw_gen)
         result["learning"] = engines.learning(w, learner, batch, raw_train)
+        say(f"generation {result['generation']['ratio']:.2f} of raw vLLM, learning "
+            f"{result['learning']['ratio']:.2f} of plain torch")
         say("weight sync")
         result["weight_sync"] = engines.weight_sync(w, gen, learner)
         gen.kill()
@@ -75,9 +78,11 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
         for k in (0, 1):
             say(f"GRPO steps, max_staleness {k}")
             result["ppo_steps"].append(steps.run(w, prompts_file, out_dir, "grpo", k))
+            say(f"GRPO, max_staleness {k}: {result['ppo_steps'][-1]['step_s']:.1f} s per step")
         if with_peer:
             say("PPO with a critic, max_staleness 0")
             ours_ppo = steps.run(w, prompts_file, out_dir, "gae", 0, rm)
+            say(f"PPO with a critic: {ours_ppo['step_s']:.1f} s per step")
             result["peer"] = table.peer_rows(trl, result["ppo_steps"], ours_ppo)
     finally:
         ray.shutdown()
