@@ -121,10 +121,14 @@ def build_ppo(spec: dict, dtype, lengths: list, timer: StepTimer):
         m.config.pad_token_id = tokenizer.pad_token_id
     generate = ppo_module.batch_generation
 
-    def recorded(model, queries, *a, **kw):  # measurement only: count each response's non-pad tokens
+    def recorded(model, queries, *a, **kw):  # measurement only: each response's length up to its first EOS
         query_responses, logits = generate(model, queries, *a, **kw)
         responses = query_responses[:, queries.shape[1]:]
-        lengths.extend((responses != tokenizer.pad_token_id).sum(1).tolist())
+        # Not "tokens != pad": a random model can sample the pad token itself, which would read as a short reply.
+        eos = responses == tokenizer.eos_token_id
+        full = torch.full((len(responses),), responses.shape[1], dtype=torch.long)
+        ends = torch.where(eos.any(1), eos.int().argmax(1) + 1, full)
+        lengths.extend(ends.tolist())
         return query_responses, logits
 
     ppo_module.batch_generation = recorded
