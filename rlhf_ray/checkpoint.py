@@ -86,9 +86,9 @@ def resume_point(run_dir: Path, stage: str, config: dict, resume: str) -> Option
 def check_resumable(run_dir: Path, stage: str, config: dict, resume: str) -> None:
     """What `resume_point` would refuse, told before any compute is spent (the CLI calls it before Ray starts):
     a newest complete checkpoint written under a config that changes the results. Removes nothing."""
-    done = complete(stage_dir(run_dir, stage)) if resume == "auto" else []
-    if done:
-        ensure_same_config(json.loads((done[-1] / "state.json").read_text())["config"], config)
+    ckpt = latest(run_dir, stage) if resume == "auto" else None
+    if ckpt is not None:
+        ensure_same_config(ckpt[1]["config"], config)
 
 
 def clear(run_dir: Path, stage: str) -> None:
