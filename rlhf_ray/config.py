@@ -238,7 +238,8 @@ class PPOConfig:
     """Advantage estimator: GAE with a critic (InstructGPT), or critic-free: GRPO / RLOO group baselines,
     REINFORCE++ (batch-whitened returns)."""
     kl_coef: float = 0.05
-    """β: initial weight of the KL penalty."""
+    """β: initial weight of the KL penalty. 0 (and no kl_target): no reference is loaded unless model.reference
+    names one, and the KL metrics are null."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     """Per-token KL estimator (Schulman, "Approximating KL divergence")."""
     kl_target: Optional[float] = None

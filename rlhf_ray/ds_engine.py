@@ -73,6 +73,14 @@ def _position_ids(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def without_left_padding(input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop the leading columns that are padding in every row (a left-padded batch of shorter prompts): they cost
+    a forward's compute and change no output (positions count real tokens). The last columns stay in place."""
+    real = attention_mask.any(0).nonzero()
+    start = int(real[0]) if len(real) else 0
+    return input_ids[:, start:], attention_mask[:, start:]
+
+
 def _sft_target_mask(mb: Batch) -> Tensor:
     """(B, T-1): 1 where token t+1 is a trained target (loss_mask and attention_mask both set)."""
     return (mb["loss_mask"][:, 1:] * mb["attention_mask"][:, 1:]).float()
@@ -277,6 +285,7 @@ def logprobs(model, input_ids: Tensor, attention_mask: Tensor, response_len: int
 
     Layout of `rollout.RolloutBatch`: response token t sits at column P + t, predicted from column P + t - 1.
     `model` is an engine or a plain causal LM; under ZeRO-3 every rank must call this together."""
+    input_ids, attention_mask = without_left_padding(input_ids, attention_mask)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask),
                    logits_to_keep=response_len + 1).logits  # (B, response_len + 1, V)
     return rl_math.logprobs_from_logits(logits[:, :-1], input_ids[:, -response_len:])
@@ -295,7 +304,7 @@ def token_values(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
 def values(model, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
     """V(s_t) for the last `response_len` tokens (B, response_len): the value of the state *before* response
     token t, i.e. read at column P + t - 1 (the same columns `logprobs` reads its logits from)."""
-    return token_values(model, input_ids, attention_mask)[:, -response_len - 1 : -1]
+    return token_values(model, *without_left_padding(input_ids, attention_mask))[:, -response_len - 1 : -1]
 
 
 def sequence_rewards(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

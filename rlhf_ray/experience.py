@@ -20,7 +20,7 @@ class Scores:
     """What the scorers returned for B rollouts."""
 
     task: Tensor  # (B,) summed task reward (reward model and functions, weighted)
-    ref_logprobs: Tensor  # (B, T) log π_ref of each response token
+    ref_logprobs: Optional[Tensor]  # (B, T) log π_ref of each response token; None without a reference
     old_logprobs: Tensor  # (B, T) log π_θold (the policy learner, before this step's update)
     values: Optional[Tensor]  # (B, T) V(s_t) from the critic, None for critic-free estimators
     ended: Tensor  # (B,) bool: the response ended with EOS

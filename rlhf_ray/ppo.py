@@ -140,8 +140,10 @@ class PPOTrainer:
                     if s[key][0] in e.ranks:
                         s[key] = (s[key][0], SCORE_CALLS[key](group.actors[s[key][0]], s["share"]))
 
-    def _ref_logprobs(self, fleet: Fleet, scoring: list[dict], T: int, phase: str) -> torch.Tensor:
-        """The reference actors' log-probs of every share, as one (B, T) batch."""
+    def _ref_logprobs(self, fleet: Fleet, scoring: list[dict], T: int, phase: str) -> Optional[torch.Tensor]:
+        """The reference actors' log-probs of every share, as one (B, T) batch; None without a reference."""
+        if fleet.reference is None:
+            return None
         return _pad([lp for part in self._await(fleet, scoring, "reference", phase) for lp in part], T)
 
     def task_rewards(self, fleet: Fleet, scoring: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -171,7 +173,8 @@ class PPOTrainer:
         values = torch.cat(fleet.critic.get(value_refs, self.timeout, "score: values")) if value_refs else None
         ended = torch.tensor([f == "stop" for f in table.column("finish_reason").to_pylist()])
         mask = batch.response_mask
-        return experience.Scores(task, ref_lp * mask, old * mask, None if values is None else values * mask, ended)
+        ref_lp, values = (None if x is None else x * mask for x in (ref_lp, values))
+        return experience.Scores(task, ref_lp, old * mask, values, ended)
 
     def evaluate(self, fleet: Fleet) -> dict:
         """The held-out prompts at the generators' current weights: task reward, KL(π || π_ref) per response (k3,
@@ -181,11 +184,12 @@ class PPOTrainer:
         mask = batch.response_mask
         ref_lp = self._ref_logprobs(fleet, scoring, mask.shape[1], "eval: reference")
         task, by_fn = self.task_rewards(fleet, scoring)
-        kl = rl_math.masked_sum(rl_math.kl_estimate(batch.logprobs, ref_lp, "k3") * mask, mask, dim=1)
+        kl = None if ref_lp is None else rl_math.masked_sum(rl_math.kl_estimate(batch.logprobs, ref_lp, "k3") * mask,
+                                                            mask, dim=1)
         self.run_dir.write_rollouts(f"eval_v{self.version:06d}", table.append_column("reward", pa.array(task.tolist()))
-                                    .append_column("kl", pa.array(kl.tolist())))
+                                    .append_column("kl", _column(kl, len(task))))
         row = {"step": self.version, "policy_version": self.version, "eval_reward_mean": task.mean().item(),
-               "eval_reward_std": task.std().item() if len(task) > 1 else 0.0, "eval_kl_mean": kl.mean().item(),
+               "eval_reward_std": task.std().item() if len(task) > 1 else 0.0, "eval_kl_mean": _mean(kl),
                "eval_response_length_mean": mask.sum(1).mean().item(), "eval_samples": len(task)}
         if self.cfg.ppo.gold:
             row["eval_gold_mean"] = by_fn[self.cfg.ppo.gold].mean().item()
@@ -196,18 +200,22 @@ class PPOTrainer:
     def make_experience(self, batch: rollout.RolloutBatch, s: experience.Scores) -> tuple[dict, dict]:
         p, rw, mask = self.cfg.ppo, self.cfg.reward, batch.response_mask
         reward = experience.shape_task_reward(s.task, s.ended, rw.clip, rw.no_eos_penalty, rw.normalize)
-        kl = rl_math.kl_estimate(s.old_logprobs, s.ref_logprobs, p.kl_estimator) * mask
+        # Without a reference (the KL unused: fleet.uses_reference) the KL terms are 0 and its metrics null.
+        kl = (torch.zeros_like(mask) if s.ref_logprobs is None
+              else rl_math.kl_estimate(s.old_logprobs, s.ref_logprobs, p.kl_estimator) * mask)
         adv, ret = experience.advantages(p.advantage, reward, kl, mask, self.kl_ctl.value, p.kl_in_reward, s.values,
                                          p.gamma, p.lam, self.cfg.rollout.n_samples)
         # Behaviour correction: samples came from μ (the generator, possibly some versions old). On-policy the
         # weight is 1 and old_logprobs carries μ, for the gap the loss reports.
         is_w = mask if self.on_policy else torch.exp(s.old_logprobs - batch.logprobs).clamp(max=IS_WEIGHT_CAP) * mask
         exp = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "response_mask": mask,
-               "old_logprobs": s.old_logprobs, "ref_logprobs": s.ref_logprobs, "advantages": adv, "is_weights": is_w,
+               "old_logprobs": s.old_logprobs, "advantages": adv, "is_weights": is_w,
                "returns": ret, "old_values": s.values if s.values is not None else torch.zeros_like(mask)}
-        kl_seq = rl_math.masked_sum(kl, mask, dim=1)
+        if s.ref_logprobs is not None:
+            exp["ref_logprobs"] = s.ref_logprobs
+        kl_seq = None if s.ref_logprobs is None else rl_math.masked_sum(kl, mask, dim=1)
         stats = {"reward_mean": s.task.mean().item(), "reward_std": s.task.std().item() if len(s.task) > 1 else 0.0,
-                 "kl_mean": kl_seq.mean().item(), "kl_coef": self.kl_ctl.value,
+                 "kl_mean": _mean(kl_seq), "kl_coef": self.kl_ctl.value,
                  "response_length_mean": mask.sum(1).mean().item(), "eos_frac": s.ended.float().mean().item()}
         if not self.on_policy:  # on-policy, the policy loss measures the gap in its own forward
             stats["logprob_gap"] = rl_math.masked_mean((s.old_logprobs - batch.logprobs).abs(), mask).item()
@@ -226,7 +234,8 @@ class PPOTrainer:
         for _ in range(p.epochs):
             order = torch.randperm(self.samples, generator=g)
             for start in range(0, self.samples, p.mini_batch_size):
-                idx = order[start : start + p.mini_batch_size]
+                idx = _by_prompt_length(order[start : start + p.mini_batch_size], exp["response_mask"],
+                                        exp["attention_mask"])
                 mb = {k: v[idx] for k, v in exp.items()}
                 refs = _train_refs(fleet.policy, mb, pol_loss)
                 crefs = _train_refs(fleet.critic, mb, val_loss) if fleet.critic else []
@@ -339,7 +348,7 @@ class PPOTrainer:
                "generator_busy_s": busy}
         self.run_dir.log_metrics(row)
         self.run_dir.write_rollouts(step, table.append_column("reward", pa.array(stats["_reward"].tolist()))
-                                    .append_column("kl", pa.array(stats["_kl_seq"].tolist()))
+                                    .append_column("kl", _column(stats["_kl_seq"], len(stats["_reward"])))
                                     .append_column("staleness", pa.array(staleness.tolist())))
         return row
 
@@ -393,18 +402,37 @@ def run(cfg: Config, run_dir: RunDir) -> StageResult:
     trainer = PPOTrainer(cfg, run_dir)
     history = trainer.fit()
     first, last, out = history[0], history[-1], run_dir.final("ppo")
-    line = f"ppo: reward {first['reward_mean']:.3f} -> {last['reward_mean']:.3f}, kl {last['kl_mean']:.3f}"
+    line = f"ppo: reward {first['reward_mean']:.3f} -> {last['reward_mean']:.3f}, kl {_text(last['kl_mean'])}"
     metrics = {"reward_first": first["reward_mean"], "reward_last": last["reward_mean"], "kl_last": last["kl_mean"]}
     if len(trainer.evals) >= 2:
         before, after = trainer.evals[0], trainer.evals[-1]
         line += (f"; held-out prompts ({before['eval_samples']} samples): reward {before['eval_reward_mean']:.3f} "
-                 f"-> {after['eval_reward_mean']:.3f}, kl to the reference {after['eval_kl_mean']:.3f}")
+                 f"-> {after['eval_reward_mean']:.3f}, kl to the reference {_text(after['eval_kl_mean'])}")
         metrics.update(eval_reward_before=before["eval_reward_mean"], eval_reward_after=after["eval_reward_mean"],
                        eval_kl_after=after["eval_kl_mean"])
         if "eval_gold_mean" in before:
             line += f", gold {before['eval_gold_mean']:.3f} -> {after['eval_gold_mean']:.3f}"
             metrics.update(eval_gold_before=before["eval_gold_mean"], eval_gold_after=after["eval_gold_mean"])
     return StageResult({"policy": str(out)}, f"{line}; policy in {out}", metrics=metrics)
+
+
+def _mean(x: Optional[torch.Tensor]) -> Optional[float]:  # None: not computed (the KL without a reference)
+    return None if x is None else x.mean().item()
+
+
+def _column(x: Optional[torch.Tensor], n: int) -> pa.Array:
+    return pa.array([None] * n if x is None else x.tolist(), pa.float64())
+
+
+def _text(x: Optional[float]) -> str:
+    return "not computed (no reference: kl_coef 0)" if x is None else f"{x:.3f}"
+
+
+def _by_prompt_length(idx: torch.Tensor, response_mask: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mini-batch's rows ordered by prompt length, so each micro-batch holds prompts of similar length and
+    its forward skips more left padding (ds_engine.without_left_padding). A sum over tokens: order-free."""
+    P = attention_mask.shape[1] - response_mask.shape[1]
+    return idx[torch.sort(attention_mask[idx, :P].sum(1), stable=True).indices]
 
 
 def _pad(rows: list[list[float]], T: int) -> torch.Tensor:

@@ -24,8 +24,9 @@ def response_tokens(mb: ds_engine.Batch) -> float:
 def _logits(model, mb: ds_engine.Batch) -> torch.Tensor:
     """Logits predicting each response token: (B, T, V)."""
     T = mb["response_mask"].shape[1]
-    out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
-                position_ids=ds_engine._position_ids(mb["attention_mask"]), logits_to_keep=T + 1)
+    input_ids, attention_mask = ds_engine.without_left_padding(mb["input_ids"], mb["attention_mask"])
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=ds_engine._position_ids(attention_mask), logits_to_keep=T + 1)
     return out.logits[:, :-1]
 
 
@@ -46,8 +47,12 @@ def policy_loss(model, mb: ds_engine.Batch, n_global: float, clip_eps: float, du
     old = logp.detach() if on_policy else mb["old_logprobs"]
     pg, clipped = rl_math.ppo_policy_loss(logp, old, mb["advantages"], clip_eps, dual_clip)
     per_token = pg * mb["is_weights"]
-    entropy = rl_math.entropy_from_logits(logits)
-    per_token = per_token - entropy_coef * entropy
+    if entropy_coef:
+        entropy = rl_math.entropy_from_logits(logits)
+        per_token = per_token - entropy_coef * entropy
+    else:  # reported only: out of the graph (a full-vocabulary softmax backward per token saved)
+        with torch.no_grad():
+            entropy = rl_math.entropy_from_logits(logits)
     if kl_coef:
         per_token = per_token + kl_coef * rl_math.kl_estimate(logp, mb["ref_logprobs"], kl_estimator)
     loss = rl_math.token_mean(per_token, mask, n_global)

@@ -49,18 +49,23 @@ def config(w: Workload, prompts: Path, advantage: str, staleness: int, rm: str |
     return load_config(None, [f"{key}={json.dumps(v)}" for key, v in values.items()])
 
 
-def threads_for(w: Workload, staleness: int) -> dict[str, int]:
-    """Synchronous steps run one phase at a time: every actor may use every core. With overlap, the generator
-    and the learners run at once: they split the cores (more threads than cores costs; measured)."""
-    half = max(1, w.threads // 2) if staleness else w.threads
-    return {"generator": half, "reference": w.threads, "reward": w.threads, "policy": half, "critic": half}
+def threads_for(w: Workload, staleness: int, advantage: str) -> dict[str, int]:
+    """The cores split among the actors that run at once (more threads than cores cost: measured). Phases run one
+    after another at staleness 0: generate; score (reference, reward model, critic values); train (policy and
+    critic). With overlap the generator runs beside the learners."""
+    critic = advantage == "gae"
+    gen = w.threads // 2 if staleness else w.threads
+    learner = w.threads // (1 + critic + (1 if staleness else 0))
+    scorer = w.threads // (3 if critic else 1)
+    return {k: max(1, n) for k, n in {"generator": gen, "reference": scorer, "reward": scorer, "policy": learner,
+                                      "critic": learner}.items()}
 
 
 def run(w: Workload, prompts: Path, out: Path, advantage: str, staleness: int, rm: str | None = None) -> dict:
     """Run `w.steps` + 1 steps; the first (compilation, warm caches) is left out of every number."""
     from rlhf_ray.ppo import PPOTrainer  # Ray and the actors: not needed to build configs or read results
 
-    threads = threads_for(w, staleness)
+    threads = threads_for(w, staleness, advantage)
     cfg = config(w, prompts, advantage, staleness, rm, threads)
     shutil.rmtree(out / cfg.name, ignore_errors=True)  # a fresh run directory: no rows of an earlier bench
     run_dir = RunDir(out / cfg.name, cfg)

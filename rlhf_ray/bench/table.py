@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import statistics
 
 
 def machine() -> dict:
@@ -62,6 +63,10 @@ def render(r: dict) -> str:
               f"{_f(g['raw_tokens_per_s'], 0)} (vLLM in-process) | {_f(g['ratio'])} | >= 0.9 |",
               f"| learning, tokens/s | {_f(t['actor_tokens_per_s'], 0)} (learner actor, DeepSpeed) | "
               f"{_f(t['raw_tokens_per_s'], 0)} (plain torch AdamW) | {_f(t['ratio'])} | >= 0.85 |", ""]
+    if g.get("actor_engine_s"):  # the generation gap, split
+        raw_s, engine_s = statistics.median(g["raw_s"]), statistics.median(g["actor_engine_s"])
+        lines += [f"Generation per call: raw vLLM {_f(raw_s)} s; in the actor, the engine {_f(engine_s)} s and the "
+                  f"call around it (Ray, rollout table, object store) {_f(g['call_overhead_s'])} s.", ""]
     lines += ["Weight sync, learner -> generator (object store; export = gather + checksum + put):", "",
               "| bucket | buckets | MB | total s | export s | fetch s | load s | memcpy s | MB/s |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -69,7 +74,7 @@ def render(r: dict) -> str:
         lines.append(f"| {s['bucket_bytes'] / 2**20:g} MiB | {s['buckets']} | {_f(s['bytes'] / 1e6, 1)} | "
                      f"{_f(s['total_s'], 3)} | {_f(s['export_s'], 3)} | {_f(s['fetch_s'], 3)} | {_f(s['load_s'], 3)} | "
                      f"{_f(s['memcpy_s'], 4)} | {_f(s['bytes'] / s['total_s'] / 1e6, 0)} |")
-    lines += ["", "GRPO steps (one generator, one policy learner, reference; seconds per step):", "",
+    lines += ["", "GRPO steps (one generator, one policy learner; β = 0: no reference; seconds per step):", "",
               "| max_staleness | generate | score | train | sync | step | samples/s | tokens/s | generator idle |",
               "|---|---|---|---|---|---|---|---|---|"]
     for p in r["ppo_steps"]:

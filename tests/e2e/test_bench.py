@@ -28,7 +28,7 @@ def bench(tmp_path_factory):
     proc = subprocess.run([_rlhf_ray(), "bench", "--model", "tiny", "--quick", "--out", str(out)], cwd=ROOT,
                           text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-5000:]
-    return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text(), proc.stdout
+    return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text(), out
 
 
 def test_same_work_on_both_sides(bench):
@@ -76,3 +76,15 @@ def test_peer_ran_the_same_terms(bench):
     assert not r["peer"][0]["peer_run"]["ref_model_loaded"]  # GRPO at β = 0: TRL loads no reference either
     for header in ("| section | rlhf-ray | limit |", "| bucket |", "| max_staleness |", "| algorithm | peer |"):
         assert header in md
+
+
+def test_kl_metrics_null_without_a_reference(bench):
+    _, _, out = bench
+
+    def step_rows(run: str) -> list[dict]:
+        rows = [json.loads(x) for x in (out / run / "metrics.jsonl").read_text().splitlines()]
+        return [x for x in rows if "reward_mean" in x]
+
+    grpo, gae = step_rows("bench-grpo-k0"), step_rows("bench-gae-k0")
+    assert grpo and all(x["kl_mean"] is None for x in grpo)  # β = 0: no reference loaded, no KL to report
+    assert gae and all(isinstance(x["kl_mean"], float) for x in gae)  # β = 0.05: the reference scores

@@ -21,12 +21,15 @@ def test_train_batch_is_prompt_then_response_tokens():
 def test_step_configs_validate(tmp_path, advantage, staleness):
     w = workload.WORKLOADS["smollm2"]
     cfg = steps.config(w, tmp_path / "p.jsonl", advantage, staleness, "rm" if advantage == "gae" else None,
-                       steps.threads_for(w, staleness))
+                       steps.threads_for(w, staleness, advantage))
     assert (cfg.rollout.batch_size, cfg.rollout.n_samples, cfg.data.max_response_len) == (8, 4, 64)
     assert cfg.rollout.ignore_eos and cfg.ppo.mini_batch_size == 32 and cfg.ppo.steps == w.steps + 1
     assert cfg.ppo.kl_coef == (w.ppo_beta if advantage == "gae" else w.beta)
-    # overlapping runs split the cores between the generator and the learner; synchronous ones give each all
-    assert cfg.cluster.roles["generator"].threads + cfg.cluster.roles["policy"].threads == (2 if staleness else 4)
+    # the actors that run at once split the 2 cores: generator and policy when overlapping, policy and critic
+    # when training with a critic; alone, an actor has both
+    roles = cfg.cluster.roles
+    assert roles["generator"].threads == (1 if staleness else 2)
+    assert roles["policy"].threads == (1 if staleness or advantage == "gae" else 2)
 
 
 def test_summarize_phases_rates_and_idle():
@@ -49,7 +52,8 @@ def _result():
     return {
         "machine": {"cpu": "CPU X", "cores": 2, "memory_gib": 24.0, "gpu": None, "versions": {"torch": "2.13.0"}},
         "workload": workload.dataclasses.asdict(workload.WORKLOADS["smollm2"]), "fast": False, "started": "now",
-        "generation": {"actor_tokens_per_s": 330.0, "raw_tokens_per_s": 340.0, "ratio": 330 / 340},
+        "generation": {"actor_tokens_per_s": 330.0, "raw_tokens_per_s": 340.0, "ratio": 330 / 340,
+                       "raw_s": [6.0, 6.1, 5.9], "actor_engine_s": [5.95, 6.0], "call_overhead_s": 0.2},
         "learning": {"actor_tokens_per_s": 300.0, "raw_tokens_per_s": 310.0, "ratio": 300 / 310},
         "weight_sync": [{"bucket_bytes": 4 << 20, "buckets": 136, "bytes": 538_000_000, "total_s": 2.0,
                          "export_s": 1.0, "fetch_s": 0.5, "load_s": 0.5, "memcpy_s": 0.05}],
@@ -73,6 +77,8 @@ def test_render_has_every_section():
     md = table.render(r)
     assert "| generation, tokens/s | 330 (generator actor) | 340 (vLLM in-process) | 0.97 | >= 0.9 |" in md
     assert "| learning, tokens/s | 300 (learner actor, DeepSpeed) | 310 (plain torch AdamW) | 0.97 | >= 0.85 |" in md
+    assert ("raw vLLM 6.00 s; in the actor, the engine 5.97 s and the call around it (Ray, rollout table, object "
+            "store) 0.20 s") in md
     assert "| 4 MiB | 136 | 538.0 | 2.000 | 1.000 | 0.500 | 0.500 | 0.0500 | 269 |" in md
     assert "| 1 | 6.00 | 1.00 | 12.00 | 1.00 | 14.00 | 1.60 | 102 | 70% |" in md
     assert "| GRPO, β = 0 | TRL 0.99 | 34.00 | 1 | 14.00 | 2.43x | >= 2x |" in md

@@ -107,3 +107,23 @@ def test_values_match_models_token_values(tiny):
 def test_hf_name_strips_wrappers():
     assert E.hf_name("module.module.model.norm.weight") == "model.norm.weight"
     assert E.hf_name("lm_head.weight") == "lm_head.weight"
+
+
+def test_without_left_padding_drops_only_columns_padded_in_every_row():
+    ids = torch.tensor([[0, 0, 0, 5, 6], [0, 0, 7, 8, 9]])
+    kept_ids, kept_mask = E.without_left_padding(ids, (ids > 0).long())
+    assert kept_ids.tolist() == [[0, 5, 6], [7, 8, 9]] and kept_mask.tolist() == [[0, 1, 1], [1, 1, 1]]
+    full = torch.tensor([[1, 2], [3, 4]])
+    assert E.without_left_padding(full, torch.ones_like(full))[0].tolist() == full.tolist()  # nothing to drop
+
+
+def test_logprobs_and_values_same_with_or_without_shared_left_padding(tiny):
+    policy, critic = models.load_policy(tiny).eval(), models.load_value_model(tiny).eval()
+    b = _batch(B=3)
+    pad = torch.zeros(3, 4, dtype=torch.long)  # 4 more columns of padding in every row: dropped before the forward
+    wide_ids, wide_mask = torch.cat([pad, b["input_ids"]], 1), torch.cat([pad, b["attention_mask"]], 1)
+    with torch.no_grad():
+        torch.testing.assert_close(E.logprobs(policy, wide_ids, wide_mask, 5),
+                                   E.logprobs(policy, b["input_ids"], b["attention_mask"], 5))
+        torch.testing.assert_close(E.values(critic, wide_ids, wide_mask, 5),
+                                   E.values(critic, b["input_ids"], b["attention_mask"], 5))
