@@ -29,7 +29,7 @@ run: install
 	$(NETNS) $(VENV)/bin/rlhf-ray run configs/quickstart.yaml $(ARGS)
 
 test: install bench-deps
-	$(NETNS) $(PY) -m pytest tests -q -rs --durations=15 $(PYTEST_ARGS)
+	$(NETNS) $(PY) -m pytest tests -q -rs --durations=15 -n 2 --dist loadfile $(PYTEST_ARGS)
 
 bench: install bench-deps
 	$(NETNS) $(VENV)/bin/rlhf-ray bench --model smollm2 $(ARGS)

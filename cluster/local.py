@@ -44,11 +44,18 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, obje
         include_dashboard=dashboard,
         dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
-        _temp_dir=os.environ.get("RLHF_RAY_TMP") or os.path.join(tempfile.gettempdir(), "rlhf-ray"),
+        _temp_dir=os.environ.get("RLHF_RAY_TMP") or _own_temp_dir(),
         runtime_env={"env_vars": {k: os.environ[k] for k in LOOPBACK_ENV}},
         log_to_driver=True,
         _metrics_export_port=metrics_export_port,
     )
+
+
+def _own_temp_dir() -> str:
+    """A temp dir per embedded cluster. Ray's job supervisor finds "its" cluster through the newest cluster file
+    in the temp dir: in a shared one, a job submitted to one embedded cluster had its driver join another one
+    started later on the same machine (seen with two test workers)."""
+    return os.path.join(tempfile.gettempdir(), "rlhf-ray", str(os.getpid()))
 
 
 def describe_cluster() -> str:
