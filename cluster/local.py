@@ -37,24 +37,28 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, obje
         return ray.init(address=address)
     for key, value in LOOPBACK_ENV.items():
         os.environ.setdefault(key, value)
-    return ray.init(
+    temp_dir = os.environ.get("RLHF_RAY_TMP") or _own_temp_dir()
+    ctx = ray.init(
         num_cpus=num_cpus,
         resources=resources,
         object_store_memory=object_store_mb << 20,
         include_dashboard=dashboard,
         dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
-        _temp_dir=os.environ.get("RLHF_RAY_TMP") or _own_temp_dir(),
+        _temp_dir=temp_dir,
         runtime_env={"env_vars": {k: os.environ[k] for k in LOOPBACK_ENV}},
         log_to_driver=True,
         _metrics_export_port=metrics_export_port,
     )
+    # Ray's job supervisor points a job's driver at the cluster named in this file, which only `ray start` writes;
+    # without it the driver joins *any* Ray cluster running on the machine (seen with two test workers).
+    with open(os.path.join(temp_dir, "ray_current_cluster"), "w") as f:
+        f.write(ray.get_runtime_context().gcs_address)
+    return ctx
 
 
 def _own_temp_dir() -> str:
-    """A temp dir per embedded cluster. Ray's job supervisor finds "its" cluster through the newest cluster file
-    in the temp dir: in a shared one, a job submitted to one embedded cluster had its driver join another one
-    started later on the same machine (seen with two test workers)."""
+    """A temp dir per process that starts embedded clusters: each has its own cluster file (see init_ray)."""
     return os.path.join(tempfile.gettempdir(), "rlhf-ray", str(os.getpid()))
 
 

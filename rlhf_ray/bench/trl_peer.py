@@ -4,7 +4,7 @@ Run with the TRL venv's python (see peer.py), never ours: `python trl_peer.py SP
 stdlib, torch, transformers, trl and datasets. One step = one generation of batch_prompts x group completions, one
 scoring, one reference/value forward, and ONE optimizer step over all of them (gradient accumulation over
 micro-batches; num_iterations / num_ppo_epochs / num_mini_batches = 1). Completions are exactly response_len tokens:
-EOS is suppressed with min_new_tokens = max_new_tokens. A step's time is the wall time between consecutive
+GRPO suppresses EOS with min_new_tokens = max_new_tokens; PPO's generate() has no stop id at all. A step's time is the wall time between consecutive
 optimizer steps (TrainerCallback.on_step_end), warmup steps dropped.
 
 dtype "float32": fp32 weights, bf16=False (TRL defaults bf16=True, even on CPU). dtype "bfloat16": weights loaded in
@@ -113,7 +113,10 @@ def build_ppo(spec: dict, dtype, lengths: list, timer: StepTimer):
     rows = [ids for ids in prompt_ids for _ in range(spec["group"])]
     dataset = Dataset.from_dict({"input_ids": rows})
     policy = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=dtype)
-    policy.generation_config.min_new_tokens = spec["response_len"]  # PPO's GenerationConfig falls back to this
+    # Fixed-length replies as vLLM's ignore_eos gives them: generate() never stops (no stop id), so every reply is
+    # response_len long. (With min_new_tokens on the model's config instead, a random tiny model's PPO reply
+    # ended at an EOS after 11 of 16 tokens in one CI run.)
+    policy.generation_config.eos_token_id = None
     ref = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=dtype)
     reward = AutoModelForSequenceClassification.from_pretrained(spec["reward_model"], num_labels=1, dtype=dtype)
     value = AutoModelForSequenceClassification.from_pretrained(spec["reward_model"], num_labels=1, dtype=dtype)
@@ -121,14 +124,10 @@ def build_ppo(spec: dict, dtype, lengths: list, timer: StepTimer):
         m.config.pad_token_id = tokenizer.pad_token_id
     generate = ppo_module.batch_generation
 
-    def recorded(model, queries, *a, **kw):  # measurement only: each response's length up to its first EOS
+    def recorded(model, queries, *a, **kw):  # measurement only: the tokens each reply got
         query_responses, logits = generate(model, queries, *a, **kw)
-        responses = query_responses[:, queries.shape[1]:]
-        # Not "tokens != pad": a random model can sample the pad token itself, which would read as a short reply.
-        eos = responses == tokenizer.eos_token_id
-        full = torch.full((len(responses),), responses.shape[1], dtype=torch.long)
-        ends = torch.where(eos.any(1), eos.int().argmax(1) + 1, full)
-        lengths.extend(ends.tolist())
+        n = query_responses.shape[1] - queries.shape[1]
+        lengths.extend([n] * len(query_responses))
         return query_responses, logits
 
     ppo_module.batch_generation = recorded

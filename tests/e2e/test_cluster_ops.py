@@ -157,6 +157,15 @@ def test_errors_name_what_is_wrong(cluster, tmp_path):
     assert http.returncode == 1 and "submit" in http.stderr, http.stderr
 
 
+def test_jobs_join_this_cluster_and_no_other_on_the_machine(cluster):
+    """A job's driver joins the cluster named in the cluster file of the temp dir (Ray's job supervisor reads it;
+    without one it picks any Ray cluster running on the machine, which broke jobs when two test workers ran)."""
+    import ray
+
+    temp_dir = Path(ray._private.worker._global_node.get_temp_dir_path())
+    assert (temp_dir / "ray_current_cluster").read_text() == ray.get_runtime_context().gcs_address
+
+
 def test_the_embedded_cluster_listens_on_loopback_only_and_keeps_token_auth(cluster):
     """The threat model's two promises (README, Security): nothing of Ray's is reachable from another machine,
     and on this one the dashboard / job API answers only with the token."""
