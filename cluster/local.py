@@ -38,6 +38,9 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, obje
     for key, value in LOOPBACK_ENV.items():
         os.environ.setdefault(key, value)
     temp_dir = os.environ.get("RLHF_RAY_TMP") or _own_temp_dir()
+    cluster_file = os.path.join(temp_dir, "ray_current_cluster")
+    if os.path.exists(cluster_file):  # an earlier cluster's: ray.init would try to join it
+        os.remove(cluster_file)
     ctx = ray.init(
         num_cpus=num_cpus,
         resources=resources,
@@ -52,7 +55,7 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, obje
     )
     # Ray's job supervisor points a job's driver at the cluster named in this file, which only `ray start` writes;
     # without it the driver joins *any* Ray cluster running on the machine (seen with two test workers).
-    with open(os.path.join(temp_dir, "ray_current_cluster"), "w") as f:
+    with open(cluster_file, "w") as f:
         f.write(ray.get_runtime_context().gcs_address)
     return ctx
 
