@@ -280,15 +280,21 @@ def _without_update(engine: "DeepSpeedEngine"):
 # ---------------------------------------------------------------- forward passes
 
 
-def logprobs(model, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
-    """log p of the last `response_len` tokens of each row, float32 (B, response_len).
+def response_logits(model, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
+    """The logits that predict each of the last `response_len` tokens of each row: (B, response_len, V).
 
     Layout of `rollout.RolloutBatch`: response token t sits at column P + t, predicted from column P + t - 1.
     `model` is an engine or a plain causal LM; under ZeRO-3 every rank must call this together."""
     input_ids, attention_mask = without_left_padding(input_ids, attention_mask)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask),
                    logits_to_keep=response_len + 1).logits  # (B, response_len + 1, V)
-    return rl_math.logprobs_from_logits(logits[:, :-1], input_ids[:, -response_len:])
+    return logits[:, :-1]
+
+
+def logprobs(model, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
+    """log p of the last `response_len` tokens of each row, float32 (B, response_len) (see response_logits)."""
+    logits = response_logits(model, input_ids, attention_mask, response_len)
+    return rl_math.logprobs_from_logits(logits, input_ids[:, -response_len:])
 
 
 def token_values(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

@@ -234,7 +234,7 @@ class PPOTrainer:
         for _ in range(p.epochs):
             order = torch.randperm(self.samples, generator=g)
             for start in range(0, self.samples, p.mini_batch_size):
-                idx = _by_prompt_length(order[start : start + p.mini_batch_size], exp["response_mask"],
+                idx = rollout.by_prompt_length(order[start : start + p.mini_batch_size], exp["response_mask"],
                                         exp["attention_mask"])
                 mb = {k: v[idx] for k, v in exp.items()}
                 refs = _train_refs(fleet.policy, mb, pol_loss)
@@ -426,13 +426,6 @@ def _column(x: Optional[torch.Tensor], n: int) -> pa.Array:
 
 def _text(x: Optional[float]) -> str:
     return "not computed (no reference: kl_coef 0)" if x is None else f"{x:.3f}"
-
-
-def _by_prompt_length(idx: torch.Tensor, response_mask: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The mini-batch's rows ordered by prompt length, so each micro-batch holds prompts of similar length and
-    its forward skips more left padding (ds_engine.without_left_padding). A sum over tokens: order-free."""
-    P = attention_mask.shape[1] - response_mask.shape[1]
-    return idx[torch.sort(attention_mask[idx, :P].sum(1), stable=True).indices]
 
 
 def _pad(rows: list[list[float]], T: int) -> torch.Tensor:

@@ -21,15 +21,6 @@ def response_tokens(mb: ds_engine.Batch) -> float:
     return float(mb["response_mask"].sum())
 
 
-def _logits(model, mb: ds_engine.Batch) -> torch.Tensor:
-    """Logits predicting each response token: (B, T, V)."""
-    T = mb["response_mask"].shape[1]
-    input_ids, attention_mask = ds_engine.without_left_padding(mb["input_ids"], mb["attention_mask"])
-    out = model(input_ids=input_ids, attention_mask=attention_mask,
-                position_ids=ds_engine._position_ids(attention_mask), logits_to_keep=T + 1)
-    return out.logits[:, :-1]
-
-
 def policy_loss(model, mb: ds_engine.Batch, n_global: float, clip_eps: float, dual_clip: Optional[float],
                 entropy_coef: float, kl_coef: float, kl_estimator: str, on_policy: bool = False
                 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -42,7 +33,7 @@ def policy_loss(model, mb: ds_engine.Batch, n_global: float, clip_eps: float, du
     mb["old_logprobs"] then holds the generator's log-probs μ, and their gap to the learner's is reported."""
     mask = mb["response_mask"]
     T = mask.shape[1]
-    logits = _logits(model, mb)
+    logits = ds_engine.response_logits(model, mb["input_ids"], mb["attention_mask"], T)
     logp = rl_math.logprobs_from_logits(logits, mb["input_ids"][:, -T:])
     old = logp.detach() if on_policy else mb["old_logprobs"]
     pg, clipped = rl_math.ppo_policy_loss(logp, old, mb["advantages"], clip_eps, dual_clip)

@@ -1,8 +1,8 @@
-"""The PPO driver's pure choices: which roles a run starts, and the order of a mini-batch's rows."""
+"""Pure choices of a PPO run: which roles it starts (fleet), and the order of a mini-batch's rows (rollout)."""
 
 import torch
 
-from rlhf_ray import fleet, ppo
+from rlhf_ray import fleet, rollout
 from rlhf_ray.config import load_config
 
 
@@ -21,4 +21,4 @@ def test_mini_batch_rows_ordered_by_prompt_length():
     attention = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 0], [0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
     response = attention[:, 3:]
     idx = torch.tensor([3, 1, 0, 2])
-    assert ppo._by_prompt_length(idx, response, attention).tolist() == [1, 2, 3, 0]  # stable among equals
+    assert rollout.by_prompt_length(idx, response, attention).tolist() == [1, 2, 3, 0]  # stable among equals
