@@ -8,8 +8,9 @@ the same machine and the same work (absolute times on shared machines are noisy;
   5. peer         TRL's GRPOTrainer vs rlhf-ray's GRPO, and TRL's experimental PPOTrainer vs rlhf-ray's PPO with a
                   critic: seconds per step, same model, prompts, group, batch, response length, dtype and β
 
-Everything that runs without Ray (the raw engines, the peer) runs first, so nothing else competes for the cores;
-then the embedded Ray cluster starts for rlhf-ray's own sections. Writes bench.json and bench.md to --out.
+The peer runs first, without Ray, so nothing else competes for the cores; then the embedded Ray cluster starts for
+rlhf-ray's own sections. The raw engines run beside the actors in plain processes of their own, each raw call
+alternating with the actor's (engines.alternate). Writes bench.json and bench.md to --out.
 """
 
 from __future__ import annotations
@@ -48,8 +49,6 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
     def say(what: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {what}", flush=True)
 
-    say("raw vLLM and plain torch (no Ray)")
-    raw_gen, raw_train = engines.raw_generate(w, prompt_ids), engines.raw_train(w, batch)
     rm = steps.reward_model(w, out_dir) if with_peer else None
     trl = {}
     if with_peer:
@@ -64,10 +63,10 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the actors inherit it: no engine banners per run
     init_ray(None, num_cpus=None, object_store_mb=1024)
     try:
-        say("generator and learner actors")
+        say("generator and learner actors, beside raw vLLM and plain torch (no Ray)")
         gen, learner = engines.start_actors(w, w.samples)
-        result["generation"] = engines.generation(w, gen, prompt_ids, raw_gen)
-        result["learning"] = engines.learning(w, learner, batch, raw_train)
+        result["generation"] = engines.generation(w, gen, prompt_ids)
+        result["learning"] = engines.learning(w, learner, batch)
         say(f"generation {result['generation']['ratio']:.2f} of raw vLLM, learning "
             f"{result['learning']['ratio']:.2f} of plain torch")
         say("weight sync")

@@ -1,18 +1,22 @@
 """Sections 1-3: rlhf-ray's actors against the raw engines they wrap, on the same work.
 
 Each actor call is timed from the driver, as a PPO step sees it: the remote call, the engine, and moving the
-inputs and results through Ray's object store. The raw engines run first, in a process of their own
-(`rlhf_ray.bench.raw`), with the same thread count.
+inputs and results through Ray's object store. The raw engines run in a plain process of their own
+(`rlhf_ray.bench.raw`, no Ray in it) with the same thread count, their calls alternating with the actor's: the
+machine's load drifts over minutes (the same call took 13 to 18 s within one run), so a ratio of two sides
+measured minutes apart says more about the drift than about either side.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from actors.generator import Generator
@@ -27,31 +31,75 @@ TIMEOUT_S = 1800.0
 KV_CACHE_MB = 256
 
 
-def run_raw(spec: dict, threads: int) -> dict:
-    """`python -m rlhf_ray.bench.raw` on `spec` in a fresh process with `threads` OMP threads."""
-    with tempfile.TemporaryDirectory() as tmp:
-        src, out = os.path.join(tmp, "spec.json"), os.path.join(tmp, "out.json")
-        with open(src, "w") as f:
-            json.dump({**spec, "threads": threads}, f)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        proc = subprocess.run([sys.executable, "-m", "rlhf_ray.bench.raw", src, out], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT_S)
-        if proc.returncode:
-            raise RuntimeError(f"raw {spec['what']} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
-        with open(out) as f:
-            return json.load(f)
+class RawEngine:
+    """`python -m rlhf_ray.bench.raw` on `spec`: a raw engine in a plain process of its own (no Ray) with `threads`
+    OMP threads, built once and timed one call at a time, so its calls can alternate with an actor's."""
+
+    def __init__(self, spec: dict, threads: int):
+        self.what, self.log = spec["what"], collections.deque(maxlen=100)
+        self.spec_file = tempfile.NamedTemporaryFile("w", suffix=".json")
+        json.dump({**spec, "threads": threads}, self.spec_file)
+        self.spec_file.flush()
+        self.proc = subprocess.Popen([sys.executable, "-m", "rlhf_ray.bench.raw", self.spec_file.name],
+                                     env={**os.environ, "OMP_NUM_THREADS": str(threads)}, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def call(self) -> dict:
+        """One timed call: {"seconds", "tokens"}, timed inside the raw process."""
+        watchdog = threading.Timer(TIMEOUT_S, self.proc.kill)
+        watchdog.start()
+        try:
+            self.proc.stdin.write("run\n")
+            self.proc.stdin.flush()
+            for line in self.proc.stdout:
+                if line.startswith(raw.RESULT):
+                    return json.loads(line[len(raw.RESULT):])
+                self.log.append(line)
+        except BrokenPipeError:
+            pass
+        finally:
+            watchdog.cancel()
+        raise RuntimeError(f"raw {self.what} failed (exit {self.proc.wait()}):\n{''.join(self.log)[-3000:]}")
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        self.spec_file.close()
 
 
-def raw_generate(w: Workload, prompt_ids: list[list[int]]) -> dict:
-    return run_raw({"what": "generate", "model": models.resolve_model(w.model), "dtype": w.dtype, "seed": w.seed,
-                    "max_model_len": w.max_seq_len, "kv_cache_mb": KV_CACHE_MB, "group": w.group,
-                    "response_len": w.response_len, "prompt_ids": prompt_ids, "repeats": w.repeats}, w.threads)
+def raw_generator(w: Workload, prompt_ids: list[list[int]]) -> RawEngine:
+    return RawEngine({"what": "generate", "model": models.resolve_model(w.model), "dtype": w.dtype, "seed": w.seed,
+                      "max_model_len": w.max_seq_len, "kv_cache_mb": KV_CACHE_MB, "group": w.group,
+                      "response_len": w.response_len, "prompt_ids": prompt_ids}, w.threads)
 
 
-def raw_train(w: Workload, batch: dict) -> dict:
-    return run_raw({"what": "train", "model": models.resolve_model(w.model), "dtype": w.dtype, "lr": w.lr,
-                    "grad_clip": TrainConfig().grad_clip, "micro_batch": w.micro_batch, "repeats": w.repeats,
-                    "batch": {k: v.tolist() for k, v in batch.items()}}, w.threads)
+def raw_trainer(w: Workload, batch: dict) -> RawEngine:
+    return RawEngine({"what": "train", "model": models.resolve_model(w.model), "dtype": w.dtype, "lr": w.lr,
+                      "grad_clip": TrainConfig().grad_clip, "micro_batch": w.micro_batch,
+                      "batch": {k: v.tolist() for k, v in batch.items()}}, w.threads)
+
+
+def alternate(raw_engine: RawEngine, actor_call, repeats: int) -> tuple[dict, list[float], object]:
+    """After one untimed warm-up call on each side, `repeats` timed calls on each in the order raw, actor, actor,
+    raw, raw, ... so that a slow minute on a shared machine lands on both sides. Returns the raw side's
+    {"seconds", "tokens", "median_s"}, the actor's seconds and its last result."""
+    def actor_timed() -> tuple[float, object]:
+        t0 = time.perf_counter()
+        out = actor_call()
+        return time.perf_counter() - t0, out
+
+    raw_engine.call()
+    actor_call()
+    raw_runs, actor_runs = [], []
+    for i in range(repeats):
+        if i % 2:
+            actor_runs.append(actor_timed())
+        raw_runs.append(raw_engine.call())
+        if not i % 2:
+            actor_runs.append(actor_timed())
+    raw_s = [r["seconds"] for r in raw_runs]
+    raw_out = {"seconds": raw_s, "tokens": raw_runs[-1]["tokens"], "median_s": statistics.median(raw_s)}
+    return raw_out, [s for s, _ in actor_runs], actor_runs[-1][1]
 
 
 def start_actors(w: Workload, batch_size: int) -> tuple[ActorGroup, ActorGroup]:
@@ -66,8 +114,8 @@ def start_actors(w: Workload, batch_size: int) -> tuple[ActorGroup, ActorGroup]:
     return gen, learner
 
 
-def generation(w: Workload, gen: ActorGroup, prompt_ids: list[list[int]], raw_out: dict) -> dict:
-    """Section 1: generated tokens/s of the generator actor vs vLLM called directly."""
+def generation(w: Workload, gen: ActorGroup, prompt_ids: list[list[int]]) -> dict:
+    """Section 1: generated tokens/s of the generator actor vs vLLM called directly, calls alternating."""
     sampling = vllm_engine.Sampling(max_tokens=w.response_len, temperature=1.0, n=w.group, ignore_eos=True)
     actor, engine_s = gen.actors[0], []
 
@@ -76,7 +124,11 @@ def generation(w: Workload, gen: ActorGroup, prompt_ids: list[list[int]], raw_ou
         engine_s.append(rollout.seconds(table))  # the engine's own seconds inside the actor
         return table
 
-    seconds, table = raw.timed(call, w.repeats)
+    raw_engine = raw_generator(w, prompt_ids)
+    try:
+        raw_out, seconds, table = alternate(raw_engine, call, w.repeats)
+    finally:
+        raw_engine.close()
     tokens = sum(len(r) for r in table.column("response_ids").to_pylist())
     if tokens != raw_out["tokens"]:
         raise RuntimeError(f"actor generated {tokens} tokens, raw vLLM {raw_out['tokens']}: not the same work")
@@ -88,10 +140,15 @@ def generation(w: Workload, gen: ActorGroup, prompt_ids: list[list[int]], raw_ou
             "call_overhead_s": statistics.median(seconds) - statistics.median(engine_s[1:])}
 
 
-def learning(w: Workload, learner: ActorGroup, batch: dict, raw_out: dict) -> dict:
-    """Section 2: tokens/s of the learner actor's train_step (DeepSpeed) vs a plain torch loop, same batch."""
-    seconds, _ = raw.timed(lambda: learner.call(lambda a, r: a.train_step.remote(batch, ds_engine.SFT_LOSS),
-                                             TIMEOUT_S, "bench: train_step"), w.repeats)
+def learning(w: Workload, learner: ActorGroup, batch: dict) -> dict:
+    """Section 2: tokens/s of the learner actor's train_step (DeepSpeed) vs a plain torch loop, same batch, calls
+    alternating."""
+    raw_engine = raw_trainer(w, batch)
+    try:
+        raw_out, seconds, _ = alternate(raw_engine, lambda: learner.call(
+            lambda a, r: a.train_step.remote(batch, ds_engine.SFT_LOSS), TIMEOUT_S, "bench: train_step"), w.repeats)
+    finally:
+        raw_engine.close()
     tokens = raw_out["tokens"]
     actor_tps, raw_tps = tokens / statistics.median(seconds), tokens / raw_out["median_s"]
     return {"tokens": tokens, "sequences": w.samples, "raw_s": raw_out["seconds"], "actor_s": seconds,
@@ -117,7 +174,7 @@ def weight_sync(w: Workload, gen: ActorGroup, learner: ActorGroup) -> list[dict]
         timed = parts[1:]
         rows.append({"bucket_bytes": bucket, "bytes": timed[0]["bytes"], "buckets": timed[0]["buckets"],
                      **{k: statistics.median(p[k] for p in timed) for k in ("total_s", "export_s", "fetch_s", "load_s")}})
-    copy = raw.copy({"bytes": rows[0]["bytes"], "repeats": w.repeats})
+    copy_s, _ = raw.timed(raw.copy({"bytes": rows[0]["bytes"]}), w.repeats)
     for r in rows:
-        r["memcpy_s"] = statistics.median(copy["seconds"])
+        r["memcpy_s"] = statistics.median(copy_s)
     return rows

@@ -1,21 +1,24 @@
 """The limits rlhf-ray is measured against, each in a plain process of its own (no Ray): a vLLM engine called
 directly, a plain torch forward/backward/AdamW loop, and a plain in-memory copy.
 
-    python -m rlhf_ray.bench.raw SPEC.json OUT.json
+    python -m rlhf_ray.bench.raw SPEC.json   (the copy runs in the bench's own process)
 
-SPEC: {"what": "generate" | "train" | "copy", ...the fields each function reads}. The bench runs this with the
-same OMP thread count its actors get, before Ray starts, so nothing else competes for the cores.
+SPEC: {"what": "generate" | "train", "threads": N, ...the fields each builder reads}. The process builds its engine
+once, then times one call for each line it reads on stdin and answers each with a `RESULT` line ({"seconds",
+"tokens"}) on stdout. The bench alternates these calls with its actors' calls, so that a
+slow minute on a shared machine lands on both sides of a ratio.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import statistics
 import sys
 import time
+from typing import Callable
 
 import torch
+
+RESULT = "@raw-result "
 
 
 def timed(fn, repeats: int) -> tuple[list[float], object]:
@@ -30,9 +33,11 @@ def timed(fn, repeats: int) -> tuple[list[float], object]:
     return seconds, out
 
 
-def generate(spec: dict) -> dict:
+def generate(spec: dict) -> Callable[[], dict]:
     """vllm.LLM.generate on the prompts, with the sampling a generator actor uses (logprobs of the sampled tokens,
     EOS ignored so every response has `response_len` tokens)."""
+    import os
+
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     if spec["dtype"] == "bfloat16":
         torch.cpu._init_amx()
@@ -43,11 +48,15 @@ def generate(spec: dict) -> dict:
     params = SamplingParams(n=spec["group"], max_tokens=spec["response_len"], temperature=1.0, ignore_eos=True,
                             logprobs=0)
     prompts = [{"prompt_token_ids": ids} for ids in spec["prompt_ids"]]
-    seconds, outs = timed(lambda: llm.generate(prompts, params, use_tqdm=False), spec["repeats"])
-    return {"seconds": seconds, "tokens": sum(len(c.token_ids) for o in outs for c in o.outputs)}
+
+    def call() -> dict:
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        return {"tokens": sum(len(c.token_ids) for o in outs for c in o.outputs)}
+
+    return call
 
 
-def train(spec: dict) -> dict:
+def train(spec: dict) -> Callable[[], dict]:
     """One optimizer step = forward/backward over every micro-batch, gradient clipping, AdamW: a plain loop on the
     HF model, with the learner's loss (`ds_engine.sft_nll`, plain torch) and optimizer settings."""
     from rlhf_ray import ds_engine, models
@@ -59,31 +68,33 @@ def train(spec: dict) -> dict:
     micro = ds_engine.split_micro_batches(batch, spec["micro_batch"])
     n = sum(ds_engine.sft_count(mb) for mb in micro)
 
-    def step() -> None:
+    def step() -> dict:
         for mb in micro:
             loss, _ = ds_engine.sft_nll(model, mb, n)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec["grad_clip"])
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return {"tokens": int(batch["attention_mask"].sum())}
 
-    return {"seconds": timed(step, spec["repeats"])[0], "tokens": int(batch["attention_mask"].sum())}
+    return step
 
 
-def copy(spec: dict) -> dict:
+def copy(spec: dict) -> Callable[[], dict]:
     """memcpy of `bytes` bytes within this process (what moving the weights costs at the very least)."""
     src = torch.randint(0, 255, (spec["bytes"],), dtype=torch.uint8)
     dst = torch.empty_like(src)
-    return {"seconds": timed(lambda: dst.copy_(src), spec["repeats"])[0], "bytes": spec["bytes"]}
+    return lambda: (dst.copy_(src), {"bytes": spec["bytes"]})[1]
 
 
 def main(argv: list[str]) -> int:
     spec = json.loads(open(argv[0]).read())
     torch.set_num_threads(spec["threads"])
-    out = {"generate": generate, "train": train, "copy": copy}[spec["what"]](spec)
-    out["median_s"] = statistics.median(out["seconds"])
-    with open(argv[1], "w") as f:
-        json.dump(out, f)
+    call = {"generate": generate, "train": train}[spec["what"]](spec)
+    for _ in sys.stdin:  # one timed call per line; EOF ends the process
+        t0 = time.perf_counter()
+        out = call()
+        print(RESULT + json.dumps({"seconds": time.perf_counter() - t0, **out}), flush=True)
     return 0
 
 

@@ -4,8 +4,9 @@ Run with the TRL venv's python (see peer.py), never ours: `python trl_peer.py SP
 stdlib, torch, transformers, trl and datasets. One step = one generation of batch_prompts x group completions, one
 scoring, one reference/value forward, and ONE optimizer step over all of them (gradient accumulation over
 micro-batches; num_iterations / num_ppo_epochs / num_mini_batches = 1). Completions are exactly response_len tokens:
-GRPO suppresses EOS with min_new_tokens = max_new_tokens; PPO's generate() has no stop id at all. A step's time is the wall time between consecutive
-optimizer steps (TrainerCallback.on_step_end), warmup steps dropped.
+GRPO suppresses EOS with min_new_tokens = max_new_tokens; PPO's generate() has no stop id at all. A step's time is
+the wall time between consecutive optimizer steps (TrainerCallback.on_step_end), warmup steps dropped; of it, the
+seconds inside the policy's generate() are reported apart (generate_s).
 
 dtype "float32": fp32 weights, bf16=False (TRL defaults bf16=True, even on CPU). dtype "bfloat16": weights loaded in
 bf16 and bf16=True (accelerate's CPU autocast), as TRL's own GRPO recipes load models; AdamW then runs on bf16 params.
@@ -33,10 +34,26 @@ DEFAULTS = {"warmup_steps": 1, "threads": 2, "seed": 0, "temperature": 1.0, "bet
 
 
 class StepTimer(transformers.TrainerCallback):
-    """Wall time between consecutive optimizer steps; the first interval starts at train begin."""
+    """Wall time between consecutive optimizer steps (the first interval starts at train begin), and the
+    seconds spent in the policy's generate() (start time, seconds)."""
 
     def __init__(self):
-        self.ends = []
+        self.ends, self.generations = [], []
+
+    def timed(self, generate):
+        @functools.wraps(generate)
+        def call(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = generate(*args, **kwargs)
+            self.generations.append((t0, time.perf_counter() - t0))
+            return out
+
+        return call
+
+    def generate_s(self, warmup_steps: int) -> float:
+        """Mean seconds per timed step spent generating."""
+        start, steps = self.ends[warmup_steps], len(self.ends) - 1 - warmup_steps
+        return sum(s for t0, s in self.generations if t0 >= start) / steps
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.ends = [time.perf_counter()]
@@ -86,6 +103,7 @@ def build_grpo(spec: dict, dtype, lengths: list, timer: StepTimer):
     prompts = (spec["prompts"] * steps * spec["batch_prompts"])[: steps * spec["batch_prompts"]]
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=dtype)
+    model.generate = timer.timed(model.generate)  # GRPOTrainer samples with the (unwrapped) model's generate()
     return trl.GRPOTrainer(
         model=model, reward_funcs=load_reward_fn(spec["reward_fn"], lengths), args=args,
         train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tokenizer, callbacks=[timer])
@@ -124,7 +142,8 @@ def build_ppo(spec: dict, dtype, lengths: list, timer: StepTimer):
         m.config.pad_token_id = tokenizer.pad_token_id
     generate = ppo_module.batch_generation
 
-    def recorded(model, queries, *a, **kw):  # measurement only: the tokens each reply got
+    @timer.timed
+    def recorded(model, queries, *a, **kw):  # measurement only: the time and the tokens each reply got
         query_responses, logits = generate(model, queries, *a, **kw)
         n = query_responses.shape[1] - queries.shape[1]
         lengths.extend([n] * len(query_responses))
@@ -157,7 +176,8 @@ def main(spec_path: str, out_path: str) -> None:
            if getattr(args, k, None) is not None}
     result = {
         "algo": spec["algo"], "seconds_per_step": per_step, "mean_s": statistics.mean(per_step),
-        "median_s": statistics.median(per_step), "trl_version": trl.__version__, "torch_version": torch.__version__,
+        "median_s": statistics.median(per_step), "generate_s": timer.generate_s(spec["warmup_steps"]),
+        "trl_version": trl.__version__, "torch_version": torch.__version__,
         "transformers_version": transformers.__version__, "completions_per_step": n,
         "tokens_per_step": n * spec["response_len"], "steps_run": len(timer.ends) - 1,
         "completion_lengths": sorted(set(lengths)), "completions_seen": len(lengths),

@@ -59,9 +59,9 @@ class Workload:
 MB = 1 << 20
 WORKLOADS = {
     # The scale: 32 completions x 64 tokens per step on SmolLM2-135M.
-    # Two timed steps: TRL's PPO step alone takes minutes here.
+    # Two timed steps: TRL's PPO step alone takes minutes here. Five calls a side: the machine's load drifts.
     "smollm2": Workload("smollm2-135m-instruct", prompts=8, group=4, response_len=64, micro_batch=8,
-                        bucket_bytes=(4 * MB, 16 * MB, 64 * MB, 256 * MB), steps=2),
+                        bucket_bytes=(4 * MB, 16 * MB, 64 * MB, 256 * MB), steps=2, repeats=5),
     "tiny": Workload("tiny", prompts=8, group=4, response_len=64, micro_batch=16,
                      bucket_bytes=(64 << 10, 256 << 10, 1 * MB)),
 }

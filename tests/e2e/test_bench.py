@@ -70,6 +70,7 @@ def test_peer_ran_the_same_terms(bench):
     assert [(p["algo"], p["max_staleness"]) for p in r["peer"]] == [("grpo", 0), ("grpo", 1), ("ppo", 0)]
     for p in r["peer"]:
         assert p["peer_s"] > 0 and p["speedup"] == pytest.approx(p["peer_s"] / p["rlhf_ray_s"])
+        assert 0 < p["peer_generate_s"] < p["peer_s"]  # TRL's generate() was timed, within its step
         ran = p["peer_run"]  # what TRL reported it ran: every completion of every step, exactly response_len long
         assert ran["completions_per_step"] == w.samples and ran["completion_lengths"] == [w.response_len]
         assert ran["completions_seen"] == w.samples * (w.steps + 1)

@@ -61,19 +61,25 @@ def _result():
     }
 
 
+def _trl():
+    return {"grpo": {"mean_s": 34.0, "generate_s": 15.0, "trl_version": "0.99"},
+            "ppo": {"mean_s": 60.0, "generate_s": 20.0, "trl_version": "0.99"}}
+
+
+def _ppo_run():
+    return {"max_staleness": 0, "step_s": 30.0, "phase_s": {"generate": 7.0, "score": 3.0, "train": 18.0, "sync": 2.0}}
+
+
 def test_peer_rows_speedup_per_run():
     r = _result()
-    trl = {"grpo": {"mean_s": 34.0, "trl_version": "0.99"}, "ppo": {"mean_s": 60.0, "trl_version": "0.99"}}
-    rows = table.peer_rows(trl, r["ppo_steps"], {"max_staleness": 0, "step_s": 30.0})
+    rows = table.peer_rows(_trl(), r["ppo_steps"], _ppo_run())
     assert [(p["algo"], p["max_staleness"]) for p in rows] == [("grpo", 0), ("grpo", 1), ("ppo", 0)]
     assert [p["speedup"] for p in rows] == pytest.approx([34 / 20, 34 / 14, 2.0])
 
 
 def test_render_has_every_section():
     r = _result()
-    r["peer"] = table.peer_rows({"grpo": {"mean_s": 34.0, "trl_version": "0.99"},
-                                 "ppo": {"mean_s": 60.0, "trl_version": "0.99"}},
-                                r["ppo_steps"], {"max_staleness": 0, "step_s": 30.0})
+    r["peer"] = table.peer_rows(_trl(), r["ppo_steps"], _ppo_run())
     md = table.render(r)
     assert "| generation, tokens/s | 330 (generator actor) | 340 (vLLM in-process) | 0.97 | >= 0.9 |" in md
     assert "| learning, tokens/s | 300 (learner actor, DeepSpeed) | 310 (plain torch AdamW) | 0.97 | >= 0.85 |" in md
@@ -81,8 +87,8 @@ def test_render_has_every_section():
             "store) 0.20 s") in md
     assert "| 4 MiB | 136 | 538.0 | 2.000 | 1.000 | 0.500 | 0.500 | 0.0500 | 269 |" in md
     assert "| 1 | 6.00 | 1.00 | 12.00 | 1.00 | 14.00 | 1.60 | 102 | 70% |" in md
-    assert "| GRPO, β = 0 | TRL 0.99 | 34.00 | 1 | 14.00 | 2.43x | >= 2x |" in md
-    assert "| PPO + critic, β = 0.05 | TRL 0.99 | 60.00 | 0 | 30.00 | 2.00x | >= 2x |" in md
+    assert "| GRPO, β = 0 | TRL 0.99 | 34.00 | 15.00 | 1 | 14.00 | 6.00 | 2.43x | >= 2x |" in md
+    assert "| PPO + critic, β = 0.05 | TRL 0.99 | 60.00 | 20.00 | 0 | 30.00 | 7.00 | 2.00x | >= 2x |" in md
     assert "CPU X, 2 cores, 24.0 GiB, no GPU; torch 2.13.0" in md
 
 
