@@ -28,11 +28,14 @@ bench-deps: install
 run: install
 	$(NETNS) $(VENV)/bin/rlhf-ray run configs/quickstart.yaml $(ARGS)
 
-# Two workers, one test file each at a time; then the job API tests alone: Ray's dashboard agent always listens on
-# port 52365, so a second cluster with a dashboard on the machine has no job API.
+# Two workers, one test file each at a time, the long end-to-end files first (xdist's default order puts the files
+# with the most tests first: the quick unit files, leaving a long e2e file for last). The job API tests run beside the
+# unit tests only: Ray's dashboard agent always listens on port 52365, so while a second cluster with a dashboard
+# runs on the machine, there is no job API.
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 test: install bench-deps
-	$(NETNS) $(PY) -m pytest tests -q -rs --durations=15 -n 2 --dist loadfile --ignore tests/e2e/test_cluster_ops.py $(PYTEST_ARGS)
-	$(NETNS) $(PY) -m pytest tests/e2e/test_cluster_ops.py -q -rs $(PYTEST_ARGS)
+	$(NETNS) $(PY) -m pytest tests/e2e tests/cpu -q -rs --durations=15 $(XDIST) --ignore tests/e2e/test_cluster_ops.py $(PYTEST_ARGS)
+	$(NETNS) $(PY) -m pytest tests/e2e/test_cluster_ops.py tests/unit -q -rs $(XDIST) $(PYTEST_ARGS)
 
 bench: install bench-deps
 	$(NETNS) $(VENV)/bin/rlhf-ray bench --model smollm2 $(ARGS)
