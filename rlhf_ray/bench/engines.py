@@ -62,8 +62,12 @@ class RawEngine:
         raise RuntimeError(f"raw {self.what} failed (exit {self.proc.wait()}):\n{''.join(self.log)[-3000:]}")
 
     def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        try:
+            self.proc.stdin.close()  # EOF ends the raw process
+            self.proc.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):  # dead or stuck mid-call (closing after a failure)
+            self.proc.kill()
+            self.proc.wait()
         self.spec_file.close()
 
 

@@ -97,3 +97,37 @@ def test_prompts_come_from_the_project(tmp_path):
     assert len(rows) == 40 and all(r["prompt"] for r in rows)
     with pytest.raises(ValueError, match="needs 100000 prompts"):
         workload.prompt_rows(100000)
+
+
+class _Calls:
+    """A stand-in raw engine (pure logic: the order of calls), recording into a shared log."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def call(self):
+        self.log.append("raw")
+        return {"seconds": float(len(self.log)), "tokens": 7}
+
+
+def test_alternate_warms_up_then_takes_turns_raw_actor_actor_raw():
+    from rlhf_ray.bench import engines
+
+    log = []
+    raw_out, actor_s, last = engines.alternate(_Calls(log), lambda: log.append("actor") or len(log), 3)
+    assert log == ["raw", "actor"] + ["raw", "actor", "actor", "raw", "raw", "actor"]  # warm-ups, then ABBA
+    assert raw_out["seconds"] == [3.0, 6.0, 7.0] and raw_out["median_s"] == 6.0 and raw_out["tokens"] == 7
+    assert len(actor_s) == 3 and last == 8
+
+
+def test_a_failing_raw_engine_says_why():
+    from rlhf_ray.bench import engines
+
+    spec = {"what": "train", "model": "/nonexistent/model", "dtype": "float32", "lr": 1e-5, "grad_clip": 1.0,
+            "micro_batch": 1, "batch": {}}
+    raw_engine = engines.RawEngine(spec, threads=1)
+    try:
+        with pytest.raises(RuntimeError, match=r"raw train failed \(exit 1\):(.|\n)*nonexistent/model"):
+            raw_engine.call()
+    finally:
+        raw_engine.close()
