@@ -28,10 +28,9 @@ bench-deps: install
 run: install
 	$(NETNS) $(VENV)/bin/rlhf-ray run configs/quickstart.yaml $(ARGS)
 
-# Two workers, one test file each at a time, the long end-to-end files first (xdist's default order puts the files
-# with the most tests first: the quick unit files, leaving a long e2e file for last). The job API tests run beside the
-# unit tests only: Ray's dashboard agent always listens on port 52365, so while a second cluster with a dashboard
-# runs on the machine, there is no job API.
+# Two workers, one test file each at a time, the long end-to-end files first and the short ones filling in at the end.
+# The job API tests run beside the unit tests only, which start no Ray: Ray's dashboard agent always listens on port
+# 52365, so while a second cluster with a dashboard runs on the machine, there is no job API.
 XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 test: install bench-deps
 	$(NETNS) $(PY) -m pytest tests/e2e tests/cpu -q -rs --durations=15 $(XDIST) --ignore tests/e2e/test_cluster_ops.py $(PYTEST_ARGS)
