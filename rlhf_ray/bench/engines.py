@@ -178,7 +178,7 @@ def weight_sync(w: Workload, gen: ActorGroup, learner: ActorGroup) -> list[dict]
         timed = parts[1:]
         rows.append({"bucket_bytes": bucket, "bytes": timed[0]["bytes"], "buckets": timed[0]["buckets"],
                      **{k: statistics.median(p[k] for p in timed) for k in ("total_s", "export_s", "fetch_s", "load_s")}})
-    copy_s, _ = raw.timed(raw.copy({"bytes": rows[0]["bytes"]}), w.repeats)
+    copy_s, _ = raw.timed(raw.copy(rows[0]["bytes"]), w.repeats)
     for r in rows:
         r["memcpy_s"] = statistics.median(copy_s)
     return rows

@@ -1,17 +1,18 @@
-"""The limits rlhf-ray is measured against, each in a plain process of its own (no Ray): a vLLM engine called
-directly, a plain torch forward/backward/AdamW loop, and a plain in-memory copy.
+"""The limits rlhf-ray is measured against: a vLLM engine called directly and a plain torch forward/backward/AdamW
+loop, each in a plain process of its own (no Ray), and a plain in-memory copy (in the bench's own process).
 
-    python -m rlhf_ray.bench.raw SPEC.json   (the copy runs in the bench's own process)
+    python -m rlhf_ray.bench.raw SPEC.json
 
 SPEC: {"what": "generate" | "train", "threads": N, ...the fields each builder reads}. The process builds its engine
 once, then times one call for each line it reads on stdin and answers each with a `RESULT` line ({"seconds",
-"tokens"}) on stdout. The bench alternates these calls with its actors' calls, so that a
-slow minute on a shared machine lands on both sides of a ratio.
+"tokens"}) on stdout. The bench alternates these calls with its actors' calls, so that a slow minute on a shared
+machine lands on both sides of a ratio.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Callable
@@ -36,8 +37,6 @@ def timed(fn, repeats: int) -> tuple[list[float], object]:
 def generate(spec: dict) -> Callable[[], dict]:
     """vllm.LLM.generate on the prompts, with the sampling a generator actor uses (logprobs of the sampled tokens,
     EOS ignored so every response has `response_len` tokens)."""
-    import os
-
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     if spec["dtype"] == "bfloat16":
         torch.cpu._init_amx()
@@ -80,11 +79,11 @@ def train(spec: dict) -> Callable[[], dict]:
     return step
 
 
-def copy(spec: dict) -> Callable[[], dict]:
-    """memcpy of `bytes` bytes within this process (what moving the weights costs at the very least)."""
-    src = torch.randint(0, 255, (spec["bytes"],), dtype=torch.uint8)
+def copy(n_bytes: int) -> Callable[[], torch.Tensor]:
+    """memcpy of `n_bytes` bytes within this process (what moving the weights costs at the very least)."""
+    src = torch.randint(0, 255, (n_bytes,), dtype=torch.uint8)
     dst = torch.empty_like(src)
-    return lambda: (dst.copy_(src), {"bytes": spec["bytes"]})[1]
+    return lambda: dst.copy_(src)
 
 
 def main(argv: list[str]) -> int:
