@@ -18,7 +18,8 @@ import ray
 import torch
 
 from cluster import weight_sync
-from rlhf_ray import rollout, vllm_engine
+from rlhf_ray import rollout
+from rlhf_ray.engines import vllm_engine
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Learner: one rank of a DeepSpeed engine for a policy, critic or reward model, as a Ray actor.
 
-Thin on purpose: the training logic is in `rlhf_ray.ds_engine`; this class holds the engine and exposes a few
+Thin on purpose: the training logic is in `rlhf_ray.engines.ds_engine`; this class holds the engine and exposes a few
 typed methods. Every method that touches weights is a collective under ZeRO (and a gradient step is one under
 any stage), so the ActorGroup must call it on all ranks together, each with its own equal shard.
 """
@@ -17,9 +17,10 @@ from cluster.actor_group import DistributedActor
 from cluster import weight_sync
 from cluster.local import listening_socket
 from cluster.weight_sync import make_buckets, tensor_checksum
-from rlhf_ray import ds_engine
+from rlhf_ray.algos import forward
+from rlhf_ray.engines import ds_engine
 from rlhf_ray.config import TrainConfig
-from rlhf_ray.ds_engine import Batch, Loss
+from rlhf_ray.algos.forward import Batch, Loss
 from rlhf_ray.models import load_policy, load_value_model, resolve_model
 
 Kind = Literal["policy", "critic", "reward"]
@@ -72,12 +73,12 @@ class Learner(DistributedActor):
 
     def logprobs(self, batch: Batch, response_len: int) -> torch.Tensor:
         """(B, response_len) log p of each row's last response_len tokens (batch: input_ids, attention_mask)."""
-        return self._forward(batch, lambda e, mb: ds_engine.logprobs(e, mb["input_ids"], mb["attention_mask"],
+        return self._forward(batch, lambda e, mb: forward.logprobs(e, mb["input_ids"], mb["attention_mask"],
                                                                      response_len))
 
     def values(self, batch: Batch, response_len: int) -> torch.Tensor:
         """(B, response_len) V(s_t) before each response token (critic / reward model)."""
-        return self._forward(batch, lambda e, mb: ds_engine.values(e, mb["input_ids"], mb["attention_mask"],
+        return self._forward(batch, lambda e, mb: forward.values(e, mb["input_ids"], mb["attention_mask"],
                                                                    response_len))
 
     def export_buckets(self, version: int, bucket_bytes: int) -> Optional[list[ray.ObjectRef]]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from rlhf_ray import models, rollout, scoring
+from rlhf_ray import models, rollout
+from rlhf_ray.engines import scoring
 
 
 class Reference:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from rlhf_ray import scoring
+from rlhf_ray.engines import scoring
 
 METADATA = ("finish_reason", "policy_version", "group", "response_ids")
 

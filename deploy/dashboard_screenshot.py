@@ -34,7 +34,7 @@ def start_tiny_run(steps: int) -> tuple[str, str]:
     from ray.util.state import list_actors
 
     from cluster.local import init_ray
-    from rlhf_ray import jobs
+    from rlhf_ray.runtime import jobs
 
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # the job's `python`
     url = "http://" + init_ray(num_cpus=2, object_store_mb=256).dashboard_url
@@ -80,7 +80,7 @@ def main() -> int:
             print(path)
     finally:
         if not args.address:
-            from rlhf_ray import jobs
+            from rlhf_ray.runtime import jobs
 
             jobs.stop(job, url)
     return 0

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from rlhf_ray.config import Config, ConfigError, dump_yaml, load_config
 from rlhf_ray.data import DataError
-from rlhf_ray.run_dir import RunDir
-from rlhf_ray.stopping import LearnerLost, NonFiniteLoss, Stopped
+from rlhf_ray.runtime.run_dir import RunDir
+from rlhf_ray.runtime.stopping import LearnerLost, NonFiniteLoss, Stopped
 
 
 def _load(args) -> Config:
@@ -41,9 +41,9 @@ def cmd_run(args) -> int:
     """Run the config's stages in order on the cluster at --address / RAY_ADDRESS, else an embedded local one.
 
     Stages already finished in the run directory are skipped (their outputs reused) unless --force."""
-    from rlhf_ray import pipeline
+    from rlhf_ray.stages import pipeline
 
-    from rlhf_ray.monitor import Monitor
+    from rlhf_ray.runtime.monitor import Monitor
 
     cfg = _load(args)
     address = args.address or cfg.cluster.address
@@ -73,7 +73,8 @@ def cmd_sample(args) -> int:
     """Sample `rollout.n_samples` responses per prompt from the policy; write rollouts/sample.parquet."""
     import pyarrow.parquet as pq
 
-    from rlhf_ray import data, models, rollout, vllm_engine
+    from rlhf_ray import data, models, rollout
+    from rlhf_ray.engines import vllm_engine
 
     cfg = _load(args)
     ds = cfg.data.prompts
@@ -107,7 +108,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from rlhf_ray import jobs
+    from rlhf_ray.runtime import jobs
 
     job_id = jobs.submit(args.config, args.overrides, args.address, args.run_dir, args.env, args.job_id)
     where = args.address or os.environ.get("RAY_ADDRESS") or "the local dashboard"
@@ -119,7 +120,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from rlhf_ray import jobs
+    from rlhf_ray.runtime import jobs
 
     status, text = jobs.describe(args.job_id, args.address)
     print(text)
@@ -127,7 +128,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from rlhf_ray import jobs
+    from rlhf_ray.runtime import jobs
 
     out = jobs.logs(args.job_id, args.address, args.follow)
     if not args.follow:
@@ -137,20 +138,20 @@ def cmd_logs(args) -> int:
 
 
 def cmd_stop(args) -> int:
-    from rlhf_ray import jobs
+    from rlhf_ray.runtime import jobs
 
     print(f"{args.job_id}: " + ("stopping" if jobs.stop(args.job_id, args.address) else "already ended"))
     return 0
 
 
 def cmd_report(args) -> int:
-    from rlhf_ray import report
+    from rlhf_ray.runtime import report
 
     return report.main([args.run_dir])
 
 
 def cmd_bench(args) -> int:
-    from rlhf_ray import bench
+    from rlhf_ray.bench import cli as bench
 
     bench.run(args.model, args.out, fast=args.quick, with_peer=not args.no_peer, dtype=args.dtype)
     return 0

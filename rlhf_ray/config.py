@@ -301,9 +301,10 @@ class LabelConfig:
     best and the worst of each prompt as a preferences row; prompts whose responses all tie are dropped and
     counted."""
 
-    labeler: str = "rlhf_ray.labelers:vader_warmth"
+    labeler: Optional[str] = None
     """`module:function` or `path/to/file.py:function`, called like a reward function,
-    `fn(prompts, responses, **metadata) -> list[float]`: higher is preferred."""
+    `fn(prompts, responses, **metadata) -> list[float]`: higher is preferred. Required by the label stage (the
+    quickstart's simulated human is `examples/warm/labelers.py:vader_warmth`)."""
     k: int = 2
     """Responses sampled per prompt (more makes ties rarer and margins larger)."""
 
@@ -406,6 +407,8 @@ class Config:
             need(self.data.prompts.eval_fraction > 0 or bool(self.data.prompts.eval_path), "ppo.gold",
                  "the gold judge scores held-out prompts only: set data.prompts.eval_path or eval_fraction")
         if "label" in self.stages:
+            need(bool(self.label.labeler), "label.labeler", "the label stage needs a labeler (`module:function` "
+                 "or `path/to/file.py:function`)")
             need(self.label.k >= 2, "label.k", f"preference collection needs k >= 2 responses, got {self.label.k}")
         errs += self._check_cluster()
         errs += self._check_batches()

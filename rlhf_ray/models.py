@@ -26,7 +26,6 @@ import torch
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                           GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast)
 
-from rlhf_ray.rl_math import last_token_index
 from rlhf_ray.yaml_tree import ConfigError
 
 PAD, BOS, EOS = "<|pad|>", "<|im_start|>", "<|im_end|>"
@@ -270,26 +269,3 @@ def load_value_model(name_or_path: str, dtype: str = "float32") -> PreTrainedMod
     if model.config.pad_token_id is None:  # HF's own forward finds the last token through it
         model.config.pad_token_id = load_tokenizer(path).pad_token_id
     return model
-
-
-def token_values(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Per-token values (B, T), float32, from a decoder sequence classifier: its `score` head at every position.
-
-    Position ids count real tokens only, so a left-padded sequence gets the same values as a right-padded one."""
-    if getattr(model, "score", None) is None:
-        raise ValueError(
-            f"{type(model).__name__} has no per-position head (an encoder such as BERT pools its [CLS] token), "
-            "so it gives no per-token values: a critic needs a decoder backbone (e.g. tiny, smollm2-135m-instruct)"
-        )
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-    backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-    return model.score(hidden.last_hidden_state).squeeze(-1).float()  # (B, T, 1) -> (B, T)
-
-
-def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B,) reward: a decoder's value at the last real token, or an encoder's pooled logit (right padding)."""
-    if getattr(model, "score", None) is None:
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
-    values = token_values(model, input_ids, attention_mask)  # (B, T)
-    return values.gather(-1, last_token_index(attention_mask)[:, None]).squeeze(-1)

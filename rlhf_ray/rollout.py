@@ -90,6 +90,6 @@ def collate(table: pa.Table, pad_id: int) -> RolloutBatch:
 
 def by_prompt_length(idx: torch.Tensor, response_mask: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The mini-batch's rows ordered by prompt length, so each micro-batch holds prompts of similar length and
-    its forward skips more left padding (ds_engine.without_left_padding). A sum over tokens: order-free."""
+    its forward skips more left padding (forward.without_left_padding). A sum over tokens: order-free."""
     P = attention_mask.shape[1] - response_mask.shape[1]
     return idx[torch.sort(attention_mask[idx, :P].sum(1), stable=True).indices]

@@ -22,7 +22,9 @@ import time
 from actors.generator import Generator
 from actors.learner import Learner
 from cluster.actor_group import ActorGroup
-from rlhf_ray import ds_engine, models, rollout, vllm_engine
+from rlhf_ray import models, rollout
+from rlhf_ray.algos import forward
+from rlhf_ray.engines import vllm_engine
 from rlhf_ray.bench import raw
 from rlhf_ray.bench.workload import Workload
 from rlhf_ray.config import TrainConfig
@@ -150,7 +152,7 @@ def learning(w: Workload, learner: ActorGroup, batch: dict) -> dict:
     raw_engine = raw_trainer(w, batch)
     try:
         raw_out, seconds, _ = alternate(raw_engine, lambda: learner.call(
-            lambda a, r: a.train_step.remote(batch, ds_engine.SFT_LOSS), TIMEOUT_S, "bench: train_step"), w.repeats)
+            lambda a, r: a.train_step.remote(batch, forward.SFT_LOSS), TIMEOUT_S, "bench: train_step"), w.repeats)
     finally:
         raw_engine.close()
     tokens = raw_out["tokens"]

@@ -57,19 +57,21 @@ def generate(spec: dict) -> Callable[[], dict]:
 
 def train(spec: dict) -> Callable[[], dict]:
     """One optimizer step = forward/backward over every micro-batch, gradient clipping, AdamW: a plain loop on the
-    HF model, with the learner's loss (`ds_engine.sft_nll`, plain torch) and optimizer settings."""
-    from rlhf_ray import ds_engine, models
+    HF model, with the learner's loss (`forward.sft_nll`, plain torch) and optimizer settings."""
+    from rlhf_ray import models
+    from rlhf_ray.algos import forward
+    from rlhf_ray.engines import ds_engine
 
     model = models.load_policy(spec["model"], spec["dtype"])
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=spec["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     batch = {k: torch.tensor(v) for k, v in spec["batch"].items()}
     micro = ds_engine.split_micro_batches(batch, spec["micro_batch"])
-    n = sum(ds_engine.sft_count(mb) for mb in micro)
+    n = sum(forward.sft_count(mb) for mb in micro)
 
     def step() -> dict:
         for mb in micro:
-            loss, _ = ds_engine.sft_nll(model, mb, n)
+            loss, _ = forward.sft_nll(model, mb, n)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec["grad_clip"])
         opt.step()

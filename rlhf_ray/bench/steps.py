@@ -1,4 +1,4 @@
-"""Section 4 and rlhf-ray's side of section 5: whole PPO / GRPO steps through the real driver (rlhf_ray.ppo), on
+"""Section 4 and rlhf-ray's side of section 5: whole PPO / GRPO steps through the real driver (rlhf_ray.stages.ppo), on
 the benchmark's workload, read back from the run's metrics rows."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from rlhf_ray import models
 from rlhf_ray.bench.workload import REWARD_FN, Workload
 from rlhf_ray.config import load_config
-from rlhf_ray.run_dir import RunDir
+from rlhf_ray.runtime.run_dir import RunDir
 
 PHASES = ("generate", "score", "train", "sync")
 
@@ -63,7 +63,7 @@ def threads_for(w: Workload, staleness: int, advantage: str) -> dict[str, int]:
 
 def run(w: Workload, prompts: Path, out: Path, advantage: str, staleness: int, rm: str | None = None) -> dict:
     """Run `w.steps` + 1 steps; the first (compilation, warm caches) is left out of every number."""
-    from rlhf_ray.ppo import PPOTrainer  # Ray and the actors: not needed to build configs or read results
+    from rlhf_ray.stages.ppo import PPOTrainer  # Ray and the actors: not needed to build configs or read results
 
     threads = threads_for(w, staleness, advantage)
     cfg = config(w, prompts, advantage, staleness, rm, threads)

@@ -15,7 +15,10 @@ from actors.reward_function import RewardFunction
 from actors.reward_model import RewardModel
 from cluster import weight_sync
 from cluster.local import listening_socket
-from rlhf_ray import data, models, rl_math, rollout, vllm_engine
+from rlhf_ray import data, models, rollout
+from rlhf_ray.algos import rl_math
+from rlhf_ray.algos import forward
+from rlhf_ray.engines import vllm_engine
 
 # Test-local actors and helpers travel to the workers by value (this module is not importable there).
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -217,7 +220,7 @@ def test_reward_models_same_vocab_and_own_tokenizer(ray_session, tiny, pairs, tm
                                                 return_tensors="pt")
             ids, mask = enc["input_ids"], enc["attention_mask"]
         with torch.no_grad():
-            want = models.sequence_scores(local, ids, mask)
+            want = forward.sequence_rewards(local, ids, mask)
         assert got == pytest.approx(want.tolist(), abs=1e-5), base
 
 

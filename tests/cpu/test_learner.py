@@ -27,7 +27,8 @@ from transformers import AutoModelForCausalLM
 from actors.learner import Learner
 from cluster.actor_group import ActorGroup, GroupError, shard
 from cluster.weight_sync import verified
-from rlhf_ray import ds_engine, models
+from rlhf_ray import models
+from rlhf_ray.algos import forward
 from rlhf_ray.config import TrainConfig
 
 LR, WD, CLIP = 1e-4, 0.01, 1.0
@@ -57,7 +58,7 @@ def reference(tiny, batch):
     """One plain-torch step on the full batch: loss, gradient norm (before clipping), the model after."""
     model = models.load_policy(tiny, "float32")
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=WD)
-    loss, _ = ds_engine.sft_nll(model, batch, ds_engine.sft_count(batch))
+    loss, _ = forward.sft_nll(model, batch, forward.sft_count(batch))
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
     opt.step()
@@ -73,7 +74,7 @@ def stepped(request, ray_session, tiny, batch):
                        kwargs={"dtype": "float32", "seed": 0, "total_steps": 4}, num_ranks=ranks, num_cpus=0.5,
                        setup_timeout_s=TIMEOUT_S)
     shards = group.shard(batch)
-    metrics = group.call(lambda a, r: a.train_step.remote(shards[r], ds_engine.SFT_LOSS), TIMEOUT_S, "train")
+    metrics = group.call(lambda a, r: a.train_step.remote(shards[r], forward.SFT_LOSS), TIMEOUT_S, "train")
     yield group, metrics
     group.kill()
 
@@ -117,7 +118,7 @@ def test_logprobs_match_torch(stepped, reference, batch):
     R = 10
     out = torch.cat(group.call(lambda a, r: a.logprobs.remote(shards[r], R), TIMEOUT_S, "logprobs"))
     with torch.no_grad():
-        ref = ds_engine.logprobs(reference["model"], batch["input_ids"], batch["attention_mask"], R)
+        ref = forward.logprobs(reference["model"], batch["input_ids"], batch["attention_mask"], R)
     assert out.shape == (B, R)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
@@ -159,7 +160,7 @@ def test_checkpoint_resumes_bit_identically(stepped, tiny, batch, tmp_path):
     try:
         resumed.call(lambda a, r: a.load_checkpoint.remote(str(tmp_path / "ck")), TIMEOUT_S, "load")
         shards = group.shard(batch)
-        after = [g.call(lambda a, r: a.train_step.remote(shards[r], ds_engine.SFT_LOSS), TIMEOUT_S, "train")[0]
+        after = [g.call(lambda a, r: a.train_step.remote(shards[r], forward.SFT_LOSS), TIMEOUT_S, "train")[0]
                  for g in (group, resumed)]
         digests = [g.call(lambda a, r: a.state_digest.remote(), TIMEOUT_S, "digest")[0] for g in (group, resumed)]
     finally:
@@ -171,7 +172,7 @@ def _nan_on_last_rank(model, mb, n_global):
     """The SFT loss, but NaN on the last rank only (so the ranks must agree to skip)."""
     import torch.distributed as dist
 
-    loss, metrics = ds_engine.sft_nll(model, mb, n_global)
+    loss, metrics = forward.sft_nll(model, mb, n_global)
     last = not dist.is_initialized() or dist.get_rank() == dist.get_world_size() - 1
     return (loss * float("nan") if last else loss), metrics
 
@@ -188,10 +189,10 @@ def test_a_non_finite_loss_skips_the_update_on_every_rank(stepped, batch):
         return group.call(lambda a, r: a.train_step.remote(shards[r], loss), TIMEOUT_S, "train")
 
     before = group.call(lambda a, r: a.state_digest.remote(), TIMEOUT_S, "digest")
-    bad = step(ds_engine.Loss(_nan_on_last_rank, ds_engine.sft_count))
+    bad = step(forward.Loss(_nan_on_last_rank, forward.sft_count))
     assert all(m["skipped"] == 1.0 and math.isnan(m["loss"]) for m in bad), bad
     assert group.call(lambda a, r: a.state_digest.remote(), TIMEOUT_S, "digest") == before
-    good = step(ds_engine.SFT_LOSS)
+    good = step(forward.SFT_LOSS)
     after = group.call(lambda a, r: a.state_digest.remote(), TIMEOUT_S, "digest")
     assert good[0]["skipped"] == 0.0 and math.isfinite(good[0]["grad_norm"]) and len(set(after)) == 1
     assert after != before and good[0]["lr"] == bad[0]["lr"]  # the schedule did not move on the skipped step
@@ -273,7 +274,7 @@ def test_group_places_ranks_on_placement_group_slots(ray_session):
         ray.util.remove_placement_group(pg)
 
 
-def test_critic_values_match_models_token_values(ray_session, tiny, batch):
+def test_critic_values_match_a_plain_forward(ray_session, tiny, batch):
     group = ActorGroup(Learner, "critic-learner", args=(tiny, "critic", train_cfg(0)), kwargs={"seed": 3},
                        num_ranks=1, num_cpus=0.5, setup_timeout_s=TIMEOUT_S)
     try:
@@ -283,5 +284,5 @@ def test_critic_values_match_models_token_values(ray_session, tiny, batch):
     torch.manual_seed(3)  # the learner seeds the fresh value head the same way
     model = models.load_value_model(tiny).eval()
     with torch.no_grad():
-        ref = models.token_values(model, batch["input_ids"], batch["attention_mask"])[:, -11:-1]
+        ref = forward.token_values(model, batch["input_ids"], batch["attention_mask"])[:, -11:-1]
     torch.testing.assert_close(values, ref, atol=1e-5, rtol=1e-5)

@@ -13,7 +13,8 @@ import torch
 from actors.generator import Generator
 from actors.learner import Learner
 from cluster.actor_group import ActorGroup
-from rlhf_ray import data, ds_engine, models, rollout
+from rlhf_ray import data, models, rollout
+from rlhf_ray.algos import forward
 from rlhf_ray.config import TrainConfig
 
 TOLERANCE = {"float32": 1e-4, "bfloat16": 0.05}
@@ -57,7 +58,7 @@ def _score(generator, pairs):
 
 def _train(group, pairs):
     shards = group.shard(pairs["train"])
-    return group.call(lambda a, r: a.train_step.remote(shards[r], ds_engine.SFT_LOSS), 300, "train")[0]
+    return group.call(lambda a, r: a.train_step.remote(shards[r], forward.SFT_LOSS), 300, "train")[0]
 
 
 def _setup(tiny, dtype, ranks, zero):

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from rlhf_ray import models as M
+from rlhf_ray.algos import forward
 
 pytestmark = pytest.mark.slow
 
@@ -62,6 +63,6 @@ def test_value_model_on_smollm2_indexes_by_mask(cache):
     mask = torch.ones_like(ids)
     padded = torch.cat([ids, torch.full((1, 3), tok.pad_token_id)], 1)
     with torch.no_grad():
-        plain = M.sequence_scores(model, ids, mask)
-        right = M.sequence_scores(model, padded, torch.cat([mask, torch.zeros(1, 3, dtype=mask.dtype)], 1))
+        plain = forward.sequence_rewards(model, ids, mask)
+        right = forward.sequence_rewards(model, padded, torch.cat([mask, torch.zeros(1, 3, dtype=mask.dtype)], 1))
     assert torch.allclose(plain, right, atol=1e-4)

@@ -16,8 +16,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from rlhf_ray import cli, scoring
-from rlhf_ray.pipeline import MARKER
+from rlhf_ray import cli
+from rlhf_ray.engines import scoring
+from rlhf_ray.stages.pipeline import MARKER
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "configs/tiny/pipeline.yaml"

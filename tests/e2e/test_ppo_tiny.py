@@ -81,7 +81,8 @@ def test_reward_model_run_with_held_out_eval_and_a_final_policy_vllm_serves(tiny
     log-probs match transformers' on the same folder: the trained weights, not the initial ones, were saved."""
     import torch
 
-    from rlhf_ray import models, rollout, scoring
+    from rlhf_ray import models, rollout
+    from rlhf_ray.engines import scoring
 
     target_token_frac = scoring.load_reward_function(f"{ROOT}/configs/tiny/rewards.py:target_token_frac")
 

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rlhf_ray import cli, data, models
-from rlhf_ray.pipeline import MARKER
+from rlhf_ray.stages.pipeline import MARKER
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -30,7 +30,9 @@ import torch.distributed as dist  # noqa: E402
 
 from cluster.local import listening_socket  # noqa: E402
 from cluster.weight_sync import BroadcastGroup, make_buckets, verified  # noqa: E402
-from rlhf_ray import data, ds_engine, models, rl_math, rollout, scoring  # noqa: E402
+from rlhf_ray import data, models, rollout  # noqa: E402
+from rlhf_ray.algos import forward, rl_math  # noqa: E402
+from rlhf_ray.engines import ds_engine, scoring  # noqa: E402
 from rlhf_ray.config import TrainConfig  # noqa: E402
 
 # RLHF_RAY_CHECK_ON_CPU=1 dry-runs the same checks on the CPU with gloo (to debug the script without a GPU).
@@ -109,11 +111,11 @@ def main() -> int:
     def _():
         train = TrainConfig(lr=1e-4, batch_size=4, micro_batch_size=2, zero_stage=2, grad_clip=1.0)
         engine = ds_engine.build_engine(models.load_policy(tiny), ds_engine.ds_config(train, 1), total_steps=4)
-        metrics = ds_engine.train_step(engine, ds_engine.split_micro_batches(train_batch, 2), ds_engine.SFT_LOSS)
+        metrics = ds_engine.train_step(engine, ds_engine.split_micro_batches(train_batch, 2), forward.SFT_LOSS)
         ref = models.load_policy(tiny).to(CUDA).train()
         opt = torch.optim.AdamW(ref.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
         full = {k: v.to(CUDA) for k, v in train_batch.items()}
-        loss, _ = ds_engine.sft_nll(ref, full, ds_engine.sft_count(full))
+        loss, _ = forward.sft_nll(ref, full, forward.sft_count(full))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
         opt.step()
@@ -128,8 +130,8 @@ def main() -> int:
         train = TrainConfig(lr=1e-3, batch_size=4, micro_batch_size=4, zero_stage=3)
         engine = ds_engine.build_engine(models.load_policy(tiny, "bfloat16"),
                                         ds_engine.ds_config(train, 1, "bfloat16"), total_steps=4)
-        m1 = ds_engine.train_step(engine, [train_batch], ds_engine.SFT_LOSS)
-        m2 = ds_engine.train_step(engine, [train_batch], ds_engine.SFT_LOSS)
+        m1 = ds_engine.train_step(engine, [train_batch], forward.SFT_LOSS)
+        m2 = ds_engine.train_step(engine, [train_batch], forward.SFT_LOSS)
         buckets = make_buckets(ds_engine.named_full_weights(engine), 1, 64 << 10)
         names = [n for n, _ in verified(buckets, 1)]
         expected = {n for n, _ in models.load_policy(tiny).named_parameters()}

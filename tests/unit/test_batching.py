@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rlhf_ray import batching as Bt
+from rlhf_ray.algos import batching as Bt
 
 
 def test_step_batches_full_seeded_and_reshuffled_per_epoch():

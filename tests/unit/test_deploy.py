@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from cluster import pools
-from rlhf_ray import pipeline
+from rlhf_ray.stages import pipeline
 from rlhf_ray.cli import _parser, main
 from rlhf_ray.config import load_config
 

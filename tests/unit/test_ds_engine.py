@@ -9,7 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from rlhf_ray import ds_engine as E
+from rlhf_ray.algos import forward
+from rlhf_ray.engines import ds_engine as E
 from rlhf_ray import models
 from rlhf_ray.config import TrainConfig
 
@@ -65,14 +66,14 @@ def test_sft_loss_and_gradient_add_up_over_micro_batches(tiny):
     their gradients to the full-batch gradient."""
     model = models.load_policy(tiny)
     batch = _batch()
-    full, _ = E.sft_nll(model, batch, E.sft_count(batch))
+    full, _ = forward.sft_nll(model, batch, forward.sft_count(batch))
     full.backward()
     full_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    n = E.sft_count(batch)
+    n = forward.sft_count(batch)
     total = 0.0
     for mb in E.split_micro_batches(batch, 2):
-        loss, _ = E.sft_nll(model, mb, n)
+        loss, _ = forward.sft_nll(model, mb, n)
         loss.backward()
         total += loss.item()
     assert total == pytest.approx(full.item(), rel=1e-6)
@@ -86,21 +87,21 @@ def test_logprobs_ignore_left_padding(tiny):
     padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], 1)
     mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 9, dtype=torch.long)], 1)
     with torch.no_grad():
-        plain = E.logprobs(model, ids, torch.ones_like(ids), 4)
-        left = E.logprobs(model, padded, mask, 4)
+        plain = forward.logprobs(model, ids, torch.ones_like(ids), 4)
+        left = forward.logprobs(model, padded, mask, 4)
         manual = torch.log_softmax(model(ids).logits[:, -5:-1], -1).gather(-1, ids[:, -4:, None]).squeeze(-1)
     assert plain.shape == (1, 4)
     torch.testing.assert_close(plain, manual, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(left, plain, atol=1e-5, rtol=1e-5)
 
 
-def test_values_match_models_token_values(tiny):
+def test_values_read_the_value_before_each_response_token(tiny):
     torch.manual_seed(0)
     model = models.load_value_model(tiny).eval()
     b = _batch(B=3)
     with torch.no_grad():
-        ours = E.values(model, b["input_ids"], b["attention_mask"], 5)
-        ref = models.token_values(model, b["input_ids"], b["attention_mask"])
+        ours = forward.values(model, b["input_ids"], b["attention_mask"], 5)
+        ref = forward.token_values(model, b["input_ids"], b["attention_mask"])
     torch.testing.assert_close(ours, ref[:, -6:-1])
 
 
@@ -111,10 +112,10 @@ def test_hf_name_strips_wrappers():
 
 def test_without_left_padding_drops_only_columns_padded_in_every_row():
     ids = torch.tensor([[0, 0, 0, 5, 6], [0, 0, 7, 8, 9]])
-    kept_ids, kept_mask = E.without_left_padding(ids, (ids > 0).long())
+    kept_ids, kept_mask = forward.without_left_padding(ids, (ids > 0).long())
     assert kept_ids.tolist() == [[0, 5, 6], [7, 8, 9]] and kept_mask.tolist() == [[0, 1, 1], [1, 1, 1]]
     full = torch.tensor([[1, 2], [3, 4]])
-    assert E.without_left_padding(full, torch.ones_like(full))[0].tolist() == full.tolist()  # nothing to drop
+    assert forward.without_left_padding(full, torch.ones_like(full))[0].tolist() == full.tolist()  # nothing to drop
 
 
 def test_logprobs_and_values_same_with_or_without_shared_left_padding(tiny):
@@ -123,7 +124,7 @@ def test_logprobs_and_values_same_with_or_without_shared_left_padding(tiny):
     pad = torch.zeros(3, 4, dtype=torch.long)  # 4 more columns of padding in every row: dropped before the forward
     wide_ids, wide_mask = torch.cat([pad, b["input_ids"]], 1), torch.cat([pad, b["attention_mask"]], 1)
     with torch.no_grad():
-        torch.testing.assert_close(E.logprobs(policy, wide_ids, wide_mask, 5),
-                                   E.logprobs(policy, b["input_ids"], b["attention_mask"], 5))
-        torch.testing.assert_close(E.values(critic, wide_ids, wide_mask, 5),
-                                   E.values(critic, b["input_ids"], b["attention_mask"], 5))
+        torch.testing.assert_close(forward.logprobs(policy, wide_ids, wide_mask, 5),
+                                   forward.logprobs(policy, b["input_ids"], b["attention_mask"], 5))
+        torch.testing.assert_close(forward.values(critic, wide_ids, wide_mask, 5),
+                                   forward.values(critic, b["input_ids"], b["attention_mask"], 5))

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from rlhf_ray import experience, models, ppo_losses, rl_math
+from rlhf_ray import models
+from rlhf_ray.algos import experience, ppo_losses, rl_math
 
 
 def test_shape_task_reward():
@@ -128,7 +129,7 @@ def tmp_path_from(model, tmp_path):
 
 
 def test_vader_warmth_orders_replies():
-    from rlhf_ray.labelers import vader_warmth
+    from examples.warm.labelers import vader_warmth
 
     warm, flat, cold = vader_warmth(["q"] * 3, ["I'm so glad you asked, happy to help! Great idea.",
                                                 "The form is on page two.", "That is a stupid, awful question."])

@@ -6,9 +6,10 @@ import math
 import pyarrow as pa
 import pytest
 
-from rlhf_ray import data, label, models, pipeline
+from rlhf_ray import data, models
+from rlhf_ray.stages import label, pipeline
 from rlhf_ray.config import ConfigError, load_config
-from rlhf_ray.scoring import RewardFunctionError
+from rlhf_ray.engines.scoring import RewardFunctionError
 
 
 def _pairs(groups: list[tuple[str, list[str], list[float]]]):
@@ -101,6 +102,9 @@ def test_the_pipeline_checks_the_labeler_spec_before_anything_runs(tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "hi"}\n')
     base = [f"data.prompts.path={prompts}", "stages=[label,dpo]"]
+    with pytest.raises(ConfigError, match=r"label\.labeler: the label stage needs a labeler"):
+        load_config(None, base)  # the library has no labeler of its own
+    base.append("label.labeler=examples/warm/labelers.py:vader_warmth")
     pipeline.check_inputs(load_config(None, base))  # dpo's preferences come from label
     with pytest.raises(ConfigError, match=r"label\.labeler: no such file: nowhere\.py"):
         pipeline.check_inputs(load_config(None, [*base, "label.labeler=nowhere.py:f"]))

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from rlhf_ray import models as M
+from rlhf_ray.algos import forward
 
 MESSAGES = [{"role": "user", "content": "Hello, can you help the cat?"}]
 
@@ -144,9 +145,9 @@ def test_tiny_value_model_shapes_and_padding(tiny, tok):
     seqs = [tok.encode("The cat likes the red book."), tok.encode("Hello"), _chat_ids(tok, MESSAGES)]
     with torch.no_grad():
         ids, mask = _pad(seqs, tok.pad_token_id, "right")
-        right, values = M.sequence_scores(model, ids, mask), M.token_values(model, ids, mask)
-        left = M.sequence_scores(model, *_pad(seqs, tok.pad_token_id, "left"))
-        alone = torch.cat([M.sequence_scores(model, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))
+        right, values = forward.sequence_rewards(model, ids, mask), forward.token_values(model, ids, mask)
+        left = forward.sequence_rewards(model, *_pad(seqs, tok.pad_token_id, "left"))
+        alone = torch.cat([forward.sequence_rewards(model, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))
                            for s in seqs])
     assert right.shape == (3,) and values.shape == ids.shape and right.dtype == torch.float32
     # The score is the value at each row's last real token, whichever side the padding is on.
@@ -157,7 +158,7 @@ def test_tiny_value_model_shapes_and_padding(tiny, tok):
 def test_value_model_is_trainable(tiny, tok):
     model = M.load_value_model(tiny)
     ids, mask = _pad([tok.encode("A dog sees a song."), tok.encode("Yes")], tok.pad_token_id, "right")
-    M.token_values(model, ids, mask).sum().backward()
+    forward.token_values(model, ids, mask).sum().backward()
     assert model.score.weight.grad is not None and model.model.embed_tokens.weight.grad.abs().sum() > 0
 
 
@@ -180,10 +181,10 @@ def test_minilm_reward_model():
     assert type(model).__name__ == "BertForSequenceClassification" and model.config.num_labels == 1
     enc = tok(["a kind and helpful answer", "no"], padding=True, return_tensors="pt")
     with torch.no_grad():
-        scores = M.sequence_scores(model, enc["input_ids"], enc["attention_mask"])
+        scores = forward.sequence_rewards(model, enc["input_ids"], enc["attention_mask"])
     assert scores.shape == (2,) and torch.isfinite(scores).all()
     with pytest.raises(ValueError, match="critic needs a decoder backbone"):
-        M.token_values(model, enc["input_ids"], enc["attention_mask"])
+        forward.token_values(model, enc["input_ids"], enc["attention_mask"])
 
 
 def test_critic_starts_from_the_reward_model_only_when_it_reads_the_policy_tokens(tiny, tmp_path):

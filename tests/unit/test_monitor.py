@@ -7,8 +7,8 @@ import re
 import sys
 
 from rlhf_ray.config import load_config
-from rlhf_ray.monitor import Monitor, Progress
-from rlhf_ray.run_dir import RunDir
+from rlhf_ray.runtime.monitor import Monitor, Progress
+from rlhf_ray.runtime.run_dir import RunDir
 
 
 def ppo_row(step: int) -> dict:
@@ -72,7 +72,7 @@ def test_run_dir_feeds_the_monitor_and_plots_when_a_stage_ends(tmp_path, capsys)
 def test_skip_guard_counts_in_a_row_and_stops_at_the_limit(capsys):
     import pytest
 
-    from rlhf_ray.stopping import NonFiniteLoss, SkipGuard
+    from rlhf_ray.runtime.stopping import NonFiniteLoss, SkipGuard
 
     guard = SkipGuard(limit=2)
     for skipped in (1.0, 0.0, 1.0):

@@ -5,10 +5,12 @@ import json
 
 import pytest
 
-from rlhf_ray import checkpoint, cli, pipeline
+from rlhf_ray import cli
+from rlhf_ray.runtime import checkpoint
+from rlhf_ray.stages import pipeline
 from rlhf_ray.config import ConfigError, load_config, to_dict
-from rlhf_ray.pipeline import StageResult
-from rlhf_ray.run_dir import RunDir
+from rlhf_ray.stages.result import StageResult
+from rlhf_ray.runtime.run_dir import RunDir
 
 PREFS = "configs/data/tiny_prefs.jsonl"
 
@@ -106,7 +108,8 @@ def test_inputs_are_checked_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.preferences\.path: no such file or folder: .*p\.jsonl"):
         pipeline.check_inputs(_cfg(tmp_path, "stages=[dpo]"))
     with pytest.raises(ConfigError, match=r"data\.prompts\.path: the `label` stage needs") as e:
-        pipeline.check_inputs(_cfg(tmp_path, "stages=[label,dpo]", "data.prompts.path=null"))
+        pipeline.check_inputs(_cfg(tmp_path, "stages=[label,dpo]", "data.prompts.path=null",
+                                   "label.labeler=examples/warm/labelers.py:vader_warmth"))
     assert "preferences" not in str(e.value)  # dpo's come from label
     with pytest.raises(ConfigError, match=r"reward\.functions: the `ppo` stage needs a reward"):
         pipeline.check_inputs(_cfg(tmp_path, "stages=[sft,ppo]"))

@@ -2,7 +2,8 @@
 
 import torch
 
-from rlhf_ray import fleet, rollout
+from rlhf_ray import rollout
+from rlhf_ray.stages import fleet
 from rlhf_ray.config import load_config
 
 

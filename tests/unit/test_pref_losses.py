@@ -6,7 +6,10 @@ import math
 import pytest
 import torch
 
-from rlhf_ray import batching, ds_engine, models, pref_losses, rl_math
+from rlhf_ray import models
+from rlhf_ray.algos import batching, pref_losses, rl_math
+from rlhf_ray.algos import forward
+from rlhf_ray.engines import ds_engine
 
 
 def _pairs(n=6, seed=0):
@@ -24,7 +27,7 @@ def _dpo_rows(model, rows):
         for k in ("chosen", "rejected"):
             ids, mask, resp = batching.prompt_response_layout([r["prompt_ids"]], [r[f"{k}_ids"]], 0)
             with torch.no_grad():
-                lp = ds_engine.logprobs(model, ids, mask, resp.shape[1])
+                lp = forward.logprobs(model, ids, mask, resp.shape[1])
             r[f"ref_{k}_logps"] = float(rl_math.masked_sum(lp, resp))
     return rows
 
@@ -52,8 +55,8 @@ def test_reward_loss_matches_bradley_terry_on_the_scores(tiny):
     loss = pref_losses.make_reward_loss(use_margin=False)
     with torch.no_grad():
         value, metrics = loss.fn(model, batch, loss.count(batch))
-        r_c = models.sequence_scores(model, batch["chosen_input_ids"], batch["chosen_attention_mask"])
-        r_r = models.sequence_scores(model, batch["rejected_input_ids"], batch["rejected_attention_mask"])
+        r_c = forward.sequence_rewards(model, batch["chosen_input_ids"], batch["chosen_attention_mask"])
+        r_r = forward.sequence_rewards(model, batch["rejected_input_ids"], batch["rejected_attention_mask"])
     assert value.item() == pytest.approx(rl_math.bradley_terry_loss(r_c, r_r).mean().item(), rel=1e-5)
     assert metrics["accuracy"] == pytest.approx((r_c > r_r).float().mean().item())
     assert metrics["margin"] == pytest.approx((r_c - r_r).mean().item(), abs=1e-6)
@@ -65,8 +68,8 @@ def test_eval_step_equals_the_full_batch_loss_without_gradients(tiny):
     rows = [{"input_ids": torch.randint(3, 700, (n,), generator=g).tolist(), "loss_mask": [0, 0] + [1] * (n - 2)}
             for n in (5, 9, 7, 4, 6)]
     batch = batching.sft_batch(rows, 0)
-    out = ds_engine.eval_step(model, ds_engine.split_micro_batches(batch, 2, exact=False), ds_engine.SFT_LOSS)
+    out = ds_engine.eval_step(model, ds_engine.split_micro_batches(batch, 2, exact=False), forward.SFT_LOSS)
     assert model.training and all(p.grad is None for p in model.parameters())  # back in train mode, no grads
     with torch.no_grad():
-        full, _ = ds_engine.sft_nll(model.eval(), batch, ds_engine.sft_count(batch))
+        full, _ = forward.sft_nll(model.eval(), batch, forward.sft_count(batch))
     assert out["loss"] == pytest.approx(full.item(), rel=1e-5)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rlhf_ray import report
+from rlhf_ray.runtime import report
 
 PPO_PNGS = ["ppo_reward.png", "ppo_kl.png", "ppo_response_length.png", "ppo_losses.png", "ppo_staleness.png",
             "ppo_phase_times.png"]

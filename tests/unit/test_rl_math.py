@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlhf_ray import rl_math as M
+from rlhf_ray.algos import rl_math as M
 
 torch.manual_seed(0)
 

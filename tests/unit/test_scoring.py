@@ -2,7 +2,7 @@
 
 import pytest
 
-from rlhf_ray.scoring import RewardFunctionError, call_reward_function, load_reward_function
+from rlhf_ray.engines.scoring import RewardFunctionError, call_reward_function, load_reward_function
 
 USER_FILE = '''
 def length_bonus(prompts, responses, finish_reason=None):

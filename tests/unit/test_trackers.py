@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from rlhf_ray import trackers
+from rlhf_ray.runtime import trackers
 
 ROWS = [  # (stage, row) as a pipeline logs them: SFT steps from 1, PPO from 0 with eval rows repeating a step
     ("sft", {"step": 1, "loss": 2.5}),

@@ -9,8 +9,9 @@ from statistics import mean
 
 import pytest
 
-from rlhf_ray import data, warm_data
-from rlhf_ray.labelers import vader_warmth
+from examples.warm import warm_data
+from rlhf_ray import data
+from examples.warm.labelers import vader_warmth
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_same_seed_same_data_other_seed_other_data():
 def test_files_are_byte_identical_across_processes_and_hash_seeds(tmp_path):
     counts = warm_data.write_all(tmp_path / "a")
     env = {**os.environ, "PYTHONHASHSEED": "123"}
-    subprocess.run([sys.executable, "-m", "rlhf_ray.warm_data", str(tmp_path / "b")], check=True, env=env,
+    subprocess.run([sys.executable, "-m", "examples.warm.warm_data", str(tmp_path / "b")], check=True, env=env,
                    capture_output=True)
     for name in warm_data.FILES:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
@@ -87,7 +88,7 @@ def test_written_files_load_as_project_datasets(tmp_path):
 
 
 def test_committed_files_are_what_the_generator_writes(tmp_path):
-    """configs/data/warm/ is generated (python -m rlhf_ray.warm_data configs/data/warm); it must not drift."""
+    """configs/data/warm/ is generated (python -m examples.warm.warm_data configs/data/warm); it must not drift."""
     committed = Path(__file__).resolve().parents[2] / "configs" / "data" / "warm"
     warm_data.write_all(tmp_path)
     for f in sorted(tmp_path.iterdir()):

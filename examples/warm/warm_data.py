@@ -20,7 +20,7 @@ Departures from a real dataset: the tips are per topic, not per request, so a re
 question rather than every detail of it; and prompts and replies are template-made, so they are far less varied
 than human text. They are correct and varied enough to separate a warm-and-helpful policy from a cold one.
 
-    python -m rlhf_ray.warm_data OUT_DIR [--seed 0]   # writes the JSONL files listed in FILES
+    python -m examples.warm.warm_data OUT_DIR [--seed 0]   # writes the JSONL files listed in FILES
 """
 
 from __future__ import annotations
@@ -902,7 +902,7 @@ def write_all(out_dir: str | Path, seed: int = 0) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rlhf_ray.warm_data", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m examples.warm.warm_data", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", help="folder to write the JSONL files into")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (same seed, same bytes)")
     args = parser.parse_args(argv)

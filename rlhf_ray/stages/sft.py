@@ -1,14 +1,17 @@
-"""SFT stage: next-token loss on the response tokens of demonstrations (`ds_engine.SFT_LOSS`), eval loss on a
+"""SFT stage: next-token loss on the response tokens of demonstrations (`forward.SFT_LOSS`), eval loss on a
 held-out split (`data.demonstrations.eval_fraction`); the result is final/sft, the policy of later stages."""
 
 from __future__ import annotations
 
 from functools import partial
 
-from rlhf_ray import batching, data, ds_engine, models, supervised
+from rlhf_ray import data, models
+from rlhf_ray.algos import batching
+from rlhf_ray.algos import forward
+from rlhf_ray.stages import supervised
 from rlhf_ray.config import Config
-from rlhf_ray.pipeline import StageResult
-from rlhf_ray.run_dir import RunDir
+from rlhf_ray.stages.result import StageResult
+from rlhf_ray.runtime.run_dir import RunDir
 
 
 def build_job(cfg: Config) -> supervised.Job:
@@ -20,7 +23,7 @@ def build_job(cfg: Config) -> supervised.Job:
     train, held_out = supervised.load_split(
         cfg, "demonstrations",
         lambda rows, report: data.encode_rows(tok, rows, "demonstrations", limits, report, d.apply_chat_template))
-    return supervised.Job("sft", policy, "policy", ds_engine.SFT_LOSS, train, held_out,
+    return supervised.Job("sft", policy, "policy", forward.SFT_LOSS, train, held_out,
                           partial(batching.sft_batch, pad_id=tok.pad_token_id))
 
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from rlhf_ray import rl_math
+from rlhf_ray.algos import rl_math
 
 Tensor = torch.Tensor
 

@@ -15,7 +15,7 @@ from rlhf_ray.config import Config, dump_yaml
 class RunDir:
     """stage: set by the pipeline while a stage runs; every metrics row then carries it (`stage` key), so the
     rows of a pipeline's stages can share one metrics.jsonl. monitor: shows each row as it is logged
-    (progress, Ray gauges, plots, trackers; `rlhf_ray.monitor`), when the command line gives one."""
+    (progress, Ray gauges, plots, trackers; `rlhf_ray.runtime.monitor`), when the command line gives one."""
 
     def __init__(self, path: str | Path, cfg: Config, monitor=None):
         self.stage: str | None = None

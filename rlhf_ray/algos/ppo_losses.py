@@ -1,4 +1,4 @@
-"""PPO losses as `ds_engine.Loss` objects for the policy and critic learners.
+"""PPO losses as `forward.Loss` objects for the policy and critic learners.
 
 Micro-batch keys (all (B, ·) tensors in the `rollout.RolloutBatch` layout): input_ids, attention_mask (B, P+T);
 response_mask, old_logprobs, advantages, is_weights (B, T) for the policy, plus ref_logprobs when the KL is a loss
@@ -14,14 +14,15 @@ from typing import Optional
 
 import torch
 
-from rlhf_ray import ds_engine, rl_math
+from rlhf_ray.algos import rl_math
+from rlhf_ray.algos import forward
 
 
-def response_tokens(mb: ds_engine.Batch) -> float:
+def response_tokens(mb: forward.Batch) -> float:
     return float(mb["response_mask"].sum())
 
 
-def policy_loss(model, mb: ds_engine.Batch, n_global: float, clip_eps: float, dual_clip: Optional[float],
+def policy_loss(model, mb: forward.Batch, n_global: float, clip_eps: float, dual_clip: Optional[float],
                 entropy_coef: float, kl_coef: float, kl_estimator: str, on_policy: bool = False
                 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate on the proximal policy π_θold, each token weighted by its truncated importance weight
@@ -33,7 +34,7 @@ def policy_loss(model, mb: ds_engine.Batch, n_global: float, clip_eps: float, du
     mb["old_logprobs"] then holds the generator's log-probs μ, and their gap to the learner's is reported."""
     mask = mb["response_mask"]
     T = mask.shape[1]
-    logits = ds_engine.response_logits(model, mb["input_ids"], mb["attention_mask"], T)
+    logits = forward.response_logits(model, mb["input_ids"], mb["attention_mask"], T)
     logp = rl_math.logprobs_from_logits(logits, mb["input_ids"][:, -T:])
     old = logp.detach() if on_policy else mb["old_logprobs"]
     pg, clipped = rl_math.ppo_policy_loss(logp, old, mb["advantages"], clip_eps, dual_clip)
@@ -59,20 +60,20 @@ def policy_loss(model, mb: ds_engine.Batch, n_global: float, clip_eps: float, du
     return loss, metrics
 
 
-def value_loss(model, mb: ds_engine.Batch, n_global: float, clip_eps: Optional[float]
+def value_loss(model, mb: forward.Batch, n_global: float, clip_eps: Optional[float]
                ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped value loss on the critic's V(s_t) for each response token."""
     mask = mb["response_mask"]
-    values = ds_engine.values(model, mb["input_ids"], mb["attention_mask"], mask.shape[1])
+    values = forward.values(model, mb["input_ids"], mb["attention_mask"], mask.shape[1])
     loss = rl_math.token_mean(rl_math.value_loss(values, mb["old_values"], mb["returns"], clip_eps), mask, n_global)
     return loss, {"value_loss": loss.item()}
 
 
 def make_policy_loss(clip_eps: float, dual_clip: Optional[float], entropy_coef: float, kl_coef: float,
-                     kl_estimator: str, on_policy: bool = False) -> ds_engine.Loss:
-    return ds_engine.Loss(partial(policy_loss, clip_eps=clip_eps, dual_clip=dual_clip, entropy_coef=entropy_coef,
+                     kl_estimator: str, on_policy: bool = False) -> forward.Loss:
+    return forward.Loss(partial(policy_loss, clip_eps=clip_eps, dual_clip=dual_clip, entropy_coef=entropy_coef,
                                   kl_coef=kl_coef, kl_estimator=kl_estimator, on_policy=on_policy), response_tokens)
 
 
-def make_value_loss(clip_eps: Optional[float]) -> ds_engine.Loss:
-    return ds_engine.Loss(partial(value_loss, clip_eps=clip_eps), response_tokens)
+def make_value_loss(clip_eps: Optional[float]) -> forward.Loss:
+    return forward.Loss(partial(value_loss, clip_eps=clip_eps), response_tokens)

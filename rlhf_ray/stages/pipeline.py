@@ -19,27 +19,15 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from rlhf_ray import checkpoint
+from rlhf_ray.runtime import checkpoint
 from rlhf_ray.config import Config, ConfigError, for_stage, to_dict
-from rlhf_ray.run_dir import RunDir
+from rlhf_ray.runtime.run_dir import RunDir
+from rlhf_ray.stages.result import StageResult
 
 MARKER = "stage_done.json"
-
-
-@dataclass
-class StageResult:
-    outputs: dict[str, str]
-    """What later stages use: `policy`, `reward` or `preferences` -> a path."""
-    summary: str
-    """One line for the console: the stage's headline numbers and where its output is."""
-    skipped: bool = False
-    """True when a finished earlier run was reused."""
-    metrics: dict = field(default_factory=dict)
-    """Headline numbers (also in the marker), e.g. {"eval_loss": 1.2}."""
 
 
 # Where each output goes in the config of the stages after it.
@@ -51,31 +39,31 @@ MAKES = {"sft": ["policy"], "label": ["preferences"], "rm": ["reward"], "dpo": [
 
 
 def _sft(cfg: Config, run_dir: RunDir) -> StageResult:
-    from rlhf_ray import sft
+    from rlhf_ray.stages import sft
 
     return sft.run(cfg, run_dir)
 
 
 def _label(cfg: Config, run_dir: RunDir) -> StageResult:
-    from rlhf_ray import label
+    from rlhf_ray.stages import label
 
     return label.run(cfg, run_dir)
 
 
 def _rm(cfg: Config, run_dir: RunDir) -> StageResult:
-    from rlhf_ray import rm
+    from rlhf_ray.stages import rm
 
     return rm.run(cfg, run_dir)
 
 
 def _dpo(cfg: Config, run_dir: RunDir) -> StageResult:
-    from rlhf_ray import dpo
+    from rlhf_ray.stages import dpo
 
     return dpo.run(cfg, run_dir)
 
 
 def _ppo(cfg: Config, run_dir: RunDir) -> StageResult:
-    from rlhf_ray import ppo
+    from rlhf_ray.stages import ppo
 
     return ppo.run(cfg, run_dir)
 

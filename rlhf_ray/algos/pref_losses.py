@@ -1,6 +1,6 @@
-"""Preference losses as `ds_engine.Loss` objects: Bradley-Terry for reward models, DPO/IPO for policies.
+"""Preference losses as `forward.Loss` objects: Bradley-Terry for reward models, DPO/IPO for policies.
 
-Micro-batch layouts are `rlhf_ray.batching.pair_batch` (reward model) and `batching.dpo_batch` (DPO). Chosen and
+Micro-batch layouts are `rlhf_ray.algos.batching.pair_batch` (reward model) and `batching.dpo_batch` (DPO). Chosen and
 rejected halves are stacked into one (2B, ·) forward, rows [:B] chosen. Losses and metrics are sums over pairs
 divided by the *global* pair count, so micro-batches and ranks add up to the full-batch values (the same
 invariant as `ppo_losses`). Coefficients are bound with functools.partial, so the Loss pickles into the actors.
@@ -12,11 +12,12 @@ from functools import partial
 
 import torch
 
-from rlhf_ray import ds_engine, rl_math
-from rlhf_ray.batching import stack_pair
+from rlhf_ray.algos import rl_math
+from rlhf_ray.algos import forward
+from rlhf_ray.algos.batching import stack_pair
 
 
-def pairs(mb: ds_engine.Batch) -> float:
+def pairs(mb: forward.Batch) -> float:
     return float(mb["chosen_input_ids"].shape[0])
 
 
@@ -24,26 +25,26 @@ def _share(x: torch.Tensor, n_global: float) -> float:
     return float(x.detach().float().sum() / n_global)
 
 
-def reward_loss(model, mb: ds_engine.Batch, n_global: float, use_margin: bool
+def reward_loss(model, mb: forward.Batch, n_global: float, use_margin: bool
                 ) -> tuple[torch.Tensor, dict[str, float]]:
     """-log σ(r_c - r_r [- m]) per pair; metrics: accuracy (r_c > r_r) and margin (r_c - r_r)."""
     x = stack_pair(mb, ("input_ids", "attention_mask"))
-    r = ds_engine.sequence_rewards(model, x["input_ids"], x["attention_mask"])  # (2B,)
+    r = forward.sequence_rewards(model, x["input_ids"], x["attention_mask"])  # (2B,)
     B = r.shape[0] // 2
     r_c, r_r = r[:B], r[B:]
     losses = rl_math.bradley_terry_loss(r_c, r_r, mb["margin"] if use_margin else None)
     return losses.sum() / n_global, {"accuracy": _share(r_c > r_r, n_global), "margin": _share(r_c - r_r, n_global)}
 
 
-def response_logps(model, mb: ds_engine.Batch) -> torch.Tensor:
+def response_logps(model, mb: forward.Batch) -> torch.Tensor:
     """Summed log π of each response, chosen rows then rejected: (2B,)."""
     x = stack_pair(mb, ("input_ids", "attention_mask", "response_mask"))
     T = x["response_mask"].shape[1]
-    logp = ds_engine.logprobs(model, x["input_ids"], x["attention_mask"], T)  # (2B, T)
+    logp = forward.logprobs(model, x["input_ids"], x["attention_mask"], T)  # (2B, T)
     return rl_math.masked_sum(logp, x["response_mask"], dim=1)
 
 
-def dpo_loss(model, mb: ds_engine.Batch, n_global: float, beta: float, loss_type: str, label_smoothing: float
+def dpo_loss(model, mb: forward.Batch, n_global: float, beta: float, loss_type: str, label_smoothing: float
              ) -> tuple[torch.Tensor, dict[str, float]]:
     """DPO / IPO / conservative DPO (`rl_math.dpo_loss`) against the reference log-probs in the batch.
 
@@ -62,9 +63,9 @@ def dpo_loss(model, mb: ds_engine.Batch, n_global: float, beta: float, loss_type
     return losses.sum() / n_global, metrics
 
 
-def make_reward_loss(use_margin: bool) -> ds_engine.Loss:
-    return ds_engine.Loss(partial(reward_loss, use_margin=use_margin), pairs)
+def make_reward_loss(use_margin: bool) -> forward.Loss:
+    return forward.Loss(partial(reward_loss, use_margin=use_margin), pairs)
 
 
-def make_dpo_loss(beta: float, loss_type: str, label_smoothing: float) -> ds_engine.Loss:
-    return ds_engine.Loss(partial(dpo_loss, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing), pairs)
+def make_dpo_loss(beta: float, loss_type: str, label_smoothing: float) -> forward.Loss:
+    return forward.Loss(partial(dpo_loss, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing), pairs)

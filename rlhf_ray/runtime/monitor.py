@@ -3,7 +3,7 @@
 - Ray gauges: every numeric key becomes `rlhf_<key>` with tags `run` and `stage`; Ray's Prometheus endpoint
   (the metrics export port) serves them as `ray_rlhf_<key>{run=..., stage=...}` (deploy/grafana charts them);
 - a progress bar per stage on a terminal (step, ETA, reward, KL), else a concise line every few seconds;
-- plots/*.png redrawn during the run (`rlhf_ray.report`); TensorBoard and W&B when the config asks.
+- plots/*.png redrawn during the run (`rlhf_ray.runtime.report`); TensorBoard and W&B when the config asks.
 """
 
 from __future__ import annotations
@@ -119,12 +119,12 @@ class Monitor:
         self.plots_every_s, self.last_plot = lg.plots_every_s, time.monotonic()
         self.trackers = []
         if lg.tensorboard:
-            from rlhf_ray.trackers import TensorBoardTracker
+            from rlhf_ray.runtime.trackers import TensorBoardTracker
 
             self.trackers.append(TensorBoardTracker(self.run_dir / "tensorboard"))
         if lg.wandb_project:
             from rlhf_ray.config import to_dict
-            from rlhf_ray.trackers import WandbTracker
+            from rlhf_ray.runtime.trackers import WandbTracker
 
             self.trackers.append(WandbTracker(lg.wandb_project, cfg.name, to_dict(cfg), self.run_dir))
 
@@ -142,7 +142,7 @@ class Monitor:
             self.plot()
 
     def plot(self) -> None:
-        from rlhf_ray import report
+        from rlhf_ray.runtime import report
 
         report.render(self.run_dir)
         self.last_plot = time.monotonic()

@@ -8,7 +8,7 @@ can cut it along rows. Layouts:
               two halves into one (2B, L) forward (reward models read the last real token)
   dpo_batch   {chosen,rejected}_{input_ids,attention_mask} (B, P+T), {chosen,rejected}_response_mask (B, T):
               the `rollout.RolloutBatch` layout (prompt left-padded to P, response right-padded to T), so
-              `ds_engine.logprobs(..., T)` reads every response token; plus ref_{chosen,rejected}_logps (B,)
+              `forward.logprobs(..., T)` reads every response token; plus ref_{chosen,rejected}_logps (B,)
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ import pyarrow as pa
 
 from actors.generator import Generator
 from cluster.actor_group import ActorGroup
-from rlhf_ray import rollout, vllm_engine
+from rlhf_ray import rollout
+from rlhf_ray.engines import vllm_engine
 from rlhf_ray.config import Config
 
 

@@ -1,7 +1,7 @@
 """The loop the supervised stages share (SFT, reward model, DPO): one DeepSpeed learner group, a fixed dataset,
 optimizer steps over seeded shuffles, held-out evaluation, metrics, and the final HF folder.
 
-A stage builds a `Job` (encoded rows, a collate function, a `ds_engine.Loss`) and calls `run`. Data is loaded,
+A stage builds a `Job` (encoded rows, a collate function, a `forward.Loss`) and calls `run`. Data is loaded,
 checked and tokenized before any actor starts, so a bad row stops the run before compute is spent.
 
 metrics.jsonl rows: `step` counts optimizer steps done. With an eval split, a row at step 0 holds the eval
@@ -21,10 +21,13 @@ from typing import Callable, Optional
 from actors.learner import Learner
 from cluster import pools
 from cluster.actor_group import ActorGroup, GroupError
-from rlhf_ray import batching, checkpoint, data, ds_engine, faults
+from rlhf_ray import data
+from rlhf_ray.algos import batching
+from rlhf_ray.algos import forward
+from rlhf_ray.runtime import checkpoint, faults
 from rlhf_ray.config import Config, to_dict
-from rlhf_ray.run_dir import RunDir
-from rlhf_ray.stopping import GracefulStop, SkipGuard, Stopped
+from rlhf_ray.runtime.run_dir import RunDir
+from rlhf_ray.runtime.stopping import GracefulStop, SkipGuard, Stopped
 
 LEARNER_ROLE = "policy"
 
@@ -39,12 +42,12 @@ class Job:
     """Folder the learner starts from."""
     kind: str
     """Learner kind: `policy` (causal LM) or `reward` (sequence classifier)."""
-    loss: ds_engine.Loss
+    loss: forward.Loss
     train: list[dict]
     """Encoded training rows (what `collate` takes)."""
     eval: list[dict]
     """Encoded held-out rows (may be empty), a multiple of the learner ranks."""
-    collate: Callable[[list[dict]], ds_engine.Batch]
+    collate: Callable[[list[dict]], forward.Batch]
 
 
 def load_split(cfg: Config, name: str, encode: Callable[[list[dict], data.LoadReport], list]

@@ -16,7 +16,8 @@ from typing import Callable
 
 import torch
 
-from rlhf_ray import ds_engine, models
+from rlhf_ray import models
+from rlhf_ray.algos import forward
 from rlhf_ray.rollout import RolloutBatch
 
 
@@ -29,7 +30,7 @@ def _micro_batches(n: int, size: int):
 def response_logprobs(model, batch: RolloutBatch, micro_batch_size: int = 8) -> torch.Tensor:
     """log π(response token t | prefix) for every row: (B, T), 0 on padding."""
     T = batch.response_mask.shape[1]
-    out = [ds_engine.logprobs(model, batch.input_ids[sl], batch.attention_mask[sl], T)
+    out = [forward.logprobs(model, batch.input_ids[sl], batch.attention_mask[sl], T)
            for sl in _micro_batches(batch.input_ids.shape[0], micro_batch_size)]
     return torch.cat(out) * batch.response_mask
 
@@ -39,7 +40,7 @@ def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
                   ) -> torch.Tensor:
     """The reward model's scalar for each sequence (B, L), read at the last real token: (B,)."""
     return torch.cat([
-        models.sequence_scores(model, input_ids[sl], attention_mask[sl])
+        forward.sequence_rewards(model, input_ids[sl], attention_mask[sl])
         for sl in _micro_batches(input_ids.shape[0], micro_batch_size)
     ])
 

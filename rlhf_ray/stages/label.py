@@ -27,9 +27,9 @@ from actors.reward_function import RewardFunction
 from cluster import pools
 from rlhf_ray import data, models
 from rlhf_ray.config import Config
-from rlhf_ray.pipeline import StageResult
-from rlhf_ray.run_dir import RunDir
-from rlhf_ray.scoring import RewardFunctionError
+from rlhf_ray.stages.result import StageResult
+from rlhf_ray.runtime.run_dir import RunDir
+from rlhf_ray.engines.scoring import RewardFunctionError
 
 ROLE = "generator"
 
@@ -57,7 +57,7 @@ def load_prompts(cfg: Config, tokenizer) -> list[dict]:
 
 def sample(cfg: Config, policy: str, prompts: list[dict]) -> tuple[pa.Table, float]:
     """(k rollouts per prompt, grouped by `group`; generation seconds, engine start excluded)."""
-    from rlhf_ray import generation  # Ray and vLLM: here, so the checks above import without them
+    from rlhf_ray.stages import generation  # Ray and vLLM: here, so the checks above import without them
 
     placement = pools.create(pools.plan(cfg.cluster, [ROLE]), timeout_s=cfg.cluster.call_timeout_s)
     print(pools.describe(placement), flush=True)

@@ -20,9 +20,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-from rlhf_ray import faults
+from rlhf_ray.runtime import faults
 from rlhf_ray.config import ConfigError
-from rlhf_ray.stopping import LearnerLost
+from rlhf_ray.runtime.stopping import LearnerLost
 
 STEP_DIR = re.compile(r"^step_(\d{6})$")
 # Keys that may change between a run and its resume: where it runs, how it reports, how long it goes on.

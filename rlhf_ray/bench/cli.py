@@ -1,0 +1,105 @@
+"""`rlhf-ray bench`: rlhf-ray measured beside the limits it wraps and beside a peer, each pair in the same run on
+the same machine and the same work (absolute times on shared machines are noisy; the ratios are what count).
+
+  1. generation   a generator actor vs vLLM called directly: generated tokens/s
+  2. learning     a learner actor's train_step (DeepSpeed) vs a plain torch forward/backward/AdamW loop: tokens/s
+  3. weight sync  learner -> generator, per bucket size, beside a plain memcpy of the same bytes
+  4. PPO steps    seconds per phase, samples/s, tokens/s, generator idle, at max_staleness 0 and 1 (GRPO)
+  5. peer         TRL's GRPOTrainer vs rlhf-ray's GRPO, and TRL's experimental PPOTrainer vs rlhf-ray's PPO with a
+                  critic: seconds per step, same model, prompts, group, batch, response length, dtype and β
+
+The peer runs first, without Ray, so nothing else competes for the cores; then the embedded Ray cluster starts for
+rlhf-ray's own sections. The raw engines run beside the actors in plain processes of their own, each raw call
+alternating with the actor's (engines.alternate). Writes bench.json and bench.md to --out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from rlhf_ray.bench import table
+from rlhf_ray.bench.workload import WORKLOADS, Workload, quick
+
+
+def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with_peer: bool = True,
+        dtype: Optional[str] = None) -> dict:
+    import ray
+
+    from cluster.local import init_ray
+    from rlhf_ray.bench import engines, steps
+    from rlhf_ray.bench import workload as wl
+
+    w = WORKLOADS[model]
+    w = dataclasses.replace(quick(w) if fast else w, **({"dtype": dtype} if dtype else {}))
+    out_dir = Path(out or Path("runs") / f"bench-{model}").expanduser().resolve()  # the peer runs elsewhere
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = wl.prompt_rows(w.prompts * (w.steps + 2))
+    prompts_file = out_dir / "prompts.jsonl"
+    prompts_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompt_ids = wl.encode_prompts(w, rows[: w.prompts])
+    batch = wl.train_batch(w, prompt_ids)
+    result: dict = {"machine": table.machine(), "workload": dataclasses.asdict(w), "fast": fast,
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def say(what: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {what}", flush=True)
+
+    rm = steps.reward_model(w, out_dir) if with_peer else None
+    trl = {}
+    if with_peer:
+        from rlhf_ray.bench import peer
+
+        say("peer: TRL (its own venv)")
+        texts = wl.prompt_texts(w, wl.encode_prompts(w, rows))
+        for algo in ("grpo", "ppo"):
+            trl[algo] = peer.run_trl(peer_spec(w, algo, texts, rm), engines.TIMEOUT_S)
+            say(f"TRL {algo}: {trl[algo]['mean_s']:.1f} s per step")
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the actors inherit it: no engine banners per run
+    init_ray(None, num_cpus=None, object_store_mb=1024)
+    try:
+        say("generator and learner actors, beside raw vLLM and plain torch (no Ray)")
+        gen, learner = engines.start_actors(w, w.samples)
+        result["generation"] = engines.generation(w, gen, prompt_ids)
+        result["learning"] = engines.learning(w, learner, batch)
+        say(f"generation {result['generation']['ratio']:.2f} of raw vLLM, learning "
+            f"{result['learning']['ratio']:.2f} of plain torch")
+        say("weight sync")
+        result["weight_sync"] = engines.weight_sync(w, gen, learner)
+        gen.kill()
+        learner.kill()
+        result["ppo_steps"] = []
+        for k in (0, 1):
+            say(f"GRPO steps, max_staleness {k}")
+            result["ppo_steps"].append(steps.run(w, prompts_file, out_dir, "grpo", k))
+            say(f"GRPO, max_staleness {k}: {result['ppo_steps'][-1]['step_s']:.1f} s per step")
+        if with_peer:
+            say("PPO with a critic, max_staleness 0")
+            ours_ppo = steps.run(w, prompts_file, out_dir, "gae", 0, rm)
+            say(f"PPO with a critic: {ours_ppo['step_s']:.1f} s per step")
+            result["peer"] = table.peer_rows(trl, result["ppo_steps"], ours_ppo)
+    finally:
+        ray.shutdown()
+    (out_dir / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / "bench.md").write_text(table.render(result))
+    say(f"wrote {out_dir / 'bench.json'} and {out_dir / 'bench.md'}")
+    return result
+
+
+def peer_spec(w: Workload, algo: str, prompts: list[str], rm: Optional[str] = None) -> dict:
+    """The peer's run, on rlhf-ray's terms: see rlhf_ray/bench/trl_peer.py for the keys."""
+    from rlhf_ray import models
+    from rlhf_ray.bench.workload import REWARD_FN
+
+    spec = {"algo": algo, "model": models.resolve_model(w.model), "prompts": prompts, "group": w.group,
+            "batch_prompts": w.prompts, "response_len": w.response_len, "dtype": w.dtype, "lr": w.lr,
+            "micro_batch": w.micro_batch, "steps": w.steps, "warmup_steps": 1, "threads": w.threads,
+            "seed": w.seed, "temperature": 1.0}
+    if algo == "grpo":
+        return {**spec, "beta": w.beta, "reward_fn": REWARD_FN}
+    return {**spec, "beta": w.ppo_beta, "reward_model": rm}
