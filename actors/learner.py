@@ -13,14 +13,14 @@ from typing import Literal, Optional
 import ray
 import torch
 
-from cluster.actor_group import DistributedActor
 from cluster import weight_sync
+from cluster.actor_group import DistributedActor
 from cluster.local import listening_socket
 from cluster.weight_sync import make_buckets, tensor_checksum
 from rlhf_ray.algos import forward
-from rlhf_ray.engines import ds_engine
-from rlhf_ray.config import TrainConfig
 from rlhf_ray.algos.forward import Batch, Loss
+from rlhf_ray.config import TrainConfig
+from rlhf_ray.engines import ds_engine
 from rlhf_ray.models import load_policy, load_value_model, resolve_model
 
 Kind = Literal["policy", "critic", "reward"]

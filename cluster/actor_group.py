@@ -27,7 +27,6 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.local import listening_socket
 
-
 DIED = "actor died"
 
 

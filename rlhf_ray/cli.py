@@ -41,9 +41,8 @@ def cmd_run(args) -> int:
     """Run the config's stages in order on the cluster at --address / RAY_ADDRESS, else an embedded local one.
 
     Stages already finished in the run directory are skipped (their outputs reused) unless --force."""
-    from rlhf_ray.stages import pipeline
-
     from rlhf_ray.runtime.monitor import Monitor
+    from rlhf_ray.stages import pipeline
 
     cfg = _load(args)
     address = args.address or cfg.cluster.address

@@ -14,8 +14,7 @@ from typing import Optional
 
 import torch
 
-from rlhf_ray.algos import rl_math
-from rlhf_ray.algos import forward
+from rlhf_ray.algos import forward, rl_math
 
 
 def response_tokens(mb: forward.Batch) -> float:

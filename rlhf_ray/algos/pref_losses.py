@@ -12,8 +12,7 @@ from functools import partial
 
 import torch
 
-from rlhf_ray.algos import rl_math
-from rlhf_ray.algos import forward
+from rlhf_ray.algos import forward, rl_math
 from rlhf_ray.algos.batching import stack_pair
 
 

@@ -24,10 +24,10 @@ from actors.learner import Learner
 from cluster.actor_group import ActorGroup
 from rlhf_ray import models, rollout
 from rlhf_ray.algos import forward
-from rlhf_ray.engines import vllm_engine
 from rlhf_ray.bench import raw
 from rlhf_ray.bench.workload import Workload
 from rlhf_ray.config import TrainConfig
+from rlhf_ray.engines import vllm_engine
 
 TIMEOUT_S = 1800.0
 KV_CACHE_MB = 256

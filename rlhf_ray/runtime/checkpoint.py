@@ -20,8 +20,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-from rlhf_ray.runtime import faults
 from rlhf_ray.config import ConfigError
+from rlhf_ray.runtime import faults
 from rlhf_ray.runtime.stopping import LearnerLost
 
 STEP_DIR = re.compile(r"^step_(\d{6})$")

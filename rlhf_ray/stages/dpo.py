@@ -17,10 +17,10 @@ from actors.reference import Reference
 from cluster.actor_group import ActorGroup
 from rlhf_ray import data, models
 from rlhf_ray.algos import batching, pref_losses
-from rlhf_ray.stages import supervised
 from rlhf_ray.config import Config, ConfigError
-from rlhf_ray.stages.result import StageResult
 from rlhf_ray.runtime.run_dir import RunDir
+from rlhf_ray.stages import supervised
+from rlhf_ray.stages.result import StageResult
 
 
 def build_job(cfg: Config) -> tuple[supervised.Job, str]:

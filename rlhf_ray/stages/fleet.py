@@ -16,8 +16,8 @@ from actors.reward_model import RewardModel
 from cluster import pools
 from cluster.actor_group import ActorGroup, GroupError
 from rlhf_ray import models
-from rlhf_ray.stages import generation
 from rlhf_ray.config import Config, TrainConfig
+from rlhf_ray.stages import generation
 
 BUCKET_BYTES = 64 << 20  # weight-sync bucket size
 

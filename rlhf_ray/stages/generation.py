@@ -13,8 +13,8 @@ import pyarrow as pa
 from actors.generator import Generator
 from cluster.actor_group import ActorGroup
 from rlhf_ray import rollout
-from rlhf_ray.engines import vllm_engine
 from rlhf_ray.config import Config
+from rlhf_ray.engines import vllm_engine
 
 
 def start_generators(cfg: Config, policy: str, slots: list, version: int = 0) -> ActorGroup:

@@ -27,9 +27,9 @@ from actors.reward_function import RewardFunction
 from cluster import pools
 from rlhf_ray import data, models
 from rlhf_ray.config import Config
-from rlhf_ray.stages.result import StageResult
-from rlhf_ray.runtime.run_dir import RunDir
 from rlhf_ray.engines.scoring import RewardFunctionError
+from rlhf_ray.runtime.run_dir import RunDir
+from rlhf_ray.stages.result import StageResult
 
 ROLE = "generator"
 

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from rlhf_ray.runtime import checkpoint
 from rlhf_ray.config import Config, ConfigError, for_stage, to_dict
+from rlhf_ray.runtime import checkpoint
 from rlhf_ray.runtime.run_dir import RunDir
 from rlhf_ray.stages.result import StageResult
 

@@ -26,13 +26,13 @@ import torch
 from cluster.actor_group import ActorGroup, GroupError
 from rlhf_ray import data, models, rollout
 from rlhf_ray.algos import experience, ppo_losses, rl_math
-from rlhf_ray.runtime import checkpoint, faults
-from rlhf_ray.stages import generation
 from rlhf_ray.config import Config, ConfigError, to_dict
-from rlhf_ray.stages.fleet import SCORE_CALLS, Fleet, start_fleet
-from rlhf_ray.stages.result import StageResult
+from rlhf_ray.runtime import checkpoint, faults
 from rlhf_ray.runtime.run_dir import RunDir
 from rlhf_ray.runtime.stopping import GracefulStop, SkipGuard, Stopped
+from rlhf_ray.stages import generation
+from rlhf_ray.stages.fleet import SCORE_CALLS, Fleet, start_fleet
+from rlhf_ray.stages.result import StageResult
 
 IS_WEIGHT_CAP = 2.0  # truncation c of the behaviour importance weight min(π_θold/μ, c) (IMPALA-style)
 

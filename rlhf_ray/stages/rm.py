@@ -14,10 +14,10 @@ from functools import partial
 
 from rlhf_ray import data, models
 from rlhf_ray.algos import batching, pref_losses
-from rlhf_ray.stages import supervised
 from rlhf_ray.config import Config
-from rlhf_ray.stages.result import StageResult
 from rlhf_ray.runtime.run_dir import RunDir
+from rlhf_ray.stages import supervised
+from rlhf_ray.stages.result import StageResult
 
 
 def _policy_token_pairs(tok, limits: data.Limits, chat: bool, rows: list[dict], report: data.LoadReport

@@ -6,12 +6,11 @@ from __future__ import annotations
 from functools import partial
 
 from rlhf_ray import data, models
-from rlhf_ray.algos import batching
-from rlhf_ray.algos import forward
-from rlhf_ray.stages import supervised
+from rlhf_ray.algos import batching, forward
 from rlhf_ray.config import Config
-from rlhf_ray.stages.result import StageResult
 from rlhf_ray.runtime.run_dir import RunDir
+from rlhf_ray.stages import supervised
+from rlhf_ray.stages.result import StageResult
 
 
 def build_job(cfg: Config) -> supervised.Job:

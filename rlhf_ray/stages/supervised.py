@@ -22,10 +22,9 @@ from actors.learner import Learner
 from cluster import pools
 from cluster.actor_group import ActorGroup, GroupError
 from rlhf_ray import data
-from rlhf_ray.algos import batching
-from rlhf_ray.algos import forward
-from rlhf_ray.runtime import checkpoint, faults
+from rlhf_ray.algos import batching, forward
 from rlhf_ray.config import Config, to_dict
+from rlhf_ray.runtime import checkpoint, faults
 from rlhf_ray.runtime.run_dir import RunDir
 from rlhf_ray.runtime.stopping import GracefulStop, SkipGuard, Stopped
 

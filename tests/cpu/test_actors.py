@@ -16,8 +16,7 @@ from actors.reward_model import RewardModel
 from cluster import weight_sync
 from cluster.local import listening_socket
 from rlhf_ray import data, models, rollout
-from rlhf_ray.algos import rl_math
-from rlhf_ray.algos import forward
+from rlhf_ray.algos import forward, rl_math
 from rlhf_ray.engines import vllm_engine
 
 # Test-local actors and helpers travel to the workers by value (this module is not importable there).

@@ -32,8 +32,8 @@ from cluster.local import listening_socket  # noqa: E402
 from cluster.weight_sync import BroadcastGroup, make_buckets, verified  # noqa: E402
 from rlhf_ray import data, models, rollout  # noqa: E402
 from rlhf_ray.algos import forward, rl_math  # noqa: E402
-from rlhf_ray.engines import ds_engine, scoring  # noqa: E402
 from rlhf_ray.config import TrainConfig  # noqa: E402
+from rlhf_ray.engines import ds_engine, scoring  # noqa: E402
 
 # RLHF_RAY_CHECK_ON_CPU=1 dry-runs the same checks on the CPU with gloo (to debug the script without a GPU).
 ON_CPU = os.environ.get("RLHF_RAY_CHECK_ON_CPU") == "1"

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from cluster import pools
-from rlhf_ray.stages import pipeline
 from rlhf_ray.cli import _parser, main
 from rlhf_ray.config import load_config
+from rlhf_ray.stages import pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -9,10 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from rlhf_ray.algos import forward
-from rlhf_ray.engines import ds_engine as E
 from rlhf_ray import models
+from rlhf_ray.algos import forward
 from rlhf_ray.config import TrainConfig
+from rlhf_ray.engines import ds_engine as E
 
 
 def _batch(B=8, T=12, seed=0):

@@ -7,9 +7,9 @@ import pyarrow as pa
 import pytest
 
 from rlhf_ray import data, models
-from rlhf_ray.stages import label, pipeline
 from rlhf_ray.config import ConfigError, load_config
 from rlhf_ray.engines.scoring import RewardFunctionError
+from rlhf_ray.stages import label, pipeline
 
 
 def _pairs(groups: list[tuple[str, list[str], list[float]]]):

@@ -6,11 +6,11 @@ import json
 import pytest
 
 from rlhf_ray import cli
-from rlhf_ray.runtime import checkpoint
-from rlhf_ray.stages import pipeline
 from rlhf_ray.config import ConfigError, load_config, to_dict
-from rlhf_ray.stages.result import StageResult
+from rlhf_ray.runtime import checkpoint
 from rlhf_ray.runtime.run_dir import RunDir
+from rlhf_ray.stages import pipeline
+from rlhf_ray.stages.result import StageResult
 
 PREFS = "configs/data/tiny_prefs.jsonl"
 

@@ -3,8 +3,8 @@
 import torch
 
 from rlhf_ray import rollout
-from rlhf_ray.stages import fleet
 from rlhf_ray.config import load_config
+from rlhf_ray.stages import fleet
 
 
 def test_reference_only_when_the_kl_is_used_or_named():

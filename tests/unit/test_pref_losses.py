@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from rlhf_ray import models
-from rlhf_ray.algos import batching, pref_losses, rl_math
-from rlhf_ray.algos import forward
+from rlhf_ray.algos import batching, forward, pref_losses, rl_math
 from rlhf_ray.engines import ds_engine
 
 

@@ -1,17 +1,17 @@
 """The quickstart's generated warm-and-helpful data: sizes, determinism, disjoint splits, warmth and lengths."""
 
 import os
-from pathlib import Path
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 from statistics import mean
 
 import pytest
 
 from examples.warm import warm_data
-from rlhf_ray import data
 from examples.warm.labelers import vader_warmth
+from rlhf_ray import data
 
 
 @pytest.fixture(scope="module")
