@@ -10,7 +10,7 @@ ranks averages (÷W, undone by multiplying each micro-batch loss by W). The resu
 gradient, so gradient clipping and AdamW see what a single process would (tests/cpu/test_learner.py checks
 loss, gradient norm and weights against plain torch).
 
-Departures from stock DeepSpeed use, each for a measured reason on this stack (DESIGN.md):
+Departures from stock DeepSpeed use, each for a reason measured on this stack:
   * torch's AdamW (`torch_adam`), never FusedAdam/CPUAdam, which compile for 90-100 s on CPU;
   * DeepSpeed's shared-memory comm op is disabled (a 40-70 s g++ build and a /dev/shm leak per process);
   * the LR schedule is a LambdaLR over `lr_factor`, not DeepSpeed's WarmupLR family: those force at least two
