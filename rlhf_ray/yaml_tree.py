@@ -235,3 +235,129 @@ def where_set(key: str, layers: list[tuple[dict, Any]]) -> str:
     files = [w.file for _, w in layers if isinstance(w, _Source)]
     return files[0] if files else "defaults"
 
+
+# ---------------------------------------------------------------- the reference, from the docstrings
+
+_KIND_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", dict: "mapping", Any: "any"}
+
+
+def _type_text(tp: Any) -> str:
+    """An annotation as a reader of YAML sees it: `integer`, `string or null`, `` `a` | `b` ``, `list of string`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        inner = " or ".join(_type_text(a) for a in args if a is not type(None))
+        return f"{inner} or null" if type(None) in args else inner
+    if origin is Literal:
+        return " \\| ".join(f"`{_yaml_text(c)}`" for c in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_text(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"mapping of name to {_type_text(typing.get_args(tp)[1])}"
+    if dataclasses.is_dataclass(tp):
+        return "section"
+    return _KIND_NAMES.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _yaml_text(value: Any) -> str:
+    """A default as it would be written in YAML, on one line."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):  # `{}`: a section at its defaults (listed in its own table)
+            return {k: x for k, x in dataclasses.asdict(v).items() if x != getattr(type(v)(), k)}
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return [plain(x) for x in v] if isinstance(v, list) else v
+
+    text = yaml.safe_dump(plain(value), default_flow_style=True, width=10**6, sort_keys=False).strip()
+    return text.removesuffix("\n...").strip()
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _cell(text: str) -> str:
+    """Text for a table cell: pipes escaped, and `<` outside code spans (GitHub would read `<run dir>` as HTML)."""
+    parts = text.replace("|", "\\|").replace("\n", " ").split("`")
+    return "`".join(p if i % 2 else p.replace("<", "&lt;") for i, p in enumerate(parts))
+
+
+def _class_doc(cls: type) -> str:
+    doc = inspect.getdoc(cls) or ""
+    return "" if doc.startswith(cls.__name__ + "(") else " ".join(doc.split())  # dataclass' generated signature
+
+
+def _sections(cls: type, prefix: str) -> list[tuple[str, type]]:
+    """(dotted prefix, dataclass) of `cls` and every section below it, depth first, in field order."""
+    out = [(prefix, cls)]
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, key = hints[f.name], f"{prefix}{f.name}"
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if dataclasses.is_dataclass(tp):
+            out += _sections(tp, key + ".")
+        elif origin is dict and dataclasses.is_dataclass(args[1]):
+            out += _sections(args[1], key + ".<name>.")
+        elif origin is list and dataclasses.is_dataclass(args[0]):
+            out += _sections(args[0], key + "[].")
+    return out
+
+
+def reference_markdown(cls: type, command: str = "") -> str:
+    """Markdown reference of a config tree: the tree's module docstring, then one table per section (key, type,
+    default, the field's docstring), depth first in field order. `command` is the one that regenerates it."""
+    module = inspect.getmodule(cls)
+    lines = ["# Configuration reference", ""]
+    if command:
+        lines += [f"Generated from the docstrings of `{module.__name__}` by `{command}`; do not edit by hand.", ""]
+    lines += [inspect.getdoc(module) or "", ""]
+    for prefix, section in _sections(cls, ""):
+        hints = typing.get_type_hints(section)
+        lines += [f"## `{prefix.rstrip('.') or '(top level)'}`", ""]
+        if _class_doc(section):
+            lines += [_class_doc(section), ""]
+        lines += ["| key | type | default | what |", "|---|---|---|---|"]
+        docs = field_docs(section)
+        for f in dataclasses.fields(section):
+            tp = hints[f.name]
+            default = "(section)" if dataclasses.is_dataclass(tp) else f"`{_cell(_yaml_text(_default(f)))}`"
+            lines.append(f"| `{prefix}{f.name}` | {_type_text(tp)} | {default} | {_cell(docs[f.name])} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+REGENERATE = "python -m rlhf_ray.yaml_tree"  # the command that rewrites docs/configuration.md
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m rlhf_ray.yaml_tree [--check] [MODULE:CLASS] [OUT]`: write (or, with --check, compare) the
+    reference of a config tree; by default rlhf_ray.config:Config into the repository's docs/configuration.md."""
+    import argparse
+    import importlib
+
+    p = argparse.ArgumentParser(prog="python -m rlhf_ray.yaml_tree", description=main.__doc__)
+    p.add_argument("tree", nargs="?", default="rlhf_ray.config:Config", help="MODULE:CLASS of the config tree")
+    p.add_argument("out", nargs="?", default=str(_REPO / "docs" / "configuration.md"), help="the markdown file")
+    p.add_argument("--check", action="store_true", help="exit 1 when OUT differs from what would be written")
+    args = p.parse_args(argv)
+    module, _, name = args.tree.partition(":")
+    text = reference_markdown(getattr(importlib.import_module(module), name), REGENERATE)
+    out = Path(args.out)
+    if args.check:
+        same = out.exists() and out.read_text() == text
+        print(f"{out}: {'up to date' if same else 'out of date; regenerate it with `' + REGENERATE + '`'}")
+        return 0 if same else 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,6 +1,7 @@
 """`rlhf-ray bench --quick` on the tiny model: every section runs for real (raw vLLM, plain torch, the actors on
 the embedded cluster, weight sync, PPO steps, TRL in its own venv) and the record holds what was run. Timings
-here prove nothing (tiny sizes, a shared CI box); the README's table comes from `--model smollm2`."""
+here prove nothing (tiny sizes, a shared CI box); the table in docs/benchmarks.md comes from
+`--model smollm2`."""
 
 import json
 import shutil

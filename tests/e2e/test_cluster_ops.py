@@ -167,7 +167,7 @@ def test_jobs_join_this_cluster_and_no_other_on_the_machine(cluster):
 
 
 def test_the_embedded_cluster_listens_on_loopback_only_and_keeps_token_auth(cluster):
-    """The threat model's two promises (README, Security): nothing of Ray's is reachable from another machine,
+    """The threat model's two promises (docs/reliability.md): nothing of Ray's is reachable from another machine,
     and on this one the dashboard / job API answers only with the token."""
     import psutil
 
