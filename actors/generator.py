@@ -17,7 +17,7 @@ import pyarrow as pa
 import ray
 import torch
 
-from cluster import weight_sync
+from cluster import quiet, weight_sync
 from rlhf_ray import rollout
 from rlhf_ray.engines import vllm_engine
 
@@ -29,6 +29,7 @@ class Generator:
 
     def __init__(self, model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, seed: int = 0,
                  max_model_len: int = 1024, tensor_parallel_size: int = 1, version: int = 0):
+        quiet.actor_start()
         # Errors name the actor (`generator-3`) so a failed sync says which generator missed it.
         self.name = ray.get_runtime_context().get_actor_name() or "generator"
         tail = re.search(r"-(\d+)$", self.name)
@@ -55,11 +56,15 @@ class Generator:
         return rollout.with_seconds(rollout.to_table(rows), time.perf_counter() - t0)  # busy time, for idle stats
 
     def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
-        """The engine's log p of each given response token (teacher-forced, via prompt logprobs)."""
+        """The engine's log p of each given response token (teacher-forced, via prompt logprobs).
+
+        Test and debugging hook: the CPU tests compare it with the learner's log-probs to show a weight sync
+        landed; not called by the drivers (PPO's log-probs come from `generate` and the learners)."""
         return vllm_engine.response_logprobs(self.llm, prompt_ids, response_ids)
 
     def update_weights(self, version: int, bucket_refs: list, timeout_s: float = 60.0) -> dict:
-        """Object-store transport: fetch every bucket of `version`, verify all, then load them in place.
+        """Object-store transport (the one PPO and the benchmark use): fetch every bucket of `version`, verify all,
+        then load them in place.
 
         Raises WeightSyncError (naming this generator) on a stale version, a timeout or a bad bucket."""
         self._check_newer(version)
@@ -76,11 +81,14 @@ class Generator:
 
     def join_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str = "gloo",
                           timeout_s: float = 60.0) -> None:
-        """Broadcast transport: join learner rank 0's group (all members must join at the same time)."""
+        """Broadcast transport (not yet used by PPO, which calls `update_weights`; wired in by the scale-path issue,
+        tested in tests/cpu/test_actors.py and tests/cpu/test_learner_sync.py): join learner rank 0's group (all
+        members must join at the same time)."""
         self.group = weight_sync.BroadcastGroup(host, port, rank, world_size, backend, timeout_s)
 
     def receive_weights(self, metas: list[weight_sync.BucketMeta]) -> dict:
-        """Broadcast transport: receive the buckets described by `metas`, verify all, then load them in place."""
+        """Broadcast transport (not yet used by PPO; see `join_weight_group`): receive the buckets described by
+        `metas`, verify all, then load them in place."""
         version = metas[0].version if metas else -1
         self._check_newer(version)
         t0 = time.perf_counter()

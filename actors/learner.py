@@ -13,7 +13,7 @@ from typing import Literal, Optional
 import ray
 import torch
 
-from cluster import weight_sync
+from cluster import quiet, weight_sync
 from cluster.actor_group import DistributedActor
 from cluster.local import listening_socket
 from cluster.weight_sync import make_buckets, tensor_checksum
@@ -34,6 +34,7 @@ class Learner(DistributedActor):
 
     def __init__(self, model: str, kind: Kind, train: TrainConfig, dtype: str = "float32", seed: int = 0,
                  total_steps: int = 1, batch_size: Optional[int] = None):
+        quiet.actor_start()
         if kind not in ("policy", "critic", "reward"):
             raise ValueError(f"learner kind must be policy, critic or reward, got {kind!r}")
         self.model_path, self.kind, self.train = resolve_model(model), kind, train
@@ -88,7 +89,9 @@ class Learner(DistributedActor):
             return None
         return [ray.put(b) for b in make_buckets(named, version, bucket_bytes)]
 
-    # Broadcast transport (NCCL on GPU, gloo on CPU): rank 0 is the source of a group with the generators.
+    # Broadcast transport (NCCL on GPU, gloo on CPU): rank 0 is the source of a group with the generators. Not yet
+    # used by PPO, which syncs through `export_buckets`: wired in by the scale-path issue; until then only
+    # tests/cpu/test_learner_sync.py calls these four methods.
 
     def open_weight_group(self) -> Optional[tuple[str, int]]:
         """Rank 0: listen for the weight-sync group's store on this node; returns (host, port)."""
@@ -135,6 +138,9 @@ class Learner(DistributedActor):
             raise FileNotFoundError(f"no DeepSpeed checkpoint in {out_dir}/deepspeed")
 
     def state_digest(self) -> str:
-        """Checksum of this rank's view of the full weights (ZeRO-3: all-gathered), to show ranks agree."""
+        """Checksum of this rank's view of the full weights (ZeRO-3: all-gathered), to show ranks agree.
+
+        Test and debugging hook (tests/cpu/test_learner.py: ranks agree, a resumed learner equals the saved one);
+        not called by the drivers. A collective under ZeRO-3: call it on every rank."""
         named = list(ds_engine.named_full_weights(self.engine, on_all_ranks=True))
         return tensor_checksum([t for _, t in named])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from cluster import quiet
 from rlhf_ray import models, rollout
 from rlhf_ray.engines import scoring
 
@@ -13,6 +14,7 @@ class Reference:
     """Wrap with `ray.remote`; named `reference-<rank>`."""
 
     def __init__(self, model_path: str, dtype: str = "float32", micro_batch_size: int = 8):
+        quiet.actor_start()
         self.model = models.load_policy(model_path, dtype).eval().requires_grad_(False)
         self.pad_id = models.load_tokenizer(model_path).pad_token_id
         self.micro_batch_size = micro_batch_size

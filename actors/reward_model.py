@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from cluster import quiet
 from rlhf_ray import models, rollout
 from rlhf_ray.engines import scoring
 
@@ -15,6 +16,7 @@ class RewardModel:
     are; otherwise (e.g. a MiniLM encoder) it re-tokenizes the prompt and response texts as a pair."""
 
     def __init__(self, model_path: str, policy_tokenizer: str, dtype: str = "float32", micro_batch_size: int = 8):
+        quiet.actor_start()
         self.model = models.load_value_model(model_path, dtype).eval().requires_grad_(False)
         self.tokenizer = models.load_tokenizer(model_path)
         self.same_vocab = self.tokenizer.get_vocab() == models.load_tokenizer(policy_tokenizer).get_vocab()

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from cluster import quiet
 from cluster.local import listening_socket
 
 DIED = "actor died"
@@ -113,8 +114,10 @@ class ActorGroup:
             opts: dict = {"name": f"{role}-{rank}", "max_restarts": 0}
             if namespace is not None:
                 opts["namespace"] = namespace
-            if threads > 0:  # merged with the job's env vars; Ray only sets OMP_NUM_THREADS when it is unset
-                opts["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
+            # Merged with the job's env vars: library log levels (cluster/quiet.py) and, with threads, OMP_NUM_THREADS
+            # (Ray only sets it when it is unset).
+            env = quiet.actor_env() | ({"OMP_NUM_THREADS": str(threads)} if threads > 0 else {})
+            opts["runtime_env"] = {"env_vars": env}
             if slots is None:
                 opts.update(num_cpus=num_cpus, num_gpus=num_gpus)
             else:

@@ -13,6 +13,8 @@ import socket
 import tempfile
 from typing import Optional
 
+from cluster import quiet
+
 LOOPBACK_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "MASTER_ADDR": "127.0.0.1",
@@ -32,6 +34,7 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, obje
 
     if ray.is_initialized():
         return ray.get_runtime_context()
+    quiet.driver_start()  # Ray's lines that describe_cluster says again; actors get theirs from ActorGroup
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         return ray.init(address=address)

@@ -5,9 +5,13 @@ its own). Each bucket carries the version, its index, the count of buckets in th
 bytes, so a receiver can tell a missing, stale, duplicated or corrupted bucket from a good one and refuse it
 loudly rather than load half a version.
 
-Transports: Ray's object store (the learner `ray.put`s buckets, generators fetch them; works everywhere, the CPU
-default) and a torch.distributed broadcast group between learner rank 0 and the generators (NCCL on GPU, gloo on
-CPU). Every wait has a timeout.
+Transport: Ray's object store (the learner `ray.put`s buckets, generators fetch them; works everywhere). This is
+the one PPO and the benchmark use, on CPU and GPU alike (Learner.export_buckets -> Generator.update_weights).
+
+A second transport, a torch.distributed broadcast group between learner rank 0 and the generators (NCCL on GPU,
+gloo on CPU; `BroadcastGroup` below), is written and tested but NOT YET USED BY PPO: no config turns it on; the
+scale-path issue wires it in. Until then it is kept working by tests/cpu/test_learner_sync.py and
+tests/cpu/test_actors.py (gloo) and tests/gpu/check_gpu.py (NCCL). Every wait has a timeout.
 """
 
 from __future__ import annotations
@@ -94,7 +98,9 @@ def verified(buckets: Iterable[Bucket], version: int) -> Iterator[tuple[str, tor
         raise WeightSyncError(f"version {version}: received {expected} of {total or '?'} buckets")
 
 
-# ---------------------------------------------------------------- broadcast transport
+# ---------------------------------------------------------------- broadcast transport: not yet used by PPO
+# Wired in by the scale-path issue; tested in tests/cpu/test_learner_sync.py, tests/cpu/test_actors.py (gloo) and
+# tests/gpu/check_gpu.py (NCCL). Nothing in rlhf_ray/ calls it today.
 
 
 @dataclass
@@ -117,7 +123,8 @@ def meta_of(b: Bucket) -> BucketMeta:
 
 class BroadcastGroup:
     """A process group of its own between learner rank 0 (rank 0, the source) and the generators (ranks 1..G),
-    apart from the learners' group: gloo on CPU, NCCL on GPU. Every collective waits at most `timeout_s`."""
+    apart from the learners' group: gloo on CPU, NCCL on GPU. Every collective waits at most `timeout_s`.
+    Not yet used by PPO (see the section comment above)."""
 
     def __init__(self, host: str, port: int, rank: int, world_size: int, backend: str = "gloo",
                  timeout_s: float = 60.0, listen_sock: Optional[socket.socket] = None):

