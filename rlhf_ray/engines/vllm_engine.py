@@ -33,7 +33,9 @@ def build_llm(model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, s
             torch.cpu._init_amx()  # without it bf16 kernels hit an illegal instruction on this CPU
     from vllm import LLM  # heavy (6-14 s): import only when an engine is built
 
-    kwargs = dict(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, enforce_eager=not on_gpu)
+    # use_tqdm_on_load=False: a progress bar per (re)load would sit between the run's own progress lines.
+    kwargs = dict(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, enforce_eager=not on_gpu,
+                  use_tqdm_on_load=False)
     if on_gpu:
         kwargs["gpu_memory_utilization"] = float(os.environ.get("RLHF_RAY_VLLM_GPU_UTIL", "0.5"))
         kwargs["tensor_parallel_size"] = tensor_parallel_size
