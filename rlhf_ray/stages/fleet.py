@@ -1,13 +1,22 @@
-"""Every actor of a PPO run, started on its placement, and kept alive: a generator or scorer that dies is replaced
-on its slot (same name, same arguments) and a generator is brought to the current policy version before it
-samples again. Learner ranks cannot be replaced inside their torch.distributed group: losing one stops the run
-(stopping.LearnerLost), to be resumed from the newest checkpoint.
+"""Every actor of a PPO run, started on its placement, called through typed methods, and kept alive.
+
+Generator and scorer calls travel as `Calls`, and `Fleet.results` is the one place where a death is handled: the
+actor is replaced on its slot (same name, same arguments; a generator brought to the fleet's policy version) and
+its calls are made again, so no share is lost or counted twice. Learner ranks cannot be replaced inside their
+torch.distributed group: their calls are `Collective`s, and losing one stops the run (stopping.LearnerLost), to be
+resumed from the newest checkpoint.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import pyarrow as pa
+import ray
+import torch
 
 from actors.learner import Learner
 from actors.reference import Reference
@@ -16,20 +25,111 @@ from actors.reward_model import RewardModel
 from cluster import pools
 from cluster.actor_group import ActorGroup, GroupError
 from rlhf_ray import models
+from rlhf_ray.algos import forward
 from rlhf_ray.config import Config, TrainConfig
+from rlhf_ray.engines import vllm_engine
+from rlhf_ray.rollout import RolloutBatch
 from rlhf_ray.stages import generation
 
 BUCKET_BYTES = 64 << 20  # weight-sync bucket size
 
-# How each scorer scores a generator's share (a rollout table); the keys are Fleet.scorers()'.
-SCORE_CALLS = {"reference": lambda actor, share: actor.logprobs.remote(share),
-               "reward": lambda actor, share: actor.scores.remote(share),
-               "reward-fn": lambda actor, share: actor.scores.remote(share)}
+
+@dataclass
+class Call:
+    """One call to a generator or scorer, kept so that it can be made again: `make(actor)` returns its ref."""
+
+    rank: int
+    make: Callable[[Any], Any]
+    ref: Any = None
+    actor: Any = None
+    """The actor it went to. If it died and the rank holds another actor already (replaced when another of its
+    calls failed), the call is only sent again."""
+
+
+class Calls:
+    """Calls in flight on one generator or scorer group, by key (the generator share they concern); a call whose
+    actor died is made again on its replacement (`Fleet.results`)."""
+
+    def __init__(self, group: ActorGroup, say: Optional[Callable[[int], str]] = None, brings_weights: bool = False):
+        self.group, self.items = group, {}
+        self.say = say
+        """What to print when the call of a key is made again (None: nothing)."""
+        self.brings_weights = brings_weights
+        """The calls load weights themselves (a sync): a replacement generator then needs none first."""
+
+    def send(self, key: int, rank: int, make: Callable[[Any], Any]) -> None:
+        self.items[key] = Call(rank, make)
+        self.resend(key)
+
+    def resend(self, key: int) -> None:
+        """Make the call again on its rank's current actor."""
+        call = self.items[key]
+        call.actor = self.group.actors[call.rank]
+        call.ref = call.make(call.actor)
+
+    def keep(self, key: int, answer: Any) -> None:
+        """`answer` is the call's result: from now on it is read from the object store, never asked again."""
+        ref = ray.put(answer)
+        self.items[key].ref, self.items[key].make = ref, lambda actor: ref
+
+    @classmethod
+    def answered(cls, group: ActorGroup, answers: list) -> "Calls":
+        """Calls whose answers are in already, one per rank (a checkpoint's batches in flight)."""
+        calls = cls(group)
+        for rank, answer in enumerate(answers):
+            calls.items[rank] = Call(rank, None, None, group.actors[rank])
+            calls.keep(rank, answer)
+        return calls
+
+
+@dataclass
+class Scoring:
+    """One batch's scorer calls. Each generator share goes to every scorer as soon as it lands (to rank i % ranks
+    of each scorer group), so scoring overlaps the generation still running; `Fleet.ref_logprobs` and
+    `Fleet.rewards` wait for the answers."""
+
+    reference: Optional[Calls]
+    reward_model: Optional[Calls]
+    reward_fn: Optional[Calls]
+
+    def send(self, i: int, share: pa.Table) -> None:
+        """Generator i's share of the batch to each scorer."""
+        for calls, make in ((self.reference, lambda a: a.logprobs.remote(share)),
+                            (self.reward_model, lambda a: a.scores.remote(share)),
+                            (self.reward_fn, lambda a: a.scores.remote(share))):
+            if calls is not None:
+                calls.send(i, i % len(calls.group), make)
+
+
+@dataclass
+class Rewards:
+    """The task reward's parts for each response of a batch, in batch order."""
+
+    model: Optional[list[float]]
+    """The reward model's score (None without one)."""
+    functions: dict[str, list[float]]
+    """Each reward function's score, by its spec (`file.py:name`)."""
+
+
+@dataclass
+class Collective:
+    """One call on every rank of a learner group (ZeRO forwards and updates are collective), under way. A
+    learner rank cannot be replaced: its death is raised (then stopping.LearnerLost)."""
+
+    group: ActorGroup
+    refs: list
+    timeout_s: float
+    phase: str
+    join: Callable[[list], Any]
+    """The ranks' answers -> the result (shards concatenated, or rank 0's metrics)."""
+
+    def get(self) -> Any:
+        return self.join(self.group.get(self.refs, self.timeout_s, self.phase))
 
 
 @dataclass
 class Fleet:
-    """Every actor of a PPO run."""
+    """Every actor of a PPO run, called through typed methods."""
 
     placement: pools.Placement
     generators: ActorGroup
@@ -39,47 +139,200 @@ class Fleet:
     critic: Optional[ActorGroup]
     reward_model: Optional[ActorGroup]
     reward_fn: Optional[ActorGroup]
+    timeout_s: float
+    """cluster.call_timeout_s: how long any call may take."""
     start_version: int = 0
     """The policy version the generators were started with (a checkpoint's, on resume)."""
     max_restarts: int = 3
     """Replacements of dead actors allowed per group (cluster.max_actor_restarts)."""
+    version: int = field(init=False)
+    """The policy version the generators hold (the policy learner holds it too whenever generation is awaited)."""
 
-    def scorers(self) -> dict[str, Optional[ActorGroup]]:
-        """The groups that score a generator's share, by the key PPO's scoring dicts use."""
-        return {"reference": self.reference, "reward": self.reward_model, "reward-fn": self.reward_fn}
+    def __post_init__(self) -> None:
+        self.version = self.start_version
 
-    def revive(self, group: ActorGroup, rank: int, phase: str, timeout_s: float) -> None:
-        """Replace a dead generator or scorer (learners cannot be: see LearnerLost); say so in the log."""
+    # ------------------------------------------------------------ generators and scorers: replaced when they die
+
+    def results(self, calls: Calls, phase: str) -> Iterator[tuple[int, Any]]:
+        """(key, answer) of each call as it lands. A call whose actor died is made again on a replacement (same
+        slot and name; a generator brought to `version` first, unless the call brings its weights): no key is lost
+        or answered twice. The timeout runs from the start and again from each replacement. (ActorGroup.as_completed
+        yields ranks; a scorer rank holds several keys.)"""
+        pending = {call.ref: key for key, call in calls.items.items()}
+        deadline = time.monotonic() + self.timeout_s
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                ranks = sorted({calls.items[key].rank for key in pending.values()})
+                raise GroupError(calls.group.role, ranks, phase, f"no answer within {self.timeout_s:g} s")
+            key = pending.pop(ready[0])
+            try:
+                answer = calls.group.get(ready, self.timeout_s, phase, ranks=[calls.items[key].rank])[0]
+            except GroupError as e:
+                if not e.died:
+                    raise
+                self.revive(calls, key, phase)
+                pending[calls.items[key].ref] = key
+                deadline = time.monotonic() + self.timeout_s
+                continue
+            yield key, answer
+
+    def gather(self, calls: Calls, phase: str) -> list:
+        """Every call's answer, in key order (see `results`)."""
+        answers = dict(self.results(calls, phase))
+        return [answers[key] for key in sorted(answers)]
+
+    def revive(self, calls: Calls, key: int, phase: str) -> None:
+        """The call of `key` made again on a replacement of its dead actor (started here, unless a call to the
+        same actor that failed earlier started it already)."""
+        call, group = calls.items[key], calls.group
+        if call.actor is group.actors[call.rank]:
+            if group is self.generators and not calls.brings_weights:
+                self.revive_generator(call.rank, phase)
+            else:
+                self._restart(group, call.rank, phase)
+        calls.resend(key)
+        if calls.say is not None:
+            print(f"{phase}: {calls.say(key)}", flush=True)
+
+    def revive_generator(self, rank: int, phase: str) -> None:
+        """A new generator for `rank`, brought to the fleet's version with weights exported from the policy
+        learner now (the learner holds that version whenever generation is awaited)."""
+        self._restart(self.generators, rank, phase)
+        if self.version == self.start_version:
+            return  # it started with these weights
+        phase = f"{phase}: weights for generator-{rank}"
+        buckets = self.export_weights(self.version, phase)
+        actor = self.generators.actors[rank]
+        self.generators.get([actor.update_weights.remote(self.version, buckets, self.timeout_s)], self.timeout_s,
+                            phase, ranks=[rank])
+
+    def _restart(self, group: ActorGroup, rank: int, phase: str) -> None:
+        """A fresh actor on the slot of a dead generator or scorer (same name and arguments); said in the log."""
         if group.restarts >= self.max_restarts:
             raise GroupError(group.role, [rank], phase, f"actor died; {group.restarts} replacements already "
                                                         f"(cluster.max_actor_restarts = {self.max_restarts})")
         print(f"{phase}: {group.role}-{rank} died; starting a replacement", flush=True)
-        group.restart(rank, timeout_s)
+        group.restart(rank, self.timeout_s)
+
+    def restarts(self) -> int:
+        """Generators and scorers replaced so far."""
+        return sum(g.restarts for g in (self.generators, self.reference, self.reward_model, self.reward_fn) if g)
+
+    def generate(self, prompts: list[dict], params: vllm_engine.Sampling, seed: int) -> Calls:
+        """Queue `prompts` ({prompt, ids}) on the generators, a near-equal share each (`generation.deal`);
+        rank i's rollouts are key i. A share whose generator dies is sampled again, same prompts and seed."""
+        shares = generation.deal(prompts, len(self.generators))
+        calls = Calls(self.generators, lambda i: f"the share of generator-{i} is sampled again "
+                                                 f"({len(shares[i])} prompts)")
+        for rank, share in enumerate(shares):
+            calls.send(rank, rank, generation.generate_call(share, params, seed))
+        return calls
+
+    def scoring(self) -> Scoring:
+        """A batch's scorer calls, to `send` each share to as it lands."""
+        return Scoring(*(None if g is None else Calls(g) for g in (self.reference, self.reward_model,
+                                                                     self.reward_fn)))
+
+    def ref_logprobs(self, scoring: Scoring, phase: str) -> Optional[list[list[float]]]:
+        """log π_ref of each response's tokens, in batch order; None without a reference."""
+        if scoring.reference is None:
+            return None
+        return [lp for share in self.gather(scoring.reference, phase) for lp in share]
+
+    def rewards(self, scoring: Scoring) -> Rewards:
+        """The reward model's and reward functions' scores of each response, in batch order."""
+        model, functions = None, {}
+        if scoring.reward_model is not None:
+            model = [x for share in self.gather(scoring.reward_model, "score: reward model") for x in share]
+        if scoring.reward_fn is not None:
+            by_share = self.gather(scoring.reward_fn, "score: reward functions")
+            functions = {spec: [x for share in by_share for x in share[spec]] for spec in by_share[0]}
+        return Rewards(model, functions)
+
+    def sync(self, version: int) -> Calls:
+        """Weights `version` from policy rank 0 to every generator (object store; each loads them after the
+        generation queued on it before). A replacement of a generator that dies is given the same buckets."""
+        buckets = self.export_weights(version, "sync: export")
+        calls = Calls(self.generators, brings_weights=True)
+        for rank in range(len(self.generators)):
+            calls.send(rank, rank, lambda a: a.update_weights.remote(version, buckets, self.timeout_s))
+        return calls
+
+    def synced(self, calls: Calls) -> list[dict]:
+        """Each generator's load report, once all hold the new version (the fleet's version from now on)."""
+        loaded = self.gather(calls, "sync: load")
+        self.version = loaded[0]["version"]
+        return loaded
+
+    def export_weights(self, version: int, phase: str) -> list:
+        """The policy's full weights as `version`'s bucket refs in the object store (policy rank 0 returns them)."""
+        return self.policy.call(lambda a, r: a.export_buckets.remote(version, BUCKET_BYTES), self.timeout_s,
+                                phase)[0]
+
+    # ------------------------------------------------------------ learners: collective calls, never replaced
+
+    def _collective(self, group: ActorGroup, batch: dict, call: Callable, phase: str, join) -> Collective:
+        shards = group.shard(batch)
+        return Collective(group, group.map(lambda a, r: call(a, shards[r])), self.timeout_s, phase, join)
+
+    def old_logprobs(self, batch: RolloutBatch) -> Collective:
+        """The policy learner's log π_θold of each response token: (B, T) once `get` joins the ranks' shards."""
+        T = batch.response_mask.shape[1]
+        return self._collective(self.policy, _ids(batch), lambda a, shard: a.logprobs.remote(shard, T),
+                                "score: old logprobs", torch.cat)
+
+    def old_values(self, batch: RolloutBatch) -> Optional[Collective]:
+        """The critic's V(s_t) before each response token: (B, T) once joined; None without a critic."""
+        if self.critic is None:
+            return None
+        T = batch.response_mask.shape[1]
+        return self._collective(self.critic, _ids(batch), lambda a, shard: a.values.remote(shard, T),
+                                "score: values", torch.cat)
+
+    def train_policy(self, mini_batch: dict, loss: forward.Loss) -> Collective:
+        """One optimizer step of the policy on `mini_batch` (an equal shard per rank); `get`: its metrics."""
+        return self._collective(self.policy, mini_batch, lambda a, shard: a.train_step.remote(shard, loss),
+                                "train: policy", _first)
+
+    def train_critic(self, mini_batch: dict, loss: forward.Loss) -> Optional[Collective]:
+        """The critic's optimizer step, as `train_policy`; None without a critic."""
+        if self.critic is None:
+            return None
+        return self._collective(self.critic, mini_batch, lambda a, shard: a.train_step.remote(shard, loss),
+                                "train: critic", _first)
 
     def learners(self) -> list[tuple[str, ActorGroup]]:
         """(checkpoint folder name, group) of each learner group."""
         return [("policy", self.policy)] + ([("critic", self.critic)] if self.critic else [])
 
-    def export_weights(self, version: int, timeout_s: float, phase: str) -> list:
-        """The policy's full weights as `version`'s bucket refs in the object store (policy rank 0 returns them)."""
-        return self.policy.call(lambda a, r: a.export_buckets.remote(version, BUCKET_BYTES), timeout_s, phase)[0]
+    def save_checkpoint(self, folder: Path) -> None:
+        """Each learner's weights, optimizer and schedule into folder/<policy|critic>."""
+        for name, group in self.learners():
+            group.call(lambda a, r: a.save.remote(str(folder / name), True), self.timeout_s, f"checkpoint: {name}")
 
-    def revive_generator(self, rank: int, version: int, timeout_s: float, phase: str) -> None:
-        """A new generator for `rank`, brought to policy `version` with weights exported from the policy learner
-        now (the learner holds `version` wherever generation is awaited)."""
-        self.revive(self.generators, rank, phase, timeout_s)
-        if version == self.start_version:
-            return  # it started with these weights
-        buckets = self.export_weights(version, timeout_s, f"{phase}: weights for generator-{rank}")
-        actor = self.generators.actors[rank]
-        self.generators.get([actor.update_weights.remote(version, buckets, timeout_s)], timeout_s,
-                            f"{phase}: weights for generator-{rank}", ranks=[rank])
+    def load_checkpoint(self, folder: Path) -> None:
+        """The learners' states from a `save_checkpoint` folder."""
+        for name, group in self.learners():
+            group.call(lambda a, r: a.load_checkpoint.remote(str(folder / name)), self.timeout_s, f"resume: {name}")
+
+    def save_policy(self, folder: Path) -> None:
+        """The policy as a Hugging Face folder (what later stages and vLLM load)."""
+        self.policy.call(lambda a, r: a.save.remote(str(folder), False), self.timeout_s, "save")
 
     def kill(self) -> None:
         for g in (self.generators, self.reference, self.policy, self.critic, self.reward_model, self.reward_fn):
             if g is not None:
                 g.kill()
         pools.remove(self.placement)
+
+
+def _ids(batch: RolloutBatch) -> dict:
+    return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+
+
+def _first(answers: list) -> Any:  # metrics of an update: equal on every rank
+    return answers[0]
 
 
 def uses_reference(cfg: Config) -> bool:
@@ -128,4 +381,5 @@ def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[st
     fns = list(dict.fromkeys([f.function for f in cfg.reward.functions] + ([p.gold] if p.gold else [])))
     reward_fn = ActorGroup(RewardFunction, "reward-fn", (fns,), num_ranks=1, num_cpus=0.01,
                            distributed=False) if fns else None
-    return Fleet(placement, gen, ref, pol, critic, rm, reward_fn, version, cfg.cluster.max_actor_restarts)
+    return Fleet(placement, gen, ref, pol, critic, rm, reward_fn, cfg.cluster.call_timeout_s, version,
+                 cfg.cluster.max_actor_restarts)

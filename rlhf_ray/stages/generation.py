@@ -5,10 +5,10 @@ count, pool, CPUs/GPUs, threads); a batch of prompts is dealt round-robin over t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import pyarrow as pa
+import ray
 
 from actors.generator import Generator
 from cluster.actor_group import ActorGroup
@@ -35,43 +35,30 @@ def sampling(cfg: Config, n: int, max_tokens: int) -> vllm_engine.Sampling:
                                 ignore_eos=r.ignore_eos)
 
 
-@dataclass
-class Launch:
-    """One batch queued on the generators: each rank's prompts, the ref of its rollouts and the actor it went to,
-    so that the share of a generator that died can be sampled again by its replacement (`resubmit`)."""
+def deal(prompts: list[dict], n: int) -> list[list[dict]]:
+    """The shares of a batch over n generators: rank i gets prompts[i::n]."""
+    return [prompts[i::n] for i in range(n)]
 
-    shares: list[list[dict]]
-    params: vllm_engine.Sampling
-    seed: Optional[int]
-    refs: list = field(default_factory=list)
-    actors: list = field(default_factory=list)
+
+def generate_call(share: list[dict], params: vllm_engine.Sampling, seed: Optional[int] = None
+                  ) -> Callable[[Any], ray.ObjectRef]:
+    """actor -> the ref of its rollouts of `share` ({prompt, ids}). seed: the batch's sampling seed (each rank
+    reseeds with seed + rank; see Generator.generate), so the same call made again samples the same."""
+    ids, texts = [p["ids"] for p in share], [p["prompt"] for p in share]
+    return lambda actor: actor.generate.remote(ids, params, texts, seed)
 
 
 def launch(generators: ActorGroup, prompts: list[dict], params: vllm_engine.Sampling,
-           seed: Optional[int] = None) -> Launch:
-    """Queue `prompts` ({prompt, ids}) on the generators: rank i gets prompts[i::n], one ref per rank.
-    seed: the batch's sampling seed (each rank reseeds with seed + rank; see Generator.generate)."""
-    n = len(generators)
-    batch = Launch([prompts[i::n] for i in range(n)], params, seed)
-    for rank in range(n):
-        resubmit(generators, batch, rank)
-    return batch
+           seed: Optional[int] = None) -> list[ray.ObjectRef]:
+    """Queue `prompts` ({prompt, ids}) on the generators, a near-equal share each (`deal`); one ref per rank.
+    (PPO launches through `Fleet.generate`, which samples a share again when its generator dies.)"""
+    shares = deal(prompts, len(generators))
+    return generators.map(lambda a, rank: generate_call(shares[rank], params, seed)(a))
 
 
-def resubmit(generators: ActorGroup, batch: Launch, rank: int) -> None:
-    """(Re)queue rank's share on rank's current actor: the same prompts, sampling and seed."""
-    share, actor = batch.shares[rank], generators.actors[rank]
-    ref = actor.generate.remote([p["ids"] for p in share], batch.params, [p["prompt"] for p in share], batch.seed)
-    if rank < len(batch.refs):
-        batch.refs[rank], batch.actors[rank] = ref, actor
-    else:
-        batch.refs.append(ref)
-        batch.actors.append(actor)
-
-
-def gather(generators: ActorGroup, batch: Launch, timeout_s: float, phase: str) -> pa.Table:
+def gather(generators: ActorGroup, refs: list[ray.ObjectRef], timeout_s: float, phase: str) -> pa.Table:
     """Every rank's rollouts, in rank order, as one batch (see `join`)."""
-    return join(generators.get(batch.refs, timeout_s, phase))
+    return join(generators.get(refs, timeout_s, phase))
 
 
 def join(shares: list[pa.Table]) -> pa.Table:

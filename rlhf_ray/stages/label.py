@@ -67,8 +67,8 @@ def sample(cfg: Config, policy: str, prompts: list[dict]) -> tuple[pa.Table, flo
             generators.call(lambda a, r: a.weight_version.remote(), cfg.cluster.call_timeout_s, "label: start")
             t0 = time.perf_counter()
             params = generation.sampling(cfg, cfg.label.k, cfg.data.max_response_len - 1)
-            batch = generation.launch(generators, prompts, params)
-            table = generation.gather(generators, batch, cfg.cluster.call_timeout_s, "label: generate")
+            refs = generation.launch(generators, prompts, params)
+            table = generation.gather(generators, refs, cfg.cluster.call_timeout_s, "label: generate")
             return table, time.perf_counter() - t0
         finally:
             generators.kill()

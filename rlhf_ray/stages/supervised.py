@@ -16,7 +16,8 @@ supervised stage, the reward model's included: a stage trains one model at a tim
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 from actors.learner import Learner
 from cluster import pools
@@ -24,9 +25,10 @@ from cluster.actor_group import ActorGroup, GroupError
 from rlhf_ray import data
 from rlhf_ray.algos import batching, forward
 from rlhf_ray.config import Config, to_dict
-from rlhf_ray.runtime import checkpoint, faults
+from rlhf_ray.runtime import checkpoint
 from rlhf_ray.runtime.run_dir import RunDir
-from rlhf_ray.runtime.stopping import GracefulStop, SkipGuard, Stopped
+from rlhf_ray.runtime.stopping import SkipGuard
+from rlhf_ray.stages.loop import Loop
 
 LEARNER_ROLE = "policy"
 
@@ -95,62 +97,59 @@ def run(cfg: Config, run_dir: RunDir, job: Job, roles: tuple[str, ...] = (LEARNE
 
 
 def _fit(cfg: Config, run_dir: RunDir, job: Job, group: ActorGroup, schedule: list[list[int]]) -> list[dict]:
-    timeout, every, history = cfg.cluster.call_timeout_s, cfg.train.eval_every, []
-    run_dir.expect_steps(len(schedule))
-    start = _resume(cfg, run_dir, job, group)
-    if start is not None:
-        history = [r for r in run_dir.metrics(run_dir.stage) if "loss" in r]
-    elif job.eval:  # the starting point, so "eval loss falls" is measured against the untrained model
-        history.append({"step": 0, **_evaluate(job, group, timeout)})
-        run_dir.log_metrics(history[-1])
-    guard = SkipGuard(cfg.train.max_skipped_updates)
-    with GracefulStop() as stop:
-        for step, idx in enumerate(schedule[start or 0:], (start or 0) + 1):
-            shards = group.shard(job.collate([job.train[i] for i in idx]))
-            metrics = group.call(lambda a, r: a.train_step.remote(shards[r], job.loss), timeout,
-                                 f"{job.stage}: train step {step}")[0]  # equal on every rank
-            guard.see(metrics["skipped"], f"{job.stage} step {step}")
-            row = {"step": step, **metrics}
-            if job.eval and (step == len(schedule) or (every and step % every == 0)):
-                row.update(_evaluate(job, group, timeout))
-            history.append(row)
-            run_dir.log_metrics(row)
-            guard.check()
-            n = cfg.train.checkpoint_every
-            if stop.requested or (n and (step == len(schedule) or step % n == 0)):
-                where = _checkpoint(cfg, run_dir, job, group, step)
-                if stop.requested:
-                    raise Stopped(f"{job.stage}: stopped by {stop.requested} after step {step} of {len(schedule)}; "
-                                  f"checkpoint {where}; the same command resumes")
-            faults.maybe("supervised.after_step", step)
-    return history
+    t = cfg.train
+    loop = Loop(job.stage, len(schedule), t.eval_every, t.checkpoint_every, t.max_skipped_updates, run_dir,
+                "supervised.after_step", evaluates=bool(job.eval), eval_in_step_row=True)
+    training = _Training(cfg, run_dir, job, group, schedule, loop.guard)
+    start = training.resume()
+    resumed = [r for r in run_dir.metrics(run_dir.stage) if "loss" in r] if start else []
+    return resumed + loop.run(training, start)
 
 
-def _checkpoint(cfg: Config, run_dir: RunDir, job: Job, group: ActorGroup, step: int):
-    """The learner's weights, optimizer and schedule, and the stage's metrics rows; the data order is the seeded
-    schedule, so `step` says where to go on."""
-    tmp = checkpoint.begin(run_dir.path, job.stage, step)
-    group.call(lambda a, r: a.save.remote(str(tmp / "learner"), True), cfg.cluster.call_timeout_s,
-               f"{job.stage}: checkpoint")
-    state = {"step": step, "rows": run_dir.metrics(run_dir.stage), "config": to_dict(cfg)}
-    return checkpoint.commit(tmp, state, cfg.train.keep_checkpoints)
+@dataclass
+class _Training:
+    """A supervised stage's steps, evaluation and checkpoints, as `loop.Loop` runs them."""
 
+    cfg: Config
+    run_dir: RunDir
+    job: Job
+    group: ActorGroup
+    schedule: list[list[int]]
+    """The training rows of each optimizer step (a seeded shuffle, so a step number says where to go on)."""
+    guard: SkipGuard
 
-def _resume(cfg: Config, run_dir: RunDir, job: Job, group: ActorGroup) -> Optional[int]:
-    """Steps already done, from the newest complete checkpoint (resume: auto), or None for a fresh start."""
-    ckpt = checkpoint.resume_point(run_dir.path, job.stage, to_dict(cfg), cfg.resume)
-    if ckpt is None:
-        return None
-    path, state = ckpt
-    group.call(lambda a, r: a.load_checkpoint.remote(str(path / "learner")), cfg.cluster.call_timeout_s,
-               f"{job.stage}: resume")
-    run_dir.replace_metrics(run_dir.stage, state["rows"])
-    print(f"{job.stage}: resuming after step {state['step']} from the checkpoint", flush=True)
-    return state["step"]
+    def _call(self, fn: Callable, phase: str) -> Any:
+        """fn(actor, rank) on every rank; rank 0's answer (a step's metrics are equal on every rank)."""
+        return self.group.call(fn, self.cfg.cluster.call_timeout_s, f"{self.job.stage}: {phase}")[0]
 
+    def step(self, n: int) -> dict:
+        job = self.job
+        shards = self.group.shard(job.collate([job.train[i] for i in self.schedule[n - 1]]))
+        metrics = self._call(lambda a, r: a.train_step.remote(shards[r], job.loss), f"train step {n}")
+        self.guard.see(metrics["skipped"], f"{job.stage} step {n}")
+        return {"step": n, **metrics}
 
-def _evaluate(job: Job, group: ActorGroup, timeout: float) -> dict[str, float]:
-    """The loss's metrics over the whole held-out set, as `eval_<name>`."""
-    shards = group.shard(job.collate(job.eval))
-    out = group.call(lambda a, r: a.evaluate.remote(shards[r], job.loss), timeout, f"{job.stage}: evaluate")[0]
-    return {f"eval_{k}": v for k, v in out.items()}
+    def evaluate(self, n: int) -> dict:
+        """The loss's metrics over the whole held-out set, as `eval_<name>`."""
+        shards = self.group.shard(self.job.collate(self.job.eval))
+        out = self._call(lambda a, r: a.evaluate.remote(shards[r], self.job.loss), "evaluate")
+        return {"step": n, **{f"eval_{k}": v for k, v in out.items()}}
+
+    def checkpoint(self, n: int) -> Path:
+        """The learner's weights, optimizer and schedule, and the stage's metrics rows."""
+        tmp = checkpoint.begin(self.run_dir.path, self.job.stage, n)
+        self._call(lambda a, r: a.save.remote(str(tmp / "learner"), True), "checkpoint")
+        state = {"step": n, "rows": self.run_dir.metrics(self.run_dir.stage), "config": to_dict(self.cfg)}
+        return checkpoint.commit(tmp, state, self.cfg.train.keep_checkpoints)
+
+    def resume(self) -> int:
+        """Steps already done, from the newest complete checkpoint (resume: auto), into the learners; 0 for a
+        fresh start."""
+        ckpt = checkpoint.resume_point(self.run_dir.path, self.job.stage, to_dict(self.cfg), self.cfg.resume)
+        if ckpt is None:
+            return 0
+        path, state = ckpt
+        self._call(lambda a, r: a.load_checkpoint.remote(str(path / "learner")), "resume")
+        self.run_dir.replace_metrics(self.run_dir.stage, state["rows"])
+        print(f"{self.job.stage}: resuming after step {state['step']} from the checkpoint", flush=True)
+        return state["step"]

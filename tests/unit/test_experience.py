@@ -1,4 +1,7 @@
-"""From scores to PPO experience, and the PPO losses on a real (tiny) model."""
+"""From scored rollouts to PPO experience (`ScoredBatch` -> `Experience` -> learner mini-batches), and the PPO
+losses on a real (tiny) model."""
+
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -54,6 +57,72 @@ def test_group_advantages_spread_over_tokens():
         experience.advantages("vtrace", reward, kl, mask, 0.1, True, None, 1.0, 1.0, 2)
 
 
+def _settings(**kw) -> experience.Settings:
+    base = dict(advantage="grpo", kl_estimator="k1", kl_in_reward=True, gamma=1.0, lam=0.95, group_size=2,
+                reward_clip=None, no_eos_penalty=None, normalize=False, on_policy=False)
+    return experience.Settings(**{**base, **kw})
+
+
+def _scored(reference: bool = True, critic: bool = False) -> experience.ScoredBatch:
+    """4 rollouts (2 prompts x 2 samples): prompts of P = 2 columns, responses of T = 3 (the last one cut short)."""
+    g = torch.Generator().manual_seed(3)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    rollouts = SimpleNamespace(input_ids=torch.arange(20).view(4, 5), attention_mask=torch.ones(4, 5, dtype=torch.long),
+                               response_mask=mask, logprobs=-torch.rand(4, 3, generator=g) * mask)
+    old, ref, values = -torch.rand(4, 3, generator=g) * mask, -torch.rand(4, 3, generator=g) * mask, torch.randn(4, 3)
+    return experience.ScoredBatch(rollouts=rollouts, task_reward=torch.tensor([1.0, 0.0, 0.5, 2.0]),
+                                  ref_logprobs=ref if reference else None, old_logprobs=old,
+                                  old_values=values * mask if critic else None,
+                                  ended=torch.tensor([True, True, False, True]))
+
+
+def test_make_experience_off_policy_weights_the_behaviour_gap_and_reports_it():
+    scored = _scored()
+    mask, behaviour = scored.rollouts.response_mask, scored.rollouts.logprobs
+    exp = experience.make_experience(scored, _settings(), kl_coef=0.1)
+    kl = rl_math.kl_estimate(scored.old_logprobs, scored.ref_logprobs, "k1") * mask
+    adv, ret = experience.advantages("grpo", scored.task_reward, kl, mask, 0.1, True, None, 1.0, 0.95, 2)
+    assert torch.equal(exp.advantages, adv) and torch.equal(exp.returns, ret)
+    assert torch.equal(exp.kl, rl_math.masked_sum(kl, mask, dim=1))
+    gap = scored.old_logprobs - behaviour
+    assert torch.equal(exp.is_weights, torch.exp(gap).clamp(max=experience.IS_WEIGHT_CAP) * mask)
+    assert exp.logprob_gap == pytest.approx(rl_math.masked_mean(gap.abs(), mask).item())
+    assert torch.equal(exp.old_values, torch.zeros_like(mask))  # no critic
+    assert exp.task_reward is scored.task_reward and exp.ended is scored.ended  # unshaped: what rollouts record
+    metrics = exp.metrics()
+    assert list(metrics) == ["reward_mean", "reward_std", "kl_mean", "kl_coef", "response_length_mean", "eos_frac",
+                             "logprob_gap"]
+    assert metrics["reward_mean"] == pytest.approx(0.875) and metrics["kl_coef"] == 0.1
+    assert metrics["response_length_mean"] == pytest.approx(2.25) and metrics["eos_frac"] == pytest.approx(0.75)
+    assert metrics["kl_mean"] == pytest.approx(exp.kl.mean().item())
+
+
+def test_make_experience_on_policy_and_without_a_reference():
+    scored = _scored(reference=False, critic=True)
+    exp = experience.make_experience(scored, _settings(advantage="gae", on_policy=True, no_eos_penalty=-1.0), 0.1)
+    mask = scored.rollouts.response_mask
+    assert torch.equal(exp.is_weights, mask) and exp.logprob_gap is None  # the loss measures the gap
+    assert exp.kl is None and exp.ref_logprobs is None and exp.old_values is scored.old_values
+    shaped = experience.shape_task_reward(scored.task_reward, scored.ended, None, -1.0, False)
+    adv, _ = experience.advantages("gae", shaped, torch.zeros_like(mask), mask, 0.1, True, scored.old_values,
+                                   1.0, 0.95, 2)
+    assert torch.equal(exp.advantages, adv)
+    metrics = exp.metrics()
+    assert metrics["kl_mean"] is None and "logprob_gap" not in metrics
+
+
+def test_mini_batch_holds_the_loss_keys_for_the_rows_asked():
+    idx = torch.tensor([2, 0])
+    with_ref = experience.make_experience(_scored(), _settings(), 0.1)
+    mb = with_ref.mini_batch(idx)
+    assert set(mb) == {"input_ids", "attention_mask", "response_mask", "old_logprobs", "ref_logprobs", "advantages",
+                       "is_weights", "returns", "old_values"}
+    assert torch.equal(mb["input_ids"], with_ref.input_ids[idx]) and torch.equal(mb["advantages"],
+                                                                                  with_ref.advantages[idx])
+    without = experience.make_experience(_scored(reference=False), _settings(), 0.1)
+    assert "ref_logprobs" not in without.mini_batch(idx)
+
+
 @pytest.fixture(scope="module")
 def tiny_lm(tiny):
     return models.load_policy(tiny).eval()
@@ -67,9 +136,12 @@ def _mb(model, adv_sign=1.0):
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits[:, -7:-1]
     old = rl_math.logprobs_from_logits(logits, ids[:, -6:])
-    return {"input_ids": ids, "attention_mask": mask, "response_mask": resp, "old_logprobs": old,
-            "ref_logprobs": old, "advantages": adv_sign * torch.ones(4, 6), "is_weights": torch.ones(4, 6),
-            "old_values": torch.zeros(4, 6), "returns": torch.ones(4, 6)}
+    exp = experience.Experience(  # the learner batch as the driver builds it (Experience.mini_batch)
+        input_ids=ids, attention_mask=mask, response_mask=resp, old_logprobs=old, ref_logprobs=old,
+        advantages=adv_sign * torch.ones(4, 6), returns=torch.ones(4, 6), old_values=torch.zeros(4, 6),
+        is_weights=torch.ones(4, 6), task_reward=torch.zeros(4), kl=None, ended=torch.ones(4, dtype=torch.bool),
+        kl_coef=0.0, logprob_gap=None)
+    return exp.mini_batch(torch.arange(4))
 
 
 def test_policy_loss_on_policy_is_minus_the_advantage(tiny_lm):

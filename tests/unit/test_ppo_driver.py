@@ -1,5 +1,9 @@
-"""Pure choices of a PPO run: which roles it starts (fleet), and the order of a mini-batch's rows (rollout)."""
+"""Pure choices of a PPO run: which roles it starts (fleet), the order of a mini-batch's rows (rollout), and the
+fleet's one revive-and-retry path (with fake actor groups)."""
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 
 from rlhf_ray import rollout
@@ -23,3 +27,100 @@ def test_mini_batch_rows_ordered_by_prompt_length():
     response = attention[:, 3:]
     idx = torch.tensor([3, 1, 0, 2])
     assert rollout.by_prompt_length(idx, response, attention).tolist() == [1, 2, 3, 0]  # stable among equals
+
+
+# ---------------------------------------------------------------- the fleet's one revive-and-retry path, with fakes
+
+
+class FakeActor:
+    def __init__(self, name: str):
+        self.name = name
+        self.update_weights = SimpleNamespace(remote=lambda version, buckets, timeout_s: ("load", name, version))
+
+
+class FakeGroup:
+    """What Fleet.revive touches of an ActorGroup: actors, restarts, restart, get; calls are recorded."""
+
+    def __init__(self, role: str, n: int, log: list):
+        self.role, self.log, self.restarts, self.distributed = role, log, 0, False
+        self.actors = [FakeActor(f"{role}-{r}") for r in range(n)]
+
+    def __len__(self):
+        return len(self.actors)
+
+    def restart(self, rank: int, timeout_s: float) -> None:
+        self.restarts += 1
+        self.actors[rank] = FakeActor(f"{self.role}-{rank}#{self.restarts}")
+        self.log.append(("restart", self.role, rank))
+
+    def get(self, refs, timeout_s, phase, ranks=None):
+        self.log.append(("get", self.role, phase))
+        return [None for _ in refs]
+
+    def call(self, fn, timeout_s, phase):  # the policy learner exporting weights
+        self.log.append(("export", phase))
+        return [["bucket-refs"]]
+
+
+def _fleet(log: list, version: int = 0, start_version: int = 0, max_restarts: int = 3) -> fleet.Fleet:
+    f = fleet.Fleet(None, FakeGroup("generator", 2, log), FakeGroup("reference", 1, log), FakeGroup("policy", 1, log),
+                    None, None, None, timeout_s=5.0, start_version=start_version, max_restarts=max_restarts)
+    f.version = version
+    return f
+
+
+def _calls(group, keys_ranks, made: list, **kw) -> fleet.Calls:
+    calls = fleet.Calls(group, **kw)
+    for key, rank in keys_ranks:
+        calls.send(key, rank, lambda actor, key=key: made.append((key, actor.name)) or f"ref-{key}-{actor.name}")
+    return calls
+
+
+def test_a_dead_generator_is_replaced_brought_to_the_fleet_version_and_its_share_sent_again(capsys):
+    log, made = [], []
+    f = _fleet(log, version=3)
+    calls = _calls(f.generators, [(0, 0), (1, 1)], made, say=lambda i: f"share {i} again")
+    f.revive(calls, 1, "generate")
+    assert log == [("restart", "generator", 1), ("export", "generate: weights for generator-1"),
+                   ("get", "generator", "generate: weights for generator-1")]  # it loads version 3 first
+    assert made[-1] == (1, "generator-1#1") and calls.items[1].ref == "ref-1-generator-1#1"
+    out = capsys.readouterr().out
+    assert "generate: generator-1 died; starting a replacement" in out and "generate: share 1 again" in out
+
+
+def test_a_generator_replaced_at_the_start_version_or_during_a_sync_loads_nothing_first():
+    log, made = [], []
+    f = _fleet(log, version=2, start_version=2)
+    f.revive(_calls(f.generators, [(0, 0)], made), 0, "generate")
+    assert [e[0] for e in log] == ["restart"]
+    log.clear()
+    f = _fleet(log, version=4)
+    sync = _calls(f.generators, [(0, 0), (1, 1)], made, brings_weights=True)  # the retried call loads the weights
+    f.revive(sync, 0, "sync: load")
+    assert [e[0] for e in log] == ["restart"] and made[-1] == (0, "generator-0#1")
+
+
+def test_calls_on_an_actor_already_replaced_are_only_sent_again():
+    """Two shares on one reference rank (or two batches on one generator): the first failure replaces the actor,
+    the second is sent to the replacement without a second restart."""
+    log, made = [], []
+    f = _fleet(log)
+    calls = _calls(f.reference, [(0, 0), (1, 0)], made)
+    f.revive(calls, 0, "score: reference")
+    f.revive(calls, 1, "score: reference")
+    assert [e for e in log if e[0] == "restart"] == [("restart", "reference", 0)]
+    assert made[-2:] == [(0, "reference-0#1"), (1, "reference-0#1")]
+    assert f.restarts() == 1
+
+
+def test_replacements_stop_at_max_restarts():
+    from cluster.actor_group import GroupError
+
+    log, made = [], []
+    f = _fleet(log, max_restarts=1)
+    calls = _calls(f.reference, [(0, 0)], made)
+    f.revive(calls, 0, "score: reference")
+    calls.items[0].actor = f.reference.actors[0]  # the replacement died too
+    with pytest.raises(GroupError, match="1 replacements already"):
+        f.revive(calls, 0, "score: reference")
+
