@@ -11,12 +11,13 @@ here, at the source, each for a reason:
   * transformers' progress bars per model load and save: `HF_HUB_DISABLE_PROGRESS_BARS=1`.
   * messages dropped by name in each actor (`actor_start`), all about choices made on purpose:
     vLLM's notes on the CPU build (no Triton: install.sh removes it on CPU; eager mode, a fixed seed, no
-    tcmalloc/iomp preload, thread binding), vLLM's "RotaryEmbedding/ParallelLMHead: Failed to load weights" on
+    tcmalloc/iomp preload, thread binding, OMP_NUM_THREADS kept as set: vllm_engine sets it on purpose), vLLM's "RotaryEmbedding/ParallelLMHead: Failed to load weights" on
     each in-place reload (the rotary cache has no trained weights; a tied head is re-pointed by
     vllm_engine._retie_lm_head right after), DeepSpeed's "Setting accelerator to CPU", torch's "Triton not
     available", a FutureWarning that vLLM's own code triggers (`torch.distributed.reduce_op`), and transformers'
     load report when it says exactly "lm_head unexpected, score missing" (a value model started from a causal-LM
-    folder gets a fresh head by design: models.load_value_model).
+    folder gets a fresh head by design: models.load_value_model), or only an encoder's classifier missing (the same,
+    for a reward model on an encoder such as minilm-l6).
   * in the driver (`driver_start`): Ray's "Token authentication is enabled" and "Started a local Ray instance",
     which rlhf-ray's own cluster lines (local.describe_cluster) say again.
 
@@ -43,6 +44,7 @@ DROPPED = [
     ("vllm.engine.arg_utils", r"The global random seed is set to"),
     ("vllm.config.vllm", r"Enforce eager set|Inductor compilation was disabled|Model Runner V2 requires Triton"),
     ("vllm.platforms.cpu", r"Triton is not installed|Reset SSM cache type"),
+    ("vllm.utils.torch_utils", r"OMP_NUM_THREADS=\d+ is set; leaving Torch threads at"),
     ("vllm.v1.worker.cpu_worker", r"lib\w+ is not found in LD_PRELOAD|CPU backend doesn't allow to use `torch"),
     ("vllm.model_executor.model_loader.reload.layerwise", r"(RotaryEmbedding|ParallelLMHead): Failed to load weights"),
     ("DeepSpeed", r"Setting accelerator to CPU\."),
@@ -51,6 +53,10 @@ DROPPED = [
     ("transformers.modeling_utils", r"\w+ LOAD REPORT[^\n]*\n[^|\n]*\|[^\n]*\n[-+]*\n"  # title, header, rule
                                     r"lm_head\.weight *\| *UNEXPECTED *\|[^\n]*\n"
                                     r"score\.weight *\| *MISSING *\|[^\n]*\n\s*Notes:"),
+    # ... and an encoder's (BERT: minilm-l6 as a reward model) whose only rows are its fresh classifier head.
+    ("transformers.modeling_utils", r"\w+ LOAD REPORT[^\n]*\n[^|\n]*\|[^\n]*\n[-+]*\n"
+                                    r"classifier\.weight *\| *MISSING *\|[^\n]*\n"
+                                    r"classifier\.bias *\| *MISSING *\|[^\n]*\n\s*Notes:"),
 ]
 
 

@@ -14,6 +14,14 @@ FRESH_HEAD = ("\x1b[1mLlamaForSequenceClassification LOAD REPORT\x1b[0m from: /r
               "\n"
               "Notes:\n- UNEXPECTED:\tcan be ignored ...\n- MISSING:\tthose params were newly initialized ...")
 
+FRESH_ENCODER_HEAD = ("\x1b[1mBertForSequenceClassification LOAD REPORT\x1b[0m from: /site-packages/model\n"
+                      "Key               | Status  | \n"
+                      "------------------+---------+-\n"
+                      "classifier.weight | MISSING | \n"
+                      "classifier.bias   | MISSING | \n"
+                      "\n"
+                      "Notes:\n- MISSING:\tthose params were newly initialized ...")
+
 
 def _passes(logger: str, msg: str, *args) -> bool:
     record = logging.getLogger(logger).makeRecord(logger, logging.WARNING, __file__, 1, msg, args, None)
@@ -24,9 +32,10 @@ def _passes(logger: str, msg: str, *args) -> bool:
 def quieted(monkeypatch):
     monkeypatch.delenv("RLHF_RAY_VERBOSE", raising=False)
     quiet.actor_start()
-    quiet.actor_start()  # twice: still one filter per logger
-    for name, _ in quiet.DROPPED:
-        assert sum(isinstance(f, quiet._Drop) for f in logging.getLogger(name).filters) == 1, name
+    quiet.actor_start()  # twice: still one filter per pattern
+    for name, pattern in quiet.DROPPED:
+        filters = logging.getLogger(name).filters
+        assert sum(isinstance(f, quiet._Drop) and f.pattern.pattern == pattern for f in filters) == 1, name
 
 
 @pytest.mark.parametrize("logger, msg, args", [
@@ -38,6 +47,8 @@ def quieted(monkeypatch):
     ("vllm.model_executor.model_loader.reload.layerwise", "%s: Failed to load weights", ("RotaryEmbedding",)),
     ("DeepSpeed", "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it.", ()),
     ("transformers.modeling_utils", FRESH_HEAD, ()),
+    ("transformers.modeling_utils", FRESH_ENCODER_HEAD, ()),
+    ("vllm.utils.torch_utils", "OMP_NUM_THREADS=%s is set; leaving Torch threads at %d for serving. ...", ("2", 2)),
 ])
 def test_named_noise_is_dropped(quieted, logger, msg, args):
     assert not _passes(logger, msg, *args)
@@ -50,6 +61,7 @@ def test_named_noise_is_dropped(quieted, logger, msg, args):
     # a report with more than the fresh head: another missing key, or the score head alone missing
     ("transformers.modeling_utils", FRESH_HEAD.replace("| \n\n", "| \nnorm.weight | MISSING | \n\n"), ()),
     ("transformers.modeling_utils", FRESH_HEAD.replace("lm_head.weight | UNEXPECTED | \n", ""), ()),
+    ("transformers.modeling_utils", FRESH_ENCODER_HEAD.replace("classifier.bias", "pooler.dense.bias"), ()),
 ])
 def test_other_messages_still_print(quieted, logger, msg, args):
     assert _passes(logger, msg, *args)
