@@ -191,7 +191,9 @@ class RolloutConfig:
     n_samples: int = 1
     """Responses per prompt (the group size for GRPO/RLOO; 2 or more for preference collection)."""
     temperature: float = 1.0
-    """Sampling temperature."""
+    """Sampling temperature T. PPO trains the policy that samples, softmax(logits / T): the learners' and the
+    reference's log-probs, ratios, KL and entropy divide the logits by T too, and the generators record the
+    log-probs of the distribution they sampled from (after T and top_p)."""
     top_p: float = 1.0
     """Nucleus sampling mass."""
     max_staleness: int = 0
@@ -232,6 +234,9 @@ class RewardConfig:
 class PPOConfig:
     """PPO with a KL penalty to the reference (Ziegler et al. 2019; Ouyang et al. 2022)."""
 
+    REMOVED = {"vf_coef": "the critic has an optimizer of its own, and AdamW undoes a constant weight on its loss: "
+                          "set ppo.critic_lr"}
+
     steps: int = 10
     """PPO steps (policy versions) to run."""
     advantage: Literal["gae", "grpo", "rloo", "reinforce++"] = "gae"
@@ -254,20 +259,24 @@ class PPOConfig:
     """c of dual-clip PPO (Ye et al. 2020), > 1. None: off."""
     value_clip_eps: float = 0.2
     """Clip range of the value loss."""
-    vf_coef: float = 0.5
-    """Weight of the value loss."""
     entropy_coef: float = 0.0
     """Weight of the entropy bonus."""
     gamma: float = 1.0
     """Discount γ."""
     lam: float = 0.95
     """GAE λ."""
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    """How the policy loss's per-token terms make one number: `token-mean` (every token of the mini-batch weighs
+    the same), `seq-mean-token-mean` (each response's token mean, then the mean over responses: GRPO as
+    published), `seq-mean-token-sum-norm` (each response's token sum divided by data.max_response_len, then the
+    mean over responses: Dr. GRPO, no length bias). Exact under micro-batching and ranks in every mode."""
     epochs: int = 1
     """Passes over each batch of experience."""
     mini_batch_size: int = 8
     """Samples per optimizer step within an epoch."""
     critic_lr: float = 1e-5
-    """Critic learning rate."""
+    """Critic learning rate. The critic is a model with an optimizer of its own, so this, not a weight on the value
+    loss (a `vf_coef`, which a shared optimizer needs), sets how fast it learns."""
     gold: Optional[str] = None
     """A judge (`module:function`, as reward functions) scored on the held-out prompts only, never trained on:
     the one the reward model stands in for, e.g. the labeler that made its preferences. Reported as
@@ -396,6 +405,9 @@ class Config:
         need(p.dual_clip is None or p.dual_clip > 1, "ppo.dual_clip", f"must be > 1, got {p.dual_clip}")
         need(0 <= p.gamma <= 1 and 0 <= p.lam <= 1, "ppo.gamma", "gamma and lam must be in [0, 1]")
         need(p.kl_target is None or p.kl_target > 0, "ppo.kl_target", f"must be > 0, got {p.kl_target}")
+        if p.loss_agg == "seq-mean-token-sum-norm":  # its constant divisor
+            need(self.data.max_response_len > 0, "data.max_response_len",
+                 f"ppo.loss_agg seq-mean-token-sum-norm divides by it: must be > 0, got {self.data.max_response_len}")
         for name, ds in [("prompts", self.data.prompts), ("demonstrations", self.data.demonstrations),
                          ("preferences", self.data.preferences)]:
             need(0 <= ds.eval_fraction < 1, f"data.{name}.eval_fraction", f"must be in [0, 1), got {ds.eval_fraction}")

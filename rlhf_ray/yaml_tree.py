@@ -1,8 +1,9 @@
 """Typed dataclass trees from YAML layers: the generic half of `rlhf_ray.config`.
 
 `build(cls, layers)` checks each layer (a YAML file or command-line overrides) against the dataclass
-annotations — unknown keys (with the nearest valid one), wrong types, values outside a Literal — and reports
-every problem with its file and line. Nothing is coerced except an integer given where a float is expected.
+annotations — unknown keys (with the nearest valid one, or why it went when a class's `REMOVED` maps a former
+key to the reason), wrong types, values outside a Literal — and reports every problem with its file and line.
+Nothing is coerced except an integer given where a float is expected.
 """
 
 from __future__ import annotations
@@ -180,6 +181,9 @@ def _build(cls: type, values: dict, prefix: str, errs: list[str], where: Any) ->
     kwargs = {}
     for k, v in values.items():
         key = f"{prefix}{k}"
+        if k not in names and k in getattr(cls, "REMOVED", {}):  # a key that was, and why it went
+            errs.append(f"{_loc(where, key)}: {key}: no longer a setting: {cls.REMOVED[k]}")
+            continue
         if k not in names:
             near = difflib.get_close_matches(str(k), names, n=1, cutoff=0.5)
             hint = f"; did you mean {prefix}{near[0]}?" if near else f"; valid keys: {', '.join(names)}"

@@ -27,10 +27,12 @@ def _micro_batches(n: int, size: int):
 
 
 @torch.no_grad()
-def response_logprobs(model, batch: RolloutBatch, micro_batch_size: int = 8) -> torch.Tensor:
-    """log π(response token t | prefix) for every row: (B, T), 0 on padding."""
+def response_logprobs(model, batch: RolloutBatch, micro_batch_size: int = 8, temperature: float = 1.0
+                      ) -> torch.Tensor:
+    """log π(response token t | prefix) at sampling temperature `temperature` for every row: (B, T), 0 on
+    padding."""
     T = batch.response_mask.shape[1]
-    out = [forward.logprobs(model, batch.input_ids[sl], batch.attention_mask[sl], T)
+    out = [forward.logprobs(model, batch.input_ids[sl], batch.attention_mask[sl], T, temperature)
            for sl in _micro_batches(batch.input_ids.shape[0], micro_batch_size)]
     return torch.cat(out) * batch.response_mask
 
