@@ -161,7 +161,8 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") -
     k2 = (log r)²/2 (biased, low variance); k3 = (r - 1) - log r (unbiased, >= 0). k3 is guarded as verl and
     OpenRLHF guard it: log r clamped to ±LOG_RATIO_CLAMP before exp (no inf, and no inf·0 = NaN gradient), the
     estimate to at most K3_CLAMP (one token far out of the reference's support would otherwise dominate the
-    batch); both bind only where π and π_ref are orders of magnitude apart.
+    batch). The cap binds where π_ref/π > 13.6 (or π/π_ref > e^11) on the sampled token, the log-ratio clamp
+    only at a factor e^20.
     """
     log_ratio = logprobs.float() - ref_logprobs.float()
     if estimator == "k1":
