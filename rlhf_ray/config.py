@@ -46,18 +46,25 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
-    """One dataset: a JSONL or Parquet file, a folder written by `datasets.save_to_disk`, or a hub name."""
+    """One dataset: JSONL or Parquet files, a folder written by `datasets.save_to_disk`, or a hub name."""
 
-    path: Optional[str] = None
-    """File, folder or hub name. None: not used by this run (or produced by an earlier pipeline stage)."""
+    path: Optional[str | list[str]] = None
+    """File, folder or hub name; a glob (`data/train-*.jsonl`) or a list of files reads them all, in order. None:
+    not used by this run (or produced by an earlier pipeline stage)."""
     split: str = "train"
     """Split to read from a DatasetDict folder or a hub dataset."""
+    subset: Optional[str] = None
+    """Subset (configuration name) of a hub dataset, e.g. `main` of `openai/gsm8k`. None: its default."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Our field names -> the dataset's, applied before the rows are checked: `{prompt: question}` reads the
+    prompt from `question`; any other column can be renamed the same way (`{task_name: group}`)."""
     eval_fraction: float = 0.0
     """Fraction of rows held out for evaluation (a seeded shuffle decides which)."""
     max_rows: Optional[int] = None
     """Read at most this many rows (after skipping malformed ones). None: all."""
-    eval_path: Optional[str] = None
-    """A separate held-out dataset of the same kind, instead of `eval_fraction`."""
+    eval_path: Optional[str | list[str]] = None
+    """A separate held-out dataset of the same kind (a file, folder, glob, list or hub name, read with the same
+    split, subset and columns), instead of `eval_fraction`."""
     eval_max_rows: Optional[int] = None
     """Read at most this many rows of `eval_path`. None: all."""
 
@@ -67,11 +74,15 @@ class DataConfig:
     """Datasets and how text becomes tokens."""
 
     prompts: DatasetConfig = field(default_factory=DatasetConfig)
-    """Prompts `{prompt}` for PPO and for preference collection."""
+    """Prompts `{prompt}` (a text or a message list) or `{messages}` for PPO and for preference collection; every
+    other column travels with its prompt to the reward functions, the labeler and `ppo.gold` as a keyword
+    argument."""
     demonstrations: DatasetConfig = field(default_factory=DatasetConfig)
     """Demonstrations `{prompt, response}` or `{messages}` for SFT."""
     preferences: DatasetConfig = field(default_factory=DatasetConfig)
-    """Preferences `{prompt, chosen, rejected}` for the reward model and DPO."""
+    """Preferences `{prompt, chosen, rejected}` for the reward model and DPO: texts, TRL's conversational rows
+    (prompt as messages, chosen / rejected as one assistant message) or implicit-prompt rows (chosen / rejected
+    two whole conversations)."""
     max_prompt_len: int = 256
     """Longest prompt in tokens (chat template included)."""
     max_response_len: int = 256
@@ -413,6 +424,10 @@ class Config:
             need(0 <= ds.eval_fraction < 1, f"data.{name}.eval_fraction", f"must be in [0, 1), got {ds.eval_fraction}")
             need(not (ds.eval_path and ds.eval_fraction), f"data.{name}.eval_path",
                  "hold out rows by eval_path or by eval_fraction, not both")
+            theirs = list(ds.columns.values())
+            twice = sorted({c for c in theirs if theirs.count(c) > 1})
+            need(not twice, f"data.{name}.columns", f"maps the dataset's {', '.join(map(repr, twice))} onto two names")
+            need(all(ds.columns) and all(theirs), f"data.{name}.columns", "a name is empty")
         if p.advantage in ("grpo", "rloo"):
             need(r.n_samples >= 2, "rollout.n_samples", f"advantage {p.advantage!r} needs a group of >= 2 samples per prompt")
         if p.gold:

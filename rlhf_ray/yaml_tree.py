@@ -144,7 +144,15 @@ def _convert(value: Any, tp: Any, key: str, errs: list[str], where: Any) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], key, errs, where)
+        if len(inner) == 1:
+            return _convert(value, inner[0], key, errs, where)
+        for tp in inner:  # the first type the value fits (`str | list[str]`)
+            trial: list[str] = []
+            out = _convert(value, tp, key, trial, where)
+            if not trial:
+                return out
+        errs.append(f"{loc}: {key}: expected {' or '.join(_type_text(a) for a in inner)}, got {value!r}")
+        return value
     if origin is Literal:
         choices = typing.get_args(tp)
         if not any(type(c) is type(value) and c == value for c in choices):

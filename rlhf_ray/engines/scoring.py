@@ -77,10 +77,20 @@ def load_reward_function(spec: str) -> Callable:
     return fn
 
 
-def call_reward_function(fn: Callable, prompts: list[str], responses: list[str], **metadata) -> list[float]:
-    """Call `fn(prompts, responses, **metadata)` and check it returns one finite float per response.
+def required_keywords(fn: Callable) -> list[str]:
+    """The arguments `fn` needs besides its first two (prompts, responses) and has no default for: each must be a
+    metadata field or a dataset column (what `call_reward_function` passes by keyword)."""
+    params = list(inspect.signature(fn).parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:2]
+    return [p.name for p in params if p not in positional and p.default is p.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
-    Metadata keys the function does not declare are not passed, unless it takes **kwargs."""
+
+def call_reward_function(fn: Callable, prompts: list, responses: list[str], **metadata) -> list[float]:
+    """Call `fn(prompts, responses, **metadata)` and check it returns one finite number per response.
+
+    Metadata keys (and dataset columns, which come the same way: one value per response) the function does not
+    declare are not passed, unless it takes **kwargs."""
     params = inspect.signature(fn).parameters.values()
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         names = {p.name for p in params}
@@ -91,15 +101,32 @@ def call_reward_function(fn: Callable, prompts: list[str], responses: list[str],
     except Exception as e:
         raise RewardFunctionError(f"reward function {label} raised {type(e).__name__}: {e}") from e
     try:
-        values = [float(v) for v in out]
-    except (TypeError, ValueError) as e:
-        raise RewardFunctionError(f"reward function {label} must return a list of numbers, got {out!r:.200}") from e
-    if len(values) != len(responses):
-        raise RewardFunctionError(f"reward function {label} returned {len(values)} values for {len(responses)} responses")
+        out = list(out)
+    except TypeError:
+        raise RewardFunctionError(f"reward function {label} must return a list of numbers, got {out!r:.200}") from None
+    if len(out) != len(responses):
+        raise RewardFunctionError(f"reward function {label} returned {len(out)} values for {len(responses)} responses")
+    # A string or None is refused, not read: float("1") would pass a checker's text for a score, and None (TRL's
+    # "not applicable") has no place in a weighted sum.
+    bad = [i for i, v in enumerate(out) if isinstance(v, (str, bytes)) or v is None or not _is_number(v)]
+    if bad:
+        shown = ", ".join(f"row {i}: {out[i]!r:.40}" for i in bad[:5])
+        raise RewardFunctionError(f"reward function {label} must return a number for every response; got {shown}"
+                                  f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}")
+    values = [float(v) for v in out]
     bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
     if bad:
         raise RewardFunctionError(f"reward function {label} returned non-finite values at rows {bad[:10]}")
     return values
+
+
+def _is_number(v) -> bool:
+    """A Python, numpy or 0-d torch number (bool counts: a checker's pass / fail)."""
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def encode_text_pairs(tokenizer, prompts: list[str], responses: list[str], max_len: int = 512

@@ -62,7 +62,7 @@ class Sampling:
 
 
 def generate(llm, prompt_ids: list[list[int]], sampling: Sampling, policy_version: int = 0,
-             prompts: Optional[list[str]] = None) -> list[dict]:
+             prompts: Optional[list[str]] = None, columns: Optional[list[dict]] = None) -> list[dict]:
     """Sample `sampling.n` responses per prompt. Returns rollout rows (see rollout.ROLLOUT_SCHEMA), grouped by
     prompt in input order, with the generator's per-token logprobs of the sampled tokens, under the distribution
     they were sampled from (the engine is built with processed log-probs: after temperature and top_p)."""
@@ -85,6 +85,7 @@ def generate(llm, prompt_ids: list[list[int]], sampling: Sampling, policy_versio
                 "finish_reason": "stop" if c.finish_reason == "stop" else "length",
                 "policy_version": policy_version,
                 "group": g,
+                **(columns[g] if columns else {}),  # the prompt's dataset columns travel with each sample
             })
     return rows
 

@@ -67,7 +67,7 @@ class PPOTrainer:
         limits = data.Limits(d.max_prompt_len, d.max_response_len, d.truncation)
 
         def encode(rows: list[dict], report: data.LoadReport) -> list[dict]:
-            return [{"prompt": row["prompt"], "ids": ids} for row, ids in
+            return [{"prompt": row["prompt"], "ids": ids, "columns": row["columns"]} for row, ids in
                     data.encode_kept(self.tokenizer, rows, "prompts", limits, report, d.apply_chat_template)]
 
         train, self.eval_prompts, reports = data.load_held_out(ds, "prompts", d.skip_malformed, self.cfg.seed, encode)
