@@ -217,7 +217,8 @@ class RolloutConfig:
 
 @dataclass
 class RewardFunctionConfig:
-    """A user reward function `module:function(prompts, responses, **metadata) -> list[float]`."""
+    """A user reward function `module:function(prompts, responses, **kwargs) -> list[float]`; kwargs: the metadata
+    and the prompts dataset's columns, by name (docs/algorithms.md, Data)."""
 
     function: str = ""
     """`module:function` or `path/to/file.py:function`."""

@@ -38,9 +38,11 @@ MESSAGES = "prompt_messages"
 """A chat prompt's message list as JSON (null for a text prompt, whose `prompt` column is the whole prompt)."""
 ADDED = ("reward", "kl", "staleness", "score")
 """Columns the drivers add before writing rollouts (PPO: reward, kl, staleness; the label stage: score)."""
-RESERVED = frozenset([*ROLLOUT_SCHEMA.names, MESSAGES, *ADDED, "prompts", "responses", "messages"])
+RESERVED = frozenset([*ROLLOUT_SCHEMA.names, MESSAGES, *ADDED, "prompts", "responses", "messages", "completions",
+                      "completion_ids"])
 """Names no dataset column may take: the rollout's own fields (a reward function's metadata among them) and the
-reward functions' positional arguments; a clash would override one silently."""
+reward functions' arguments for prompts and responses (ours, and TRL's names); a clash would override one
+silently."""
 
 
 def to_table(rows: list[dict], text_columns: Sequence[str] = ()) -> pa.Table:

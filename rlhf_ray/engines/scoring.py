@@ -77,27 +77,49 @@ def load_reward_function(spec: str) -> Callable:
     return fn
 
 
+TRL_ARGUMENTS = ("prompts", "completions", "completion_ids")
+"""What TRL passes a reward function by keyword besides the dataset's columns; a function that names `completions`
+is called TRL's way (`call_reward_function`)."""
+
+
+def _trl_style(params: list[inspect.Parameter]) -> bool:
+    return any(p.name == "completions" for p in params)
+
+
 def required_keywords(fn: Callable) -> list[str]:
-    """The arguments `fn` needs besides its first two (prompts, responses) and has no default for: each must be a
-    metadata field or a dataset column (what `call_reward_function` passes by keyword)."""
+    """The arguments `fn` needs besides prompts and responses (its first two, or TRL's `prompts` / `completions` /
+    `completion_ids`) and has no default for: each must be a metadata field or a dataset column (what
+    `call_reward_function` passes by keyword)."""
     params = list(inspect.signature(fn).parameters.values())
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:2]
-    return [p.name for p in params if p not in positional and p.default is p.empty
+    given = ([p for p in params if p.name in TRL_ARGUMENTS] if _trl_style(params) else
+             [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:2])
+    return [p.name for p in params if p not in given and p.default is p.empty
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
+def _call(fn: Callable, prompts: list, responses: list[str], metadata: dict):
+    """`fn(prompts, responses, **metadata)`; or, for a function written for TRL (it names `completions`), all by
+    keyword as TRL calls it: prompts=, completions= (the response texts), completion_ids= (their token ids). Keys
+    the function does not declare are not passed, unless it takes **kwargs."""
+    params = list(inspect.signature(fn).parameters.values())
+    args: tuple = (prompts, responses)
+    if _trl_style(params):
+        args, metadata = (), {"prompts": prompts, "completions": responses, **metadata}
+        if "response_ids" in metadata:
+            metadata["completion_ids"] = metadata["response_ids"]
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        metadata = {k: v for k, v in metadata.items() if k in {p.name for p in params}}
+    return fn(*args, **metadata)
+
+
 def call_reward_function(fn: Callable, prompts: list, responses: list[str], **metadata) -> list[float]:
-    """Call `fn(prompts, responses, **metadata)` and check it returns one finite number per response.
+    """Call `fn(prompts, responses, **metadata)` (see `_call`) and check it returns one finite number per response.
 
     Metadata keys (and dataset columns, which come the same way: one value per response) the function does not
     declare are not passed, unless it takes **kwargs."""
-    params = inspect.signature(fn).parameters.values()
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        names = {p.name for p in params}
-        metadata = {k: v for k, v in metadata.items() if k in names}
     label = getattr(fn, "__qualname__", repr(fn))
     try:
-        out = fn(prompts, responses, **metadata)
+        out = _call(fn, prompts, responses, metadata)
     except Exception as e:
         raise RewardFunctionError(f"reward function {label} raised {type(e).__name__}: {e}") from e
     try:

@@ -231,6 +231,11 @@ def everything(prompts, responses, **kwargs):
 def plain(prompts, responses):
     return [1.0] * len(responses)
 
+def trl_style(completions, answer, completion_ids, **kwargs):
+    global TRL_SEEN
+    TRL_SEEN = sorted(kwargs)
+    return [float(c.endswith(str(a))) + len(i) for c, a, i in zip(completions, answer, completion_ids)]
+
 def verdicts(prompts, responses, *, answer):
     return [None if a is None else True for a in answer]
 '''
@@ -259,6 +264,11 @@ def test_reward_functions_get_the_columns_they_declare_aligned_with_the_samples(
     assert set(kwargs) == {"finish_reason", "policy_version", "group", "response_ids", "answer", "tests"}
     assert kwargs["answer"] == ["4", "4", 6, 6] and kwargs["tests"] == [[1, 2], [1, 2], [], []]
     assert arguments(table)[2]["group"] == [0, 0, 1, 1]
+    # A function written for TRL is called TRL's way: everything by keyword, the responses as `completions`.
+    trl = RewardFunction([f"{rewards}:trl_style"])
+    assert trl.scores(table)[f"{rewards}:trl_style"] == [2.0, 1.0, 2.0, 2.0]
+    assert trl.functions[f"{rewards}:trl_style"].__globals__["TRL_SEEN"] == [
+        "finish_reason", "group", "policy_version", "prompts", "response_ids", "tests"]
 
 
 def test_a_checker_that_returns_non_numbers_is_told_which_rows(rewards):
@@ -272,6 +282,7 @@ def test_a_checker_that_returns_non_numbers_is_told_which_rows(rewards):
 def test_required_keywords(rewards):
     fns = RewardFunction([f"{rewards}:{n}" for n in ("exact", "echo", "everything")]).functions.values()
     assert [required_keywords(f) for f in fns] == [["answer"], ["answer", "group"], []]
+    assert required_keywords(RewardFunction([f"{rewards}:trl_style"]).functions[f"{rewards}:trl_style"]) == ["answer"]
 
 
 def test_a_function_requiring_a_missing_column_is_refused_before_ray(tmp_path, rewards):
