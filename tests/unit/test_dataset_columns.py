@@ -313,3 +313,33 @@ def tok(tiny):
     from rlhf_ray import models
 
     return models.load_tokenizer(tiny)
+
+
+def test_the_engine_puts_each_prompts_columns_on_its_samples(monkeypatch):
+    """vllm_engine.generate with a stand-in engine (no vLLM here): every sample of prompt g carries columns[g],
+    and the table a generator makes of them (as Generator.generate does) types them as strings."""
+    import sys
+    import types
+
+    from rlhf_ray.engines import vllm_engine
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=lambda **k: k))
+
+    def sample(token, text):
+        return types.SimpleNamespace(token_ids=[token], text=text, finish_reason="stop",
+                                     logprobs=[{token: types.SimpleNamespace(logprob=-1.0)}])
+
+    class Engine:
+        def generate(self, requests, params, use_tqdm):
+            return [types.SimpleNamespace(outputs=[sample(7, f"a{g}"), sample(8, f"b{g}")])
+                    for g, _ in enumerate(requests)]
+
+    prompts = [{"prompt": "x", "columns": {"answer": None}}, {"prompt": [SYSTEM, {"role": "user", "content": "y"}],
+                                                              "columns": {"answer": [1, "2"]}}]
+    columns = [rollout.encode_columns(p["prompt"], p["columns"]) for p in prompts]
+    rows = vllm_engine.generate(Engine(), [[1], [2]], vllm_engine.Sampling(n=2), 3, ["x", "y"], columns)
+    table = rollout.to_table(rows, list(columns[0]))
+    assert table.schema.field("answer").type == pa.string() == table.schema.field(rollout.MESSAGES).type
+    assert rollout.dataset_columns(table) == {"answer": [None, None, [1, "2"], [1, "2"]]}
+    assert rollout.prompts(table) == ["x", "x", prompts[1]["prompt"], prompts[1]["prompt"]]
+    assert table.column("response").to_pylist() == ["a0", "b0", "a1", "b1"]
