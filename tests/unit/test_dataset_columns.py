@@ -343,3 +343,16 @@ def test_the_engine_puts_each_prompts_columns_on_its_samples(monkeypatch):
     assert rollout.dataset_columns(table) == {"answer": [None, None, [1, "2"], [1, "2"]]}
     assert rollout.prompts(table) == ["x", "x", prompts[1]["prompt"], prompts[1]["prompt"]]
     assert table.column("response").to_pylist() == ["a0", "b0", "a1", "b1"]
+
+
+def test_an_encoder_reward_model_reads_a_chat_prompt_as_its_text(tok):
+    """rm's text pairs (a reward model with its own tokenizer) read a message list the way the reward actor reads
+    the rollouts' `prompt` column: its contents, one per line."""
+    from rlhf_ray.stages import rm
+
+    row = {"prompt": [SYSTEM, {"role": "user", "content": "2+2?"}], "chosen": "4", "rejected": "5"}
+    pairs = rm._text_pairs(tok, 64, [row], data.LoadReport("mem"))
+    text = data.prompt_text(row["prompt"])
+    assert text == "answer with a number\n2+2?"
+    want = {k: tok(text, row[k], truncation=True, max_length=64)["input_ids"] for k in ("chosen", "rejected")}
+    assert pairs == [want]
