@@ -43,8 +43,10 @@ class Generator:
         return self.version
 
     def generate(self, prompt_ids: list[list[int]], sampling: vllm_engine.Sampling,
-                 prompts: Optional[list[str]] = None, seed: Optional[int] = None) -> pa.Table:
-        """Rollout rows (rollout.ROLLOUT_SCHEMA), each tagged with the weights version that produced it.
+                 prompts: Optional[list[str]] = None, seed: Optional[int] = None,
+                 columns: Optional[list[dict]] = None) -> pa.Table:
+        """Rollout rows (rollout.ROLLOUT_SCHEMA), each tagged with the weights version that produced it, and each
+        carrying its prompt's `columns` (JSON text by name, `rollout.encode_columns`).
 
         seed: reseed the sampler (torch's generator, which vLLM's CPU and GPU samplers draw from when requests
         carry no seed of their own) with seed + rank first, so a batch's samples depend on its seed, weights and
@@ -52,8 +54,9 @@ class Generator:
         if seed is not None:
             torch.manual_seed(seed + self.rank)
         t0 = time.perf_counter()
-        rows = vllm_engine.generate(self.llm, prompt_ids, sampling, self.version, prompts)
-        return rollout.with_seconds(rollout.to_table(rows), time.perf_counter() - t0)  # busy time, for idle stats
+        rows = vllm_engine.generate(self.llm, prompt_ids, sampling, self.version, prompts, columns)
+        table = rollout.to_table(rows, list(columns[0]) if columns else ())
+        return rollout.with_seconds(table, time.perf_counter() - t0)  # busy time, for idle stats
 
     def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
         """The engine's log p of each given response token (teacher-forced, via prompt logprobs).

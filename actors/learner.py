@@ -72,10 +72,11 @@ class Learner(DistributedActor):
             outs.append(ds_engine.eval_forward(self.engine, lambda e: fn(e, mb)).cpu())
         return torch.cat(outs)
 
-    def logprobs(self, batch: Batch, response_len: int) -> torch.Tensor:
-        """(B, response_len) log p of each row's last response_len tokens (batch: input_ids, attention_mask)."""
+    def logprobs(self, batch: Batch, response_len: int, temperature: float = 1.0) -> torch.Tensor:
+        """(B, response_len) log p of each row's last response_len tokens at sampling temperature `temperature`
+        (batch: input_ids, attention_mask)."""
         return self._forward(batch, lambda e, mb: forward.logprobs(e, mb["input_ids"], mb["attention_mask"],
-                                                                     response_len))
+                                                                     response_len, temperature))
 
     def values(self, batch: Batch, response_len: int) -> torch.Tensor:
         """(B, response_len) V(s_t) before each response token (critic / reward model)."""

@@ -19,9 +19,10 @@ class Reference:
         self.pad_id = models.load_tokenizer(model_path).pad_token_id
         self.micro_batch_size = micro_batch_size
 
-    def logprobs(self, table: pa.Table) -> list[list[float]]:
-        """log π_ref of each response token, one list per rollout row (no padding)."""
+    def logprobs(self, table: pa.Table, temperature: float = 1.0) -> list[list[float]]:
+        """log π_ref of each response token at sampling temperature `temperature` (the reference as the policy
+        would sample it), one list per rollout row (no padding)."""
         batch = rollout.collate(table, self.pad_id)
-        lp = scoring.response_logprobs(self.model, batch, self.micro_batch_size)
+        lp = scoring.response_logprobs(self.model, batch, self.micro_batch_size, temperature)
         lengths = batch.response_mask.sum(1).long().tolist()
         return [row[:n] for row, n in zip(lp.tolist(), lengths)]

@@ -79,11 +79,13 @@ def cmd_sample(args) -> int:
     ds = cfg.data.prompts
     if ds.path is None:
         raise ConfigError([f"{args.config}: data.prompts.path: `sample` needs a prompts dataset"])
-    rows, report = data.load_rows(ds.path, "prompts", ds.split, cfg.data.skip_malformed, args.num_prompts or ds.max_rows)
+    rows, report = data.load_rows(ds.path, "prompts", ds.split, cfg.data.skip_malformed, args.num_prompts or ds.max_rows,
+                                  ds.columns or None, ds.subset)
     policy = models.resolve_model(cfg.model.policy)
     tok = models.load_tokenizer(cfg.model.tokenizer or policy)
     limits = data.Limits(cfg.data.max_prompt_len, cfg.data.max_response_len, cfg.data.truncation)
-    ids = data.encode_rows(tok, rows, "prompts", limits, report, cfg.data.apply_chat_template)
+    kept = data.encode_kept(tok, rows, "prompts", limits, report, cfg.data.apply_chat_template)
+    rows, ids = [r for r, _ in kept], [i for _, i in kept]  # rows over the limits dropped (truncation: drop)
     print(report)
     out = run_dir_for(cfg, args.run_dir)
 
@@ -91,9 +93,11 @@ def cmd_sample(args) -> int:
     sampling = vllm_engine.Sampling(max_tokens=cfg.data.max_response_len, temperature=cfg.rollout.temperature,
                                     top_p=cfg.rollout.top_p, n=cfg.rollout.n_samples, seed=cfg.seed)
     t0 = time.perf_counter()
-    samples = vllm_engine.generate(llm, ids, sampling, prompts=[r["prompt"] for r in rows])
+    columns = [rollout.encode_columns(r["prompt"], r["columns"]) for r in rows]
+    samples = vllm_engine.generate(llm, ids, sampling, prompts=[data.prompt_text(r["prompt"]) for r in rows],
+                                   columns=columns)
     seconds = time.perf_counter() - t0
-    table = rollout.to_table(samples)
+    table = rollout.to_table(samples, list(columns[0]))
     (out / "rollouts").mkdir(exist_ok=True)
     pq.write_table(table, out / "rollouts" / "sample.parquet")
 

@@ -46,18 +46,25 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
-    """One dataset: a JSONL or Parquet file, a folder written by `datasets.save_to_disk`, or a hub name."""
+    """One dataset: JSONL or Parquet files, a folder written by `datasets.save_to_disk`, or a hub name."""
 
-    path: Optional[str] = None
-    """File, folder or hub name. None: not used by this run (or produced by an earlier pipeline stage)."""
+    path: Optional[str | list[str]] = None
+    """File, folder or hub name; a glob (`data/train-*.jsonl`) or a list of files reads them all, in order. None:
+    not used by this run (or produced by an earlier pipeline stage)."""
     split: str = "train"
     """Split to read from a DatasetDict folder or a hub dataset."""
+    subset: Optional[str] = None
+    """Subset (configuration name) of a hub dataset, e.g. `main` of `openai/gsm8k`. None: its default."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Our field names -> the dataset's, applied before the rows are checked: `{prompt: question}` reads the
+    prompt from `question`; any other column can be renamed the same way (`{task_name: group}`)."""
     eval_fraction: float = 0.0
     """Fraction of rows held out for evaluation (a seeded shuffle decides which)."""
     max_rows: Optional[int] = None
     """Read at most this many rows (after skipping malformed ones). None: all."""
-    eval_path: Optional[str] = None
-    """A separate held-out dataset of the same kind, instead of `eval_fraction`."""
+    eval_path: Optional[str | list[str]] = None
+    """A separate held-out dataset of the same kind (a file, folder, glob, list or hub name, read with the same
+    split, subset and columns), instead of `eval_fraction`."""
     eval_max_rows: Optional[int] = None
     """Read at most this many rows of `eval_path`. None: all."""
 
@@ -67,11 +74,15 @@ class DataConfig:
     """Datasets and how text becomes tokens."""
 
     prompts: DatasetConfig = field(default_factory=DatasetConfig)
-    """Prompts `{prompt}` for PPO and for preference collection."""
+    """Prompts `{prompt}` (a text or a message list) or `{messages}` for PPO and for preference collection; every
+    other column travels with its prompt to the reward functions, the labeler and `ppo.gold` as a keyword
+    argument."""
     demonstrations: DatasetConfig = field(default_factory=DatasetConfig)
     """Demonstrations `{prompt, response}` or `{messages}` for SFT."""
     preferences: DatasetConfig = field(default_factory=DatasetConfig)
-    """Preferences `{prompt, chosen, rejected}` for the reward model and DPO."""
+    """Preferences `{prompt, chosen, rejected}` for the reward model and DPO: texts, TRL's conversational rows
+    (prompt as messages, chosen / rejected as one assistant message) or implicit-prompt rows (chosen / rejected
+    two whole conversations)."""
     max_prompt_len: int = 256
     """Longest prompt in tokens (chat template included)."""
     max_response_len: int = 256
@@ -191,7 +202,9 @@ class RolloutConfig:
     n_samples: int = 1
     """Responses per prompt (the group size for GRPO/RLOO; 2 or more for preference collection)."""
     temperature: float = 1.0
-    """Sampling temperature."""
+    """Sampling temperature T. PPO trains the policy that samples, softmax(logits / T): the learners' and the
+    reference's log-probs, ratios, KL and entropy divide the logits by T too, and the generators record the
+    log-probs of the distribution they sampled from (after T and top_p)."""
     top_p: float = 1.0
     """Nucleus sampling mass."""
     max_staleness: int = 0
@@ -204,7 +217,8 @@ class RolloutConfig:
 
 @dataclass
 class RewardFunctionConfig:
-    """A user reward function `module:function(prompts, responses, **metadata) -> list[float]`."""
+    """A user reward function `module:function(prompts, responses, **kwargs) -> list[float]`; kwargs: the metadata
+    and the prompts dataset's columns, by name (docs/algorithms.md, Data)."""
 
     function: str = ""
     """`module:function` or `path/to/file.py:function`."""
@@ -232,6 +246,9 @@ class RewardConfig:
 class PPOConfig:
     """PPO with a KL penalty to the reference (Ziegler et al. 2019; Ouyang et al. 2022)."""
 
+    REMOVED = {"vf_coef": "the critic has an optimizer of its own, and AdamW undoes a constant weight on its loss: "
+                          "set ppo.critic_lr"}
+
     steps: int = 10
     """PPO steps (policy versions) to run."""
     advantage: Literal["gae", "grpo", "rloo", "reinforce++"] = "gae"
@@ -254,20 +271,24 @@ class PPOConfig:
     """c of dual-clip PPO (Ye et al. 2020), > 1. None: off."""
     value_clip_eps: float = 0.2
     """Clip range of the value loss."""
-    vf_coef: float = 0.5
-    """Weight of the value loss."""
     entropy_coef: float = 0.0
     """Weight of the entropy bonus."""
     gamma: float = 1.0
     """Discount γ."""
     lam: float = 0.95
     """GAE λ."""
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    """How the policy loss's per-token terms make one number: `token-mean` (every token of the mini-batch weighs
+    the same), `seq-mean-token-mean` (each response's token mean, then the mean over responses: GRPO as
+    published), `seq-mean-token-sum-norm` (each response's token sum divided by data.max_response_len, then the
+    mean over responses: Dr. GRPO, no length bias). Exact under micro-batching and ranks in every mode."""
     epochs: int = 1
     """Passes over each batch of experience."""
     mini_batch_size: int = 8
     """Samples per optimizer step within an epoch."""
     critic_lr: float = 1e-5
-    """Critic learning rate."""
+    """Critic learning rate. The critic is a model with an optimizer of its own, so this, not a weight on the value
+    loss (a `vf_coef`, which a shared optimizer needs), sets how fast it learns."""
     gold: Optional[str] = None
     """A judge (`module:function`, as reward functions) scored on the held-out prompts only, never trained on:
     the one the reward model stands in for, e.g. the labeler that made its preferences. Reported as
@@ -396,11 +417,18 @@ class Config:
         need(p.dual_clip is None or p.dual_clip > 1, "ppo.dual_clip", f"must be > 1, got {p.dual_clip}")
         need(0 <= p.gamma <= 1 and 0 <= p.lam <= 1, "ppo.gamma", "gamma and lam must be in [0, 1]")
         need(p.kl_target is None or p.kl_target > 0, "ppo.kl_target", f"must be > 0, got {p.kl_target}")
+        if p.loss_agg == "seq-mean-token-sum-norm":  # its constant divisor
+            need(self.data.max_response_len > 0, "data.max_response_len",
+                 f"ppo.loss_agg seq-mean-token-sum-norm divides by it: must be > 0, got {self.data.max_response_len}")
         for name, ds in [("prompts", self.data.prompts), ("demonstrations", self.data.demonstrations),
                          ("preferences", self.data.preferences)]:
             need(0 <= ds.eval_fraction < 1, f"data.{name}.eval_fraction", f"must be in [0, 1), got {ds.eval_fraction}")
             need(not (ds.eval_path and ds.eval_fraction), f"data.{name}.eval_path",
                  "hold out rows by eval_path or by eval_fraction, not both")
+            theirs = list(ds.columns.values())
+            twice = sorted({c for c in theirs if theirs.count(c) > 1})
+            need(not twice, f"data.{name}.columns", f"maps the dataset's {', '.join(map(repr, twice))} onto two names")
+            need(all(ds.columns) and all(theirs), f"data.{name}.columns", "a name is empty")
         if p.advantage in ("grpo", "rloo"):
             need(r.n_samples >= 2, "rollout.n_samples", f"advantage {p.advantage!r} needs a group of >= 2 samples per prompt")
         if p.gold:

@@ -1,27 +1,41 @@
 """Datasets: read rows, check them, and turn them into token ids.
 
 Three kinds, each a list of plain dicts after loading:
-  prompts        {prompt}
+  prompts        {prompt, columns}: prompt a text or a message list (system / user / earlier assistant turns,
+                 ending with a user turn), columns every other field of the row (any JSON value), by name
   demonstrations {prompt, response} or {messages: [{role, content}, ...]} (the last message is the response)
-  preferences    {prompt, chosen, rejected}   (optional float `margin`)
+  preferences    {prompt, chosen, rejected}   (optional float `margin`); prompt a text or a message list,
+                 chosen / rejected texts. Read from text rows, TRL's conversational rows (prompt as messages,
+                 chosen / rejected as one assistant message each) or implicit-prompt rows (chosen / rejected
+                 two whole conversations that differ only in their last assistant reply)
 
-Sources: JSONL, Parquet, a `datasets.save_to_disk` folder, or a hub name (only when online). A malformed row
-stops the load with its file and row number, or is skipped and counted when `skip_malformed` is set. Rows over
-the token limits follow the truncation policy (`error`, `drop` and count, or `truncate`).
+Sources: JSONL, Parquet, a `datasets.save_to_disk` folder, or a hub name (only when online; a subset and a
+split), one or several (a list, a glob). `columns` maps a dataset's field names onto ours before the checks. A
+malformed row stops the load with its file and row number, or is skipped and counted when `skip_malformed` is
+set. Rows over the token limits follow the truncation policy (`error`, `drop` and count, or `truncate`).
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rlhf_ray import rollout
+
 KINDS = {"prompts", "demonstrations", "preferences"}
+# The fields each kind reads (a `columns` mapping may rename a dataset's fields onto them).
+FIELDS = {"prompts": ("prompt", "messages"), "demonstrations": ("prompt", "response", "messages"),
+          "preferences": ("prompt", "chosen", "rejected", "margin")}
+
+Prompt = Union[str, list[dict]]
+"""A prompt: a text (wrapped as one user turn by the chat template) or a message list."""
 
 
 class DataError(ValueError):
@@ -51,7 +65,24 @@ def _is_saved_dataset(p: Path) -> bool:
     return p.is_dir() and any((p / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json"))
 
 
-def iter_raw_rows(path: str, split: str = "train") -> Iterator[tuple[int, Any]]:
+def sources(path: Union[str, list[str]]) -> list[str]:
+    """The files, folders or hub names a dataset path names: a list names several, a glob (`data/*.jsonl`) its
+    matches in sorted order (a glob matching nothing is an error, never an empty dataset)."""
+    out = []
+    for p in [path] if isinstance(path, str) else path:
+        if any(c in p for c in "*?[") and not Path(p).exists():
+            matches = sorted(glob.glob(str(Path(p).expanduser()), recursive=True))
+            if not matches:
+                raise DataError(f"{p}: no file matches this pattern")
+            out += matches
+        else:
+            out.append(p)
+    if not out:
+        raise DataError("an empty list of dataset files")
+    return out
+
+
+def iter_raw_rows(path: str, split: str = "train", subset: Optional[str] = None) -> Iterator[tuple[int, Any]]:
     """Yield (row number, raw row) from a file, a saved dataset folder or a hub dataset. Rows count from 1."""
     p = Path(path)
     if p.suffix in (".jsonl", ".json") and p.is_file():
@@ -78,16 +109,16 @@ def iter_raw_rows(path: str, split: str = "train") -> Iterator[tuple[int, Any]]:
     elif p.exists():
         raise DataError(f"{path}: not a .jsonl, .json or .parquet file, nor a folder written by datasets.save_to_disk")
     elif "/" in path and not path.startswith((".", "/")):
-        yield from _iter_hub(path, split)
+        yield from _iter_hub(path, split, subset)
     else:
         raise DataError(f"{path}: no such file or folder")
 
 
-def _iter_hub(name: str, split: str) -> Iterator[tuple[int, Any]]:
+def _iter_hub(name: str, split: str, subset: Optional[str] = None) -> Iterator[tuple[int, Any]]:
     import datasets
 
     try:
-        ds = datasets.load_dataset(name, split=split)
+        ds = datasets.load_dataset(name, subset, split=split)
     except Exception as e:  # offline, missing, gated: all end here with the name in the message
         raise DataError(f"{name}: not a local path, and loading it from the hub failed: {e}") from e
     yield from enumerate(ds, 1)
@@ -107,62 +138,188 @@ def _text(row: dict, key: str) -> str:
     return v
 
 
-def _messages(row: dict) -> list[dict]:
-    msgs = row["messages"]
-    if not isinstance(msgs, list) or len(msgs) < 2:
-        raise DataError("field 'messages' must be a list of at least 2 {role, content} messages")
+def _message_list(msgs: Any, key: str, least: int = 1) -> list[dict]:
+    """A list of {role: str, content: str} messages (other keys dropped: the chat template reads these two)."""
+    if not isinstance(msgs, list) or len(msgs) < least:
+        raise DataError(f"field {key!r} must be a list of at least {least} {{role, content}} message(s)")
     for j, m in enumerate(msgs):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise DataError(f"messages[{j}] must be {{role: str, content: str}}")
+            raise DataError(f"{key}[{j}] must be {{role: str, content: str}}, got {m!r:.80}")
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+
+def _messages(row: dict) -> list[dict]:
+    msgs = _message_list(row["messages"], "messages", least=2)
     if msgs[-1]["role"] != "assistant":
         raise DataError(f"the last message must be the assistant's response, got role {msgs[-1]['role']!r}")
     if not msgs[-1]["content"].strip():
         raise DataError("the assistant's response is empty")
-    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+    return msgs
+
+
+def _chat_prompt(msgs: Any, key: str) -> list[dict]:
+    """A prompt as messages: at least one user turn, and the last turn the user's (the chat template then adds
+    the generation prompt, and the model answers that turn)."""
+    msgs = _message_list(msgs, key)
+    if not any(m["role"] == "user" for m in msgs):
+        raise DataError(f"field {key!r} has no user turn (roles: {', '.join(m['role'] for m in msgs)})")
+    if msgs[-1]["role"] != "user":
+        raise DataError(f"field {key!r} must end with a user turn for the model to answer, got role "
+                        f"{msgs[-1]['role']!r}")
+    if not msgs[-1]["content"].strip():
+        raise DataError(f"field {key!r}: the last user turn is empty")
+    return msgs
+
+
+def _prompt(row: dict, key: str = "prompt") -> Prompt:
+    """A text prompt, or a message list when the field holds one (TRL's conversational form)."""
+    return _chat_prompt(row[key], key) if isinstance(row.get(key), list) else _text(row, key)
+
+
+def _reply(row: dict, key: str) -> str:
+    """chosen / rejected: a text, or TRL's conversational form, a list of one assistant message."""
+    v = row.get(key)
+    if not isinstance(v, list):
+        return _text(row, key)
+    msgs = _message_list(v, key)
+    if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+        raise DataError(f"field {key!r} must be one assistant message when the prompt is given apart, got roles "
+                        f"{', '.join(m['role'] for m in msgs)}")
+    if not msgs[0]["content"].strip():
+        raise DataError(f"field {key!r}: the assistant message is empty")
+    return msgs[0]["content"]
+
+
+def _implicit_prompt(row: dict) -> tuple[list[dict], str, str]:
+    """TRL's implicit-prompt rows: chosen and rejected are whole conversations that share every message but the
+    last assistant reply; the shared messages are the prompt."""
+    chosen, rejected = _message_list(row["chosen"], "chosen"), _message_list(row["rejected"], "rejected")
+    if min(len(chosen), len(rejected)) < 2:
+        raise DataError("missing field 'prompt'; without it, 'chosen' and 'rejected' must be whole conversations "
+                        "(the prompt's messages, then the reply)")
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    if chosen[n:] == rejected[n:]:
+        raise DataError("'chosen' and 'rejected' are the same conversation")
+    for key, tail in (("chosen", chosen[n:]), ("rejected", rejected[n:])):
+        if len(tail) != 1 or tail[0]["role"] != "assistant":
+            raise DataError(f"'chosen' and 'rejected' must share every message but the last assistant reply; they "
+                            f"differ from message {n} on, where {key} has {len(tail)} message(s) (roles: "
+                            f"{', '.join(m['role'] for m in tail) or 'none'})")
+    prompt = _chat_prompt(chosen[:n], "prompt (the messages chosen and rejected share)")
+    return prompt, _reply({"chosen": chosen[n:]}, "chosen"), _reply({"rejected": rejected[n:]}, "rejected")
+
+
+def _prompts_row(row: dict) -> dict:
+    """{prompt, columns}: every field besides the prompt travels with it as a column (any JSON value)."""
+    if row.get("messages") is not None and row.get("prompt") is not None:
+        raise DataError("the row has both 'prompt' and 'messages'; keep one (data.prompts.columns can rename the "
+                        "other)")
+    prompt = _chat_prompt(row["messages"], "messages") if row.get("messages") is not None else _prompt(row)
+    columns = {k: v for k, v in row.items() if k not in ("prompt", "messages")}
+    for k, v in columns.items():
+        if k in rollout.RESERVED:
+            raise DataError(f"column {k!r} has the name of a field of every rollout or an argument of every "
+                            f"reward function ({', '.join(sorted(rollout.RESERVED))}); rename it with "
+                            f"data.prompts.columns, e.g. {{dataset_{k}: {k}}}")
+        try:
+            json.dumps(v)
+        except (TypeError, ValueError):
+            raise DataError(f"column {k!r} holds a {type(v).__name__}, not a JSON value") from None
+    return {"prompt": prompt, "columns": columns}
+
+
+def _preferences_row(row: dict) -> dict:
+    if row.get("prompt") is None and isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list):
+        prompt, chosen, rejected = _implicit_prompt(row)
+    else:
+        prompt, chosen, rejected = _prompt(row), _reply(row, "chosen"), _reply(row, "rejected")
+    out = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if row.get("margin") is not None:
+        if not isinstance(row["margin"], (int, float)) or isinstance(row["margin"], bool):
+            raise DataError(f"field 'margin' must be a number, got {row['margin']!r}")
+        out["margin"] = float(row["margin"])
+    return out
 
 
 def check_row(row: Any, kind: str) -> dict:
-    """The row reduced to the fields of its kind, or DataError saying what is wrong."""
+    """The row reduced to the fields of its kind (a prompts row keeps every other field as `columns`), or
+    DataError saying what is wrong."""
     if isinstance(row, DataError):
         raise row
     if not isinstance(row, dict):
         raise DataError(f"a row must be an object, got {type(row).__name__}")
     if kind == "prompts":
-        return {"prompt": _text(row, "prompt")}
+        return _prompts_row(row)
     if kind == "demonstrations":
         if row.get("messages") is not None:
             return {"messages": _messages(row)}
         return {"prompt": _text(row, "prompt"), "response": _text(row, "response")}
     if kind == "preferences":
-        out = {"prompt": _text(row, "prompt"), "chosen": _text(row, "chosen"), "rejected": _text(row, "rejected")}
-        if row.get("margin") is not None:
-            if not isinstance(row["margin"], (int, float)) or isinstance(row["margin"], bool):
-                raise DataError(f"field 'margin' must be a number, got {row['margin']!r}")
-            out["margin"] = float(row["margin"])
-        return out
+        return _preferences_row(row)
     raise ValueError(f"unknown dataset kind {kind!r}; choose from {sorted(KINDS)}")
 
 
+def rename(row: Any, columns: Optional[dict[str, str]], kind: str) -> Any:
+    """The row with the dataset's field names mapped onto ours (`data.<kind>.columns`: {ours: the dataset's})."""
+    if not columns or not isinstance(row, dict):
+        return row
+    out = {k: v for k, v in row.items() if k not in columns.values()}
+    for ours, theirs in columns.items():
+        if ours in out:
+            raise DataError(f"the row has a field {ours!r} and data.{kind}.columns maps {theirs!r} onto it; map the "
+                            f"row's own {ours!r} to another name too")
+        if theirs in row:
+            out[ours] = row[theirs]
+        elif ours in FIELDS[kind] and ours != "margin" and not (ours == "prompt" and "messages" in out):
+            # a field we read (unless the row gives the prompt as `messages`): its absence is the row's fault
+            raise DataError(f"missing field {theirs!r} (data.{kind}.columns maps it to {ours!r})")
+    return out
+
+
 def load_rows(
-    path: str, kind: str, split: str = "train", skip_malformed: bool = False, max_rows: Optional[int] = None
+    path: Union[str, list[str]], kind: str, split: str = "train", skip_malformed: bool = False,
+    max_rows: Optional[int] = None, columns: Optional[dict[str, str]] = None, subset: Optional[str] = None,
 ) -> tuple[list[dict], LoadReport]:
-    """Read and check every row of a dataset. Raises DataError naming the file and row, unless skip_malformed."""
+    """Read and check every row of a dataset (each of its `sources` in turn), fields renamed by `columns`.
+    Raises DataError naming the file and row, unless skip_malformed. A prompts column some rows lack is None in
+    them (as `datasets` fills a missing value)."""
     if kind not in KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; choose from {sorted(KINDS)}")
-    report, rows = LoadReport(path), []
-    for i, raw in iter_raw_rows(path, split):
+    label = path if isinstance(path, str) else ", ".join(path)
+    report, rows = LoadReport(label), []
+    for src in sources(path):
+        for i, raw in iter_raw_rows(src, split, subset):
+            if max_rows is not None and len(rows) >= max_rows:
+                break  # this source; the next ones are not read either (below)
+            try:
+                rows.append(check_row(rename(raw, columns, kind), kind))
+            except DataError as e:
+                if not skip_malformed:
+                    raise DataError(f"{src}: row {i}: {e}") from None
+                report.skip(f"malformed: {e}")
         if max_rows is not None and len(rows) >= max_rows:
             break
-        try:
-            rows.append(check_row(raw, kind))
-        except DataError as e:
-            if not skip_malformed:
-                raise DataError(f"{path}: row {i}: {e}") from None
-            report.skip(f"malformed: {e}")
     if not rows:
-        raise DataError(f"{path}: no usable {kind} rows ({report})")
+        raise DataError(f"{label}: no usable {kind} rows ({report})")
+    if kind == "prompts":
+        names = column_names(rows)
+        for r in rows:
+            r["columns"] = {k: r["columns"].get(k) for k in names}
     report.kept = len(rows)
     return rows, report
+
+
+def column_names(rows: list[dict]) -> list[str]:
+    """The columns of prompts rows, in the order they first appear."""
+    return list(dict.fromkeys(k for r in rows for k in r["columns"]))
+
+
+def load_dataset(ds, kind: str, skip_malformed: bool, eval: bool = False) -> tuple[list[dict], LoadReport]:
+    """`load_rows` of a dataset config (`DatasetConfig`): its `path`, or its `eval_path` when `eval`."""
+    path, max_rows = (ds.eval_path, ds.eval_max_rows) if eval else (ds.path, ds.max_rows)
+    return load_rows(path, kind, ds.split, skip_malformed, max_rows, ds.columns or None, ds.subset)
 
 
 def split_eval(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]:
@@ -202,14 +359,19 @@ def _fit(ids: list[int], limit: int, keep_end: bool, what: str, policy: str) -> 
     raise TooLong(msg) if policy == "drop" else DataError(msg)
 
 
-def prompt_ids(tokenizer, prompt: str | list[dict], chat: bool = True) -> list[int]:
+def prompt_text(prompt: Prompt) -> str:
+    """A prompt as plain text: a message list's contents, one per line (how it reads without a chat template,
+    and what an encoder reward model reads)."""
+    return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+
+
+def prompt_ids(tokenizer, prompt: Prompt, chat: bool = True) -> list[int]:
     """Token ids of a prompt, wrapped in the chat template (with the generation prompt) when there is one."""
     msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     if chat and getattr(tokenizer, "chat_template", None):
         out = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
         return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
-    text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in msgs)
-    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    ids = tokenizer(prompt_text(prompt), add_special_tokens=True)["input_ids"]
     return list(ids)
 
 
@@ -276,11 +438,11 @@ def load_held_out(ds, kind: str, skip_malformed: bool, seed: int, encode: Callab
                   ) -> tuple[list, list, list[LoadReport]]:
     """(train, held out) encodings of one dataset config (`DatasetConfig`): held out by its own `eval_path`
     file or by a seeded `eval_fraction` of `path`; and the load reports."""
-    rows, report = load_rows(ds.path, kind, ds.split, skip_malformed, ds.max_rows)
+    rows, report = load_dataset(ds, kind, skip_malformed)
     train = encode(rows, report)
     if not ds.eval_path:
         return (*split_eval(train, ds.eval_fraction, seed), [report])
-    rows, eval_report = load_rows(ds.eval_path, kind, ds.split, skip_malformed, ds.eval_max_rows)
+    rows, eval_report = load_dataset(ds, kind, skip_malformed, eval=True)
     return train, encode(rows, eval_report), [report, eval_report]
 
 

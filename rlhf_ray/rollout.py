@@ -2,11 +2,20 @@
 
 Arrow keeps variable-length token lists without padding, crosses Ray's object store without pickling tensors,
 and is what `runs/<name>/rollouts/*.parquet` hold. Learners turn a Table into a padded `RolloutBatch`.
+
+Besides the schema's fields, a rollout carries its prompt's dataset columns (an answer, test cases, a task name:
+any JSON value), one string column each, named after the column and holding the value as JSON, and the prompt's
+message list when it is a chat prompt (`prompt_messages`, JSON; null for a text prompt). JSON text, not an Arrow
+struct or a typed column: a dataset column may hold different JSON types from row to row (a number here, a string
+or a dict with other keys there), which Arrow's inferred types cannot hold or would change (ints to floats,
+missing keys added as nulls); JSON text round-trips every JSON value exactly, in every share of a batch alike.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 import pyarrow as pa
 import torch
@@ -25,15 +34,49 @@ ROLLOUT_SCHEMA = pa.schema(
 )
 
 
-def to_table(rows: list[dict]) -> pa.Table:
-    """Rows (dicts with at least the schema's fields) -> Table; extra fields (reward, kl, ...) are kept."""
+MESSAGES = "prompt_messages"
+"""A chat prompt's message list as JSON (null for a text prompt, whose `prompt` column is the whole prompt)."""
+ADDED = ("reward", "kl", "staleness", "score")
+"""Columns the drivers add before writing rollouts (PPO: reward, kl, staleness; the label stage: score)."""
+RESERVED = frozenset([*ROLLOUT_SCHEMA.names, MESSAGES, *ADDED, "prompts", "responses", "messages", "completions",
+                      "completion_ids"])
+"""Names no dataset column may take: the rollout's own fields (a reward function's metadata among them) and the
+reward functions' arguments for prompts and responses (ours, and TRL's names); a clash would override one
+silently."""
+
+
+def to_table(rows: list[dict], text_columns: Sequence[str] = ()) -> pa.Table:
+    """Rows (dicts with at least the schema's fields) -> Table; extra fields (reward, kl, ...) are kept.
+    text_columns: extra fields that are strings (JSON), typed so even where every value is null, so the shares of
+    a batch concatenate."""
     table = pa.Table.from_pylist(rows)
-    for f in ROLLOUT_SCHEMA:
+    for f in [*ROLLOUT_SCHEMA, *(pa.field(name, pa.string()) for name in text_columns)]:
         if f.name not in table.column_names:
             raise KeyError(f"rollout rows lack field {f.name!r}")
         i = table.schema.get_field_index(f.name)
         table = table.set_column(i, f, table.column(f.name).cast(f.type))
     return table
+
+
+def encode_columns(prompt: Any, columns: dict[str, Any]) -> dict[str, Optional[str]]:
+    """The extra fields a prompt's rollouts carry (see the module docstring): its message list and its dataset
+    columns, as JSON text."""
+    return {MESSAGES: None if isinstance(prompt, str) else json.dumps(prompt),
+            **{name: json.dumps(value) for name, value in columns.items()}}
+
+
+def prompts(table: pa.Table) -> list:
+    """Each row's prompt as the dataset gave it: a text, or the message list of a chat prompt."""
+    texts = table.column("prompt").to_pylist()
+    if MESSAGES not in table.column_names:
+        return texts
+    return [t if m is None else json.loads(m) for t, m in zip(texts, table.column(MESSAGES).to_pylist())]
+
+
+def dataset_columns(table: pa.Table) -> dict[str, list]:
+    """The prompts' dataset columns, decoded: name -> one value per row (every column not in RESERVED)."""
+    return {name: [None if v is None else json.loads(v) for v in table.column(name).to_pylist()]
+            for name in table.column_names if name not in RESERVED}
 
 
 def with_seconds(table: pa.Table, seconds: float) -> pa.Table:

@@ -1,8 +1,9 @@
 """Typed dataclass trees from YAML layers: the generic half of `rlhf_ray.config`.
 
 `build(cls, layers)` checks each layer (a YAML file or command-line overrides) against the dataclass
-annotations — unknown keys (with the nearest valid one), wrong types, values outside a Literal — and reports
-every problem with its file and line. Nothing is coerced except an integer given where a float is expected.
+annotations — unknown keys (with the nearest valid one, or why it went when a class's `REMOVED` maps a former
+key to the reason), wrong types, values outside a Literal — and reports every problem with its file and line.
+Nothing is coerced except an integer given where a float is expected.
 """
 
 from __future__ import annotations
@@ -143,7 +144,15 @@ def _convert(value: Any, tp: Any, key: str, errs: list[str], where: Any) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], key, errs, where)
+        if len(inner) == 1:
+            return _convert(value, inner[0], key, errs, where)
+        for tp in inner:  # the first type the value fits (`str | list[str]`)
+            trial: list[str] = []
+            out = _convert(value, tp, key, trial, where)
+            if not trial:
+                return out
+        errs.append(f"{loc}: {key}: expected {' or '.join(_type_text(a) for a in inner)}, got {value!r}")
+        return value
     if origin is Literal:
         choices = typing.get_args(tp)
         if not any(type(c) is type(value) and c == value for c in choices):
@@ -180,6 +189,9 @@ def _build(cls: type, values: dict, prefix: str, errs: list[str], where: Any) ->
     kwargs = {}
     for k, v in values.items():
         key = f"{prefix}{k}"
+        if k not in names and k in getattr(cls, "REMOVED", {}):  # a key that was, and why it went
+            errs.append(f"{_loc(where, key)}: {key}: no longer a setting: {cls.REMOVED[k]}")
+            continue
         if k not in names:
             near = difflib.get_close_matches(str(k), names, n=1, cutoff=0.5)
             hint = f"; did you mean {prefix}{near[0]}?" if near else f"; valid keys: {', '.join(names)}"

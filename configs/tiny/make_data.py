@@ -8,6 +8,9 @@ model can learn them within a minute of CPU:
   tiny_prefs.jsonl  preferences: "<greeting>, what do you think of the <noun>?" chosen "The <noun> is <warm
                     adj> and <warm adj>.", rejected the same with two cold adjectives: a learnable labeler
                     (chosen and rejected have the same length in tokens, so length is no cue).
+  tiny_answers.jsonl prompts with a verifiable answer, as a TRL user brings a task: "<greeting>, which word
+                    follows: <adj> <noun>?" with `answer` <noun> and a `meta` dict; every other row is a chat
+                    prompt (`messages`: a system turn, then the user's) instead of a text `prompt`.
 """
 
 import json
@@ -42,6 +45,17 @@ def preferences(n: int, rng: random.Random) -> list[dict]:
     return rows
 
 
+def answers(n: int, rng: random.Random) -> list[dict]:
+    rows = []
+    for i in range(n):
+        g, a, noun = rng.choice(GREETINGS), rng.choice(ADJS), rng.choice(NOUNS)
+        question = f"{g}, which word follows: {a} {noun}?"
+        prompt = ({"messages": [{"role": "system", "content": "Answer with one word."},
+                                {"role": "user", "content": question}]} if i % 2 else {"prompt": question})
+        rows.append({**prompt, "answer": noun, "meta": {"id": i, "adj": a}})
+    return rows
+
+
 def _write(rows: list[dict], name: str) -> None:
     (OUT / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -49,3 +63,4 @@ def _write(rows: list[dict], name: str) -> None:
 if __name__ == "__main__":
     _write(demonstrations(256, random.Random(1)), "tiny_demos.jsonl")
     _write(preferences(256, random.Random(2)), "tiny_prefs.jsonl")
+    _write(answers(64, random.Random(3)), "tiny_answers.jsonl")

@@ -6,3 +6,10 @@ def target_token_frac(prompts, responses, response_ids):
     """Fraction of response tokens whose id is a multiple of 8 (about 1/8 of the vocabulary, so a random policy
     scores ~0.125 and a perfect one 1.0)."""
     return [sum(t % 8 == 0 for t in ids) / max(1, len(ids)) for ids in response_ids]
+
+
+def contains_answer(prompts, responses, *, answer):
+    """A checker against the dataset's `answer` column (configs/data/tiny_answers.jsonl), which reaches it as a
+    keyword argument, one per response. 1 when the response names the answer; plus len(answer) / 100, so the
+    recorded reward also shows which answer each response was checked against (the e2e test reads it back)."""
+    return [float(a in r) + len(a) / 100 for r, a in zip(responses, answer)]

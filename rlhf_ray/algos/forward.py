@@ -79,20 +79,39 @@ SFT_LOSS = Loss(sft_nll, sft_count)
 # ---------------------------------------------------------------- forward passes
 
 
-def response_logits(model, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
-    """The logits that predict each of the last `response_len` tokens of each row: (B, response_len, V).
+def response_logits(model, input_ids: Tensor, attention_mask: Tensor, response_len: int,
+                    temperature: float = 1.0) -> Tensor:
+    """The logits that predict each of the last `response_len` tokens of each row, divided by the sampling
+    temperature: (B, response_len, V). At T != 1 the generators sample from softmax(z / T), so that is the policy
+    whose log-probs, ratio, KL and entropy the losses need (as TRL, OpenRLHF and verl divide); at T = 1 the
+    logits are returned untouched (bit for bit what they were before temperature was an argument).
 
     Layout of `rollout.RolloutBatch`: response token t sits at column P + t, predicted from column P + t - 1.
     `model` is an engine or a plain causal LM; under ZeRO-3 every rank must call this together."""
     input_ids, attention_mask = without_left_padding(input_ids, attention_mask)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask),
                    logits_to_keep=response_len + 1).logits  # (B, response_len + 1, V)
-    return logits[:, :-1]
+    logits = _last_positions(logits, response_len + 1)[:, :-1]
+    if temperature != 1.0:
+        logits = logits.float() / temperature  # in float32, as vLLM's sampler divides
+    return logits
 
 
-def logprobs(model, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
-    """log p of the last `response_len` tokens of each row, float32 (B, response_len) (see response_logits)."""
-    logits = response_logits(model, input_ids, attention_mask, response_len)
+def _last_positions(logits: Tensor, keep: int) -> Tensor:
+    """The last `keep` positions of `logits` (B, L, V). A model that ignores `logits_to_keep` returns every
+    position: the last `keep` are the ones asked for (TRL slices the same way). Reading the first ones instead
+    would shift every log-prob by the prompt's length with no error."""
+    if logits.shape[1] < keep:
+        raise ValueError(f"the model returned logits for {logits.shape[1]} positions, fewer than the {keep} asked "
+                         f"for with logits_to_keep: the response log-probs cannot be aligned")
+    return logits[:, -keep:]
+
+
+def logprobs(model, input_ids: Tensor, attention_mask: Tensor, response_len: int, temperature: float = 1.0
+             ) -> Tensor:
+    """log p of the last `response_len` tokens of each row at sampling temperature `temperature`, float32
+    (B, response_len) (see response_logits)."""
+    logits = response_logits(model, input_ids, attention_mask, response_len, temperature)
     return rl_math.logprobs_from_logits(logits, input_ids[:, -response_len:])
 
 

@@ -8,7 +8,7 @@ invariant that lets learners split a batch across ranks and micro-batches withou
 Names follow the papers: Bradley-Terry (Christiano et al. 2017; Ouyang et al. 2022), DPO (Rafailov et al. 2023),
 IPO (Azar et al. 2023), conservative DPO (Mitchell 2023), GAE (Schulman et al. 2016), PPO (Schulman et al. 2017),
 dual-clip PPO (Ye et al. 2020), KL estimators k1/k2/k3 (Schulman 2020), adaptive KL (Ziegler et al. 2019),
-GRPO (Shao et al. 2024), RLOO (Ahmadian et al. 2024).
+GRPO (Shao et al. 2024), RLOO (Ahmadian et al. 2024), Dr. GRPO (Liu et al. 2025).
 """
 
 from __future__ import annotations
@@ -19,6 +19,13 @@ import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
+
+# Numerical guards, the values verl and OpenRLHF use. A log-ratio past ±20 is a token the two policies disagree on
+# by a factor of e^20: exp() of it overflows float32 near 88 and its gradient has long stopped meaning anything.
+LOG_RATIO_CLAMP = 20.0  # |log π - log π_other| before exp(): the PPO ratio, k3's π_ref/π
+K3_CLAMP = 10.0  # k3 per token: at log-ratio -15 it is 3.3e6, one token would outweigh the batch's reward
+
+LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
 # ---------------------------------------------------------------- masked reductions
@@ -54,6 +61,39 @@ def token_mean(loss: Tensor, mask: Tensor, num_tokens: Optional[float] = None) -
     """Token-weighted mean. Pass the *global* token count of the whole batch as `num_tokens` when `loss` is one
     micro-batch: then the micro-batch losses add up to the full-batch loss exactly."""
     return masked_sum(loss, mask) / (mask.sum().clamp(min=1) if num_tokens is None else num_tokens)
+
+
+def aggregate(loss: Tensor, mask: Tensor, mode: str, n_global: Optional[float] = None,
+              norm_len: Optional[float] = None) -> Tensor:
+    """A per-token loss (B, T) reduced to the scalar the optimizer sees; exact under micro-batching when
+    `n_global` is the global batch's `aggregate_count` (then the micro-batch values add up to the full batch's).
+
+    token-mean:              Σ_i Σ_t l_it / Σ_i |o_i|   (every token weighs the same; DAPO, OpenRLHF, TRL)
+    seq-mean-token-mean:     1/N Σ_i (1/|o_i|) Σ_t l_it (every sequence weighs the same; GRPO as published)
+    seq-mean-token-sum-norm: 1/N Σ_i Σ_t l_it / L      (Dr. GRPO: L a constant, the longest response allowed,
+                                                         so a sequence's weight does not depend on its length)
+    N counts the sequences with at least one token; `norm_len` is L (seq-mean-token-sum-norm only)."""
+    if mode == "token-mean":
+        return token_mean(loss, mask, n_global)
+    n_seq = aggregate_count(mask, mode) if n_global is None else n_global
+    n_seq = max(float(n_seq), 1.0)
+    if mode == "seq-mean-token-mean":
+        return masked_mean(loss, mask, dim=1).sum() / n_seq  # an empty row's mean is 0: it adds nothing
+    if mode == "seq-mean-token-sum-norm":
+        if not norm_len or norm_len <= 0:
+            raise ValueError(f"seq-mean-token-sum-norm needs norm_len > 0 (the longest response), got {norm_len}")
+        return masked_sum(loss, mask) / (n_seq * norm_len)
+    raise ValueError(f"unknown loss aggregation {mode!r}; choose {', '.join(LOSS_AGGS)}")
+
+
+def aggregate_count(mask: Tensor, mode: str) -> float:
+    """This micro-batch's part of `aggregate`'s n_global: its tokens (token-mean), or its sequences with at least
+    one token (the seq-mean modes)."""
+    if mode == "token-mean":
+        return float(mask.sum())
+    if mode in LOSS_AGGS:
+        return float((mask.sum(-1) > 0).sum())
+    raise ValueError(f"unknown loss aggregation {mode!r}; choose {', '.join(LOSS_AGGS)}")
 
 
 # ---------------------------------------------------------------- log-probabilities and entropy
@@ -118,7 +158,11 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") -
     """Per-token estimate of KL(π || π_ref) from samples of π. (B, T) -> (B, T).
 
     With r = π_ref/π (log r = ref - logp): k1 = -log r (unbiased, high variance, can be < 0);
-    k2 = (log r)²/2 (biased, low variance); k3 = (r - 1) - log r (unbiased, >= 0).
+    k2 = (log r)²/2 (biased, low variance); k3 = (r - 1) - log r (unbiased, >= 0). k3 is guarded as verl and
+    OpenRLHF guard it: log r clamped to ±LOG_RATIO_CLAMP before exp (no inf, and no inf·0 = NaN gradient), the
+    estimate to at most K3_CLAMP (one token far out of the reference's support would otherwise dominate the
+    batch). The cap binds where π_ref/π > 13.6 (or π/π_ref > e^11) on the sampled token, the log-ratio clamp
+    only at a factor e^20.
     """
     log_ratio = logprobs.float() - ref_logprobs.float()
     if estimator == "k1":
@@ -126,7 +170,8 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") -
     if estimator == "k2":
         return 0.5 * log_ratio**2
     if estimator == "k3":
-        return torch.expm1(-log_ratio) + log_ratio
+        log_ratio = log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        return (torch.expm1(-log_ratio) + log_ratio).clamp(max=K3_CLAMP)
     raise ValueError(f"unknown KL estimator {estimator!r}; choose k1, k2 or k3")
 
 
@@ -220,9 +265,10 @@ def ppo_policy_loss(
     """Clipped surrogate, per token. All (B, T) -> (loss (B, T), clipped (B, T) bool).
 
     pg_loss = max(-A·ρ, -A·clip(ρ, 1-ε, 1+ε)), ρ = π/π_old. With dual clip c > 1 the loss of negative-advantage
-    tokens is further capped at -c·A (Ye et al. 2020), so one huge ratio cannot dominate the batch.
+    tokens is further capped at -c·A (Ye et al. 2020), so one huge ratio cannot dominate the batch. log ρ is
+    clamped to ±LOG_RATIO_CLAMP before exp (verl's guard): ρ stays finite, and such a token gets no gradient.
     """
-    ratio = torch.exp(logprobs - old_logprobs)
+    ratio = torch.exp((logprobs - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     pg_loss1 = -advantages * ratio
     pg_loss2 = -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps)
     loss = torch.max(pg_loss1, pg_loss2)

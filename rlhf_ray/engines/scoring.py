@@ -27,10 +27,12 @@ def _micro_batches(n: int, size: int):
 
 
 @torch.no_grad()
-def response_logprobs(model, batch: RolloutBatch, micro_batch_size: int = 8) -> torch.Tensor:
-    """log π(response token t | prefix) for every row: (B, T), 0 on padding."""
+def response_logprobs(model, batch: RolloutBatch, micro_batch_size: int = 8, temperature: float = 1.0
+                      ) -> torch.Tensor:
+    """log π(response token t | prefix) at sampling temperature `temperature` for every row: (B, T), 0 on
+    padding."""
     T = batch.response_mask.shape[1]
-    out = [forward.logprobs(model, batch.input_ids[sl], batch.attention_mask[sl], T)
+    out = [forward.logprobs(model, batch.input_ids[sl], batch.attention_mask[sl], T, temperature)
            for sl in _micro_batches(batch.input_ids.shape[0], micro_batch_size)]
     return torch.cat(out) * batch.response_mask
 
@@ -75,29 +77,78 @@ def load_reward_function(spec: str) -> Callable:
     return fn
 
 
-def call_reward_function(fn: Callable, prompts: list[str], responses: list[str], **metadata) -> list[float]:
-    """Call `fn(prompts, responses, **metadata)` and check it returns one finite float per response.
+TRL_ARGUMENTS = ("prompts", "completions", "completion_ids")
+"""What TRL passes a reward function by keyword besides the dataset's columns; a function that names `completions`
+is called TRL's way (`call_reward_function`)."""
 
-    Metadata keys the function does not declare are not passed, unless it takes **kwargs."""
-    params = inspect.signature(fn).parameters.values()
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        names = {p.name for p in params}
-        metadata = {k: v for k, v in metadata.items() if k in names}
+
+def _trl_style(params: list[inspect.Parameter]) -> bool:
+    return any(p.name == "completions" for p in params)
+
+
+def required_keywords(fn: Callable) -> list[str]:
+    """The arguments `fn` needs besides prompts and responses (its first two, or TRL's `prompts` / `completions` /
+    `completion_ids`) and has no default for: each must be a metadata field or a dataset column (what
+    `call_reward_function` passes by keyword)."""
+    params = list(inspect.signature(fn).parameters.values())
+    given = ([p for p in params if p.name in TRL_ARGUMENTS] if _trl_style(params) else
+             [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:2])
+    return [p.name for p in params if p not in given and p.default is p.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _call(fn: Callable, prompts: list, responses: list[str], metadata: dict):
+    """`fn(prompts, responses, **metadata)`; or, for a function written for TRL (it names `completions`), all by
+    keyword as TRL calls it: prompts=, completions= (the response texts), completion_ids= (their token ids). Keys
+    the function does not declare are not passed, unless it takes **kwargs."""
+    params = list(inspect.signature(fn).parameters.values())
+    args: tuple = (prompts, responses)
+    if _trl_style(params):
+        args, metadata = (), {"prompts": prompts, "completions": responses, **metadata}
+        if "response_ids" in metadata:
+            metadata["completion_ids"] = metadata["response_ids"]
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        metadata = {k: v for k, v in metadata.items() if k in {p.name for p in params}}
+    return fn(*args, **metadata)
+
+
+def call_reward_function(fn: Callable, prompts: list, responses: list[str], **metadata) -> list[float]:
+    """Call `fn(prompts, responses, **metadata)` (see `_call`) and check it returns one finite number per response.
+
+    Metadata keys (and dataset columns, which come the same way: one value per response) the function does not
+    declare are not passed, unless it takes **kwargs."""
     label = getattr(fn, "__qualname__", repr(fn))
     try:
-        out = fn(prompts, responses, **metadata)
+        out = _call(fn, prompts, responses, metadata)
     except Exception as e:
         raise RewardFunctionError(f"reward function {label} raised {type(e).__name__}: {e}") from e
     try:
-        values = [float(v) for v in out]
-    except (TypeError, ValueError) as e:
-        raise RewardFunctionError(f"reward function {label} must return a list of numbers, got {out!r:.200}") from e
-    if len(values) != len(responses):
-        raise RewardFunctionError(f"reward function {label} returned {len(values)} values for {len(responses)} responses")
+        out = list(out)
+    except TypeError:
+        raise RewardFunctionError(f"reward function {label} must return a list of numbers, got {out!r:.200}") from None
+    if len(out) != len(responses):
+        raise RewardFunctionError(f"reward function {label} returned {len(out)} values for {len(responses)} responses")
+    # A string or None is refused, not read: float("1") would pass a checker's text for a score, and None (TRL's
+    # "not applicable") has no place in a weighted sum.
+    bad = [i for i, v in enumerate(out) if isinstance(v, (str, bytes)) or v is None or not _is_number(v)]
+    if bad:
+        shown = ", ".join(f"row {i}: {out[i]!r:.40}" for i in bad[:5])
+        raise RewardFunctionError(f"reward function {label} must return a number for every response; got {shown}"
+                                  f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}")
+    values = [float(v) for v in out]
     bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
     if bad:
         raise RewardFunctionError(f"reward function {label} returned non-finite values at rows {bad[:10]}")
     return values
+
+
+def _is_number(v) -> bool:
+    """A Python, numpy or 0-d torch number (bool counts: a checker's pass / fail)."""
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def encode_text_pairs(tokenizer, prompts: list[str], responses: list[str], max_len: int = 512

@@ -34,8 +34,11 @@ def build_llm(model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, s
     from vllm import LLM  # heavy (6-14 s): import only when an engine is built
 
     # use_tqdm_on_load=False: a progress bar per (re)load would sit between the run's own progress lines.
+    # processed_logprobs: the sampled token's log-prob under the distribution it was drawn from (after temperature
+    # and top_p), the behaviour policy μ the learner's importance weights need; vLLM's default, raw_logprobs, is
+    # that of the unscaled logits (T = 1) whatever the temperature. At T = 1 and top_p = 1 the two are the same.
     kwargs = dict(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, enforce_eager=not on_gpu,
-                  use_tqdm_on_load=False)
+                  use_tqdm_on_load=False, logprobs_mode="processed_logprobs")
     if on_gpu:
         kwargs["gpu_memory_utilization"] = float(os.environ.get("RLHF_RAY_VLLM_GPU_UTIL", "0.5"))
         kwargs["tensor_parallel_size"] = tensor_parallel_size
@@ -59,9 +62,10 @@ class Sampling:
 
 
 def generate(llm, prompt_ids: list[list[int]], sampling: Sampling, policy_version: int = 0,
-             prompts: Optional[list[str]] = None) -> list[dict]:
+             prompts: Optional[list[str]] = None, columns: Optional[list[dict]] = None) -> list[dict]:
     """Sample `sampling.n` responses per prompt. Returns rollout rows (see rollout.ROLLOUT_SCHEMA), grouped by
-    prompt in input order, with the generator's per-token logprobs of the sampled tokens."""
+    prompt in input order, with the generator's per-token logprobs of the sampled tokens, under the distribution
+    they were sampled from (the engine is built with processed log-probs: after temperature and top_p)."""
     from vllm import SamplingParams
 
     params = SamplingParams(n=sampling.n, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
@@ -81,13 +85,15 @@ def generate(llm, prompt_ids: list[list[int]], sampling: Sampling, policy_versio
                 "finish_reason": "stop" if c.finish_reason == "stop" else "length",
                 "policy_version": policy_version,
                 "group": g,
+                **(columns[g] if columns else {}),  # the prompt's dataset columns travel with each sample
             })
     return rows
 
 
 def response_logprobs(llm, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
-    """Teacher-forced log p of each given response token: the engine scores prompt + response as one prompt
-    (prompt_logprobs) and we keep the response positions. One token is generated and discarded."""
+    """Teacher-forced log p of each given response token at T = 1: the engine scores prompt + response as one
+    prompt (prompt_logprobs, which no sampling setting processes) and we keep the response positions. One token
+    is generated and discarded."""
     from vllm import SamplingParams
 
     params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)

@@ -91,10 +91,12 @@ class Scoring:
     reference: Optional[Calls]
     reward_model: Optional[Calls]
     reward_fn: Optional[Calls]
+    temperature: float = 1.0
+    """The sampling temperature: the reference's log-probs are taken at it (rollout.temperature)."""
 
     def send(self, i: int, share: pa.Table) -> None:
         """Generator i's share of the batch to each scorer."""
-        for calls, make in ((self.reference, lambda a: a.logprobs.remote(share)),
+        for calls, make in ((self.reference, lambda a: a.logprobs.remote(share, self.temperature)),
                             (self.reward_model, lambda a: a.scores.remote(share)),
                             (self.reward_fn, lambda a: a.scores.remote(share))):
             if calls is not None:
@@ -145,6 +147,9 @@ class Fleet:
     """The policy version the generators were started with (a checkpoint's, on resume)."""
     max_restarts: int = 3
     """Replacements of dead actors allowed per group (cluster.max_actor_restarts)."""
+    temperature: float = 1.0
+    """rollout.temperature: the generators sample at it, the learner's and the reference's log-probs are taken at
+    it (the policy being trained is the one that samples)."""
     version: int = field(init=False)
     """The policy version the generators hold (the policy learner holds it too whenever generation is awaited)."""
 
@@ -232,7 +237,7 @@ class Fleet:
     def scoring(self) -> Scoring:
         """A batch's scorer calls, to `send` each share to as it lands."""
         return Scoring(*(None if g is None else Calls(g) for g in (self.reference, self.reward_model,
-                                                                     self.reward_fn)))
+                                                                     self.reward_fn)), self.temperature)
 
     def ref_logprobs(self, scoring: Scoring, phase: str) -> Optional[list[list[float]]]:
         """log π_ref of each response's tokens, in batch order; None without a reference."""
@@ -277,9 +282,10 @@ class Fleet:
         return Collective(group, group.map(lambda a, r: call(a, shards[r])), self.timeout_s, phase, join)
 
     def old_logprobs(self, batch: RolloutBatch) -> Collective:
-        """The policy learner's log π_θold of each response token: (B, T) once `get` joins the ranks' shards."""
-        T = batch.response_mask.shape[1]
-        return self._collective(self.policy, _ids(batch), lambda a, shard: a.logprobs.remote(shard, T),
+        """The policy learner's log π_θold of each response token at the sampling temperature: (B, T) once `get`
+        joins the ranks' shards."""
+        T, temperature = batch.response_mask.shape[1], self.temperature
+        return self._collective(self.policy, _ids(batch), lambda a, shard: a.logprobs.remote(shard, T, temperature),
                                 "score: old logprobs", torch.cat)
 
     def old_values(self, batch: RolloutBatch) -> Optional[Collective]:
@@ -382,4 +388,4 @@ def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[st
     reward_fn = ActorGroup(RewardFunction, "reward-fn", (fns,), num_ranks=1, num_cpus=0.01,
                            distributed=False) if fns else None
     return Fleet(placement, gen, ref, pol, critic, rm, reward_fn, cfg.cluster.call_timeout_s, version,
-                 cfg.cluster.max_actor_restarts)
+                 cfg.cluster.max_actor_restarts, cfg.rollout.temperature)

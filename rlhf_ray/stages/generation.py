@@ -12,7 +12,7 @@ import ray
 
 from actors.generator import Generator
 from cluster.actor_group import ActorGroup
-from rlhf_ray import rollout
+from rlhf_ray import data, rollout
 from rlhf_ray.config import Config
 from rlhf_ray.engines import vllm_engine
 
@@ -42,15 +42,17 @@ def deal(prompts: list[dict], n: int) -> list[list[dict]]:
 
 def generate_call(share: list[dict], params: vllm_engine.Sampling, seed: Optional[int] = None
                   ) -> Callable[[Any], ray.ObjectRef]:
-    """actor -> the ref of its rollouts of `share` ({prompt, ids}). seed: the batch's sampling seed (each rank
-    reseeds with seed + rank; see Generator.generate), so the same call made again samples the same."""
-    ids, texts = [p["ids"] for p in share], [p["prompt"] for p in share]
-    return lambda actor: actor.generate.remote(ids, params, texts, seed)
+    """actor -> the ref of its rollouts of `share` ({prompt, ids, columns}: a text or chat prompt and its dataset
+    columns, which every sample of it carries). seed: the batch's sampling seed (each rank reseeds with seed + rank;
+    see Generator.generate), so the same call made again samples the same."""
+    ids, texts = [p["ids"] for p in share], [data.prompt_text(p["prompt"]) for p in share]
+    columns = [rollout.encode_columns(p["prompt"], p.get("columns", {})) for p in share]
+    return lambda actor: actor.generate.remote(ids, params, texts, seed, columns)
 
 
 def launch(generators: ActorGroup, prompts: list[dict], params: vllm_engine.Sampling,
            seed: Optional[int] = None) -> list[ray.ObjectRef]:
-    """Queue `prompts` ({prompt, ids}) on the generators, a near-equal share each (`deal`); one ref per rank.
+    """Queue `prompts` ({prompt, ids, columns}) on the generators, a near-equal share each (`deal`); one ref per rank.
     (PPO launches through `Fleet.generate`, which samples a share again when its generator dies.)"""
     shares = deal(prompts, len(generators))
     return generators.map(lambda a, rank: generate_call(shares[rank], params, seed)(a))

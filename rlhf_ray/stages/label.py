@@ -8,13 +8,15 @@ collection), which maximises the margin per labelled prompt; prompts whose respo
 dropped and counted, never written as a coin flip.
 
 The labeler is any reward function (`module:function` or `path/file.py:function`, called as
-`fn(prompts, responses, **metadata)` with the metadata a PPO reward function gets: response_ids, finish_reason,
-...). It runs in this driver on every sample; what it returns is checked (one finite number per response).
+`fn(prompts, responses, **kwargs)` with what a PPO reward function gets: the metadata response_ids, finish_reason,
+... and the prompts dataset's columns). It runs in this driver on every sample; what it returns is checked (one
+finite number per response).
 
 Responses are sampled to data.max_response_len - 1 tokens: the RM and DPO re-tokenize the text and append EOS,
 so a response cut off at the limit still fits there. A pair whose text re-tokenizes longer is handled here by
 data.truncation (`error` stops, `drop` drops and counts it, `truncate` leaves it to those stages), so they never
-meet a row they refuse. Written prompts are the raw text: those stages apply the chat template themselves.
+meet a row they refuse. Written prompts are the raw text (or messages, for chat prompts): those stages apply the
+chat template themselves.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pyarrow as pa
 
 from actors.reward_function import RewardFunction
 from cluster import pools
-from rlhf_ray import data, models
+from rlhf_ray import data, models, rollout
 from rlhf_ray.config import Config
 from rlhf_ray.engines.scoring import RewardFunctionError
 from rlhf_ray.runtime.run_dir import RunDir
@@ -43,13 +45,14 @@ def load_labeler(spec: str) -> RewardFunction:
 
 
 def load_prompts(cfg: Config, tokenizer) -> list[dict]:
-    """{prompt, ids} for data.prompts (all rows, or max_rows), chat-templated as PPO's prompts are."""
+    """{prompt, ids, columns} for data.prompts (all rows, or max_rows), chat-templated as PPO's prompts are; the
+    labeler gets the columns as keyword arguments."""
     ds, d = cfg.data.prompts, cfg.data
     if ds.path is None:
         raise data.DataError("data.prompts.path: the label stage needs a prompts dataset")
-    rows, report = data.load_rows(ds.path, "prompts", ds.split, d.skip_malformed, ds.max_rows)
+    rows, report = data.load_dataset(ds, "prompts", d.skip_malformed)
     limits = data.Limits(d.max_prompt_len, d.max_response_len, d.truncation)
-    prompts = [{"prompt": row["prompt"], "ids": ids}
+    prompts = [{"prompt": row["prompt"], "ids": ids, "columns": row["columns"]}
                for row, ids in data.encode_kept(tokenizer, rows, "prompts", limits, report, d.apply_chat_template)]
     print(report, flush=True)
     return prompts
@@ -84,16 +87,21 @@ def score(labeler: RewardFunction, spec: str, table: pa.Table) -> list[float]:
         raise RewardFunctionError(f"label.labeler = {spec}: {e}") from None
 
 
-def _groups(table: pa.Table, scores: list[float]) -> tuple[list[str], list[list[str]], list[list[float]]]:
-    """Per prompt (group): its text, its responses and their scores."""
+def _groups(table: pa.Table, scores: list[float]) -> tuple[list, list[list[str]], list[list[float]]]:
+    """Per prompt (group): its prompt, its responses and their scores. When any prompt is a chat prompt, every
+    prompt is written as messages (a text prompt as one user turn, which is how the chat template reads it), so
+    the preferences file has one type of prompt."""
     prompts, responses, values = {}, {}, {}
-    for g, p, r, s in zip(table.column("group").to_pylist(), table.column("prompt").to_pylist(),
+    for g, p, r, s in zip(table.column("group").to_pylist(), rollout.prompts(table),
                           table.column("response").to_pylist(), scores):
         prompts[g] = p
         responses.setdefault(g, []).append(r)
         values.setdefault(g, []).append(s)
     order = sorted(prompts)
-    return [prompts[g] for g in order], [responses[g] for g in order], [values[g] for g in order]
+    texts = [prompts[g] for g in order]
+    if any(isinstance(p, list) for p in texts):
+        texts = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in texts]
+    return texts, [responses[g] for g in order], [values[g] for g in order]
 
 
 def fit_limits(cfg: Config, tokenizer, rows: list[dict]) -> tuple[list[dict], int]:

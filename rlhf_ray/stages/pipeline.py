@@ -106,7 +106,9 @@ def _looks_local(path: str) -> bool:
 
 def check_inputs(cfg: Config, source: str = "") -> None:
     """Before anything runs: every stage is built, and every dataset it reads is set (or made by an earlier
-    stage) and, when it is a local path, exists. Raises one ConfigError listing every problem."""
+    stage) and, when it is a local path or a glob, exists; every reward function, labeler and gold judge finds the
+    keyword arguments it requires among the metadata and the prompts' columns. Raises one ConfigError listing
+    every problem."""
     problems, made, where = [], set(), f"{source}: " if source else ""
     base = cfg
     for i, stage in enumerate(base.stages):
@@ -114,6 +116,7 @@ def check_inputs(cfg: Config, source: str = "") -> None:
         if stage not in RUNNERS:
             problems.append(f"{where}stages[{i}]: the `{stage}` stage is not built yet; built: {', '.join(RUNNERS)}")
             continue
+        before = len(problems)
         for key in NEEDS[stage]:
             made_by = [n for n, k in OUTPUT_KEYS.items() if k == key and n in made]
             value = _get(cfg, key)
@@ -122,17 +125,84 @@ def check_inputs(cfg: Config, source: str = "") -> None:
             if value is None:
                 problems.append(f"{where}{key}: the `{stage}` stage needs this dataset; set it (or run a stage "
                                 f"that makes it first)")
-            elif _looks_local(value) and not Path(value).expanduser().exists():
-                problems.append(f"{where}{key}: no such file or folder: {value}")
+            else:
+                problems += _path_problems(key, value, where)
         if stage == "ppo" and not (cfg.model.reward or cfg.reward.functions or "reward" in made):
             problems.append(f"{where}reward.functions: the `ppo` stage needs a reward: a reward model (model.reward, "
                             f"or an `rm` stage before it) or reward functions")
         if stage == "label":
             problems += _labeler_problems(cfg.label.labeler, where)
+        if stage == "ppo" and cfg.data.prompts.eval_path:
+            problems += _path_problems("data.prompts.eval_path", cfg.data.prompts.eval_path, where)
+        if stage in ("ppo", "label") and len(problems) == before:  # its datasets and labeler are there
+            problems += _keyword_problems(cfg, stage, where)
         made.update(MAKES[stage])
     problems += _model_problems(base, where)
     if problems:
         raise ConfigError(problems)
+
+
+def _path_problems(key: str, value: str | list[str], where: str) -> list[str]:
+    """Local dataset files that do not exist, globs that match none."""
+    from rlhf_ray import data
+
+    problems = []
+    for path in [value] if isinstance(value, str) else value:
+        if any(c in path for c in "*?["):
+            try:
+                data.sources(path)
+            except data.DataError as e:
+                problems.append(f"{where}{key}: {e}")
+        elif _looks_local(path) and not Path(path).expanduser().exists():
+            problems.append(f"{where}{key}: no such file or folder: {path}")
+    return problems
+
+
+def _reward_specs(cfg: Config, stage: str) -> list[tuple[str, str, list[str]]]:
+    """(config key, spec, the prompts datasets it scores) of each function a stage calls with the prompts'
+    columns: the label stage's labeler reads data.prompts.path; PPO's reward functions that and the held-out
+    eval_path, the gold judge the held-out prompts only."""
+    if stage == "label":
+        return [("label.labeler", cfg.label.labeler, ["data.prompts.path"])] if cfg.label.labeler else []
+    held_out = ["data.prompts.eval_path"] if cfg.data.prompts.eval_path else ["data.prompts.path"]
+    both = list(dict.fromkeys(["data.prompts.path", *held_out]))
+    specs = [(f"reward.functions[{i}].function", f.function, both) for i, f in enumerate(cfg.reward.functions)]
+    return specs + ([("ppo.gold", cfg.ppo.gold, held_out)] if cfg.ppo.gold else [])
+
+
+def _keyword_problems(cfg: Config, stage: str, where: str) -> list[str]:
+    """A reward function (labeler, gold judge) that requires a keyword argument which is neither metadata nor a
+    column of the prompts dataset (and of its eval_path): it would fail on the first batch, after every actor
+    started. The functions are imported here, in the driver, as the stage would."""
+    from actors.reward_function import METADATA
+    from rlhf_ray import data
+    from rlhf_ray.engines import scoring
+
+    problems, ds = [], cfg.data.prompts
+    columns: dict[str, list[str]] = {}  # each dataset read only when a function needs a column
+    for key, spec, datasets in _reward_specs(cfg, stage):
+        try:
+            needed = [k for k in scoring.required_keywords(scoring.load_reward_function(spec)) if k not in METADATA]
+        except scoring.RewardFunctionError as e:
+            problems.append(f"{where}{key}: {e}")
+            continue
+        except Exception as e:  # the user's module failed as it was imported: say so, not a traceback
+            problems.append(f"{where}{key}: importing {spec} raised {type(e).__name__}: {e}")
+            continue
+        for ds_key in datasets if needed else []:
+            if ds_key not in columns:
+                try:
+                    rows, _ = data.load_dataset(ds, "prompts", cfg.data.skip_malformed, ds_key.endswith("eval_path"))
+                except data.DataError as e:
+                    return problems + [f"{where}{ds_key}: {e}"]
+                columns[ds_key] = data.column_names(rows)
+            for name in needed:
+                if name not in columns[ds_key]:
+                    have = ", ".join(columns[ds_key]) or "none besides the prompt"
+                    problems.append(f"{where}{key}: {spec} requires the keyword argument `{name}`, but the prompts "
+                                    f"dataset {_get(cfg, ds_key)} has no column `{name}` (its columns: {have}; "
+                                    f"data.prompts.columns renames them); metadata: {', '.join(METADATA)}")
+    return problems
 
 
 MODEL_KEYS = ("model.policy", "model.reference", "model.reward", "model.critic", "model.tokenizer")

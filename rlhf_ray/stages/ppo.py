@@ -67,7 +67,7 @@ class PPOTrainer:
         limits = data.Limits(d.max_prompt_len, d.max_response_len, d.truncation)
 
         def encode(rows: list[dict], report: data.LoadReport) -> list[dict]:
-            return [{"prompt": row["prompt"], "ids": ids} for row, ids in
+            return [{"prompt": row["prompt"], "ids": ids, "columns": row["columns"]} for row, ids in
                     data.encode_kept(self.tokenizer, rows, "prompts", limits, report, d.apply_chat_template)]
 
         train, self.eval_prompts, reports = data.load_held_out(ds, "prompts", d.skip_malformed, self.cfg.seed, encode)
@@ -193,7 +193,8 @@ class PPOTrainer:
         p, guard = self.cfg.ppo, self.loop.guard
         pol_loss = ppo_losses.make_policy_loss(p.clip_eps, p.dual_clip, p.entropy_coef,
                                                0.0 if p.kl_in_reward else self.kl_ctl.value, p.kl_estimator,
-                                               self.on_policy)
+                                               self.on_policy, self.cfg.rollout.temperature, p.loss_agg,
+                                               self.cfg.data.max_response_len)
         val_loss = ppo_losses.make_value_loss(p.value_clip_eps)
         sums: dict[str, float] = {}
         n = 0

@@ -32,7 +32,7 @@ def _policy_token_pairs(tok, limits: data.Limits, chat: bool, rows: list[dict], 
 def _text_pairs(tok, max_len: int, rows: list[dict], report: data.LoadReport) -> list[dict]:
     out = []
     for r in rows:
-        enc = {k: tok(r["prompt"], r[k], truncation=True, max_length=max_len)["input_ids"]
+        enc = {k: tok(data.prompt_text(r["prompt"]), r[k], truncation=True, max_length=max_len)["input_ids"]
                for k in ("chosen", "rejected")}
         out.append({**enc, **({"margin": r["margin"]} if "margin" in r else {})})
     report.kept = len(out)

@@ -1,7 +1,8 @@
 """Generator, reference, reward-model and reward-function actors on a real local Ray, real vLLM, tiny models.
 
 One Ray session and one generator for the module; weight syncs go through both transports (object store, and a
-gloo broadcast group, the CPU twin of the NCCL path)."""
+gloo broadcast group, the CPU twin of the NCCL path). At a sampling temperature of 0.7, a policy learner and the
+reference score the generator's samples as the generator did."""
 
 import sys
 
@@ -10,13 +11,16 @@ import ray
 import torch
 
 from actors.generator import Generator
+from actors.learner import Learner
 from actors.reference import Reference
 from actors.reward_function import RewardFunction
 from actors.reward_model import RewardModel
 from cluster import weight_sync
+from cluster.actor_group import ActorGroup
 from cluster.local import listening_socket
 from rlhf_ray import data, models, rollout
 from rlhf_ray.algos import forward, rl_math
+from rlhf_ray.config import TrainConfig
 from rlhf_ray.engines import vllm_engine
 
 # Test-local actors and helpers travel to the workers by value (this module is not importable there).
@@ -84,6 +88,39 @@ def test_generate_rows_tagged_and_their_logprobs_match_transformers(generator, t
     again = ray.get(generator.generate.remote(pairs[0], vllm_engine.Sampling(max_tokens=12, n=2, seed=1), PROMPTS))
     assert again.column("response_ids").to_pylist() == table.column("response_ids").to_pylist()
     assert ray.get(generator.weight_version.remote()) == 0
+
+
+def test_at_temperature_0_7_learner_and_reference_score_what_the_generator_sampled(generator, tiny, pairs):
+    """rollout.temperature = 0.7: the generator records each sampled token's log-prob under softmax(z / 0.7), the
+    distribution it drew from (processed log-probs); the policy learner and the reference, given the temperature,
+    compute the same within today's fp32 tolerance, so the KL to an identical reference is ~0 and the on-policy
+    ratio 1. At T = 1 (the learner before temperature reached it) they are far apart: the test can fail."""
+    assert ray.get(generator.weight_version.remote()) == 0, "needs the tiny weights: runs before the sync tests"
+    sampling = vllm_engine.Sampling(max_tokens=12, n=2, temperature=0.7)
+    table = ray.get(generator.generate.remote(pairs[0], sampling, PROMPTS))
+    batch = rollout.collate(table, models.load_tokenizer(tiny).pad_token_id)
+    mask, T = batch.response_mask, batch.response_mask.shape[1]
+    ids = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    learner = ActorGroup(Learner, "t07-policy-learner", args=(tiny, "policy", TrainConfig(batch_size=2,
+                                                                                          micro_batch_size=2)),
+                         kwargs={"dtype": "float32"}, num_ranks=1, num_cpus=0.25, setup_timeout_s=300)
+    ref = ray.remote(Reference).options(name="reference-t07", num_cpus=0.25).remote(tiny, micro_batch_size=4)
+    try:
+        (cold,) = learner.call(lambda a, r: a.logprobs.remote(ids, T, 0.7), 300, "logprobs at T = 0.7")
+        (plain,) = learner.call(lambda a, r: a.logprobs.remote(ids, T), 300, "logprobs at T = 1")
+        ref_rows = ray.get(ref.logprobs.remote(table, 0.7))
+    finally:
+        learner.kill()
+        ray.kill(ref)
+    ref_lp = torch.zeros_like(mask)
+    for i, row in enumerate(ref_rows):
+        ref_lp[i, : len(row)] = torch.tensor(row)
+    assert mask.sum() > 12 and (batch.logprobs * mask).min() < -0.5  # real samples, not all near-certain tokens
+    assert ((cold - batch.logprobs) * mask).abs().max().item() < 1e-4
+    assert ((ref_lp - batch.logprobs) * mask).abs().max().item() < 1e-4
+    kl = rl_math.masked_sum(rl_math.kl_estimate(cold, ref_lp, "k3") * mask, mask, dim=1)  # per response
+    assert kl.abs().max().item() < 1e-6
+    assert ((plain - batch.logprobs) * mask).abs().max().item() > 0.05
 
 
 def test_object_store_sync_matches_new_weights(generator, tiny, pairs):

@@ -8,7 +8,8 @@ with the same hyperparameters, the full-batch SFT loss, the same gradient clippi
                         whose gradient is near eps = 1e-8 turn float rounding of g into ~1e-3·lr: the tolerance
                         must scale with the LR, and the loss and gradient-norm checks carry the exactness.
 Clipping is active (grad norm ≈ 1.8 > clip 1), so a gradient off by the rank count would be hidden from the weights
-but not from the gradient norm.
+but not from the gradient norm. The PPO policy loss, at a sampling temperature of 0.7 and in each loss aggregation,
+is checked the same way (loss, metrics, gradient norm).
 """
 
 import ipaddress
@@ -29,7 +30,7 @@ from cluster import quiet
 from cluster.actor_group import ActorGroup, GroupError, shard
 from cluster.weight_sync import verified
 from rlhf_ray import models
-from rlhf_ray.algos import forward
+from rlhf_ray.algos import forward, ppo_losses, rl_math
 from rlhf_ray.config import TrainConfig
 
 LR, WD, CLIP = 1e-4, 0.01, 1.0
@@ -197,6 +198,51 @@ def test_a_non_finite_loss_skips_the_update_on_every_rank(stepped, batch):
     after = group.call(lambda a, r: a.state_digest.remote(), TIMEOUT_S, "digest")
     assert good[0]["skipped"] == 0.0 and math.isfinite(good[0]["grad_norm"]) and len(set(after)) == 1
     assert after != before and good[0]["lr"] == bad[0]["lr"]  # the schedule did not move on the skipped step
+
+
+def _ppo_batch(model, seed: int = 1) -> dict:
+    """8 PPO rows (Experience.mini_batch's keys): prompts of 2..4 tokens left-padded to 4, responses of 1..8 tokens
+    right-padded to 8; old and reference log-probs near the model's own at T = 0.7, so ratios clip now and then."""
+    g = torch.Generator().manual_seed(seed)
+    P, R = 4, 8
+    prompt_lens, resp_lens = [4, 2, 3, 4, 2, 3, 4, 2], [8, 1, 5, 3, 8, 2, 6, 4]
+    ids = torch.randint(3, model.config.vocab_size, (B, P + R), generator=g)
+    pos = torch.arange(P + R)
+    attention = ((pos >= P - torch.tensor(prompt_lens)[:, None]) & (pos < P + torch.tensor(resp_lens)[:, None])).long()
+    response = attention[:, P:].float()
+    with torch.no_grad():
+        own = forward.logprobs(model, ids * attention, attention, R, temperature=0.7)
+    noise = lambda scale: scale * torch.randn(B, R, generator=g)  # noqa: E731
+    return {"input_ids": ids * attention, "attention_mask": attention, "response_mask": response,
+            "old_logprobs": (own + noise(0.2)) * response, "ref_logprobs": (own + noise(0.3)) * response,
+            "advantages": noise(1.0) * response, "is_weights": (0.5 + torch.rand(B, R, generator=g)) * response,
+            "returns": torch.zeros(B, R), "old_values": torch.zeros(B, R)}
+
+
+def test_ppo_loss_aggregations_at_a_temperature_match_single_process_torch(stepped, tiny):
+    """The policy loss at T = 0.7 in each ppo.loss_agg, split over ranks and micro-batches by DeepSpeed: loss,
+    metrics and gradient norm are those of one plain-torch forward and backward on the whole batch at the same
+    weights (exported before each step)."""
+    group, _ = stepped
+    for agg in rl_math.LOSS_AGGS:
+        _, weights = _export(group, bucket_bytes=1 << 30)
+        model = models.load_policy(tiny, "float32")
+        model.load_state_dict(weights)
+        batch = _ppo_batch(model)
+        loss = ppo_losses.make_policy_loss(0.2, 3.0, 0.01, 0.1, "k3", temperature=0.7, loss_agg=agg,
+                                           max_response_len=8)
+        value, want = loss.fn(model, batch, loss.count(batch))
+        value.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")).item()
+        shards = group.shard(batch)
+        got = group.call(lambda a, r: a.train_step.remote(shards[r], loss), TIMEOUT_S, f"train {agg}")
+        assert all(m == got[0] for m in got), agg
+        m = got[0]
+        assert m["loss"] == pytest.approx(value.item(), rel=1e-5, abs=1e-7), agg
+        assert m["grad_norm"] == pytest.approx(grad_norm, rel=1e-5), agg
+        for key, v in want.items():
+            assert m[key] == pytest.approx(v, rel=1e-5, abs=1e-7), (agg, key)
+        assert 0 < want["clip_frac"] < 1, agg  # the clipped branch is exercised
 
 
 # ---------------------------------------------------------------- the group itself

@@ -119,3 +119,36 @@ def test_reward_model_run_with_held_out_eval_and_a_final_policy_vllm_serves(tiny
         hf = scoring.response_logprobs(policy, batch, 8)
     mask = batch.response_mask.bool()
     assert mask.sum() > 0 and (hf - batch.logprobs)[mask].abs().max() < 1e-3
+
+
+def test_a_checker_gets_each_prompts_answer(tmp_path):
+    """GRPO as a TRL user brings a task (configs/tiny/ppo_answers.yaml): prompts with an `answer` and a `meta`
+    column, every other one a chat prompt with a system turn; the reward function and the gold judge are a checker
+    `contains_answer(prompts, responses, *, answer)`. Two steps and two held-out evaluations: every rollout carries
+    its prompt's columns exactly, and its recorded reward is the checker's value against that prompt's answer."""
+    from rlhf_ray import data, models, rollout
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([EXE, "run", "configs/tiny/ppo_answers.yaml", "--run-dir", str(run_dir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows, _ = data.load_rows(str(ROOT / "configs/data/tiny_answers.jsonl"), "prompts")
+    by_text = {data.prompt_text(r["prompt"]): r for r in rows}
+    tok = models.load_tokenizer(models.resolve_model("tiny"))
+    files = ["step_000000", "step_000001", "eval_v000000", "eval_v000002"]
+    for name in files:
+        table = pq.read_table(run_dir / "rollouts" / f"{name}.parquet")
+        columns, prompts = rollout.dataset_columns(table), rollout.prompts(table)
+        assert set(columns) == {"answer", "meta"}
+        for i, (text, response, reward) in enumerate(zip(table.column("prompt").to_pylist(),
+                                                         table.column("response").to_pylist(),
+                                                         table.column("reward").to_pylist())):
+            row = by_text[text]
+            assert prompts[i] == row["prompt"] and {k: v[i] for k, v in columns.items()} == row["columns"]
+            answer = row["columns"]["answer"]
+            assert abs(reward - (float(answer in response) + len(answer) / 100)) < 1e-6, (name, i)
+            if isinstance(row["prompt"], list):  # the chat template rendered the system turn
+                assert "Answer with one word." in tok.decode(table.column("prompt_ids")[i].as_py())
+        assert any(isinstance(p, list) for p in prompts) and any(isinstance(p, str) for p in prompts)
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["policy_version"] for r in metrics if "eval_gold_mean" in r] == [0, 2]

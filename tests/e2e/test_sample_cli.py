@@ -27,7 +27,9 @@ def test_sample_writes_run_dir(tmp_path):
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert resolved["rollout"]["temperature"] == 0.7 and resolved["model"]["policy"] == "tiny"
     table = pq.read_table(run_dir / "rollouts" / "sample.parquet")
-    assert table.num_rows == 16 and table.schema.equals(rollout.ROLLOUT_SCHEMA)
+    assert table.num_rows == 16 and table.select(rollout.ROLLOUT_SCHEMA.names).schema.equals(rollout.ROLLOUT_SCHEMA)
+    assert table.column_names[len(rollout.ROLLOUT_SCHEMA):] == [rollout.MESSAGES]  # text prompts, no other column
+    assert rollout.prompts(table) == table.column("prompt").to_pylist()
     assert set(table.column("group").to_pylist()) == set(range(8))
 
 

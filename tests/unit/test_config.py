@@ -158,3 +158,15 @@ def test_stage_overrides_apply_to_their_stage_only_and_are_checked(tmp_path):
     y.write_text("stage_overrides:\n  ppo:\n    rollout: {temperature: 0}\n")
     with pytest.raises(ConfigError, match=r"stage_overrides\.ppo: rollout\.temperature: must be > 0, got 0"):
         load_config(y)
+
+
+def test_ppo_loss_agg_and_the_removed_vf_coef():
+    assert load_config(None, []).ppo.loss_agg == "token-mean"  # the shipped behaviour
+    assert load_config(None, ["ppo.loss_agg=seq-mean-token-sum-norm"]).ppo.loss_agg == "seq-mean-token-sum-norm"
+    assert _errors(None, ["ppo.loss_agg=seq-mean"]) == [
+        "command line: ppo.loss_agg: 'seq-mean' is not one of 'token-mean', 'seq-mean-token-mean', "
+        "'seq-mean-token-sum-norm'"]
+    assert _errors(None, ["ppo.loss_agg=seq-mean-token-sum-norm", "data.max_response_len=0"]) == [
+        "command line: data.max_response_len: ppo.loss_agg seq-mean-token-sum-norm divides by it: must be > 0, got 0"]
+    (err,) = _errors(None, ["ppo.vf_coef=0.5"])  # not "did you mean ppo.kl_coef?"
+    assert err.startswith("command line: ppo.vf_coef: no longer a setting: the critic has an optimizer of its own")

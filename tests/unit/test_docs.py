@@ -1,7 +1,8 @@
 """The README and docs/ say only what is true of the repository, checked without starting Ray:
 
 - every fenced block has a language; every ```yaml block loads with `load_config` (a fragment as an override file
-  on the defaults), except a deliberately broken one whose error a ```console block shows;
+  on the defaults), except a deliberately broken one whose error a ```console block shows; every ```python block
+  compiles;
 - every command in ```bash / ```sh / ```console blocks: `rlhf-ray validate` runs (exit 0, or exit 1 with the error
   shown under it); `rlhf-ray run|submit|sample CONFIG [overrides]` has its flags parsed by the real CLI and its
   config and overrides validated (running them is the e2e tests' job); other `rlhf-ray` commands parse; `make X`
@@ -34,7 +35,7 @@ from rlhf_ray.config import Config, ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-LANGUAGES = {"yaml", "bash", "sh", "console", "text", "mermaid"}
+LANGUAGES = {"yaml", "bash", "sh", "console", "text", "mermaid", "python"}
 
 # Commands the docs may show that this test cannot run or validate, each with its reason (first word -> reason).
 ALLOWED: dict[str, str] = {}
@@ -225,6 +226,11 @@ def _check(cmd: Command) -> None:
 def test_every_block_has_a_language_this_test_knows():
     bad = [f"{b.where}: ```{b.lang}" for b in ALL_BLOCKS if b.lang not in LANGUAGES]
     assert not bad, f"a fenced block needs one of {sorted(LANGUAGES)}:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("block", [b for b in ALL_BLOCKS if b.lang == "python"], ids=lambda b: b.where)
+def test_python_blocks_compile(block):
+    compile(block.text, block.where, "exec")
 
 
 def test_the_docs_have_commands_and_snippets_to_check():

@@ -128,3 +128,42 @@ def test_logprobs_and_values_same_with_or_without_shared_left_padding(tiny):
                                    forward.logprobs(policy, b["input_ids"], b["attention_mask"], 5))
         torch.testing.assert_close(forward.values(critic, wide_ids, wide_mask, 5),
                                    forward.values(critic, b["input_ids"], b["attention_mask"], 5))
+
+
+def test_logprobs_at_a_temperature_are_those_of_the_scaled_logits(tiny):
+    model = models.load_policy(tiny).eval()
+    b = _batch(B=3)
+    with torch.no_grad():
+        plain = forward.logprobs(model, b["input_ids"], b["attention_mask"], 5)
+        at_one = forward.logprobs(model, b["input_ids"], b["attention_mask"], 5, temperature=1.0)
+        cold = forward.logprobs(model, b["input_ids"], b["attention_mask"], 5, temperature=0.7)
+        logits = forward.response_logits(model, b["input_ids"], b["attention_mask"], 5)
+    assert torch.equal(at_one, plain)  # T = 1: bit for bit what it was before temperature was an argument
+    manual = torch.log_softmax(logits.float() / 0.7, -1).gather(-1, b["input_ids"][:, -5:, None]).squeeze(-1)
+    torch.testing.assert_close(cold, manual, atol=1e-6, rtol=1e-6)
+    assert (cold - plain).abs().max() > 0.05  # and the temperature matters
+
+
+class _IgnoresLogitsToKeep(torch.nn.Module):
+    """A causal LM whose forward drops `logits_to_keep` (older or custom models): it returns every position."""
+
+    def __init__(self, model, keep_only: int = 0):
+        super().__init__()
+        self.model, self.keep_only = model, keep_only
+
+    def forward(self, logits_to_keep=None, **kw):
+        out = self.model(**kw)
+        if self.keep_only:  # a broken model: fewer positions than asked for
+            out.logits = out.logits[:, -self.keep_only:]
+        return out
+
+
+def test_a_model_that_ignores_logits_to_keep_gives_the_same_logprobs_or_an_error(tiny):
+    model = models.load_policy(tiny).eval()
+    b = _batch(B=3)
+    with torch.no_grad():
+        want = forward.logprobs(model, b["input_ids"], b["attention_mask"], 5)
+        got = forward.logprobs(_IgnoresLogitsToKeep(model), b["input_ids"], b["attention_mask"], 5)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)  # the last positions, not the first
+        with pytest.raises(ValueError, match="returned logits for 4 positions, fewer than the 6 asked for"):
+            forward.logprobs(_IgnoresLogitsToKeep(model, keep_only=4), b["input_ids"], b["attention_mask"], 5)

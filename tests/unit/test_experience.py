@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlhf_ray import models
-from rlhf_ray.algos import experience, ppo_losses, rl_math
+from rlhf_ray.algos import experience, forward, ppo_losses, rl_math
 
 
 def test_shape_task_reward():
@@ -177,14 +177,66 @@ def test_on_policy_loss_needs_no_old_logprobs_and_reports_the_generator_gap(tiny
     assert "logprob_gap" not in m1 and m2["logprob_gap"] == pytest.approx(0.01, abs=1e-5)
 
 
-def test_policy_loss_splits_exactly_into_micro_batches(tiny_lm):
-    loss = ppo_losses.make_policy_loss(0.2, 3.0, 0.01, 0.1, "k3")
+@pytest.mark.parametrize("loss_agg,temperature", [("token-mean", 1.0)] + [(a, 0.7) for a in rl_math.LOSS_AGGS])
+def test_policy_loss_splits_exactly_into_micro_batches_and_ranks(tiny_lm, loss_agg, temperature):
+    """2 simulated ranks x 2 micro-batches of 1 row (what ds_engine.train_step does: the count all-reduced first):
+    the shares' losses, gradients and metrics add up to the whole batch's, in every aggregation."""
+    loss = ppo_losses.make_policy_loss(0.2, 3.0, 0.01, 0.1, "k3", temperature=temperature, loss_agg=loss_agg,
+                                       max_response_len=8)
     mb = _mb(tiny_lm)
     mb["response_mask"][1, 3:] = 0
-    mb["advantages"] = torch.randn(4, 6)
-    full = loss.fn(tiny_lm, mb, loss.count(mb))[0].item()
-    parts = sum(loss.fn(tiny_lm, {k: v[i:i + 2] for k, v in mb.items()}, loss.count(mb))[0].item() for i in (0, 2))
-    assert parts == pytest.approx(full, abs=1e-6)
+    mb["response_mask"][3, 1:] = 0
+    mb["advantages"] = torch.randn(4, 6, generator=torch.Generator().manual_seed(2))
+    mb["old_logprobs"] = mb["old_logprobs"] + 0.1 * torch.randn(4, 6, generator=torch.Generator().manual_seed(3))
+
+    def run(batch, n_global):
+        tiny_lm.zero_grad()
+        value, metrics = loss.fn(tiny_lm, batch, n_global)
+        value.backward()
+        return value.item(), metrics, [p.grad.clone() for p in tiny_lm.parameters()]
+
+    full, full_metrics, full_grads = run(mb, loss.count(mb))
+    ranks = [[{k: v[i:i + 1] for k, v in mb.items()} for i in rows] for rows in ((0, 1), (2, 3))]
+    n_global = sum(loss.count(micro) for rank in ranks for micro in rank)  # the all-reduce
+    parts = [run(micro, n_global) for rank in ranks for micro in rank]
+    tiny_lm.zero_grad()
+    assert sum(p[0] for p in parts) == pytest.approx(full, abs=1e-6)
+    for key in full_metrics:
+        assert sum(p[1][key] for p in parts) == pytest.approx(full_metrics[key], abs=1e-6), key
+    for i, g in enumerate(full_grads):
+        torch.testing.assert_close(sum(p[2][i] for p in parts), g, atol=1e-6, rtol=1e-5)
+
+
+def test_policy_loss_aggregations_weigh_responses_as_their_papers_do(tiny_lm):
+    """Ratio 1, advantage 1: every token's surrogate is -1. A token or response mean keeps -1; Dr. GRPO's sum over
+    a constant L = 8 gives -(total tokens) / (responses x L): long responses weigh more."""
+    mb = _mb(tiny_lm)
+    mb["response_mask"][1, 3:] = 0  # lengths 6, 3, 6, 6
+    got = {}
+    for agg in rl_math.LOSS_AGGS:
+        loss = ppo_losses.make_policy_loss(0.2, None, 0.0, 0.0, "k1", loss_agg=agg, max_response_len=8)
+        got[agg] = loss.fn(tiny_lm, mb, loss.count(mb))[0].item()
+    assert got == pytest.approx({"token-mean": -1.0, "seq-mean-token-mean": -1.0,
+                                 "seq-mean-token-sum-norm": -21 / (4 * 8)}, abs=1e-5)
+    with pytest.raises(ValueError, match="unknown loss aggregation"):
+        ppo_losses.make_policy_loss(0.2, None, 0.0, 0.0, "k1", loss_agg="seq-sum")
+
+
+def test_policy_loss_at_a_temperature_is_that_of_the_sampling_policy(tiny_lm):
+    """Old and reference log-probs taken at T = 0.7 (what the generators and the reference record): the ratio is 1,
+    the KL to an identical reference 0, and the entropy that of softmax(logits / 0.7). At T = 1 they are not."""
+    mb = _mb(tiny_lm)
+    with torch.no_grad():
+        cold = forward.logprobs(tiny_lm, mb["input_ids"], mb["attention_mask"], 6, temperature=0.7)
+        logits = forward.response_logits(tiny_lm, mb["input_ids"], mb["attention_mask"], 6)
+    mb.update(old_logprobs=cold, ref_logprobs=cold)
+    loss = ppo_losses.make_policy_loss(0.2, None, 0.0, 0.5, "k3", temperature=0.7)
+    value, metrics = loss.fn(tiny_lm, mb, loss.count(mb))
+    assert value.item() == pytest.approx(-1.0, abs=1e-5) and metrics["approx_kl"] == pytest.approx(0.0, abs=1e-10)
+    assert metrics["clip_frac"] == 0.0
+    assert metrics["entropy"] == pytest.approx(rl_math.entropy_from_logits(logits / 0.7).mean().item(), abs=1e-5)
+    at_one = ppo_losses.make_policy_loss(0.2, None, 0.0, 0.5, "k3")  # the learner before: T = 1 against T = 0.7
+    assert at_one.fn(tiny_lm, mb, loss.count(mb))[1]["approx_kl"] > 1e-3
 
 
 def test_value_loss_metric(tiny_lm, tmp_path):

@@ -124,3 +124,18 @@ def test_replacements_stop_at_max_restarts():
     with pytest.raises(GroupError, match="1 replacements already"):
         f.revive(calls, 0, "score: reference")
 
+
+
+def test_the_reference_and_the_policy_learner_score_at_the_sampling_temperature():
+    """rollout.temperature reaches every forward that stands for the sampling policy (start_fleet sets it)."""
+    log, asked = [], []
+    f = _fleet(log)
+    f.temperature = 0.7
+    f.reference.actors[0].logprobs = SimpleNamespace(remote=lambda share, t: asked.append(("reference", t)))
+    f.scoring().send(0, "share")
+    f.policy.shard = lambda batch: [batch]
+    f.policy.map = lambda fn: [fn(SimpleNamespace(logprobs=SimpleNamespace(
+        remote=lambda shard, T, t: asked.append(("policy", T, t)))), 0)]
+    f.old_logprobs(SimpleNamespace(response_mask=torch.ones(2, 3), input_ids=None, attention_mask=None))
+    assert asked == [("reference", 0.7), ("policy", 3, 0.7)]
+    assert fleet.Fleet(None, *[None] * 6, timeout_s=1.0).temperature == 1.0  # the default: as before

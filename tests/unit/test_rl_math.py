@@ -272,3 +272,89 @@ def test_last_token_index():
     assert M.last_token_index(mask).tolist() == [2, 0, 0]
     left_and_right = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 0, 0]])
     assert M.last_token_index(left_and_right).tolist() == [1, 3, 3, 1]
+
+
+# ---------------------------------------------------------------- loss aggregation (ppo.loss_agg)
+
+
+def _agg_loop(loss, lengths, mode, max_len):
+    """The three aggregations as written in the papers, one plain Python loop each (rows with no tokens left out)."""
+    rows = [[loss[b][t] for t in range(n)] for b, n in enumerate(lengths) if n]
+    if mode == "token-mean":
+        return sum(sum(r) for r in rows) / sum(len(r) for r in rows)
+    if mode == "seq-mean-token-mean":
+        return sum(sum(r) / len(r) for r in rows) / len(rows)
+    return sum(sum(r) / max_len for r in rows) / len(rows)  # Dr. GRPO: a constant L, not |o_i|
+
+
+@pytest.mark.parametrize("mode", M.LOSS_AGGS)
+def test_loss_aggregations_match_plain_loops(mode):
+    lengths, T, L = [5, 1, 0, 3], 5, 8
+    loss, mask = torch.randn(4, T), _mask(lengths, T)
+    got = M.aggregate(loss, mask, mode, norm_len=L)
+    assert got.item() == pytest.approx(_agg_loop(loss.tolist(), lengths, mode, L), abs=1e-6)
+    assert M.aggregate_count(mask, mode) == (9.0 if mode == "token-mean" else 3.0)  # the empty row counts nothing
+
+
+def test_loss_aggregations_differ_and_refuse_what_they_cannot_do():
+    loss, mask = torch.arange(6.0).view(2, 3), _mask([3, 1], 3)
+    means = {m: M.aggregate(loss, mask, m, norm_len=4).item() for m in M.LOSS_AGGS}
+    # token mean (0+1+2+3)/4; mean of the row means (1 + 3)/2; Dr. GRPO (3/4 + 3/4)/2
+    assert means == pytest.approx({"token-mean": 1.5, "seq-mean-token-mean": 2.0, "seq-mean-token-sum-norm": 0.75})
+    with pytest.raises(ValueError, match="needs norm_len"):
+        M.aggregate(loss, mask, "seq-mean-token-sum-norm")
+    with pytest.raises(ValueError, match="unknown loss aggregation 'sum'"):
+        M.aggregate(loss, mask, "sum")
+    with pytest.raises(ValueError, match="unknown loss aggregation"):
+        M.aggregate_count(mask, "sum")
+
+
+@pytest.mark.parametrize("mode", M.LOSS_AGGS)
+@pytest.mark.parametrize("ranks", [[[8]], [[4, 4]], [[1, 3], [2, 2]], [[2, 2], [2, 2]]],
+                         ids=["whole", "2-micro", "2-ranks-uneven", "2-ranks-2-micro"])
+def test_every_loss_aggregation_is_exact_under_micro_batches_and_ranks(mode, ranks):
+    """What `ds_engine.train_step` does: n_global is the sum of every rank's micro-batch counts (all-reduced), each
+    micro-batch's loss is its share, and the shares' losses and gradients sum to the whole batch's."""
+    g = torch.Generator().manual_seed(2)
+    B, T, L = 8, 5, 6
+    logp = torch.randn(B, T, requires_grad=True, generator=g)
+    old, adv = torch.randn(B, T, generator=g), torch.randn(B, T, generator=g)
+    mask = _mask([5, 1, 3, 4, 2, 5, 0, 3], T)
+
+    def per_token(sl):
+        return M.ppo_policy_loss(logp[sl], old[sl], adv[sl], 0.2)[0]
+
+    full = M.aggregate(per_token(slice(None)), mask, mode, norm_len=L)
+    (full_grad,) = torch.autograd.grad(full, logp)
+    bounds, start = [], 0
+    for rank in ranks:
+        for size in rank:
+            bounds.append(slice(start, start + size))
+            start += size
+    n_global = sum(M.aggregate_count(mask[sl], mode) for sl in bounds)  # the all-reduce
+    shares = [M.aggregate(per_token(sl), mask[sl], mode, n_global, L) for sl in bounds]
+    grad = sum(torch.autograd.grad(s, logp)[0] for s in shares)
+    assert sum(s.item() for s in shares) == pytest.approx(full.item(), abs=1e-6)
+    assert torch.allclose(grad, full_grad, atol=1e-7)
+    if len(bounds) > 1 and mode != "seq-mean-token-sum-norm":  # each part normalised on its own: not the same
+        naive = sum(M.aggregate(per_token(sl), mask[sl], mode, norm_len=L).item() for sl in bounds) / len(bounds)
+        assert naive != pytest.approx(full.item(), abs=1e-4)
+
+
+# ---------------------------------------------------------------- numerical guards
+
+
+def test_k3_and_the_ppo_ratio_are_clamped_as_verl_and_openrlhf_do():
+    logp = torch.tensor([[-16.0, -100.0, -1.0]], requires_grad=True)
+    ref = torch.tensor([[-1.0, -1.0, -1.2]])  # log-ratios -15, -99, 0.2
+    k3 = M.kl_estimate(logp, ref, "k3")
+    assert k3[0, :2].tolist() == [M.K3_CLAMP, M.K3_CLAMP]  # unclamped: 3.3e6 and inf
+    assert k3[0, 2].item() == pytest.approx(math.exp(-0.2) - 1 + 0.2, abs=1e-7)  # untouched where it is sane
+    (g,) = torch.autograd.grad(k3.sum(), logp)
+    assert torch.isfinite(g).all() and g[0, :2].tolist() == [0.0, 0.0]  # no inf·0 = NaN through the clamp
+    # The PPO ratio: log ρ = 99 would be inf (then NaN in the loss for A = 0); clamped at e^20, finite.
+    new = torch.tensor([0.0, 0.0], requires_grad=True)
+    loss, _ = M.ppo_policy_loss(new, torch.tensor([-99.0, -0.1]), torch.tensor([-1.0, 1.0]), 0.2)
+    assert loss[0].item() == pytest.approx(math.exp(M.LOG_RATIO_CLAMP), rel=1e-6)
+    (g,) = torch.autograd.grad(loss.sum(), new)
+    assert torch.isfinite(g).all() and g[0].item() == 0.0

@@ -66,7 +66,7 @@ def test_missing_function_in_file(user_file):
     ("boom", "raised KeyError"),
     ("short", "returned 1 values for 2 responses"),
     ("nan", "non-finite values at rows \\[0, 1\\]"),
-    ("words", "must return a list of numbers"),
+    ("words", "must return a number for every response; got row 0: 'high', row 1: 'high'"),
 ])
 def test_misbehaving_functions(user_file, name, match):
     fn = load_reward_function(f"{user_file}:{name}")
