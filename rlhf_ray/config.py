@@ -15,11 +15,12 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from rlhf_ray import config_checks
+from rlhf_ray.config_checks import STAGES
 from rlhf_ray.yaml_tree import ConfigError, build, build_tree, field_docs, parse_overrides, read_yaml, where_set
 
 __all__ = ["Config", "ConfigError", "load_config", "dump_yaml", "field_docs", "parse_overrides"]
 
-STAGES = ("sft", "label", "rm", "dpo", "ppo")
 
 
 @dataclass
@@ -293,6 +294,22 @@ class PPOConfig:
     """A judge (`module:function`, as reward functions) scored on the held-out prompts only, never trained on:
     the one the reward model stands in for, e.g. the labeler that made its preferences. Reported as
     `eval_gold_mean`."""
+    # The reward-hacking guard (runtime/guard.py): it reads each held-out evaluation (train.eval_every).
+    kl_budget: Optional[float] = None
+    """Stop the run once the held-out KL to the reference (`eval_kl_mean`, nats per response) passes this. None:
+    no budget. Needs a reference (kl_coef > 0, kl_target or model.reference) and held-out prompts."""
+    keep_best: Optional[Literal["gold", "reward"]] = None
+    """End with the policy of the held-out evaluation with the best `eval_gold_mean` (gold: needs ppo.gold) or
+    `eval_reward_mean` (reward) within kl_budget, instead of the last; the summary names its step. None: the
+    last."""
+    hack_window: int = 2
+    """Alarm when, over this many evaluations, the held-out proxy reward rose while the gold judge fell."""
+    length_collapse: float = 0.25
+    """Alarm when the held-out mean response length falls to this fraction of the first evaluation's (an alarm
+    is also raised when it runs to data.max_response_len)."""
+    distinct2_floor: Optional[float] = 0.5
+    """Alarm when the held-out replies' mean distinct-2 (distinct word bigrams / bigrams, per reply) falls below
+    this: degenerate repetition. None: off."""
 
 
 @dataclass
@@ -389,109 +406,7 @@ class Config:
 
     def check(self) -> list[tuple[str, str]]:
         """Combinations that cannot work, as (key, message) pairs."""
-        errs: list[tuple[str, str]] = []
-
-        def need(ok: bool, key: str, msg: str) -> None:
-            if not ok:
-                errs.append((key, msg))
-
-        for i, s in enumerate(self.stages):
-            need(s in STAGES, f"stages[{i}]", f"unknown stage {s!r}; choose from {', '.join(STAGES)}")
-        need(len(set(self.stages)) == len(self.stages), "stages", "a stage is listed twice")
-        need(not ("rm" in self.stages and "dpo" in self.stages), "stages", "use `rm`+`ppo` or `dpo`, not both")
-        t, r, p = self.train, self.rollout, self.ppo
-        need(self.data.max_prompt_len + self.data.max_response_len <= self.model.max_seq_len,
-             "data.max_response_len", f"max_prompt_len + max_response_len = "
-             f"{self.data.max_prompt_len + self.data.max_response_len} exceeds model.max_seq_len = {self.model.max_seq_len}")
-        for key, v in [("train.lr", t.lr), ("train.batch_size", t.batch_size), ("train.micro_batch_size", t.micro_batch_size),
-                       ("rollout.batch_size", r.batch_size), ("rollout.n_samples", r.n_samples),
-                       ("rollout.temperature", r.temperature), ("ppo.mini_batch_size", p.mini_batch_size),
-                       ("model.max_seq_len", self.model.max_seq_len), ("ppo.steps", p.steps), ("train.epochs", t.epochs)]:
-            need(v > 0, key, f"must be > 0, got {v}")
-        need(r.max_staleness >= 0, "rollout.max_staleness", f"must be >= 0, got {r.max_staleness}")
-        need(t.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {t.checkpoint_every}")
-        need(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")
-        need(t.max_skipped_updates >= 1, "train.max_skipped_updates", f"must be >= 1, got {t.max_skipped_updates}")
-        need(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
-        need(0 <= self.dpo.label_smoothing < 0.5, "dpo.label_smoothing", f"must be in [0, 0.5), got {self.dpo.label_smoothing}")
-        need(p.dual_clip is None or p.dual_clip > 1, "ppo.dual_clip", f"must be > 1, got {p.dual_clip}")
-        need(0 <= p.gamma <= 1 and 0 <= p.lam <= 1, "ppo.gamma", "gamma and lam must be in [0, 1]")
-        need(p.kl_target is None or p.kl_target > 0, "ppo.kl_target", f"must be > 0, got {p.kl_target}")
-        if p.loss_agg == "seq-mean-token-sum-norm":  # its constant divisor
-            need(self.data.max_response_len > 0, "data.max_response_len",
-                 f"ppo.loss_agg seq-mean-token-sum-norm divides by it: must be > 0, got {self.data.max_response_len}")
-        for name, ds in [("prompts", self.data.prompts), ("demonstrations", self.data.demonstrations),
-                         ("preferences", self.data.preferences)]:
-            need(0 <= ds.eval_fraction < 1, f"data.{name}.eval_fraction", f"must be in [0, 1), got {ds.eval_fraction}")
-            need(not (ds.eval_path and ds.eval_fraction), f"data.{name}.eval_path",
-                 "hold out rows by eval_path or by eval_fraction, not both")
-            theirs = list(ds.columns.values())
-            twice = sorted({c for c in theirs if theirs.count(c) > 1})
-            need(not twice, f"data.{name}.columns", f"maps the dataset's {', '.join(map(repr, twice))} onto two names")
-            need(all(ds.columns) and all(theirs), f"data.{name}.columns", "a name is empty")
-        if p.advantage in ("grpo", "rloo"):
-            need(r.n_samples >= 2, "rollout.n_samples", f"advantage {p.advantage!r} needs a group of >= 2 samples per prompt")
-        if p.gold:
-            need(self.data.prompts.eval_fraction > 0 or bool(self.data.prompts.eval_path), "ppo.gold",
-                 "the gold judge scores held-out prompts only: set data.prompts.eval_path or eval_fraction")
-        if "label" in self.stages:
-            need(bool(self.label.labeler), "label.labeler", "the label stage needs a labeler (`module:function` "
-                 "or `path/to/file.py:function`)")
-            need(self.label.k >= 2, "label.k", f"preference collection needs k >= 2 responses, got {self.label.k}")
-        errs += self._check_cluster()
-        errs += self._check_batches()
-        return errs
-
-    def _check_cluster(self) -> list[tuple[str, str]]:
-        errs = []
-        roles = self.cluster.roles
-        for name, role in roles.items():
-            key = f"cluster.roles.{name}"
-            if role.pool not in self.cluster.pools:
-                errs.append((f"{key}.pool", f"unknown pool {role.pool!r}; pools: {', '.join(self.cluster.pools)}"))
-            if role.count < 1:
-                errs.append((f"{key}.count", f"must be >= 1, got {role.count}"))
-            if role.gpus < 0 or role.cpus < 0 or role.threads < 0:
-                errs.append((key, "gpus, cpus and threads must be >= 0"))
-            if role.gpus > 1 and role.gpus != int(role.gpus):
-                errs.append((f"{key}.gpus", f"more than one GPU must be a whole number, got {role.gpus}"))
-            if role.colocate_with is not None:
-                other = roles.get(role.colocate_with)
-                if other is None:
-                    errs.append((f"{key}.colocate_with", f"unknown role {role.colocate_with!r}"))
-                elif other.count != role.count or other.pool != role.pool:
-                    errs.append((f"{key}.colocate_with", f"colocated roles need the same pool and count: {name} has "
-                                 f"{role.count} in {role.pool!r}, {role.colocate_with} has {other.count} in {other.pool!r}"))
-        if not errs:  # the roles must also pack onto their pools' nodes
-            from cluster.pools import PlacementError, plan
-
-            try:
-                plan(self.cluster)
-            except PlacementError as e:
-                errs.append(("cluster.roles", str(e)))
-        return errs
-
-    def _check_batches(self) -> list[tuple[str, str]]:
-        """Batches must split evenly across learner ranks and micro-batches."""
-        errs = []
-        ranks = self.cluster.roles["policy"].count if "policy" in self.cluster.roles else 1
-        t = self.train
-        if t.batch_size % (ranks * t.micro_batch_size):
-            errs.append(("train.batch_size", f"{t.batch_size} does not divide into {ranks} policy rank(s) x "
-                         f"micro_batch_size {t.micro_batch_size}"))
-        if "ppo" in self.stages:
-            samples = self.rollout.batch_size * self.rollout.n_samples
-            mb = self.ppo.mini_batch_size
-            if samples % mb:
-                errs.append(("ppo.mini_batch_size", f"rollout.batch_size x n_samples = {samples} is not a multiple "
-                             f"of ppo.mini_batch_size {mb}"))
-            learners = ["policy"] + (["critic"] if self.ppo.advantage == "gae" else [])
-            for role in learners:
-                n = self.cluster.roles[role].count if role in self.cluster.roles else 1
-                if mb % (n * t.micro_batch_size):
-                    errs.append(("ppo.mini_batch_size", f"{mb} does not divide into {n} {role} rank(s) x "
-                                 f"train.micro_batch_size {t.micro_batch_size}"))
-        return errs
+        return config_checks.check(self)
 
 
 # ---------------------------------------------------------------- loading

@@ -1,0 +1,123 @@
+"""The config's cross-field checks: combinations of values that cannot work, each as (key, message), found
+before anything starts (`Config.check`). Single values are checked by type as the YAML tree is read
+(yaml_tree). `cfg` is a config.Config (not imported: config imports this module)."""
+
+from __future__ import annotations
+
+STAGES = ("sft", "label", "rm", "dpo", "ppo")
+
+
+def check(cfg) -> list[tuple[str, str]]:
+    """Combinations that cannot work, as (key, message) pairs."""
+    errs: list[tuple[str, str]] = []
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            errs.append((key, msg))
+
+    for i, s in enumerate(cfg.stages):
+        need(s in STAGES, f"stages[{i}]", f"unknown stage {s!r}; choose from {', '.join(STAGES)}")
+    need(len(set(cfg.stages)) == len(cfg.stages), "stages", "a stage is listed twice")
+    need(not ("rm" in cfg.stages and "dpo" in cfg.stages), "stages", "use `rm`+`ppo` or `dpo`, not both")
+    t, r, p = cfg.train, cfg.rollout, cfg.ppo
+    need(cfg.data.max_prompt_len + cfg.data.max_response_len <= cfg.model.max_seq_len,
+         "data.max_response_len", f"max_prompt_len + max_response_len = "
+         f"{cfg.data.max_prompt_len + cfg.data.max_response_len} exceeds model.max_seq_len = {cfg.model.max_seq_len}")
+    for key, v in [("train.lr", t.lr), ("train.batch_size", t.batch_size), ("train.micro_batch_size", t.micro_batch_size),
+                   ("rollout.batch_size", r.batch_size), ("rollout.n_samples", r.n_samples),
+                   ("rollout.temperature", r.temperature), ("ppo.mini_batch_size", p.mini_batch_size),
+                   ("model.max_seq_len", cfg.model.max_seq_len), ("ppo.steps", p.steps), ("train.epochs", t.epochs)]:
+        need(v > 0, key, f"must be > 0, got {v}")
+    need(r.max_staleness >= 0, "rollout.max_staleness", f"must be >= 0, got {r.max_staleness}")
+    need(t.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {t.checkpoint_every}")
+    need(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")
+    need(t.max_skipped_updates >= 1, "train.max_skipped_updates", f"must be >= 1, got {t.max_skipped_updates}")
+    need(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+    need(0 <= cfg.dpo.label_smoothing < 0.5, "dpo.label_smoothing", f"must be in [0, 0.5), got {cfg.dpo.label_smoothing}")
+    need(p.dual_clip is None or p.dual_clip > 1, "ppo.dual_clip", f"must be > 1, got {p.dual_clip}")
+    need(0 <= p.gamma <= 1 and 0 <= p.lam <= 1, "ppo.gamma", "gamma and lam must be in [0, 1]")
+    need(p.kl_target is None or p.kl_target > 0, "ppo.kl_target", f"must be > 0, got {p.kl_target}")
+    if p.loss_agg == "seq-mean-token-sum-norm":  # its constant divisor
+        need(cfg.data.max_response_len > 0, "data.max_response_len",
+             f"ppo.loss_agg seq-mean-token-sum-norm divides by it: must be > 0, got {cfg.data.max_response_len}")
+    for name, ds in [("prompts", cfg.data.prompts), ("demonstrations", cfg.data.demonstrations),
+                     ("preferences", cfg.data.preferences)]:
+        need(0 <= ds.eval_fraction < 1, f"data.{name}.eval_fraction", f"must be in [0, 1), got {ds.eval_fraction}")
+        need(not (ds.eval_path and ds.eval_fraction), f"data.{name}.eval_path",
+             "hold out rows by eval_path or by eval_fraction, not both")
+        theirs = list(ds.columns.values())
+        twice = sorted({c for c in theirs if theirs.count(c) > 1})
+        need(not twice, f"data.{name}.columns", f"maps the dataset's {', '.join(map(repr, twice))} onto two names")
+        need(all(ds.columns) and all(theirs), f"data.{name}.columns", "a name is empty")
+    if p.advantage in ("grpo", "rloo"):
+        need(r.n_samples >= 2, "rollout.n_samples", f"advantage {p.advantage!r} needs a group of >= 2 samples per prompt")
+    held_out = cfg.data.prompts.eval_fraction > 0 or bool(cfg.data.prompts.eval_path)
+    for key, on in [("ppo.gold", p.gold), ("ppo.kl_budget", p.kl_budget is not None), ("ppo.keep_best", p.keep_best)]:
+        if on:
+            need(held_out, key, "reads held-out evaluations: set data.prompts.eval_path or eval_fraction")
+    need(p.kl_budget is None or p.kl_budget > 0, "ppo.kl_budget", f"must be > 0, got {p.kl_budget}")
+    need(p.kl_budget is None or bool(p.kl_coef or p.kl_target or cfg.model.reference), "ppo.kl_budget",
+         "needs the KL to a reference: set ppo.kl_coef > 0, ppo.kl_target or model.reference")
+    need(p.keep_best != "gold" or bool(p.gold), "ppo.keep_best", "keep_best: gold needs a gold judge (ppo.gold)")
+    need(p.hack_window >= 1, "ppo.hack_window", f"must be >= 1, got {p.hack_window}")
+    need(0 <= p.length_collapse < 1, "ppo.length_collapse", f"must be in [0, 1), got {p.length_collapse}")
+    need(p.distinct2_floor is None or 0 <= p.distinct2_floor <= 1, "ppo.distinct2_floor",
+         f"must be in [0, 1], got {p.distinct2_floor}")
+    if "label" in cfg.stages:
+        need(bool(cfg.label.labeler), "label.labeler", "the label stage needs a labeler (`module:function` "
+             "or `path/to/file.py:function`)")
+        need(cfg.label.k >= 2, "label.k", f"preference collection needs k >= 2 responses, got {cfg.label.k}")
+    errs += _cluster(cfg)
+    errs += _batches(cfg)
+    return errs
+
+def _cluster(cfg) -> list[tuple[str, str]]:
+    errs = []
+    roles = cfg.cluster.roles
+    for name, role in roles.items():
+        key = f"cluster.roles.{name}"
+        if role.pool not in cfg.cluster.pools:
+            errs.append((f"{key}.pool", f"unknown pool {role.pool!r}; pools: {', '.join(cfg.cluster.pools)}"))
+        if role.count < 1:
+            errs.append((f"{key}.count", f"must be >= 1, got {role.count}"))
+        if role.gpus < 0 or role.cpus < 0 or role.threads < 0:
+            errs.append((key, "gpus, cpus and threads must be >= 0"))
+        if role.gpus > 1 and role.gpus != int(role.gpus):
+            errs.append((f"{key}.gpus", f"more than one GPU must be a whole number, got {role.gpus}"))
+        if role.colocate_with is not None:
+            other = roles.get(role.colocate_with)
+            if other is None:
+                errs.append((f"{key}.colocate_with", f"unknown role {role.colocate_with!r}"))
+            elif other.count != role.count or other.pool != role.pool:
+                errs.append((f"{key}.colocate_with", f"colocated roles need the same pool and count: {name} has "
+                             f"{role.count} in {role.pool!r}, {role.colocate_with} has {other.count} in {other.pool!r}"))
+    if not errs:  # the roles must also pack onto their pools' nodes
+        from cluster.pools import PlacementError, plan
+
+        try:
+            plan(cfg.cluster)
+        except PlacementError as e:
+            errs.append(("cluster.roles", str(e)))
+    return errs
+
+def _batches(cfg) -> list[tuple[str, str]]:
+    """Batches must split evenly across learner ranks and micro-batches."""
+    errs = []
+    ranks = cfg.cluster.roles["policy"].count if "policy" in cfg.cluster.roles else 1
+    t = cfg.train
+    if t.batch_size % (ranks * t.micro_batch_size):
+        errs.append(("train.batch_size", f"{t.batch_size} does not divide into {ranks} policy rank(s) x "
+                     f"micro_batch_size {t.micro_batch_size}"))
+    if "ppo" in cfg.stages:
+        samples = cfg.rollout.batch_size * cfg.rollout.n_samples
+        mb = cfg.ppo.mini_batch_size
+        if samples % mb:
+            errs.append(("ppo.mini_batch_size", f"rollout.batch_size x n_samples = {samples} is not a multiple "
+                         f"of ppo.mini_batch_size {mb}"))
+        learners = ["policy"] + (["critic"] if cfg.ppo.advantage == "gae" else [])
+        for role in learners:
+            n = cfg.cluster.roles[role].count if role in cfg.cluster.roles else 1
+            if mb % (n * t.micro_batch_size):
+                errs.append(("ppo.mini_batch_size", f"{mb} does not divide into {n} {role} rank(s) x "
+                             f"train.micro_batch_size {t.micro_batch_size}"))
+    return errs
