@@ -64,7 +64,8 @@ def cmd_run(args) -> int:
         results = pipeline.run(cfg, run_dir, force=args.force, connect=connect)
     finally:
         run_dir.monitor.close()
-    print(f"\nsummary ({run_dir.path}):\n" + "\n".join(f"  {r.summary}" for r in results), flush=True)
+    lines = [f"  {line}" for r in results for line in r.summary.splitlines()]
+    print(f"\nsummary ({run_dir.path}):\n" + "\n".join(lines), flush=True)
     return 0
 
 

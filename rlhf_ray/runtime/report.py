@@ -1,6 +1,7 @@
 """`rlhf-ray report RUN_DIR`: PNG plots of a run's metrics.jsonl in RUN_DIR/plots/, one set per stage.
 
-PPO: reward (±std band, eval points), KL, response length, losses, staleness, phase times. SFT/RM/DPO: loss,
+PPO: reward (±std band, eval points, the guard's alarms and kept policy), proxy and gold reward against KL, KL,
+response length, losses, staleness, phase times. SFT/RM/DPO: loss,
 accuracy, margin. A plot whose keys never hold a number is skipped; a null (non-finite value) is left out of its
 line, never an error.
 Safe to rerun while a run is writing: a half-written last line is ignored and every PNG is replaced atomically,
@@ -94,8 +95,46 @@ def _ppo_reward(fig, rows):
         ax.fill_between([b[0] for b in band], [b[1] - b[2] for b in band], [b[1] + b[2] for b in band],
                         alpha=0.2, label="reward_mean ± reward_std")
     _lines(ax, rows, ("reward_mean", "eval_reward_mean", "eval_gold_mean"), "reward (per response)")
+    _mark_guard(ax, rows)
     ax.set_xlabel(X_VERSION)
     return "PPO reward: training batches and held-out evals"
+
+
+def _alarmed(row: dict) -> bool:
+    return any(row.get(k) for k in ("alarm_reward_hacking", "alarm_length", "alarm_repetition"))
+
+
+def _mark_guard(ax, rows, x_key: str = "step") -> None:
+    """The guard's alarms (red crosses on the held-out reward) and the kept policy (a ring), from the eval rows."""
+    evals = [r for r in rows if _num(r.get(x_key)) and _num(r.get("eval_reward_mean"))]
+    hits = [r for r in evals if _alarmed(r)]
+    if hits:
+        ax.scatter([r[x_key] for r in hits], [r["eval_reward_mean"] for r in hits], marker="x", s=80, color="red",
+                   zorder=5, label="guard alarm")
+    kept = [r for r in rows if _num(r.get("kept_step"))]
+    at = [r for r in evals if kept and r.get("step") == kept[-1]["kept_step"]]
+    if at:
+        ax.scatter([at[-1][x_key]], [at[-1]["eval_reward_mean"]], s=160, facecolors="none", edgecolors="black",
+                   zorder=5, label=f"kept policy (step {at[-1]['step']})")
+
+
+def _ppo_reward_vs_kl(fig, rows):
+    """Held-out proxy and gold reward against the held-out KL to the reference (Gao et al. 2022): the proxy
+    keeps rising with KL while a hacked gold peaks and falls."""
+    ax = fig.subplots()
+    pts = sorted((r for r in rows if _num(r.get("eval_kl_mean"))), key=lambda r: r["step"])
+    for key in ("eval_reward_mean", "eval_gold_mean"):
+        xy = [(r["eval_kl_mean"], r[key]) for r in pts if _num(r.get(key))]
+        if xy:
+            ax.plot([p[0] for p in xy], [p[1] for p in xy], marker="o", markersize=4, label=key)
+    for r in pts:
+        ax.annotate(str(r["step"]), (r["eval_kl_mean"], r["eval_reward_mean"]), fontsize="x-small",
+                    textcoords="offset points", xytext=(3, 3))
+    _mark_guard(ax, pts, "eval_kl_mean")
+    ax.set_xlabel("held-out KL(π ‖ π_ref) per response (nats)")
+    ax.set_ylabel("held-out reward (per response)")
+    ax.grid(alpha=0.3)
+    return "PPO proxy and gold reward against KL (labels: policy version)"
 
 
 def _ppo_losses(fig, rows):
@@ -137,6 +176,7 @@ KL, LENGTH = ("kl_mean", "eval_kl_mean"), ("response_length_mean", "eval_respons
 # (file name, keys of which at least one must hold a number, draw)
 PPO_PLOTS: list[tuple[str, tuple[str, ...], Callable]] = [
     ("ppo_reward.png", ("reward_mean", "eval_reward_mean", "eval_gold_mean"), _ppo_reward),
+    ("ppo_reward_vs_kl.png", ("eval_kl_mean",), _ppo_reward_vs_kl),
     ("ppo_kl.png", KL, _single(KL, "KL(π ‖ π_ref) per response (nats)", X_VERSION, "PPO KL to the reference policy")),
     ("ppo_response_length.png", LENGTH, _single(LENGTH, "response length (tokens)", X_VERSION,
                                                 "PPO mean response length")),

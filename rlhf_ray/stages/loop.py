@@ -5,7 +5,8 @@ order of a step's chores, written once.
     each step n:   train -> log its row (evaluation metrics in it, when due, for the supervised stages)
                    -> stop if too many updates in a row had a non-finite loss
                    -> evaluate, when due, as a row of its own (PPO) -> checkpoint, when due or after a SIGTERM /
-                   Ctrl-C (then raise Stopped) -> fault point
+                   Ctrl-C (then raise Stopped) -> end early if `stop_early` says so (PPO's KL budget) -> fault
+                   point
 
 A stage supplies the work as a `Steps` object; `Loop` decides when each piece runs. Steps are counted 1..total
 (`n` = steps done once step n ends), the count checkpoints store.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 from rlhf_ray.runtime import faults
 from rlhf_ray.runtime.stopping import GracefulStop, SkipGuard, Stopped
@@ -65,6 +66,9 @@ class Loop:
     eval_in_step_row: bool = False
     """True: evaluation metrics join the step's row (supervised stages); False: they are a row of their own,
     logged after the step's (PPO: evaluation samples at the new weights, a batch of its own)."""
+    stop_early: Callable[[], Optional[str]] = lambda: None
+    """Asked after each evaluation: a reason to end the run now (it ends as after its last step), or None."""
+    stopped_early: Optional[str] = field(default=None, init=False)
     guard: SkipGuard = field(init=False)
 
     def __post_init__(self) -> None:
@@ -105,5 +109,9 @@ class Loop:
                     if stop.requested:
                         raise Stopped(f"{self.stage}: stopped by {stop.requested} after step {n} of {self.total}; "
                                       f"checkpoint {where}; the same command resumes")
+                self.stopped_early = self.stop_early() if evaluate else None
+                if self.stopped_early:
+                    print(f"{self.stage}: ending after step {n} of {self.total}: {self.stopped_early}", flush=True)
+                    break
                 faults.maybe(self.fault_point, n)
         return rows

@@ -12,6 +12,7 @@ loss corrects for the behaviour policy with a truncated importance weight π_θo
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from collections import deque
 from pathlib import Path
@@ -26,6 +27,7 @@ from rlhf_ray import data, models, rollout
 from rlhf_ray.algos import experience, ppo_losses, rl_math
 from rlhf_ray.config import Config, ConfigError, to_dict
 from rlhf_ray.runtime import checkpoint, faults
+from rlhf_ray.runtime.guard import Guard, GuardSettings, distinct_2
 from rlhf_ray.runtime.run_dir import RunDir
 from rlhf_ray.stages import generation
 from rlhf_ray.stages.fleet import Calls, Fleet, Scoring, start_fleet
@@ -53,9 +55,14 @@ class PPOTrainer:
         self.settings = experience.Settings(p.advantage, p.kl_estimator, p.kl_in_reward, p.gamma, p.lam,
                                             r.n_samples, cfg.reward.clip, cfg.reward.no_eos_penalty,
                                             cfg.reward.normalize, self.on_policy)
+        self.guard_settings = GuardSettings(p.kl_budget, p.keep_best, p.hack_window, cfg.data.max_response_len,
+                                            p.length_collapse, p.distinct2_floor)
+        self.guard = Guard(self.guard_settings)
         self.loop = Loop("ppo", p.steps, t.eval_every, t.checkpoint_every, t.max_skipped_updates, run_dir,
-                         "ppo.after_step", evaluates=bool(self.eval_prompts))
+                         "ppo.after_step", evaluates=bool(self.eval_prompts),
+                         stop_early=lambda: self.guard.stop_reason)
         self.evals: list[dict] = []
+        self.best_at_checkpoint: Optional[int] = None  # the kept policy the newest checkpoint names
         self.history: list[dict] = []
         self.fleet: Optional[Fleet] = None  # while `fit` runs
         self.inflight: deque[Calls] = deque()  # batches generating, oldest first
@@ -89,7 +96,11 @@ class PPOTrainer:
             if ckpt:
                 self._load(*ckpt)
             self.loop.run(self, ckpt[1]["step"] if ckpt else 0)
-            self.fleet.save_policy(self.run_dir.final("ppo"))
+            if self.guard.best is None:
+                self.fleet.save_policy(self.run_dir.final("ppo"))
+            else:  # keep_best: the policy of the best held-out evaluation, saved when it was evaluated
+                shutil.copytree(self._best_dir(self.guard.best["step"]), self.run_dir.final("ppo"), dirs_exist_ok=True)
+            self.run_dir.log_metrics({"step": self.version, "policy_version": self.version, **_guard_metrics(self)})
         except GroupError as e:
             raise checkpoint.learner_lost(e, self.run_dir.path, "ppo") or e
         finally:
@@ -245,8 +256,31 @@ class PPOTrainer:
                "eval_response_length_mean": mask.sum(1).mean().item(), "eval_samples": len(task)}
         if self.cfg.ppo.gold:
             row["eval_gold_mean"] = by_fn[self.cfg.ppo.gold].mean().item()
+        row["eval_distinct2"] = distinct_2(table.column("response").to_pylist())
+        for alarm in self.guard.see(row):
+            print(f"ppo guard alarm, {alarm}", flush=True)
+        if self.guard.is_new_best(row):
+            self._keep_best(row["step"])
         self.evals.append(row)
         return row
+
+    def _best_dir(self, version: int) -> Path:
+        return checkpoint.stage_dir(self.run_dir.path, "ppo") / "best" / f"v{version:06d}"
+
+    def _keep_best(self, version: int) -> None:
+        """The policy at `version` (the learner's weights: evaluations run between steps) as an HF folder, kept
+        until a better one is kept and the next checkpoint no longer names it (`_prune_best`)."""
+        folder = self._best_dir(version)
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.fleet.save_policy(tmp)
+        tmp.replace(folder)
+        self._prune_best(keep={version, self.best_at_checkpoint})
+
+    def _prune_best(self, keep: set) -> None:
+        for old in self._best_dir(0).parent.glob("v*"):
+            if int(old.name[1:7]) not in keep or old.name.endswith(".tmp"):
+                shutil.rmtree(old, ignore_errors=True)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -262,8 +296,11 @@ class PPOTrainer:
         state = {"step": n, "version": self.version, "kl_coef": self.kl_ctl.value,
                  "rng": checkpoint.rng_state(self.rng), "launches": self.launches, "buffer": len(self.inflight),
                  "shares": len(self.fleet.generators), "rows": self.run_dir.metrics(self.run_dir.stage),
-                 "config": to_dict(self.cfg)}
-        return checkpoint.commit(tmp, state, self.cfg.train.keep_checkpoints)
+                 "guard": self.guard.state(), "config": to_dict(self.cfg)}
+        where = checkpoint.commit(tmp, state, self.cfg.train.keep_checkpoints)
+        self.best_at_checkpoint = self.guard.best and self.guard.best["step"]
+        self._prune_best(keep={self.best_at_checkpoint})
+        return where
 
     def _restore(self, state: dict) -> None:
         """The driver's side of a checkpoint (before any actor starts)."""
@@ -272,6 +309,9 @@ class PPOTrainer:
         self.run_dir.replace_metrics(self.run_dir.stage, state["rows"])
         self.history = [r for r in state["rows"] if "reward_mean" in r]
         self.evals = [r for r in state["rows"] if "eval_reward_mean" in r]
+        self.guard = Guard.restore(self.guard_settings, state["guard"])
+        self.best_at_checkpoint = self.guard.best and self.guard.best["step"]
+        self._prune_best(keep={self.best_at_checkpoint})  # a best kept after the checkpoint is replayed
         print(f"ppo: resuming after step {state['step']} (policy version {self.version}) from the checkpoint",
               flush=True)
 
@@ -304,7 +344,32 @@ def run(cfg: Config, run_dir: RunDir) -> StageResult:
         if "eval_gold_mean" in before:
             line += f", gold {before['eval_gold_mean']:.3f} -> {after['eval_gold_mean']:.3f}"
             metrics.update(eval_gold_before=before["eval_gold_mean"], eval_gold_after=after["eval_gold_mean"])
-    return StageResult({"policy": str(out)}, f"{line}; policy in {out}", metrics=metrics)
+    guard, metrics = _guard_line(trainer), {**metrics, **_guard_metrics(trainer)}
+    return StageResult({"policy": str(out)}, f"{line}\n{guard}; policy in {out}", metrics=metrics)
+
+
+def _guard_line(trainer: PPOTrainer) -> str:
+    """What the reward-hacking guard did: the policy kept, the alarms, an early end."""
+    g, p = trainer.guard, trainer.cfg.ppo
+    parts = []
+    if g.best is not None:
+        kept = next(r for r in trainer.evals if r["step"] == g.best["step"])
+        held = ", ".join(f"{k} {kept[f'eval_{k}_mean']:.3f}" for k in ("reward", "gold", "kl")
+                         if kept.get(f"eval_{k}_mean") is not None)
+        parts.append(f"kept the policy of step {g.best['step']} of {trainer.version} (best held-out {p.keep_best}; "
+                     f"{held})")
+    else:
+        parts.append(f"kept the last policy (step {trainer.version})")
+    parts.append(f"{len(g.alarms)} alarm(s)" + (f", the first at {g.alarms[0]}" if g.alarms else ""))
+    if trainer.loop.stopped_early:
+        parts.append(f"ended early: {trainer.loop.stopped_early}")
+    return "ppo guard: " + "; ".join(parts)
+
+
+def _guard_metrics(trainer: PPOTrainer) -> dict:
+    g = trainer.guard
+    return {"kept_step": g.best["step"] if g.best else trainer.version, "alarms_total": len(g.alarms),
+            "stopped_early": trainer.loop.stopped_early}
 
 
 def _mean(x: Optional[torch.Tensor]) -> Optional[float]:  # None: not computed (the KL without a reference)

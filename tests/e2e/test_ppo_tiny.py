@@ -152,3 +152,48 @@ def test_a_checker_gets_each_prompts_answer(tmp_path):
         assert any(isinstance(p, list) for p in prompts) and any(isinstance(p, str) for p in prompts)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["policy_version"] for r in metrics if "eval_gold_mean" in r] == [0, 2]
+
+
+def test_rlvr_wiring_scores_each_reply_with_the_built_in_checker(tmp_path):
+    """configs/tiny/rlvr.yaml, the wiring of configs/rlvr_smollm2_cpu.yaml on the tiny model: every recorded reward,
+    in training and held-out rollouts, is rlhf_ray.rewards:exact_answer of that reply against its own prompt's
+    `answer` column."""
+    from rlhf_ray import rollout
+    from rlhf_ray.rewards import exact_answer
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([EXE, "run", "configs/tiny/rlvr.yaml", "--run-dir", str(run_dir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for name in ["step_000000", "step_000001", "eval_v000000", "eval_v000002"]:
+        table = pq.read_table(run_dir / "rollouts" / f"{name}.parquet")
+        answers = rollout.dataset_columns(table)["answer"]
+        responses = table.column("response").to_pylist()
+        assert table.column("reward").to_pylist() == exact_answer([], responses, answer=answers), name
+        assert len(set(answers)) > 1  # checked against many answers, not one
+    assert "ppo guard: kept the last policy (step 2); 0 alarm(s)" in proc.stdout
+
+
+def test_the_guard_ends_at_the_kl_budget_and_keeps_the_best_policy(tmp_path):
+    """The reward-hacking guard on the tiny PPO run (its reward rises, and so does its KL): evaluated after every
+    step, it ends the run once the held-out KL passes ppo.kl_budget, and the final policy is the evaluation with
+    the best held-out reward within the budget, not the last; the metrics and the summary say so."""
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "run"
+    proc = run_ppo(run_dir, "data.prompts.eval_fraction=0.1", "train.eval_every=1", "ppo.kl_budget=0.5",
+                   "ppo.keep_best=reward", "ppo.steps=8")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval_reward_mean" in r]
+    assert evals[-1]["eval_kl_mean"] > 0.5 and all(r["eval_kl_mean"] <= 0.5 for r in evals[:-1])
+    assert len(evals) - 1 < 8, "the budget never ended the run: raise the KL or lower the budget"
+    assert all(k in r for r in evals for k in ("eval_distinct2", "alarm_reward_hacking", "alarm_length",
+                                              "alarm_repetition", "alarms_total"))
+    best = max(evals[:-1], key=lambda r: r["eval_reward_mean"])  # the first of equals, as the guard keeps it
+    assert rows[-1]["kept_step"] == best["step"] and "held-out KL" in rows[-1]["stopped_early"]
+    assert f"kept the policy of step {best['step']} of {evals[-1]['step']}" in proc.stdout
+    assert "ended early: held-out KL" in proc.stdout
+    final = load_file(run_dir / "final/ppo/model.safetensors")
+    kept = load_file(run_dir / f"checkpoints/ppo/best/v{best['step']:06d}/model.safetensors")
+    assert final.keys() == kept.keys() and all((final[k] == kept[k]).all() for k in final)
+    assert [p.name for p in (run_dir / "checkpoints/ppo/best").iterdir()] == [f"v{best['step']:06d}"]

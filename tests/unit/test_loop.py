@@ -98,6 +98,21 @@ def test_a_resumed_run_goes_on_after_its_checkpoint_without_the_starting_eval(fa
     assert kinds(events, "checkpoint") == [6]
 
 
+def test_stop_early_is_asked_after_each_evaluation_and_ends_the_run(faults):
+    events, asked = [], []
+
+    def budget():  # the KL budget passes at the evaluation after step 4
+        asked.append(kinds(events, "evaluate")[-1])
+        return "held-out KL 12 passed ppo.kl_budget 10" if asked[-1] >= 4 else None
+
+    loop, log = make(events, total=8, eval_every=2, checkpoint_every=3, stop_early=budget)
+    rows = loop.run(FakeSteps(events, lambda: loop.guard))
+    assert asked == [2, 4] and kinds(events, "step") == [1, 2, 3, 4]  # not asked at the start or between evals
+    assert kinds(events, "checkpoint") == [3] and rows[-1] == {"step": 4, "eval_loss": 0.4}
+    assert loop.stopped_early == "held-out KL 12 passed ppo.kl_budget 10"
+    assert faults == [("supervised.after_step", n) for n in (1, 2, 3)]  # no fault point after the run ended
+
+
 def test_non_finite_losses_stop_once_the_row_is_logged_before_a_separate_eval(faults):
     events = []
     loop, log = make(events, total=6, eval_every=2, max_skipped=2)

@@ -8,7 +8,7 @@ import pytest
 
 from rlhf_ray.runtime import report
 
-PPO_PNGS = ["ppo_reward.png", "ppo_kl.png", "ppo_response_length.png", "ppo_losses.png", "ppo_staleness.png",
+PPO_PNGS = ["ppo_reward.png", "ppo_reward_vs_kl.png", "ppo_kl.png", "ppo_response_length.png", "ppo_losses.png", "ppo_staleness.png",
             "ppo_phase_times.png"]
 
 
@@ -30,6 +30,8 @@ def _ppo_rows(steps: int) -> list[dict]:
     for r in rows[2:4]:  # non-finite values are logged as null
         r.update(reward_mean=None, time_sync_s=None)
     rows.append(ev(steps))
+    rows[-1].update(alarm_reward_hacking=1, alarms_total=1)  # the guard's marks: an alarm, then the kept policy
+    rows.append({"stage": "ppo", "step": steps, "policy_version": steps, "kept_step": 0, "alarms_total": 1})
     return rows
 
 
@@ -86,7 +88,8 @@ def test_single_row_and_all_null_keys_do_not_crash(tmp_path):
     row.update(kl_mean=None, policy_loss=None, value_loss=None, entropy=None, clip_frac=None, buffer_depth=None)
     _write(tmp_path, [row])
     names = {p.name for p in report.render(tmp_path)}
-    assert "ppo_losses.png" not in names and "ppo_kl.png" not in names  # every key null: skipped, not an empty plot
+    # every key null, or no held-out KL: skipped, not an empty plot
+    assert not {"ppo_losses.png", "ppo_kl.png", "ppo_reward_vs_kl.png"} & names
     assert {"ppo_reward.png", "ppo_response_length.png", "ppo_staleness.png", "ppo_phase_times.png"} <= names
     for n in names:
         _check_png(tmp_path / "plots" / n)
