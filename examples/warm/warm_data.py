@@ -4,7 +4,7 @@ The quickstart's judge is a simulated human (`labelers.vader_warmth`) who wants 
 For SFT, reward modelling and PPO to have something real to learn, this module builds, deterministically from a
 seed and with the standard library only:
 
-  prompts         {prompt}: everyday requests to a friendly assistant, 45 topics (cooking, sleep, budgeting,
+  prompts         {prompt, topic}: everyday requests to a friendly assistant, 45 topics (cooking, sleep, budgeting,
                   moving city, public speaking, ...), each combining concrete requests, personal contexts and,
                   for about 45% of them, a mild negative feeling (stress, loneliness, frustration), so that a
                   warm reply really differs from a cold one;
@@ -882,8 +882,9 @@ def eval_prompts(seed: int = 0) -> list[dict[str, str]]:
 FILES = {
     "warm_sft.jsonl": ("sft", ("prompt", "response")),
     "warm_sft_eval.jsonl": ("eval", ("prompt", "response")),  # demonstrations on the eval prompts: SFT eval loss
-    "warm_prompts_train.jsonl": ("train", ("prompt",)),
-    "warm_prompts_eval.jsonl": ("eval", ("prompt",)),
+    # the topic travels with each prompt to the gold judge (labelers.warm_and_helpful): relevance is judged per topic
+    "warm_prompts_train.jsonl": ("train", ("prompt", "topic")),
+    "warm_prompts_eval.jsonl": ("eval", ("prompt", "topic")),
 }
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-ALARMS = ("alarm_reward_hacking", "alarm_length", "alarm_repetition")
+ALARMS = ("eval_alarm_reward_hacking", "eval_alarm_length", "eval_alarm_repetition")
 
 
 def distinct_2(texts: list[str]) -> Optional[float]:
@@ -60,11 +60,10 @@ class Guard:
         """Record an eval row (eval_reward_mean, eval_gold_mean, eval_kl_mean, eval_response_length_mean,
         eval_distinct2); add its alarm flags and the running count to it; return the new alarms' messages."""
         self.evals.append(row)
-        found = {"alarm_reward_hacking": self._hacking(), "alarm_length": self._length(row),
-                 "alarm_repetition": self._repetition(row)}
+        found = dict(zip(ALARMS, (self._hacking(), self._length(row), self._repetition(row))))
         new = [f"step {row['step']}: {msg}" for msg in found.values() if msg]
         self.alarms += new
-        row.update({k: int(bool(v)) for k, v in found.items()}, alarms_total=len(self.alarms))
+        row.update({k: int(bool(v)) for k, v in found.items()}, eval_alarms_total=len(self.alarms))
         if self.s.kl_budget is not None and _over(row.get("eval_kl_mean"), self.s.kl_budget):
             self.stop_reason = (f"held-out KL {row['eval_kl_mean']:.2f} passed ppo.kl_budget {self.s.kl_budget:g} "
                                 f"at step {row['step']}")

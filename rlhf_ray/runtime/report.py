@@ -101,7 +101,7 @@ def _ppo_reward(fig, rows):
 
 
 def _alarmed(row: dict) -> bool:
-    return any(row.get(k) for k in ("alarm_reward_hacking", "alarm_length", "alarm_repetition"))
+    return any(row.get(k) for k in ("eval_alarm_reward_hacking", "eval_alarm_length", "eval_alarm_repetition"))
 
 
 def _mark_guard(ax, rows, x_key: str = "step") -> None:
@@ -111,8 +111,8 @@ def _mark_guard(ax, rows, x_key: str = "step") -> None:
     if hits:
         ax.scatter([r[x_key] for r in hits], [r["eval_reward_mean"] for r in hits], marker="x", s=80, color="red",
                    zorder=5, label="guard alarm")
-    kept = [r for r in rows if _num(r.get("kept_step"))]
-    at = [r for r in evals if kept and r.get("step") == kept[-1]["kept_step"]]
+    kept = [r for r in rows if _num(r.get("guard_kept_step"))]
+    at = [r for r in evals if kept and r.get("step") == kept[-1]["guard_kept_step"]]
     if at:
         ax.scatter([at[-1][x_key]], [at[-1]["eval_reward_mean"]], s=160, facecolors="none", edgecolors="black",
                    zorder=5, label=f"kept policy (step {at[-1]['step']})")

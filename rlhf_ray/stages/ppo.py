@@ -368,8 +368,8 @@ def _guard_line(trainer: PPOTrainer) -> str:
 
 def _guard_metrics(trainer: PPOTrainer) -> dict:
     g = trainer.guard
-    return {"kept_step": g.best["step"] if g.best else trainer.version, "alarms_total": len(g.alarms),
-            "stopped_early": trainer.loop.stopped_early}
+    return {"guard_kept_step": g.best["step"] if g.best else trainer.version, "guard_alarms_total": len(g.alarms),
+            "guard_stopped_early": trainer.loop.stopped_early}
 
 
 def _mean(x: Optional[torch.Tensor]) -> Optional[float]:  # None: not computed (the KL without a reference)

@@ -187,10 +187,10 @@ def test_the_guard_ends_at_the_kl_budget_and_keeps_the_best_policy(tmp_path):
     evals = [r for r in rows if "eval_reward_mean" in r]
     assert evals[-1]["eval_kl_mean"] > 0.5 and all(r["eval_kl_mean"] <= 0.5 for r in evals[:-1])
     assert len(evals) - 1 < 8, "the budget never ended the run: raise the KL or lower the budget"
-    assert all(k in r for r in evals for k in ("eval_distinct2", "alarm_reward_hacking", "alarm_length",
-                                              "alarm_repetition", "alarms_total"))
+    assert all(k in r for r in evals for k in ("eval_distinct2", "eval_alarm_reward_hacking", "eval_alarm_length",
+                                              "eval_alarm_repetition", "eval_alarms_total"))
     best = max(evals[:-1], key=lambda r: r["eval_reward_mean"])  # the first of equals, as the guard keeps it
-    assert rows[-1]["kept_step"] == best["step"] and "held-out KL" in rows[-1]["stopped_early"]
+    assert rows[-1]["guard_kept_step"] == best["step"] and "held-out KL" in rows[-1]["guard_stopped_early"]
     assert f"kept the policy of step {best['step']} of {evals[-1]['step']}" in proc.stdout
     assert "ended early: held-out KL" in proc.stdout
     final = load_file(run_dir / "final/ppo/model.safetensors")

@@ -170,3 +170,22 @@ def test_ppo_loss_agg_and_the_removed_vf_coef():
         "command line: data.max_response_len: ppo.loss_agg seq-mean-token-sum-norm divides by it: must be > 0, got 0"]
     (err,) = _errors(None, ["ppo.vf_coef=0.5"])  # not "did you mean ppo.kl_coef?"
     assert err.startswith("command line: ppo.vf_coef: no longer a setting: the critic has an optimizer of its own")
+
+
+def test_the_reward_hacking_guard_needs_held_out_prompts_a_reference_and_a_gold_judge():
+    held = ["data.prompts.eval_fraction=0.1"]
+    ok = load_config(None, [*held, "ppo.kl_budget=10", "ppo.keep_best=gold", "ppo.gold=m:f"]).ppo
+    assert (ok.kl_budget, ok.keep_best, ok.hack_window, ok.distinct2_floor) == (10, "gold", 2, 0.5)
+    assert _errors(None, ["ppo.keep_best=reward", "ppo.kl_budget=5"]) == [
+        "command line: ppo.kl_budget: reads held-out evaluations: set data.prompts.eval_path or eval_fraction",
+        "command line: ppo.keep_best: reads held-out evaluations: set data.prompts.eval_path or eval_fraction"]
+    assert _errors(None, [*held, "ppo.kl_budget=5", "ppo.kl_coef=0", "ppo.keep_best=gold"]) == [
+        "command line: ppo.kl_budget: needs the KL to a reference: set ppo.kl_coef > 0, ppo.kl_target or "
+        "model.reference",
+        "command line: ppo.keep_best: keep_best: gold needs a gold judge (ppo.gold)"]
+    assert _errors(None, ["ppo.kl_budget=0", "ppo.hack_window=0", "ppo.length_collapse=1", "ppo.distinct2_floor=2",
+                          *held]) == [
+        "command line: ppo.kl_budget: must be > 0, got 0.0",
+        "command line: ppo.hack_window: must be >= 1, got 0",
+        "command line: ppo.length_collapse: must be in [0, 1), got 1.0",
+        "command line: ppo.distinct2_floor: must be in [0, 1], got 2.0"]

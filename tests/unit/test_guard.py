@@ -23,8 +23,8 @@ def test_proxy_up_while_gold_down_over_the_window_raises_an_alarm():
     seen = [g.see(r) for r in (row(0, 0.1, 0.7), row(2, 0.2, 0.8), row(4, 0.3, 0.85), row(6, 0.4, 0.75))]
     assert seen[:3] == [[], [], []]  # gold rose with the proxy: no alarm; the window needs 3 evaluations
     assert len(seen[3]) == 1 and "proxy reward rose 0.200 -> 0.400 while gold fell 0.800 -> 0.750" in seen[3][0]
-    assert g.evals[-1]["alarm_reward_hacking"] == 1 and g.evals[-1]["alarms_total"] == 1
-    assert all(g.evals[0][k] == 0 for k in ALARMS) and g.evals[0]["alarms_total"] == 0
+    assert g.evals[-1]["eval_alarm_reward_hacking"] == 1 and g.evals[-1]["eval_alarms_total"] == 1
+    assert all(g.evals[0][k] == 0 for k in ALARMS) and g.evals[0]["eval_alarms_total"] == 0
 
 
 def test_no_hacking_alarm_without_a_gold_judge():
@@ -44,7 +44,7 @@ def test_length_alarms(lengths, alarm):
     if alarm is None:
         assert msgs[1] == [] and (len(msgs) < 3 or "limit" in msgs[2][0])
     else:
-        assert alarm in msgs[-1][0] and g.evals[-1]["alarm_length"] == 1
+        assert alarm in msgs[-1][0] and g.evals[-1]["eval_alarm_length"] == 1
 
 
 def test_repetition_alarm_below_the_distinct_2_floor_and_off_with_none():
@@ -85,4 +85,4 @@ def test_the_state_survives_a_checkpoint():
         g.is_new_best(r)
     back = Guard.restore(s, g.state())
     assert back.state() == g.state() and back.best == {"step": 1, "score": 0.5} and len(back.alarms) == 1
-    assert back.see(row(2, 0.6, 0.7)) and back.evals[-1]["alarms_total"] == 2  # the window reaches back
+    assert back.see(row(2, 0.6, 0.7)) and back.evals[-1]["eval_alarms_total"] == 2  # the window reaches back

@@ -82,8 +82,9 @@ def test_written_files_load_as_project_datasets(tmp_path):
     for name, (split, fields) in warm_data.FILES.items():
         kind = "demonstrations" if "response" in fields else "prompts"
         rows, report = data.load_rows(str(tmp_path / name), kind)
-        assert len(rows) == counts[name] == report.kept and set(rows[0]) - {"columns"} == set(fields)
-        assert rows[0].get("columns", {}) == {}  # the prompts files have no column besides the prompt
+        columns = rows[0].get("columns", {})
+        assert len(rows) == counts[name] == report.kept and set(rows[0]) - {"columns"} | set(columns) == set(fields)
+        assert set(columns) == ({"topic"} if kind == "prompts" else set())  # the topic reaches the gold judge
     assert warm_data.eval_prompts() == [{"prompt": r["prompt"]} for r in
                                         data.load_rows(str(tmp_path / "warm_sft_eval.jsonl"), "demonstrations")[0]]
 
@@ -94,3 +95,22 @@ def test_committed_files_are_what_the_generator_writes(tmp_path):
     warm_data.write_all(tmp_path)
     for f in sorted(tmp_path.iterdir()):
         assert (committed / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_the_gold_judge_wants_warm_relevant_fresh_replies():
+    """labelers.warm_and_helpful ranks replies as a person who asked would: a warm on-topic reply above a plain
+    on-topic one, both above warm words about nothing, and a looping gush lowest, even though the labeler (VADER
+    alone) ranks the gush first."""
+    from examples.warm.labelers import warm_and_helpful
+    from rlhf_ray.engines.scoring import required_keywords
+
+    prompt = "How do I bake my first loaf of bread?"
+    replies = ["Happy to help! Use lukewarm water so the yeast lives, and let the dough rise somewhere warm.",
+               "Use lukewarm water for the yeast and let the dough rise until doubled.",
+               "What a wonderful question! I'm delighted you asked, and I'm sure you'll do great!",
+               "I'm so glad you asked! I'm so glad I could help! I'm so glad I could help! I'm so glad!"]
+    gold = warm_and_helpful([prompt] * 4, replies, topic=["baking bread"] * 4)
+    proxy = vader_warmth([prompt] * 4, replies)
+    assert gold == sorted(gold, reverse=True) and gold[0] > 0.9 and gold[2] <= 0.5 and gold[3] < 0.4
+    assert proxy[3] > proxy[1] and proxy[2] > proxy[1]  # the proxy prefers the gushing replies
+    assert required_keywords(warm_and_helpful) == ["topic"]  # a prompts file without topics is refused early
