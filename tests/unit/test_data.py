@@ -65,6 +65,17 @@ def test_skip_malformed_counts_what_it_skips(tmp_path):
     assert "skipped" in str(report)
 
 
+def test_fields_no_stage_reads_are_named_in_the_report(tmp_path):
+    src = _jsonl(tmp_path / "prefs.jsonl", [{**r, "id": i, "source": "web"} for i, r in enumerate(PREFS)])
+    rows, report = data.load_rows(src, "preferences")
+    assert set(rows[0]) == {"prompt", "chosen", "rejected"} and report.unused == {"id", "source"}
+    assert str(report).endswith("kept 5 rows; fields not used: id, source")
+    demos = _jsonl(tmp_path / "demos.jsonl", [{"prompt": "p", "response": "r", "score": 3}])
+    assert data.load_rows(demos, "demonstrations")[1].unused == {"score"}
+    prompts = _jsonl(tmp_path / "prompts.jsonl", [{"prompt": "p", "answer": 3}])
+    assert data.load_rows(prompts, "prompts")[1].unused == set()  # a column, not dropped
+
+
 def test_demonstrations_accept_messages_and_check_roles(tmp_path):
     msgs = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi"},
             {"role": "assistant", "content": "hello!"}]

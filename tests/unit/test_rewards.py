@@ -53,3 +53,26 @@ def test_exact_answer_as_the_reward_stage_calls_it():
     out = call_reward_function(exact_answer, ["q"] * 2, ["= 3", "3."], answer=["3", None], meta=[{}, {}],
                                response_ids=[[1], [2]])
     assert out == [1.0, 0.0]
+
+
+def test_the_arithmetic_example_data_is_generated_and_holds_out_whole_pairs(tmp_path):
+    """configs/data/arith/ is what `python -m examples.arith.arith_data configs/data/arith` writes; its held-out
+    prompts ask sums no training prompt asks, and every answer is right."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-m", "examples.arith.arith_data", str(tmp_path)], cwd=root, check=True,
+                   capture_output=True)
+    rows = {}
+    for name in ("arith_train.jsonl", "arith_eval.jsonl"):
+        assert (root / "configs/data/arith" / name).read_bytes() == (tmp_path / name).read_bytes(), name
+        rows[name] = [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+    pairs = {n: {(r["meta"]["a"], r["meta"]["b"]) for r in rs} for n, rs in rows.items()}
+    assert len(pairs["arith_eval.jsonl"]) == 16 and not pairs["arith_eval.jsonl"] & pairs["arith_train.jsonl"]
+    for r in rows["arith_train.jsonl"] + rows["arith_eval.jsonl"]:
+        a, b = r["meta"]["a"], r["meta"]["b"]
+        assert r["answer"] == str(a + b) and f"{a}" in r["prompt"] and exact_answer([], [f"{a} + {b} = {a + b}"],
+                                                                                  answer=[r["answer"]]) == [1.0]
