@@ -55,8 +55,7 @@ DROPPED = [
                                     r"score\.weight *\| *MISSING *\|[^\n]*\n\s*Notes:"),
     # ... and an encoder's (BERT: minilm-l6 as a reward model) whose only rows are its fresh classifier head.
     ("transformers.modeling_utils", r"\w+ LOAD REPORT[^\n]*\n[^|\n]*\|[^\n]*\n[-+]*\n"
-                                    r"classifier\.weight *\| *MISSING *\|[^\n]*\n"
-                                    r"classifier\.bias *\| *MISSING *\|[^\n]*\n\s*Notes:"),
+                                    r"(?:classifier\.(?:weight|bias) *\| *MISSING *\|[^\n]*\n){2}\s*Notes:"),  # either order
 ]
 
 

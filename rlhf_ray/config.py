@@ -8,18 +8,16 @@ silently rewritten: a value is either accepted as given or rejected.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
-
 from rlhf_ray import config_checks
 from rlhf_ray.config_checks import STAGES
-from rlhf_ray.yaml_tree import ConfigError, build, build_tree, field_docs, parse_overrides, read_yaml, where_set
+from rlhf_ray.yaml_tree import (ConfigError, build, build_tree, dump_yaml, field_docs, parse_overrides, read_yaml,
+                                to_dict, where_set)
 
-__all__ = ["Config", "ConfigError", "load_config", "dump_yaml", "field_docs", "parse_overrides"]
+__all__ = ["Config", "ConfigError", "load_config", "dump_yaml", "to_dict", "field_docs", "parse_overrides"]
 
 
 
@@ -450,12 +448,3 @@ def for_stage(cfg: Config, stage: str) -> Config:
         raise ConfigError(errs)
     out.stage_overrides = cfg.stage_overrides
     return out
-
-
-def to_dict(cfg: Any) -> dict:
-    """The resolved config as plain YAML-able data."""
-    return dataclasses.asdict(cfg)
-
-
-def dump_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

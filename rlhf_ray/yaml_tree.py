@@ -347,6 +347,15 @@ REGENERATE = "python -m rlhf_ray.yaml_tree"  # the command that rewrites docs/co
 _REPO = Path(__file__).resolve().parents[1]
 
 
+def to_dict(cfg: Any) -> dict:
+    """A resolved config (any dataclass tree) as plain YAML-able data."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m rlhf_ray.yaml_tree [--check] [MODULE:CLASS] [OUT]`: write (or, with --check, compare) the
     reference of a config tree; by default rlhf_ray.config:Config into the repository's docs/configuration.md."""
@@ -373,3 +382,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+

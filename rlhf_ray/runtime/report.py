@@ -130,7 +130,7 @@ def _ppo_reward_vs_kl(fig, rows):
     for r in pts:
         ax.annotate(str(r["step"]), (r["eval_kl_mean"], r["eval_reward_mean"]), fontsize="x-small",
                     textcoords="offset points", xytext=(3, 3))
-    _mark_guard(ax, pts, "eval_kl_mean")
+    _mark_guard(ax, rows, "eval_kl_mean")
     ax.set_xlabel("held-out KL(π ‖ π_ref) per response (nats)")
     ax.set_ylabel("held-out reward (per response)")
     ax.grid(alpha=0.3)
