@@ -71,8 +71,6 @@ class Progress:
             self.bar = tqdm(total=total, desc=stage, unit="step", dynamic_ncols=True, file=sys.stderr)
 
     def log(self, stage: str, row: dict) -> None:
-        if any(k.startswith("guard_") for k in row):  # PPO's closing guard row: the summary tells it
-            return
         # An eval row (PPO's held-out pass, the step-0 eval of SFT/RM/DPO) carries only eval_* numbers.
         evaluation = all(k in ("step", "policy_version") or k.startswith("eval_") for k in row)
         values = _numbers(row)

@@ -111,8 +111,8 @@ def _mark_guard(ax, rows, x_key: str = "step") -> None:
     if hits:
         ax.scatter([r[x_key] for r in hits], [r["eval_reward_mean"] for r in hits], marker="x", s=80, color="red",
                    zorder=5, label="guard alarm")
-    kept = [r for r in rows if _num(r.get("guard_kept_step"))]
-    at = [r for r in evals if kept and r.get("step") == kept[-1]["guard_kept_step"]]
+    kept = [r for r in rows if _num(r.get("eval_kept_step"))]
+    at = [r for r in evals if kept and r.get("step") == kept[-1]["eval_kept_step"]]
     if at:
         ax.scatter([at[-1][x_key]], [at[-1]["eval_reward_mean"]], s=160, facecolors="none", edgecolors="black",
                    zorder=5, label=f"kept policy (step {at[-1]['step']})")

@@ -100,7 +100,6 @@ class PPOTrainer:
                 self.fleet.save_policy(self.run_dir.final("ppo"))
             else:  # keep_best: the policy of the best held-out evaluation, saved when it was evaluated
                 shutil.copytree(self._best_dir(self.guard.best["step"]), self.run_dir.final("ppo"), dirs_exist_ok=True)
-            self.run_dir.log_metrics({"step": self.version, "policy_version": self.version, **_guard_metrics(self)})
         except GroupError as e:
             raise checkpoint.learner_lost(e, self.run_dir.path, "ppo") or e
         finally:
@@ -261,6 +260,8 @@ class PPOTrainer:
             print(f"ppo guard alarm, {alarm}", flush=True)
         if self.guard.is_new_best(row):
             self._keep_best(row["step"])
+        if self.cfg.ppo.keep_best:  # the policy the run would end with, were it to end now
+            row["eval_kept_step"] = self.guard.best and self.guard.best["step"]
         self.evals.append(row)
         return row
 

@@ -190,7 +190,9 @@ def test_the_guard_ends_at_the_kl_budget_and_keeps_the_best_policy(tmp_path):
     assert all(k in r for r in evals for k in ("eval_distinct2", "eval_alarm_reward_hacking", "eval_alarm_length",
                                               "eval_alarm_repetition", "eval_alarms_total"))
     best = max(evals[:-1], key=lambda r: r["eval_reward_mean"])  # the first of equals, as the guard keeps it
-    assert rows[-1]["guard_kept_step"] == best["step"] and "held-out KL" in rows[-1]["guard_stopped_early"]
+    assert [r["eval_kept_step"] for r in evals] == [max(evals[:i + 1], key=lambda r: r["eval_reward_mean"])["step"]
+                                                    for i in range(len(evals) - 1)] + [best["step"]]
+    assert rows[-1] is evals[-1]  # the run ends with the evaluation that passed the budget
     assert f"kept the policy of step {best['step']} of {evals[-1]['step']}" in proc.stdout
     assert "ended early: held-out KL" in proc.stdout
     final = load_file(run_dir / "final/ppo/model.safetensors")

@@ -30,8 +30,7 @@ def _ppo_rows(steps: int) -> list[dict]:
     for r in rows[2:4]:  # non-finite values are logged as null
         r.update(reward_mean=None, time_sync_s=None)
     rows.append(ev(steps))
-    rows[-1].update(eval_alarm_reward_hacking=1, eval_alarms_total=1)  # the guard's marks: an alarm, the kept policy
-    rows.append({"stage": "ppo", "step": steps, "policy_version": steps, "guard_kept_step": 0, "guard_alarms_total": 1})
+    rows[-1].update(eval_alarm_reward_hacking=1, eval_alarms_total=1, eval_kept_step=0)  # an alarm, the kept policy
     return rows
 
 
