@@ -1,7 +1,7 @@
 """Generator actor: one vLLM engine; samples rollouts and takes new weights in place.
 
 The engine lives in the actor's process (CPU: in-process vLLM; GPU: the bundle's GPUs, tensor parallel over
-them when `tensor_parallel_size > 1`). Weights arrive as versioned, checksummed buckets (cluster/weight_sync.py):
+them when `rollout.engine.tensor_parallel_size > 1`). Weights arrive as versioned, checksummed buckets (cluster/weight_sync.py):
 every bucket of a version is fetched and verified before any is loaded, so a failed sync leaves the engine on
 its old weights and its old version.
 """
@@ -28,7 +28,7 @@ class Generator:
     """Wrap with `ray.remote` (ActorGroup does) and name it `generator-<rank>`."""
 
     def __init__(self, model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, seed: int = 0,
-                 max_model_len: int = 1024, tensor_parallel_size: int = 1, version: int = 0):
+                 max_model_len: int = 1024, engine: Optional[dict] = None, version: int = 0):
         quiet.actor_start()
         # Errors name the actor (`generator-3`) so a failed sync says which generator missed it.
         self.name = ray.get_runtime_context().get_actor_name() or "generator"
@@ -36,7 +36,7 @@ class Generator:
         self.rank = int(tail.group(1)) if tail else 0
         # Each generator samples from its own stream: engine seed + rank.
         self.llm = vllm_engine.build_llm(model_path, dtype, kv_cache_mb, seed + self.rank, max_model_len,
-                                         tensor_parallel_size=tensor_parallel_size)
+                                         engine=engine)
         self.version = version  # a generator started from a checkpoint's weights holds that policy version
 
     def weight_version(self) -> int:

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from rlhf_ray.config import Config, ConfigError, dump_yaml, load_config
+from rlhf_ray.config import Config, ConfigError, dump_yaml, load_config, to_dict
 from rlhf_ray.data import DataError
 from rlhf_ray.runtime.run_dir import RunDir
 from rlhf_ray.runtime.stopping import LearnerLost, NonFiniteLoss, Stopped
@@ -90,7 +90,8 @@ def cmd_sample(args) -> int:
     print(report)
     out = run_dir_for(cfg, args.run_dir)
 
-    llm = vllm_engine.build_llm(policy, cfg.model.dtype, cfg.rollout.kv_cache_mb, cfg.seed, cfg.model.max_seq_len)
+    llm = vllm_engine.build_llm(policy, cfg.model.dtype, cfg.rollout.kv_cache_mb, cfg.seed, cfg.model.max_seq_len,
+                                engine=to_dict(cfg.rollout.engine))
     sampling = vllm_engine.Sampling(max_tokens=cfg.data.max_response_len, temperature=cfg.rollout.temperature,
                                     top_p=cfg.rollout.top_p, n=cfg.rollout.n_samples, seed=cfg.seed)
     t0 = time.perf_counter()

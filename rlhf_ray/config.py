@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 
 from rlhf_ray import config_checks
 from rlhf_ray.config_checks import STAGES
+from rlhf_ray.config_cluster import ClusterConfig, PoolConfig, RoleConfig  # noqa: F401 (part of the tree)
 from rlhf_ray.yaml_tree import (ConfigError, build, build_tree, dump_yaml, field_docs, parse_overrides, read_yaml,
                                 to_dict, where_set)
 
@@ -130,66 +131,21 @@ class TrainConfig:
 
 
 @dataclass
-class PoolConfig:
-    """A pool of identical nodes from which placement groups are cut."""
+class EngineConfig:
+    """The generators' vLLM engine (PPO, label, `rlhf-ray sample`), in vLLM's own names."""
 
-    nodes: int = 1
-    """Nodes in the pool."""
-    gpus_per_node: int = 0
-    """GPUs per node (0: a CPU pool)."""
-    cpus_per_node: int = 2
-    """CPUs per node."""
-    node_resource: Optional[str] = None
-    """A custom Ray resource only this pool's nodes advertise (`ray start --resources '{"rlhf_pool_rollout": 1000}'`,
-    as deploy/kuberay's worker groups do): the pool's bundles ask for a sliver of it, so they land on those nodes.
-    None: the pool goes wherever its GPUs and CPUs fit."""
-
-
-@dataclass
-class RoleConfig:
-    """How many actors of one role run, where, and with what share of a device."""
-
-    pool: str = "default"
-    """Pool (a key of `cluster.pools`) the role's actors are placed in."""
-    count: int = 1
-    """Actors (ranks, for learners) of this role."""
-    gpus: float = 0.0
-    """GPUs per actor; a fraction lets roles share a GPU."""
-    cpus: float = 0.25
-    """CPUs per actor (Ray's logical CPUs); fractions let all five roles share a 2-core machine."""
-    colocate_with: Optional[str] = None
-    """Another role whose bundles this role shares (same count)."""
-    threads: int = 0
-    """Torch/OpenMP threads in each actor's process; 0 = Ray's default (the role's CPUs rounded down, at least 1).
-    On a CPU box whose phases run one at a time, set it to the cores (more than the cores in use at once costs)."""
-
-
-def _default_pools() -> dict[str, PoolConfig]:
-    return {"default": PoolConfig()}
-
-
-def _default_roles() -> dict[str, RoleConfig]:
-    return {r: RoleConfig() for r in ("generator", "reference", "reward", "critic", "policy")}
-
-
-@dataclass
-class ClusterConfig:
-    """The Ray cluster: where to connect, the pools, and each role's placement."""
-
-    address: Optional[str] = None
-    """Ray address (`auto`, `ray://host:10001`). None: `RAY_ADDRESS`, else an embedded local cluster."""
-    pools: dict[str, PoolConfig] = field(default_factory=_default_pools)
-    """Named pools of nodes."""
-    roles: dict[str, RoleConfig] = field(default_factory=_default_roles)
-    """Placement per role: generator, reference, reward, critic, policy."""
-    object_store_mb: int = 512
-    """Object store cap for the embedded cluster, MiB."""
-    call_timeout_s: float = 600.0
-    """Longest wait for any remote call before it fails naming the actor and phase."""
-    max_actor_restarts: int = 3
-    """A generator or scorer that dies is replaced on its slot; more than this many per role fail the run."""
-    metrics_export_port: Optional[int] = None
-    """Prometheus port of the embedded cluster (None: a free one; printed at start)."""
+    tensor_parallel_size: int = 1
+    """GPUs each generator shards its model over; cluster.roles.generator.gpus must be the same (one bundle)."""
+    gpu_memory_utilization: float = 0.5
+    """Share of each GPU vLLM takes for weights and KV cache (GPU); the rest is left to roles sharing it."""
+    max_num_seqs: Optional[int] = None
+    """Sequences an engine runs at once. None: vLLM's default."""
+    enable_prefix_caching: Optional[bool] = None
+    """Reuse the KV cache of shared prompt prefixes (a prompt's n samples). None: vLLM's default."""
+    enforce_eager: Optional[bool] = None
+    """No CUDA graphs or compilation. None: eager on CPU, vLLM's default on GPU."""
+    max_model_len: Optional[int] = None
+    """Longest prompt + response the engine takes. None: model.max_seq_len."""
 
 
 @dataclass
@@ -209,7 +165,9 @@ class RolloutConfig:
     max_staleness: int = 0
     """k: no sample used in an update is more than k policy versions old (0: synchronous on-policy)."""
     kv_cache_mb: int = 256
-    """vLLM KV cache per generator, MiB (CPU)."""
+    """vLLM KV cache per generator, MiB (CPU; on GPU engine.gpu_memory_utilization sizes it)."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """vLLM engine settings."""
     ignore_eos: bool = False
     """Sample past EOS, so every response has data.max_response_len tokens (benchmarks: a fixed amount of work)."""
 
@@ -292,22 +250,17 @@ class PPOConfig:
     """A judge (`module:function`, as reward functions) scored on the held-out prompts only, never trained on:
     the one the reward model stands in for, e.g. the labeler that made its preferences. Reported as
     `eval_gold_mean`."""
-    # The reward-hacking guard (runtime/guard.py): it reads each held-out evaluation (train.eval_every).
+    # The reward-hacking guard (runtime/guard.py, docs/algorithms.md): it reads each held-out evaluation.
     kl_budget: Optional[float] = None
-    """Stop the run once the held-out KL to the reference (`eval_kl_mean`, nats per response) passes this. None:
-    no budget. Needs a reference (kl_coef > 0, kl_target or model.reference) and held-out prompts."""
+    """End the run once the held-out KL to the reference (nats per response) passes this. None: no budget."""
     keep_best: Optional[Literal["gold", "reward"]] = None
-    """End with the policy of the held-out evaluation with the best `eval_gold_mean` (gold: needs ppo.gold) or
-    `eval_reward_mean` (reward) within kl_budget, instead of the last; the summary names its step. None: the
-    last."""
+    """End with the best held-out policy (by eval_gold_mean or eval_reward_mean) within kl_budget. None: the last."""
     hack_window: int = 2
     """Alarm when, over this many evaluations, the held-out proxy reward rose while the gold judge fell."""
     length_collapse: float = 0.25
-    """Alarm when the held-out mean response length falls to this fraction of the first evaluation's (an alarm
-    is also raised when it runs to data.max_response_len)."""
+    """Alarm when the held-out mean length falls to this fraction of the first evaluation's (or runs to the limit)."""
     distinct2_floor: Optional[float] = 0.5
-    """Alarm when the held-out replies' mean distinct-2 (distinct word bigrams / bigrams, per reply) falls below
-    this: degenerate repetition. None: off."""
+    """Alarm when the held-out replies' mean distinct-2 (per reply) falls below this: repetition. None: off."""
 
 
 @dataclass

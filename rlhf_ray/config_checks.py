@@ -68,6 +68,7 @@ def check(cfg) -> list[tuple[str, str]]:
              "or `path/to/file.py:function`)")
         need(cfg.label.k >= 2, "label.k", f"preference collection needs k >= 2 responses, got {cfg.label.k}")
     errs += _cluster(cfg)
+    errs += _engine(cfg)
     errs += _batches(cfg)
     return errs
 
@@ -120,4 +121,24 @@ def _batches(cfg) -> list[tuple[str, str]]:
             if mb % (n * t.micro_batch_size):
                 errs.append(("ppo.mini_batch_size", f"{mb} does not divide into {n} {role} rank(s) x "
                              f"train.micro_batch_size {t.micro_batch_size}"))
+    return errs
+
+
+def _engine(cfg) -> list[tuple[str, str]]:
+    """The generators' engine settings, and a tensor-parallel generator's placement."""
+    e, errs = cfg.rollout.engine, []
+    tp, gpus = e.tensor_parallel_size, cfg.cluster.roles["generator"].gpus if "generator" in cfg.cluster.roles else 0
+    if tp < 1:
+        errs.append(("rollout.engine.tensor_parallel_size", f"must be >= 1, got {tp}"))
+    elif tp > 1 and gpus != tp:
+        errs.append(("rollout.engine.tensor_parallel_size", f"{tp} GPUs per generator: set "
+                     f"cluster.roles.generator.gpus={tp} (one bundle of {tp} GPUs on one node), not {gpus:g}"))
+    if not 0 < e.gpu_memory_utilization <= 1:
+        errs.append(("rollout.engine.gpu_memory_utilization", f"must be in (0, 1], got {e.gpu_memory_utilization}"))
+    if e.max_num_seqs is not None and e.max_num_seqs < 1:
+        errs.append(("rollout.engine.max_num_seqs", f"must be >= 1, got {e.max_num_seqs}"))
+    need = cfg.data.max_prompt_len + cfg.data.max_response_len
+    if e.max_model_len is not None and e.max_model_len < need:
+        errs.append(("rollout.engine.max_model_len", f"{e.max_model_len} is shorter than data.max_prompt_len + "
+                     f"max_response_len = {need}"))
     return errs

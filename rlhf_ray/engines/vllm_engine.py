@@ -23,9 +23,10 @@ def _cpu_env(threads: int) -> None:
 
 
 def build_llm(model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, seed: int = 0,
-              max_model_len: int = 1024, threads: Optional[int] = None, tensor_parallel_size: int = 1):
+              max_model_len: int = 1024, threads: Optional[int] = None, engine: Optional[dict] = None):
     """vllm.LLM for `model_path` (a local HF folder). CPU when no CUDA device is visible; on GPU, tensor parallel
-    over the GPUs Ray gave this actor (its bundle), with vLLM's own worker processes."""
+    over the GPUs Ray gave this actor (its bundle), with vLLM's own worker processes. `engine`: the config's
+    `rollout.engine` settings as a dict (see `engine_kwargs`)."""
     on_gpu = torch.cuda.is_available()
     if not on_gpu:
         _cpu_env(threads or max(1, (os.cpu_count() or 1)))
@@ -33,20 +34,30 @@ def build_llm(model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, s
             torch.cpu._init_amx()  # without it bf16 kernels hit an illegal instruction on this CPU
     from vllm import LLM  # heavy (6-14 s): import only when an engine is built
 
+    return LLM(**engine_kwargs(model_path, dtype, seed, max_model_len, kv_cache_mb, engine or {}, on_gpu))
+
+
+def engine_kwargs(model_path: str, dtype: str, seed: int, max_model_len: int, kv_cache_mb: int, engine: dict,
+                  on_gpu: bool) -> dict:
+    """vllm.LLM's arguments. `engine` holds config.EngineConfig's fields; a missing or None one leaves vLLM's
+    default, except eager mode on CPU and `max_model_len` (model.max_seq_len)."""
+    e = {k: v for k, v in engine.items() if v is not None}
+    tp = e.get("tensor_parallel_size", 1)
     # use_tqdm_on_load=False: a progress bar per (re)load would sit between the run's own progress lines.
     # processed_logprobs: the sampled token's log-prob under the distribution it was drawn from (after temperature
     # and top_p), the behaviour policy μ the learner's importance weights need; vLLM's default, raw_logprobs, is
     # that of the unscaled logits (T = 1) whatever the temperature. At T = 1 and top_p = 1 the two are the same.
-    kwargs = dict(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, enforce_eager=not on_gpu,
+    kwargs = dict(model=model_path, dtype=dtype, seed=seed, max_model_len=e.get("max_model_len", max_model_len),
                   use_tqdm_on_load=False, logprobs_mode="processed_logprobs")
+    kwargs.update({k: e[k] for k in ("max_num_seqs", "enable_prefix_caching", "enforce_eager") if k in e})
     if on_gpu:
-        kwargs["gpu_memory_utilization"] = float(os.environ.get("RLHF_RAY_VLLM_GPU_UTIL", "0.5"))
-        kwargs["tensor_parallel_size"] = tensor_parallel_size
-        if tensor_parallel_size > 1:
+        kwargs.update(gpu_memory_utilization=e.get("gpu_memory_utilization", 0.5), tensor_parallel_size=tp)
+        if tp > 1:
             kwargs["distributed_executor_backend"] = "mp"
     else:
+        kwargs.setdefault("enforce_eager", True)  # no compilation on CPU: it costs minutes and gains nothing here
         kwargs["kv_cache_memory_bytes"] = kv_cache_mb << 20
-    return LLM(**kwargs)
+    return kwargs
 
 
 @dataclass

@@ -13,7 +13,7 @@ import ray
 from actors.generator import Generator
 from cluster.actor_group import ActorGroup
 from rlhf_ray import data, rollout
-from rlhf_ray.config import Config
+from rlhf_ray.config import Config, to_dict
 from rlhf_ray.engines import vllm_engine
 
 
@@ -22,7 +22,7 @@ def start_generators(cfg: Config, policy: str, slots: list, version: int = 0) ->
     cfg.seed + rank."""
     m = cfg.model
     return ActorGroup(Generator, "generator", (policy, m.dtype, cfg.rollout.kv_cache_mb, cfg.seed, m.max_seq_len),
-                      {"version": version}, slots=slots, distributed=False,
+                      {"version": version, "engine": to_dict(cfg.rollout.engine)}, slots=slots, distributed=False,
                       threads=cfg.cluster.roles["generator"].threads)
 
 

@@ -189,3 +189,37 @@ def test_the_reward_hacking_guard_needs_held_out_prompts_a_reference_and_a_gold_
         "command line: ppo.hack_window: must be >= 1, got 0",
         "command line: ppo.length_collapse: must be in [0, 1), got 1.0",
         "command line: ppo.distinct2_floor: must be in [0, 1], got 2.0"]
+
+
+def test_engine_settings_are_checked_and_a_tensor_parallel_generator_needs_its_gpus():
+    e = load_config(None, ["rollout.engine.max_num_seqs=64", "rollout.engine.enable_prefix_caching=true"]).rollout.engine
+    assert (e.tensor_parallel_size, e.gpu_memory_utilization, e.max_num_seqs, e.enable_prefix_caching) == (
+        1, 0.5, 64, True)
+    assert _errors(None, ["rollout.engine.tensor_parallel_size=2", "rollout.engine.gpu_memory_utilization=1.5",
+                          "rollout.engine.max_num_seqs=0", "rollout.engine.max_model_len=100"]) == [
+        "command line: rollout.engine.tensor_parallel_size: 2 GPUs per generator: set cluster.roles.generator.gpus=2 "
+        "(one bundle of 2 GPUs on one node), not 0",
+        "command line: rollout.engine.gpu_memory_utilization: must be in (0, 1], got 1.5",
+        "command line: rollout.engine.max_num_seqs: must be >= 1, got 0",
+        "command line: rollout.engine.max_model_len: 100 is shorter than data.max_prompt_len + max_response_len = 512"]
+    # two GPUs per generator: the pool must have nodes with two GPUs (the placement check)
+    (err,) = _errors(None, ["rollout.engine.tensor_parallel_size=2", "cluster.roles.generator.gpus=2"])
+    assert err.startswith("command line: cluster.roles:"), err
+    load_config(None, ["rollout.engine.tensor_parallel_size=2", "cluster.roles.generator.gpus=2",
+                       "cluster.pools.default.gpus_per_node=2"])
+
+
+def test_engine_settings_become_vllms_arguments():
+    from rlhf_ray.engines.vllm_engine import engine_kwargs
+
+    base = ("m", "float32", 0, 384, 256)
+    cpu = engine_kwargs(*base, {"tensor_parallel_size": 1, "max_num_seqs": None, "enforce_eager": None}, False)
+    assert cpu["enforce_eager"] is True and cpu["kv_cache_memory_bytes"] == 256 << 20 and cpu["max_model_len"] == 384
+    assert "max_num_seqs" not in cpu and "gpu_memory_utilization" not in cpu  # None: vLLM's default
+    gpu = engine_kwargs(*base, {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.85, "max_num_seqs": 64,
+                                "enable_prefix_caching": True, "max_model_len": 512}, True)
+    assert {k: gpu[k] for k in ("tensor_parallel_size", "gpu_memory_utilization", "max_num_seqs",
+                                "enable_prefix_caching", "max_model_len", "distributed_executor_backend")} == {
+        "tensor_parallel_size": 2, "gpu_memory_utilization": 0.85, "max_num_seqs": 64, "enable_prefix_caching": True,
+        "max_model_len": 512, "distributed_executor_backend": "mp"}
+    assert "enforce_eager" not in gpu and "kv_cache_memory_bytes" not in gpu  # CUDA graphs: vLLM's default

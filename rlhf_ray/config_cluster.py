@@ -1,0 +1,69 @@
+"""The `cluster` part of the config tree (`config.Config.cluster`): pools of nodes and the roles placed in them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class PoolConfig:
+    """A pool of identical nodes from which placement groups are cut."""
+
+    nodes: int = 1
+    """Nodes in the pool."""
+    gpus_per_node: int = 0
+    """GPUs per node (0: a CPU pool)."""
+    cpus_per_node: int = 2
+    """CPUs per node."""
+    node_resource: Optional[str] = None
+    """A custom Ray resource only this pool's nodes advertise (`ray start --resources '{"rlhf_pool_rollout": 1000}'`,
+    as deploy/kuberay's worker groups do): the pool's bundles ask for a sliver of it, so they land on those nodes.
+    None: the pool goes wherever its GPUs and CPUs fit."""
+
+
+@dataclass
+class RoleConfig:
+    """How many actors of one role run, where, and with what share of a device."""
+
+    pool: str = "default"
+    """Pool (a key of `cluster.pools`) the role's actors are placed in."""
+    count: int = 1
+    """Actors (ranks, for learners) of this role."""
+    gpus: float = 0.0
+    """GPUs per actor; a fraction lets roles share a GPU."""
+    cpus: float = 0.25
+    """CPUs per actor (Ray's logical CPUs); fractions let all five roles share a 2-core machine."""
+    colocate_with: Optional[str] = None
+    """Another role whose bundles this role shares (same count)."""
+    threads: int = 0
+    """Torch/OpenMP threads in each actor's process; 0 = Ray's default (the role's CPUs rounded down, at least 1).
+    On a CPU box whose phases run one at a time, set it to the cores (more than the cores in use at once costs)."""
+
+
+def _default_pools() -> dict[str, PoolConfig]:
+    return {"default": PoolConfig()}
+
+
+def _default_roles() -> dict[str, RoleConfig]:
+    return {r: RoleConfig() for r in ("generator", "reference", "reward", "critic", "policy")}
+
+
+@dataclass
+class ClusterConfig:
+    """The Ray cluster: where to connect, the pools, and each role's placement."""
+
+    address: Optional[str] = None
+    """Ray address (`auto`, `ray://host:10001`). None: `RAY_ADDRESS`, else an embedded local cluster."""
+    pools: dict[str, PoolConfig] = field(default_factory=_default_pools)
+    """Named pools of nodes."""
+    roles: dict[str, RoleConfig] = field(default_factory=_default_roles)
+    """Placement per role: generator, reference, reward, critic, policy."""
+    object_store_mb: int = 512
+    """Object store cap for the embedded cluster, MiB."""
+    call_timeout_s: float = 600.0
+    """Longest wait for any remote call before it fails naming the actor and phase."""
+    max_actor_restarts: int = 3
+    """A generator or scorer that dies is replaced on its slot; more than this many per role fail the run."""
+    metrics_export_port: Optional[int] = None
+    """Prometheus port of the embedded cluster (None: a free one; printed at start)."""
