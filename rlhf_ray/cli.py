@@ -162,6 +162,12 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from rlhf_ray import doctor
+
+    return doctor.main()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlhf-ray", description="Distributed RLHF on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -201,6 +207,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "logs":
             s.add_argument("--follow", action="store_true", help="stream until the job ends")
         s.set_defaults(fn=fn)
+    sub.add_parser("doctor", help="versions of torch, vLLM, Ray, DeepSpeed and transformers, the devices, and "
+                   "whether this is the tested set").set_defaults(fn=cmd_doctor)
     s = sub.add_parser("report", help="redraw the plots of a run directory from its metrics.jsonl")
     s.add_argument("run_dir")
     s.set_defaults(fn=cmd_report)

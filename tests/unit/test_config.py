@@ -223,3 +223,21 @@ def test_engine_settings_become_vllms_arguments():
         "tensor_parallel_size": 2, "gpu_memory_utilization": 0.85, "max_num_seqs": 64, "enable_prefix_caching": True,
         "max_model_len": 512, "distributed_executor_backend": "mp"}
     assert "enforce_eager" not in gpu and "kv_cache_memory_bytes" not in gpu  # CUDA graphs: vLLM's default
+
+
+def test_doctor_names_each_version_and_says_whether_it_is_the_tested_set():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from rlhf_ray import doctor
+
+    tested = dict(doctor.TESTED, torch=doctor.TESTED["torch"] + "+cu128")  # a build tag is not a version
+    lines, ok = doctor.report(tested, "1 CUDA GPU(s): H200")
+    assert ok and lines[-1] == "this is the tested set" and "devices: 1 CUDA GPU(s): H200" in lines
+    lines, ok = doctor.report({**tested, "vllm": "0.33.0", "ray": None}, "no GPU")
+    assert not ok and any("vllm" in x and "untested; CI runs 0.32.0" in x for x in lines)
+    assert any("ray" in x and "not installed" in x for x in lines) and lines[-1].startswith("not the tested set")
+    exe = str(Path(sys.executable).with_name("rlhf-ray"))
+    out = subprocess.run([exe, "doctor"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("versions:\n  torch") and "devices:" in out.stdout

