@@ -355,6 +355,12 @@ class Config:
     """Settings for one stage only, on top of the rest, as a partial tree per stage:
     `{sft: {train: {lr: 3.0e-5}}, rm: {train: {lr: 1.0e-4}}}` (each stage of a pipeline trains its own way)."""
 
+    def uses_reference(self) -> bool:
+        """A reference policy is loaded when the KL is used (β > 0, or a KL target) or model.reference names one (to
+        watch the KL at β = 0). Otherwise its forward would be spent on a term multiplied by 0 (TRL and OpenRLHF
+        skip it too): the KL metrics are then null."""
+        return self.ppo.kl_coef > 0 or self.ppo.kl_target is not None or self.model.reference is not None
+
     def check(self) -> list[tuple[str, str]]:
         """Combinations that cannot work, as (key, message) pairs."""
         return config_checks.check(self)

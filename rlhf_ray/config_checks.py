@@ -56,7 +56,7 @@ def check(cfg) -> list[tuple[str, str]]:
         if on:
             need(held_out, key, "reads held-out evaluations: set data.prompts.eval_path or eval_fraction")
     need(p.kl_budget is None or p.kl_budget > 0, "ppo.kl_budget", f"must be > 0, got {p.kl_budget}")
-    need(p.kl_budget is None or bool(p.kl_coef or p.kl_target or cfg.model.reference), "ppo.kl_budget",
+    need(p.kl_budget is None or cfg.uses_reference(), "ppo.kl_budget",
          "needs the KL to a reference: set ppo.kl_coef > 0, ppo.kl_target or model.reference")
     need(p.keep_best != "gold" or bool(p.gold), "ppo.keep_best", "keep_best: gold needs a gold judge (ppo.gold)")
     need(p.hack_window >= 1, "ppo.hack_window", f"must be >= 1, got {p.hack_window}")

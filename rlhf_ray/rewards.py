@@ -1,4 +1,5 @@
-"""Built-in reward functions for verifiable tasks, named in a config as `rlhf_ray.rewards:exact_answer`.
+"""Built-in reward functions for verifiable tasks, named in a config as `rlhf_ray.rewards:exact_answer`, and the
+text measures judges share (`distinct_2`).
 
 A reward function takes the prompts, the responses and the dataset's columns by keyword, one value per response
 (TRL's convention); it returns one float per response.
@@ -82,6 +83,19 @@ def same_answer(reply: Optional[str], gold: Optional[str]) -> bool:
     if a is not None and b is not None:
         return a == b
     return _as_text(reply) == _as_text(gold)
+
+
+def distinct_2(texts: list[str]) -> Optional[float]:
+    """Mean over replies of distinct word bigrams / word bigrams (Li et al. 2016), per reply, so it measures
+    repetition inside a reply: "so glad! so glad! so glad!" scores 0.6. Replies of one word have no bigram and
+    do not count; None when no reply has one."""
+    ratios = []
+    for t in texts:
+        words = t.split()
+        grams = list(zip(words, words[1:]))
+        if grams:
+            ratios.append(len(set(grams)) / len(grams))
+    return sum(ratios) / len(ratios) if ratios else None
 
 
 def exact_answer(prompts: list, responses: list[str], *, answer: list, **kwargs) -> list[float]:

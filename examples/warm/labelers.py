@@ -19,6 +19,8 @@ from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
+from rlhf_ray.rewards import distinct_2
+
 
 @lru_cache(maxsize=1)
 def _analyzer():
@@ -70,11 +72,10 @@ def relevance(prompt: str, response: str, topic: str) -> float:
 
 
 def no_repetition(response: str) -> float:
-    """Distinct word bigrams / bigrams, scaled so a reply at 0.9 or above is not penalised: 1 for fresh text,
-    about 0.6 for "so glad! I'm so glad! I'm so glad!"."""
-    words = response.split()
-    grams = list(zip(words, words[1:]))
-    return min(1.0, len(set(grams)) / len(grams) / 0.9) if grams else 1.0
+    """The reply's distinct-2 (the guard's measure), scaled so a reply at 0.9 or above is not penalised: 1 for
+    fresh text, about 0.6 for "so glad! I'm so glad! I'm so glad!"."""
+    d2 = distinct_2([response])
+    return 1.0 if d2 is None else min(1.0, d2 / 0.9)
 
 
 def warm_and_helpful(prompts: list[str], responses: list[str], *, topic: list[str]) -> list[float]:

@@ -21,19 +21,6 @@ from typing import Optional
 ALARMS = ("eval_alarm_reward_hacking", "eval_alarm_length", "eval_alarm_repetition")
 
 
-def distinct_2(texts: list[str]) -> Optional[float]:
-    """Mean over replies of distinct word bigrams / word bigrams (Li et al. 2016), per reply, so it measures
-    repetition inside a reply: "so glad! so glad! so glad!" scores 0.6. Replies of one word have no bigram and
-    do not count; None when no reply has one."""
-    ratios = []
-    for t in texts:
-        words = t.split()
-        grams = list(zip(words, words[1:]))
-        if grams:
-            ratios.append(len(set(grams)) / len(grams))
-    return sum(ratios) / len(ratios) if ratios else None
-
-
 @dataclass(frozen=True)
 class GuardSettings:
     """The `ppo.*` knobs the guard reads (see config.PPOConfig)."""
@@ -64,7 +51,8 @@ class Guard:
         new = [f"step {row['step']}: {msg}" for msg in found.values() if msg]
         self.alarms += new
         row.update({k: int(bool(v)) for k, v in found.items()}, eval_alarms_total=len(self.alarms))
-        if self.s.kl_budget is not None and _over(row.get("eval_kl_mean"), self.s.kl_budget):
+        kl = row.get("eval_kl_mean")
+        if self.s.kl_budget is not None and kl is not None and kl > self.s.kl_budget:
             self.stop_reason = (f"held-out KL {row['eval_kl_mean']:.2f} passed ppo.kl_budget {self.s.kl_budget:g} "
                                 f"at step {row['step']}")
         return new
@@ -80,11 +68,15 @@ class Guard:
         return True
 
     def state(self) -> dict:
-        return {"evals": self.evals, "best": self.best, "alarms": self.alarms, "stop_reason": self.stop_reason}
+        """What a checkpoint keeps (the eval rows are in the checkpoint's metrics rows)."""
+        return {"best": self.best, "alarms": self.alarms, "stop_reason": self.stop_reason}
 
     @classmethod
-    def restore(cls, s: GuardSettings, state: dict) -> "Guard":
-        return cls(s, state["evals"], state["best"], state["alarms"], state["stop_reason"])
+    def restore(cls, s: GuardSettings, state: Optional[dict], evals: list[dict]) -> "Guard":
+        """From `state` and the eval rows seen; state None (a checkpoint written before the guard): nothing kept,
+        no alarm."""
+        state = state or {}
+        return cls(s, evals, state.get("best"), state.get("alarms", []), state.get("stop_reason"))
 
     # ------------------------------------------------------------ the alarms: a message, or None
 
@@ -117,7 +109,3 @@ class Guard:
         if d2 is None or floor is None or d2 >= floor:
             return None
         return f"replies repeat themselves: distinct-2 {d2:.3f} below the floor {floor:g}"
-
-
-def _over(kl: Optional[float], budget: float) -> bool:
-    return kl is not None and kl > budget

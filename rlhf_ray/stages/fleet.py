@@ -136,7 +136,7 @@ class Fleet:
     placement: pools.Placement
     generators: ActorGroup
     reference: Optional[ActorGroup]
-    """None when the KL is not used (see uses_reference)."""
+    """None when the KL is not used (see Config.uses_reference)."""
     policy: ActorGroup
     critic: Optional[ActorGroup]
     reward_model: Optional[ActorGroup]
@@ -341,15 +341,8 @@ def _first(answers: list) -> Any:  # metrics of an update: equal on every rank
     return answers[0]
 
 
-def uses_reference(cfg: Config) -> bool:
-    """A reference policy is loaded when the KL is used (β > 0, or a KL target) or model.reference names one (to
-    watch the KL at β = 0). Otherwise its forward would be spent on a term multiplied by 0 (TRL and OpenRLHF skip
-    it too): the KL metrics are then null."""
-    return cfg.ppo.kl_coef > 0 or cfg.ppo.kl_target is not None or cfg.model.reference is not None
-
-
 def roles(cfg: Config) -> list[str]:
-    roles = ["generator"] + (["reference"] if uses_reference(cfg) else []) + ["policy"]
+    roles = ["generator"] + (["reference"] if cfg.uses_reference() else []) + ["policy"]
     roles += ["critic"] if cfg.ppo.advantage == "gae" else []
     roles += ["reward"] if cfg.model.reward else []
     return roles
@@ -371,7 +364,7 @@ def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[st
 
     gen = generation.start_generators(cfg, weights or policy, slots("generator"), version)
     ref = ActorGroup(Reference, "reference", (m.reference or policy, m.dtype, cfg.train.micro_batch_size),
-                     distributed=False, **on("reference")) if uses_reference(cfg) else None
+                     distributed=False, **on("reference")) if cfg.uses_reference() else None
     learner = (cfg.train, m.dtype, cfg.seed, total_steps, p.mini_batch_size)
     pol = ActorGroup(Learner, "policy-learner", (policy, "policy", *learner), **on("policy"))
     critic = None

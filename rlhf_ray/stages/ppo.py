@@ -27,7 +27,8 @@ from rlhf_ray import data, models, rollout
 from rlhf_ray.algos import experience, ppo_losses, rl_math
 from rlhf_ray.config import Config, ConfigError, to_dict
 from rlhf_ray.runtime import checkpoint, faults
-from rlhf_ray.runtime.guard import Guard, GuardSettings, distinct_2
+from rlhf_ray.rewards import distinct_2
+from rlhf_ray.runtime.guard import Guard, GuardSettings
 from rlhf_ray.runtime.run_dir import RunDir
 from rlhf_ray.stages import generation
 from rlhf_ray.stages.fleet import Calls, Fleet, Scoring, start_fleet
@@ -61,11 +62,15 @@ class PPOTrainer:
         self.loop = Loop("ppo", p.steps, t.eval_every, t.checkpoint_every, t.max_skipped_updates, run_dir,
                          "ppo.after_step", evaluates=bool(self.eval_prompts),
                          stop_early=lambda: self.guard.stop_reason)
-        self.evals: list[dict] = []
         self.best_at_checkpoint: Optional[int] = None  # the kept policy the newest checkpoint names
         self.history: list[dict] = []
         self.fleet: Optional[Fleet] = None  # while `fit` runs
         self.inflight: deque[Calls] = deque()  # batches generating, oldest first
+
+    @property
+    def evals(self) -> list[dict]:
+        """The held-out evaluation rows, in order (the guard sees each one)."""
+        return self.guard.evals
 
     def _load_prompts(self) -> list[dict]:
         ds, d = self.cfg.data.prompts, self.cfg.data
@@ -262,7 +267,6 @@ class PPOTrainer:
             self._keep_best(row["step"])
         if self.cfg.ppo.keep_best:  # the policy the run would end with, were it to end now
             row["eval_kept_step"] = self.guard.best and self.guard.best["step"]
-        self.evals.append(row)
         return row
 
     def _best_dir(self, version: int) -> Path:
@@ -309,8 +313,8 @@ class PPOTrainer:
         checkpoint.set_rng_state(self.rng, state["rng"])
         self.run_dir.replace_metrics(self.run_dir.stage, state["rows"])
         self.history = [r for r in state["rows"] if "reward_mean" in r]
-        self.evals = [r for r in state["rows"] if "eval_reward_mean" in r]
-        self.guard = Guard.restore(self.guard_settings, state["guard"])
+        self.guard = Guard.restore(self.guard_settings, state.get("guard"),
+                                   [r for r in state["rows"] if "eval_reward_mean" in r])
         self.best_at_checkpoint = self.guard.best and self.guard.best["step"]
         self._prune_best(keep={self.best_at_checkpoint})  # a best kept after the checkpoint is replayed
         print(f"ppo: resuming after step {state['step']} (policy version {self.version}) from the checkpoint",

@@ -2,7 +2,8 @@
 
 import pytest
 
-from rlhf_ray.runtime.guard import ALARMS, Guard, GuardSettings, distinct_2
+from rlhf_ray.rewards import distinct_2
+from rlhf_ray.runtime.guard import ALARMS, Guard, GuardSettings
 
 
 def row(step, reward, gold=None, kl=0.0, length=20.0, d2=0.95):
@@ -83,6 +84,6 @@ def test_the_state_survives_a_checkpoint():
     for r in (row(0, 0.1, 0.9), row(1, 0.5, 0.8)):
         g.see(r)
         g.is_new_best(r)
-    back = Guard.restore(s, g.state())
+    back = Guard.restore(s, g.state(), list(g.evals))
     assert back.state() == g.state() and back.best == {"step": 1, "score": 0.5} and len(back.alarms) == 1
     assert back.see(row(2, 0.6, 0.7)) and back.evals[-1]["eval_alarms_total"] == 2  # the window reaches back
