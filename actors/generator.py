@@ -1,14 +1,15 @@
 """Generator actor: one vLLM engine; samples rollouts and takes new weights in place.
 
 The engine lives in the actor's process (CPU: in-process vLLM; GPU: the bundle's GPUs, tensor parallel over
-them when `rollout.engine.tensor_parallel_size > 1`). Weights arrive as versioned, checksummed buckets (cluster/weight_sync.py):
-every bucket of a version is fetched and verified before any is loaded, so a failed sync leaves the engine on
-its old weights and its old version.
+them when `rollout.engine.tensor_parallel_size > 1`). Weights arrive as versioned, checksummed buckets
+(cluster/weight_sync.py), through the object store or a broadcast group: every bucket of a version is fetched and
+verified before any is loaded, so a failed sync leaves the engine on its old weights and its old version.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from typing import Optional
@@ -65,9 +66,14 @@ class Generator:
         landed; not called by the drivers (PPO's log-probs come from `generate` and the learners)."""
         return vllm_engine.response_logprobs(self.llm, prompt_ids, response_ids)
 
+    def worker_pids(self) -> tuple[int, list[int]]:
+        """This actor's process id and those of the engine's workers (test hook: with vLLM's multiprocessing on,
+        the workers run in processes of their own)."""
+        return os.getpid(), self.llm.collective_rpc("rlhf_pid")
+
     def update_weights(self, version: int, bucket_refs: list, timeout_s: float = 60.0) -> dict:
-        """Object-store transport (the one PPO and the benchmark use): fetch every bucket of `version`, verify all,
-        then load them in place.
+        """Object-store transport: fetch every bucket of `version` (zero-copy views of shared memory on the
+        learner's node), verify all, then load them in place.
 
         Raises WeightSyncError (naming this generator) on a stale version, a timeout or a bad bucket."""
         self._check_newer(version)
@@ -84,21 +90,21 @@ class Generator:
 
     def join_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str = "gloo",
                           timeout_s: float = 60.0) -> None:
-        """Broadcast transport (not yet used by PPO, which calls `update_weights`; wired in by the scale-path issue,
-        tested in tests/cpu/test_actors.py and tests/cpu/test_learner_sync.py): join learner rank 0's group (all
-        members must join at the same time)."""
+        """Broadcast transport: join learner rank 0's group as `rank` (all members join at the same time; a group
+        joined before is left)."""
+        self.group = None
         self.group = weight_sync.BroadcastGroup(host, port, rank, world_size, backend, timeout_s)
 
-    def receive_weights(self, metas: list[weight_sync.BucketMeta]) -> dict:
-        """Broadcast transport (not yet used by PPO; see `join_weight_group`): receive the buckets described by
-        `metas`, verify all, then load them in place."""
-        version = metas[0].version if metas else -1
-        self._check_newer(version)
+    def receive_weights(self, plan: weight_sync.Plan) -> dict:
+        """Broadcast transport: receive the buckets of `plan` (their version comes in each bucket's header),
+        verify all, then load them in place."""
         t0 = time.perf_counter()
         try:
-            buckets = self.group.receive(metas)
+            buckets = [self.group.receive(entries, i) for i, entries in enumerate(plan)]
         except weight_sync.WeightSyncError as e:
             raise weight_sync.WeightSyncError(f"{self.name}: {e}") from None
+        version = buckets[0].version if buckets else -1
+        self._check_newer(version)
         return self._apply(version, buckets, time.perf_counter() - t0)
 
     def _check_newer(self, version: int) -> None:
@@ -106,15 +112,16 @@ class Generator:
             raise weight_sync.WeightSyncError(f"{self.name}: offered version {version}, already at {self.version}")
 
     def _apply(self, version: int, buckets: list[weight_sync.Bucket], fetch_s: float) -> dict:
+        t0 = time.perf_counter()
         try:
-            weights = list(weight_sync.verified(buckets, version))
+            buckets = weight_sync.checked(buckets, version)
         except weight_sync.WeightSyncError as e:
             raise weight_sync.WeightSyncError(f"{self.name}: {e}") from None
-        t0 = time.perf_counter()
-        vllm_engine.load_weights(self.llm, weights)
+        t1 = time.perf_counter()
+        vllm_engine.load_buckets(self.llm, buckets)
         missed = list(range(self.version + 1, version))
         if missed:
             log.warning("%s: jumped from version %d to %d, missing %s", self.name, self.version, version, missed)
         self.version = version
-        return {"version": version, "missed": missed, "fetch_s": fetch_s, "load_s": time.perf_counter() - t0,
-                "bytes": sum(t.numel() * t.element_size() for _, t in weights)}
+        return {"version": version, "missed": missed, "fetch_s": fetch_s, "check_s": t1 - t0,
+                "load_s": time.perf_counter() - t1, "bytes": sum(b.nbytes for b in buckets)}

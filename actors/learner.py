@@ -16,7 +16,6 @@ import torch
 from cluster import quiet, weight_sync
 from cluster.actor_group import DistributedActor
 from cluster.local import listening_socket
-from cluster.weight_sync import make_buckets, tensor_checksum
 from rlhf_ray.algos import forward
 from rlhf_ray.algos.forward import Batch, Loss
 from rlhf_ray.config import TrainConfig
@@ -83,16 +82,24 @@ class Learner(DistributedActor):
         return self._forward(batch, lambda e, mb: forward.values(e, mb["input_ids"], mb["attention_mask"],
                                                                    response_len))
 
-    def export_buckets(self, version: int, bucket_bytes: int) -> Optional[list[ray.ObjectRef]]:
-        """Full weights as checksummed buckets in the object store; rank 0 returns their refs, others None."""
-        named = list(ds_engine.named_full_weights(self.engine))  # every rank takes part in the ZeRO-3 gathers
-        if self.rank != 0:
-            return None
-        return [ray.put(b) for b in make_buckets(named, version, bucket_bytes)]
+    def weight_plan(self, bucket_bytes: int) -> weight_sync.Plan:
+        """The layout of every weight version in buckets of at most `bucket_bytes` (what broadcast receivers
+        allocate; the same for every version)."""
+        return weight_sync.plan(ds_engine.weight_specs(self.engine), bucket_bytes)
 
-    # Broadcast transport (NCCL on GPU, gloo on CPU): rank 0 is the source of a group with the generators. Not yet
-    # used by PPO, which syncs through `export_buckets`: wired in by the scale-path issue; until then only
-    # tests/cpu/test_learner_sync.py calls these four methods.
+    def _buckets(self, version: int, bucket_bytes: int):
+        """`version`'s buckets one at a time on rank 0, each packed as its tensors are gathered (every rank takes
+        part in the ZeRO-3 gathers; the others yield nothing)."""
+        named = ds_engine.named_full_weights(self.engine, copy=False)
+        return weight_sync.pack(named, self.weight_plan(bucket_bytes), version)
+
+    def export_buckets(self, version: int, bucket_bytes: int) -> Optional[list[ray.ObjectRef]]:
+        """Object-store transport: the full weights as checksummed buckets, each put as soon as it is packed; rank 0
+        returns their refs, others None."""
+        refs = [ray.put(b) for b in self._buckets(version, bucket_bytes)]
+        return refs if self.rank == 0 else None
+
+    # Broadcast transport (NCCL on GPU, gloo on CPU): rank 0 is the source of a group with the generators.
 
     def open_weight_group(self) -> Optional[tuple[str, int]]:
         """Rank 0: listen for the weight-sync group's store on this node; returns (host, port)."""
@@ -104,25 +111,22 @@ class Learner(DistributedActor):
 
     def join_weight_group(self, host: str, port: int, world_size: int, backend: str = "gloo",
                           timeout_s: float = 60.0) -> None:
-        """Rank 0 joins as rank 0 of the group (generators join as 1..G at the same time); others do nothing."""
+        """Rank 0 joins as rank 0 of the group (generators join as 1..G at the same time; a group joined before is
+        left); others do nothing."""
         if self.rank == 0:
+            self.sync_group = None
             self.sync_group = weight_sync.BroadcastGroup(host, port, 0, world_size, backend, timeout_s,
                                                          self._sync_sock)
 
-    def weight_metas(self, version: int, bucket_bytes: int) -> Optional[list[weight_sync.BucketMeta]]:
-        """Gather the full weights into buckets (all ranks take part) and keep them on rank 0 for
-        `broadcast_weights`; rank 0 returns what receivers need to allocate them."""
-        named = list(ds_engine.named_full_weights(self.engine))
-        if self.rank != 0:
-            return None
-        self._outgoing = make_buckets(named, version, bucket_bytes)
-        return [weight_sync.meta_of(b) for b in self._outgoing]
-
-    def broadcast_weights(self) -> None:
-        """Rank 0: send the buckets prepared by `weight_metas` (the generators call `receive_weights`)."""
-        if self.rank == 0:
-            self.sync_group.send(self._outgoing)
-            self._outgoing = []
+    def broadcast_weights(self, version: int, bucket_bytes: int) -> int:
+        """Stream `version` to the generators (receiving `weight_plan(bucket_bytes)`): every rank gathers, rank 0
+        packs and sends each bucket before gathering the next, so no rank ever holds the whole model. Returns the
+        bytes sent (0 on other ranks)."""
+        sent = 0
+        for b in self._buckets(version, bucket_bytes):
+            self.sync_group.send(b)
+            sent += b.nbytes
+        return sent
 
     def save(self, out_dir: str, checkpoint: bool = True) -> Optional[str]:
         """An HF folder at out_dir (rank 0 writes it, with the tokenizer) and, with checkpoint, the DeepSpeed
@@ -143,5 +147,5 @@ class Learner(DistributedActor):
 
         Test and debugging hook (tests/cpu/test_learner.py: ranks agree, a resumed learner equals the saved one);
         not called by the drivers. A collective under ZeRO-3: call it on every rank."""
-        named = list(ds_engine.named_full_weights(self.engine, on_all_ranks=True))
-        return tensor_checksum([t for _, t in named])
+        named = ds_engine.named_full_weights(self.engine, on_all_ranks=True)
+        return weight_sync.digest(t for _, t in named)

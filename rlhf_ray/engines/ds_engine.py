@@ -268,21 +268,32 @@ def hf_name(name: str) -> str:
     return name
 
 
-def named_full_weights(engine: "DeepSpeedEngine", on_all_ranks: bool = False
+def weight_specs(engine: "DeepSpeedEngine") -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    """(HF name, full shape, dtype) of what `named_full_weights` yields, in its order, without gathering anything
+    (ZeRO-3 keeps each partitioned parameter's full shape as `ds_shape`): a weight-sync plan is made from it."""
+    module = engine.module
+    params = [(hf_name(n), tuple(getattr(p, "ds_shape", p.shape)), p.dtype) for n, p in module.named_parameters()]
+    return params + [(hf_name(n), tuple(b.shape), b.dtype) for n, b in _persistent_buffers(module)]
+
+
+def named_full_weights(engine: "DeepSpeedEngine", on_all_ranks: bool = False, copy: bool = True
                        ) -> Iterator[tuple[str, Optional[Tensor]]]:
-    """(HF name, full CPU tensor) of every parameter (tied ones once) and persistent buffer, in module order.
+    """(HF name, full tensor) of every parameter (tied ones once) and persistent buffer, in module order.
 
     Under ZeRO-3 each parameter is all-gathered in turn, so every rank must consume the iterator to the end in
-    step. Ranks other than 0 get None for the tensor unless `on_all_ranks` (then each clones its gathered copy)."""
+    step. Ranks other than 0 get None for the tensor unless `on_all_ranks`. With `copy` each tensor is a CPU copy;
+    without, it is the engine's own (gathered) tensor on its device, valid only until the next one is taken: the
+    weight sync packs it into a bucket straight away."""
     import deepspeed
 
     keep = on_all_ranks or not dist.is_initialized() or dist.get_rank() == 0
     module = engine.module
+    out = (lambda t: t.detach().to("cpu", copy=True)) if copy else (lambda t: t.detach())
     for name, param in module.named_parameters():
         with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-            yield hf_name(name), (param.data.detach().to("cpu", copy=True) if keep else None)
+            yield hf_name(name), (out(param.data) if keep else None)
     for name, buf in _persistent_buffers(module):
-        yield hf_name(name), (buf.detach().to("cpu", copy=True) if keep else None)
+        yield hf_name(name), (out(buf) if keep else None)
 
 
 def save_hf(engine: "DeepSpeedEngine", out_dir: str | Path, tokenizer_from: Optional[str] = None) -> Optional[Path]:

@@ -14,8 +14,12 @@ from typing import Optional
 
 import torch
 
+from rlhf_ray.engines import vllm_worker
+
 
 def _cpu_env(threads: int) -> None:
+    # In-process unless the user says otherwise; multiprocessing works too (weights load through the worker
+    # extension either way: tests/cpu/test_actors.py runs both).
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
     # Unset, OMP threads cost 5-10x on this stack.
@@ -48,7 +52,8 @@ def engine_kwargs(model_path: str, dtype: str, seed: int, max_model_len: int, kv
     # and top_p), the behaviour policy μ the learner's importance weights need; vLLM's default, raw_logprobs, is
     # that of the unscaled logits (T = 1) whatever the temperature. At T = 1 and top_p = 1 the two are the same.
     kwargs = dict(model=model_path, dtype=dtype, seed=seed, max_model_len=e.get("max_model_len", max_model_len),
-                  use_tqdm_on_load=False, logprobs_mode="processed_logprobs")
+                  use_tqdm_on_load=False, logprobs_mode="processed_logprobs",
+                  worker_extension_cls=vllm_worker.EXTENSION)
     kwargs.update({k: e[k] for k in ("max_num_seqs", "enable_prefix_caching", "enforce_eager") if k in e})
     if on_gpu:
         kwargs.update(gpu_memory_utilization=e.get("gpu_memory_utilization", 0.5), tensor_parallel_size=tp)
@@ -117,21 +122,11 @@ def response_logprobs(llm, prompt_ids: list[list[int]], response_ids: list[list[
     return out
 
 
-def load_weights(llm, named_tensors: list) -> None:
-    """Load (HF name, tensor) pairs in place, then drop the prefix cache (its KV came from the old weights)."""
-    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named_tensors})
-    llm.collective_rpc(_retie_lm_head)
+def load_buckets(llm, buckets: list) -> int:
+    """Load checked weight buckets (cluster.weight_sync.Bucket) in place on every worker (vllm_worker.WeightLoader),
+    then drop the prefix cache (its KV came from the old weights). Returns the tensors loaded."""
+    from cluster import weight_sync
+
+    loaded = llm.collective_rpc("rlhf_load_buckets", args=([weight_sync.portable(b) for b in buckets],))
     llm.reset_prefix_cache()
-
-
-def _retie_lm_head(worker) -> None:
-    """Tied embeddings (SmolLM2, most small models) load only `embed_tokens`; vLLM's layer-wise reload then puts
-    the LM head's old kernel tensors back ("ParallelLMHead: Failed to load weights"): on CPU the head multiplies
-    by a packed copy of the old embedding, so the engine would sample from new layers and a stale head. Point
-    the head at the new embedding and redo its kernel setup."""
-    model = worker.model_runner.get_model()
-    if getattr(model.config, "tie_word_embeddings", False):
-        head, embed = model.lm_head, model.model.embed_tokens
-        if head.weight.data_ptr() != embed.weight.data_ptr():
-            head.weight.data.copy_(embed.weight.data)
-        head.quant_method.process_weights_after_loading(head)
+    return loaded[0]

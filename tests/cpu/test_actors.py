@@ -163,9 +163,9 @@ def test_bad_syncs_fail_loudly_and_keep_the_old_version(generator, tiny):
     with pytest.raises(weight_sync.WeightSyncError, match=f"generator-0: offered version {version}, already at"):
         ray.get(generator.update_weights.remote(version, [ray.put(b) for b in stale]))
     good = weight_sync.make_buckets(model.named_parameters(), version=version + 1, bucket_bytes=64 << 10)
-    broken = good[0].tensors[0].clone()
-    broken[0, 0] += 1
-    bad = [weight_sync.Bucket(**{**good[0].__dict__, "tensors": [broken] + good[0].tensors[1:]})] + good[1:]
+    broken = good[0].data.copy()
+    broken[5] ^= 1
+    bad = [weight_sync.Bucket(**{**good[0].__dict__, "data": broken})] + good[1:]
     with pytest.raises(weight_sync.WeightSyncError, match="generator-0: .*bucket 0 fails its checksum"):
         ray.get(generator.update_weights.remote(version + 1, [ray.put(b) for b in bad]))
     with pytest.raises(weight_sync.WeightSyncError, match="generator-0: .*received 1 of"):
@@ -196,12 +196,13 @@ class _Source:
     def join(self, port, world_size):
         self.group = weight_sync.BroadcastGroup("127.0.0.1", port, 0, world_size, "gloo", 30.0, self.sock)
 
-    def metas(self, version):
-        self.buckets = weight_sync.make_buckets(self.model.named_parameters(), version, 64 << 10)
-        return [weight_sync.meta_of(b) for b in self.buckets]
+    def plan(self, bucket_bytes):
+        named = list(self.model.named_parameters())
+        return weight_sync.plan(((n, tuple(t.shape), t.dtype) for n, t in named), bucket_bytes)
 
-    def send(self):
-        self.group.send(self.buckets)
+    def send(self, version, bucket_bytes):
+        for b in weight_sync.make_buckets(self.model.named_parameters(), version, bucket_bytes):
+            self.group.send(b)
 
 
 def test_broadcast_sync_matches_new_weights(generator, tiny, pairs):
@@ -210,12 +211,31 @@ def test_broadcast_sync_matches_new_weights(generator, tiny, pairs):
     port = ray.get(source.listen.remote())
     ray.get([source.join.remote(port, 2), generator.join_weight_group.remote("127.0.0.1", port, 1, 2, "gloo", 30.0)],
             timeout=60)
-    metas = ray.get(source.metas.remote(version))
-    _, info = ray.get([source.send.remote(), generator.receive_weights.remote(metas)], timeout=60)
+    plan = ray.get(source.plan.remote(64 << 10))
+    assert len(plan) > 3
+    _, info = ray.get([source.send.remote(version, 64 << 10), generator.receive_weights.remote(plan)], timeout=60)
     assert info["version"] == version and info["missed"] == [version - 1]
     after = ray.get(generator.score.remote(*pairs))
     assert _max_gap(after, _hf_logprobs(_perturbed(tiny, seed=3), *pairs)) < 1e-4
     ray.kill(source)
+
+
+def test_engine_with_worker_processes_takes_new_weights(ray_session, tiny, pairs):
+    """vLLM with its engine core and worker in processes of their own (VLLM_ENABLE_V1_MULTIPROCESSING=1, as on
+    GPU): the buckets reach the worker through the worker extension, by method name and plain arguments."""
+    actor = ray.remote(Generator).options(
+        name="generator-mp", num_cpus=0.1,
+        runtime_env={"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}}).remote(
+        tiny, "float32", kv_cache_mb=32, max_model_len=256)
+    try:
+        me, workers = ray.get(actor.worker_pids.remote())
+        assert len(workers) == 1 and workers[0] != me
+        model = _perturbed(tiny, seed=5)
+        buckets = weight_sync.make_buckets(model.named_parameters(), version=1, bucket_bytes=64 << 10)
+        ray.get(actor.update_weights.remote(1, [ray.put(b) for b in buckets]))
+        assert _max_gap(ray.get(actor.score.remote(*pairs)), _hf_logprobs(model, *pairs)) < 1e-4
+    finally:
+        ray.kill(actor)
 
 
 def test_reference_logprobs_match_transformers(ray_session, tiny, pairs):

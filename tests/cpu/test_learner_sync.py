@@ -94,9 +94,10 @@ def test_fp32_object_store_then_broadcast(ray_session, tiny, pairs):
     host, port = group.call(lambda a, r: a.open_weight_group.remote(), 60, "open weight group")[0]
     group.get(group.map(lambda a, r: a.join_weight_group.remote(host, port, 2, "gloo", 60.0))
               + [generator.join_weight_group.remote(host, port, 1, 2, "gloo", 60.0)], 120, "join weight group")
-    metas = group.call(lambda a, r: a.weight_metas.remote(2, 64 << 10), 120, "weight metas")[0]
-    out = ray.get([group.actors[0].broadcast_weights.remote(), generator.receive_weights.remote(metas)], timeout=120)
-    assert out[1]["version"] == 2
+    plan = group.call(lambda a, r: a.weight_plan.remote(64 << 10), 120, "weight plan")[0]
+    sent = group.map(lambda a, r: a.broadcast_weights.remote(2, 64 << 10))  # ZeRO-3: every rank gathers
+    out = ray.get(sent + [generator.receive_weights.remote(plan)], timeout=120)
+    assert out[-1]["version"] == 2 and out[0] == out[-1]["bytes"] > 0 and out[1] == 0
     assert _gap(_score(generator, pairs), _learner_logprobs(group, pairs), mask) < TOLERANCE["float32"]
     group.kill()
     ray.kill(generator)

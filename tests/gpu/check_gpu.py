@@ -29,7 +29,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from cluster.local import listening_socket  # noqa: E402
-from cluster.weight_sync import BroadcastGroup, make_buckets, verified  # noqa: E402
+from cluster.weight_sync import BroadcastGroup, make_buckets, pack, plan, verified  # noqa: E402
 from rlhf_ray import data, models, rollout  # noqa: E402
 from rlhf_ray.algos import forward, rl_math  # noqa: E402
 from rlhf_ray.config import TrainConfig  # noqa: E402
@@ -132,7 +132,8 @@ def main() -> int:
                                         ds_engine.ds_config(train, 1, "bfloat16"), total_steps=4)
         m1 = ds_engine.train_step(engine, [train_batch], forward.SFT_LOSS)
         m2 = ds_engine.train_step(engine, [train_batch], forward.SFT_LOSS)
-        buckets = make_buckets(ds_engine.named_full_weights(engine), 1, 64 << 10)
+        buckets = list(pack(ds_engine.named_full_weights(engine, copy=False),
+                            plan(ds_engine.weight_specs(engine), 64 << 10), 1))  # gathered straight from the GPU
         names = [n for n, _ in verified(buckets, 1)]
         expected = {n for n, _ in models.load_policy(tiny).named_parameters()}
         assert expected <= set(names), expected - set(names)
@@ -144,8 +145,9 @@ def main() -> int:
         wsock = listening_socket("127.0.0.1")
         group = BroadcastGroup("127.0.0.1", wsock.getsockname()[1], 0, 1, BACKEND, 60.0, wsock)
         buckets = make_buckets(models.load_policy(tiny).named_parameters(), 5, 1 << 20)
-        group.send(buckets)  # the source side of a real sync; with one rank the collective is a no-op copy
-        assert len(list(verified(buckets, 5))) == sum(len(b.names) for b in buckets)
+        for b in buckets:  # the source side of a real sync; with one rank the collective is a no-op copy
+            group.send(b)
+        assert len(verified(buckets, 5)) == sum(len(b.names) for b in buckets)
 
     dist.destroy_process_group()
     failed = [name for name, ok, _ in RESULTS if not ok]

@@ -1,17 +1,20 @@
-"""Versioned, checksummed buckets: sizes, and every defect a receiver must refuse."""
+"""Versioned, checksummed buckets: the plan, the flat buffers, and every defect a receiver must refuse."""
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
-from cluster.weight_sync import WeightSyncError, make_buckets, tensor_checksum, verified
+from cluster.weight_sync import (ALIGN, WeightSyncError, checked, digest, from_portable, make_buckets, pack, plan,
+                                 portable, verified)
 
 
 def _weights():
     g = torch.Generator().manual_seed(0)
     return [(f"layer{i}.weight", torch.randn(16, 16, generator=g)) for i in range(6)] + [
-        ("big.weight", torch.randn(64, 64, generator=g)), ("bias", torch.zeros(3, dtype=torch.bfloat16))]
+        ("big.weight", torch.randn(64, 64, generator=g)), ("bias", torch.randn(3, generator=g).bfloat16()),
+        ("empty", torch.zeros(0, 4)), ("after.weight", torch.randn(5, 3, generator=g).double())]
 
 
 def test_buckets_respect_the_size_and_keep_order():
@@ -21,34 +24,59 @@ def test_buckets_respect_the_size_and_keep_order():
     assert all(b.version == 4 for b in buckets)
     for b in buckets:  # at most the limit, except a lone oversized tensor
         assert b.nbytes <= 2 * 16 * 16 * 4 or len(b.names) == 1
+        assert all(e.offset % ALIGN == 0 for e in b.entries)
     assert [n for b in buckets for n in b.names] == [n for n, _ in w]
-    out = list(verified(buckets, 4))
-    assert all(n1 == n2 and torch.equal(t1, t2) for (n1, t1), (n2, t2) in zip(out, w))
-    assert len(make_buckets(w, 4, bucket_bytes=1 << 30)) == 1
+    out = verified(buckets, 4)
+    assert all(n1 == n2 and t1.dtype == t2.dtype and torch.equal(t1, t2) for (n1, t1), (n2, t2) in zip(out, w))
+    one = make_buckets(w, 4, bucket_bytes=1 << 30)
+    assert len(one) == 1 and [n for n, _ in one[0].named()] == [n for n, _ in w]
 
 
-def test_checksum_sees_values_dtype_and_shape():
+def test_pack_streams_from_any_source_and_skips_ranks_without_tensors():
+    w = _weights()
+    p = plan(((n, tuple(t.shape), t.dtype) for n, t in w), 4096)
+    streamed = list(pack(iter(w), p, version=1))
+    assert [b.checksum for b in streamed] == [b.checksum for b in make_buckets(w, 1, 4096)]
+    assert list(pack(((n, None) for n, _ in w), p, version=1)) == []  # a ZeRO-3 rank other than 0
+    with pytest.raises(WeightSyncError, match="out of plan order: got layer1.weight, expected layer0.weight"):
+        list(pack(iter(w[1:]), p, version=1))
+
+
+def test_portable_buckets_rebuild_the_same_tensors_without_a_copy():
+    b = make_buckets(_weights(), version=3, bucket_bytes=1 << 20)[0]
+    layout, buffer = portable(b)
+    again = from_portable(layout, bytes(buffer))  # a worker process gets bytes
+    assert all(n1 == n2 and torch.equal(t1, t2) for (n1, t1), (n2, t2) in zip(again, b.named()))
+    views = from_portable(layout, buffer)  # an in-process engine gets the buffer itself
+    b.data[b.entries[0].offset] ^= 1
+    assert torch.equal(views[0][1], b.named()[0][1])
+
+
+def test_digest_sees_values_dtype_and_shape():
     t = torch.arange(6.0)
-    assert tensor_checksum([t]) == tensor_checksum([t.clone()])
-    assert tensor_checksum([t]) != tensor_checksum([t.view(2, 3)])
-    assert tensor_checksum([t]) != tensor_checksum([t.double()])
+    assert digest([t]) == digest([t.clone()])
+    assert digest([t]) != digest([t.view(2, 3)])
+    assert digest([t]) != digest([t.double()])
     t2 = t.clone()
     t2[3] += 1e-6
-    assert tensor_checksum([t]) != tensor_checksum([t2])
+    assert digest([t]) != digest([t2])
 
 
 def test_defective_versions_are_refused():
     buckets = make_buckets(_weights(), version=2, bucket_bytes=4096)
     assert len(buckets) >= 3
-    with pytest.raises(WeightSyncError, match="received 2 of 3|received .* of"):
-        list(verified(buckets[:-1], 2))
+    with pytest.raises(WeightSyncError, match=f"received {len(buckets) - 1} of {len(buckets)}"):
+        checked(buckets[:-1], 2)
     with pytest.raises(WeightSyncError, match="got bucket 2, expected bucket 1"):
-        list(verified([buckets[0], buckets[2]], 2))
+        checked([buckets[0], buckets[2]], 2)
     with pytest.raises(WeightSyncError, match="of version 2, expected version 3"):
-        list(verified(buckets, 3))
-    corrupt = dataclasses.replace(buckets[1], tensors=[t.clone() for t in buckets[1].tensors])
-    corrupt.tensors[0][0, 0] += 1.0
+        checked(buckets, 3)
+    corrupt = dataclasses.replace(buckets[1], data=buckets[1].data.copy())
+    corrupt.data[17] ^= 4  # one bit
     with pytest.raises(WeightSyncError, match="bucket 1 fails its checksum"):
-        list(verified([buckets[0], corrupt] + buckets[2:], 2))
+        checked([buckets[0], corrupt] + buckets[2:], 2)
+    short = dataclasses.replace(buckets[1], data=np.ascontiguousarray(buckets[1].data[:-1]))
+    with pytest.raises(WeightSyncError, match="bucket 1 fails its checksum"):
+        checked([buckets[0], short] + buckets[2:], 2)
     with pytest.raises(WeightSyncError, match="received 0"):
-        list(verified([], 2))
+        checked([], 2)
