@@ -102,6 +102,7 @@ class Generator:
         try:
             buckets = [self.group.receive(entries, i) for i, entries in enumerate(plan)]
         except weight_sync.WeightSyncError as e:
+            self.group = None  # a broken group is left (closing its connections); the fleet forms a new one
             raise weight_sync.WeightSyncError(f"{self.name}: {e}") from None
         version = buckets[0].version if buckets else -1
         self._check_newer(version)

@@ -123,9 +123,13 @@ class Learner(DistributedActor):
         packs and sends each bucket before gathering the next, so no rank ever holds the whole model. Returns the
         bytes sent (0 on other ranks)."""
         sent = 0
-        for b in self._buckets(version, bucket_bytes):
-            self.sync_group.send(b)
-            sent += b.nbytes
+        try:
+            for b in self._buckets(version, bucket_bytes):
+                self.sync_group.send(b)
+                sent += b.nbytes
+        except weight_sync.WeightSyncError:
+            self.sync_group = None  # closes its connections: the generators still waiting fail now, not at timeout
+            raise
         return sent
 
     def save(self, out_dir: str, checkpoint: bool = True) -> Optional[str]:

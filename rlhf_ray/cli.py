@@ -55,9 +55,14 @@ def cmd_run(args) -> int:
 
     def connect() -> None:
         from cluster.local import describe_cluster, init_ray
+        from rlhf_ray.stages import transport
 
-        init_ray(address, num_cpus=None, object_store_mb=cfg.cluster.object_store_mb,
+        external = address or os.environ.get("RAY_ADDRESS")
+        store = None if external else transport.store_mb(cfg)  # sized (or refused) before Ray starts
+        init_ray(address, num_cpus=None, object_store_mb=store or 512,
                  metrics_export_port=cfg.cluster.metrics_export_port)
+        if external:
+            transport.check_store(cfg)
         print(describe_cluster(), flush=True)
 
     try:

@@ -92,6 +92,15 @@ def _cluster(cfg) -> list[tuple[str, str]]:
             elif other.count != role.count or other.pool != role.pool:
                 errs.append((f"{key}.colocate_with", f"colocated roles need the same pool and count: {name} has "
                              f"{role.count} in {role.pool!r}, {role.colocate_with} has {other.count} in {other.pool!r}"))
+    sync = cfg.cluster.weight_sync
+    if sync not in ("auto", "object_store", "broadcast"):
+        errs.append(("cluster.weight_sync", f"unknown transport {sync!r}; choose auto, object_store or broadcast"))
+    pol, gen = (roles[r].gpus if r in roles else 0 for r in ("policy", "generator"))
+    if sync == "broadcast" and (pol > 0) != (gen > 0):
+        errs.append(("cluster.weight_sync", f"broadcast needs the policy and the generators both on GPUs (NCCL) or "
+                     f"both on CPUs (gloo); policy has gpus={pol:g}, generator gpus={gen:g}: use object_store"))
+    if cfg.cluster.object_store_mb is not None and cfg.cluster.object_store_mb < 64:
+        errs.append(("cluster.object_store_mb", f"must be >= 64 (MiB), got {cfg.cluster.object_store_mb}"))
     if not errs:  # the roles must also pack onto their pools' nodes
         from cluster.pools import PlacementError, plan
 

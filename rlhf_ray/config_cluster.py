@@ -59,8 +59,14 @@ class ClusterConfig:
     """Named pools of nodes."""
     roles: dict[str, RoleConfig] = field(default_factory=_default_roles)
     """Placement per role: generator, reference, reward, critic, policy."""
-    object_store_mb: int = 512
-    """Object store cap for the embedded cluster, MiB."""
+    weight_sync: str = "auto"
+    """How new policy weights reach the generators: `object_store` (Ray's shared memory; works everywhere),
+    `broadcast` (a process group of policy rank 0 and the generators: NCCL on GPU, gloo on CPU; the policy and the
+    generators must both be on GPUs or both on CPUs) or `auto` (broadcast when both are on GPUs, else the object
+    store: on CPU it is the faster, measured by `rlhf-ray bench`)."""
+    object_store_mb: Optional[int] = None
+    """Object store of the embedded cluster, MiB. None: room for two versions of the policy's weights (the
+    object-store weight sync then never spills to disk), at least 512."""
     call_timeout_s: float = 600.0
     """Longest wait for any remote call before it fails naming the actor and phase."""
     max_actor_restarts: int = 3

@@ -271,6 +271,20 @@ def load_policy(name_or_path: str, dtype: str = "float32") -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path), dtype=_dtype(dtype))
 
 
+def weight_bytes(name_or_path: str, dtype: str = "float32") -> int:
+    """Bytes of a causal LM's weights in `dtype` (tied ones once; "auto": the checkpoint's dtype), counted on the
+    meta device: nothing is loaded."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model(name_or_path))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    dt = _dtype(dtype)
+    dt = (getattr(config, "torch_dtype", None) or torch.float32) if dt == "auto" else dt
+    dt = getattr(torch, dt) if isinstance(dt, str) else dt
+    return sum(p.numel() for p in model.parameters()) * torch.empty((), dtype=dt).element_size()
+
+
 def load_value_model(name_or_path: str, dtype: str = "float32") -> PreTrainedModel:
     """A one-output sequence classifier: reward model or critic. A causal-LM folder gets a fresh `score` head."""
     path = resolve_model(name_or_path)

@@ -4,7 +4,8 @@
 Points: `ppo.after_step=N` / `supervised.after_step=N` (after step N is logged and, when due, checkpointed),
 `checkpoint.before_commit=N` (a checkpoint of N steps written but not yet renamed into place). And actor
 deaths: `kill.<actor name>=N` kills that actor (`ray.kill`, no restart) as PPO step N starts;
-`kill_after_launch.<actor name>=N` right after the Nth generation batch is queued (so it dies mid-sampling).
+`kill_after_launch.<actor name>=N` right after the Nth generation batch is queued (so it dies mid-sampling);
+`kill_in_sync.<actor name>=N` right after the broadcast of weights version N begins (so it dies mid-sync).
 
 Test-only, and left in the product code on purpose: the reliability tests (tests/e2e/test_faults.py) must kill the
 real driver at the real points, which a mock could not. The cost when the variable is unset (every normal run): one
@@ -29,7 +30,8 @@ def _armed() -> dict[str, str]:
 
 
 def kill_actors(when: str, value: int) -> None:
-    """Kill the actors armed for `when` (`kill` at a step, `kill_after_launch` after a launch) = value."""
+    """Kill the actors armed for `when` (`kill` at a step, `kill_after_launch` after a launch, `kill_in_sync` in a
+    broadcast) = value."""
     for key, armed in _armed().items():
         if key.startswith(when + ".") and armed == str(value):
             import ray

@@ -29,7 +29,7 @@ from rlhf_ray.algos import forward
 from rlhf_ray.config import Config, TrainConfig
 from rlhf_ray.engines import vllm_engine
 from rlhf_ray.rollout import RolloutBatch
-from rlhf_ray.stages import generation
+from rlhf_ray.stages import generation, transport
 
 BUCKET_BYTES = 64 << 20  # weight-sync bucket size
 
@@ -150,8 +150,16 @@ class Fleet:
     temperature: float = 1.0
     """rollout.temperature: the generators sample at it, the learner's and the reference's log-probs are taken at
     it (the policy being trained is the one that samples)."""
+    weight_sync: str = "object_store"
+    """How weights reach the generators: `object_store` (`sync`, `synced`) or `broadcast` (`broadcast`)."""
+    backend: str = "gloo"
+    """The broadcast group's backend: gloo on CPU, NCCL on GPU."""
     version: int = field(init=False)
     """The policy version the generators hold (the policy learner holds it too whenever generation is awaited)."""
+    plan: Any = field(init=False, default=None)
+    """The broadcast transport's bucket layout (the same for every version)."""
+    group_members: list = field(init=False, default_factory=list)
+    """The generator actors of the broadcast group now formed (a replaced generator is not in it)."""
 
     def __post_init__(self) -> None:
         self.version = self.start_version
@@ -270,6 +278,11 @@ class Fleet:
         self.version = loaded[0]["version"]
         return loaded
 
+    def broadcast(self, version: int) -> list[dict]:
+        """Weights `version` from policy rank 0 to every generator through the broadcast group (each loads them after
+        the generation queued on it before); each generator's load report (stages/transport.py)."""
+        return transport.broadcast(self, version, BUCKET_BYTES)
+
     def export_weights(self, version: int, phase: str) -> list:
         """The policy's full weights as `version`'s bucket refs in the object store (policy rank 0 returns them)."""
         return self.policy.call(lambda a, r: a.export_buckets.remote(version, BUCKET_BYTES), self.timeout_s,
@@ -380,5 +393,11 @@ def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[st
     fns = list(dict.fromkeys([f.function for f in cfg.reward.functions] + ([p.gold] if p.gold else [])))
     reward_fn = ActorGroup(RewardFunction, "reward-fn", (fns,), num_ranks=1, num_cpus=0.01,
                            distributed=False) if fns else None
-    return Fleet(placement, gen, ref, pol, critic, rm, reward_fn, cfg.cluster.call_timeout_s, version,
-                 cfg.cluster.max_actor_restarts, cfg.rollout.temperature)
+    sync = transport.resolve(cfg.cluster.weight_sync, *transport.gpus(cfg))
+    fleet = Fleet(placement, gen, ref, pol, critic, rm, reward_fn, cfg.cluster.call_timeout_s, version,
+                  cfg.cluster.max_actor_restarts, cfg.rollout.temperature, sync,
+                  transport.backend(cfg.cluster.roles["policy"].gpus))
+    if sync == "broadcast":
+        transport.form_group(fleet)
+    print(f"weight sync: {sync}" + (f" ({fleet.backend})" if sync == "broadcast" else ""), flush=True)
+    return fleet

@@ -235,8 +235,13 @@ class PPOTrainer:
         return {**means, "skipped_updates": int(sums.get("skipped", 0))}
 
     def sync(self, launch_next: bool) -> list[dict]:
-        """Weights v+1 from policy rank 0 to every generator (object store); each generator's load report. With
-        no batch in flight, the next one (`launch_next`) is queued behind the new weights: on-policy."""
+        """Weights v+1 from policy rank 0 to every generator; each generator's load report. With no batch in
+        flight, the next one (`launch_next`) is queued behind the new weights: on-policy."""
+        if self.fleet.weight_sync == "broadcast":  # made again whole if a generator dies, so launch after it
+            loaded = self.fleet.broadcast(self.version)
+            if not self.inflight and launch_next:
+                self.inflight.append(self.launch_generate())
+            return loaded
         sync = self.fleet.sync(self.version)
         if not self.inflight and launch_next:
             self.inflight.append(self.launch_generate())

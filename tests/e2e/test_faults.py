@@ -195,3 +195,26 @@ def test_dead_actors_are_replaced_and_a_dead_learner_stops_the_run_to_resume(str
     assert len(got) == 6 and all(len(p) == 32 * 4 for p in got) and got == want
     print("survived: 4 actors replaced; the learner's death stopped the run naming its checkpoint; the rerun "
           "resumed after step 4; 6 steps, each on the unbroken run's prompts, none lost or doubled")
+
+
+def test_broadcast_sync_heals_resumes_and_matches_the_object_store(straight, tmp_path):
+    """cluster.weight_sync: broadcast (gloo here, NCCL on GPU). Until a fault, every step equals the unbroken
+    object-store run's. generator-1 dies as step 2 starts and generator-0 in the middle of the version-3 broadcast:
+    both are replaced, the group is formed again and the sync made again. Then the learner dies at step 5 and the
+    same command resumes, with a new group. Every step trains on the unbroken run's prompts."""
+    healed, args = tmp_path / "broadcast", (*SIX_STEPS, "cluster.weight_sync=broadcast", "cluster.call_timeout_s=120")
+    proc = run(healed, *args, faults="kill.generator-1=2,kill_in_sync.generator-0=3,kill.policy-learner-0=5")
+    replaced = [line for line in proc.stdout.splitlines() if "starting a replacement" in line]
+    print(f"\ntried: broadcast sync; kill generator-1 (step 2), generator-0 (in the version-3 broadcast), "
+          f"policy-learner-0 (step 5) -> exit {proc.returncode}; " + "; ".join(replaced))
+    assert "weight sync: broadcast (gloo)" in proc.stdout
+    assert "sync: broadcast: generator-0 died; starting a replacement" in replaced
+    assert proc.returncode == 1 and "step_000004" in proc.stderr, proc.stderr[-3000:]
+    assert same_rows(results(healed)[:2], results(straight)[:2])  # same weights reached the generators
+
+    again = run(healed, *args)
+    assert again.returncode == 0 and "resuming after step 4" in again.stdout, again.stderr[-3000:]
+    assert [r["step"] for r in rows(healed)] == list(range(6))
+    assert prompts_per_step(healed) == prompts_per_step(straight)
+    print("survived: both generators replaced and the group formed again mid-sync; resumed after step 4 with a "
+          "new group; 6 steps on the unbroken run's prompts")
