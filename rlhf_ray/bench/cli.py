@@ -3,7 +3,7 @@ the same machine and the same work (absolute times on shared machines are noisy;
 
   1. generation   a generator actor vs vLLM called directly: generated tokens/s
   2. learning     a learner actor's train_step (DeepSpeed) vs a plain torch forward/backward/AdamW loop: tokens/s
-  3. weight sync  learner -> generator, per bucket size, beside a plain memcpy of the same bytes
+  3. weight sync  learner -> generator, per transport and bucket size, beside vLLM's own reload and a memcpy
   4. PPO steps    seconds per phase, samples/s, tokens/s, generator idle, at max_staleness 0 and 1 (GRPO)
   5. peer         TRL's GRPOTrainer vs rlhf-ray's GRPO, and TRL's experimental PPOTrainer vs rlhf-ray's PPO with a
                   critic: seconds per step, same model, prompts, group, batch, response length, dtype and β
@@ -61,7 +61,10 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
             say(f"TRL {algo}: {trl[algo]['mean_s']:.1f} s per step")
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the actors inherit it: no engine banners per run
-    init_ray(None, num_cpus=None, object_store_mb=1024)
+    from rlhf_ray import models
+
+    # Room for two versions of the policy (a sync never spills) and the rollouts, as `rlhf-ray run` sizes it.
+    init_ray(None, num_cpus=None, object_store_mb=max(512, 2 * models.weight_bytes(w.model, w.dtype) // 2**20 + 128))
     try:
         say("generator and learner actors, beside raw vLLM and plain torch (no Ray)")
         gen, learner = engines.start_actors(w, w.samples)

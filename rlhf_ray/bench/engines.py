@@ -162,25 +162,45 @@ def learning(w: Workload, learner: ActorGroup, batch: dict) -> dict:
 
 
 def weight_sync(w: Workload, gen: ActorGroup, learner: ActorGroup) -> list[dict]:
-    """Section 3: seconds from "the learner has new weights" to "the generator samples with them", per bucket
-    size: export (gather + checksum + put into the object store) then fetch, verify and load into vLLM; beside
-    a plain memcpy of the same bytes."""
+    """Section 3: seconds from "the learner has new weights" to "the generator samples with them", per transport
+    and bucket size, beside vLLM's own in-process reload of the same weights (`load_s`: the generator's load of
+    buckets already in its memory; the target is total <= load + 0.5 s) and a plain memcpy of the same bytes.
+    object_store: pack (gather + copy + checksum) and put, then fetch (zero-copy), check and load; broadcast:
+    the learner streams each bucket over gloo (NCCL on GPU) while the generator receives, checks and loads."""
     rows, version = [], 0
-    for bucket in w.bucket_bytes:
-        parts = []
-        for _ in range(w.repeats + 1):  # the first is a warm-up
-            version += 1
-            t0 = time.perf_counter()
-            refs = learner.call(lambda a, r: a.export_buckets.remote(version, bucket), TIMEOUT_S, "bench: export")[0]
-            t1 = time.perf_counter()
-            report = gen.get([gen.actors[0].update_weights.remote(version, refs, TIMEOUT_S)], TIMEOUT_S,
-                             "bench: load")[0]
-            parts.append({"total_s": time.perf_counter() - t0, "export_s": t1 - t0, "fetch_s": report["fetch_s"],
-                          "load_s": report["load_s"], "bytes": report["bytes"], "buckets": len(refs)})
-        timed = parts[1:]
-        rows.append({"bucket_bytes": bucket, "bytes": timed[0]["bytes"], "buckets": timed[0]["buckets"],
-                     **{k: statistics.median(p[k] for p in timed) for k in ("total_s", "export_s", "fetch_s", "load_s")}})
+    host, port = learner.call(lambda a, r: a.open_weight_group.remote(), TIMEOUT_S, "bench: group")[0]
+    gen.get(learner.map(lambda a, r: a.join_weight_group.remote(host, port, 2, "gloo", TIMEOUT_S))
+            + [gen.actors[0].join_weight_group.remote(host, port, 1, 2, "gloo", TIMEOUT_S)], TIMEOUT_S, "bench: group")
+    for transport in ("object_store", "broadcast"):
+        for bucket in w.bucket_bytes:
+            parts = []
+            for _ in range(w.repeats + 1):  # the first is a warm-up
+                version += 1
+                parts.append(_sync(transport, version, bucket, gen, learner))
+            timed = parts[1:]
+            rows.append({"transport": transport, "bucket_bytes": bucket, "bytes": timed[0]["bytes"],
+                         "buckets": timed[0]["buckets"], **{k: statistics.median(p[k] for p in timed)
+                                                            for k in ("total_s", "export_s", "fetch_s", "load_s")}})
     copy_s, _ = raw.timed(raw.copy(rows[0]["bytes"]), w.repeats)
     for r in rows:
         r["memcpy_s"] = statistics.median(copy_s)
     return rows
+
+
+def _sync(transport: str, version: int, bucket: int, gen: ActorGroup, learner: ActorGroup) -> dict:
+    t0 = time.perf_counter()
+    if transport == "object_store":
+        refs = learner.call(lambda a, r: a.export_buckets.remote(version, bucket), TIMEOUT_S, "bench: export")[0]
+        t1 = time.perf_counter()
+        report = gen.get([gen.actors[0].update_weights.remote(version, refs, TIMEOUT_S)], TIMEOUT_S,
+                         "bench: load")[0]
+        n = len(refs)
+    else:
+        plan = learner.call(lambda a, r: a.weight_plan.remote(bucket), TIMEOUT_S, "bench: plan")[0]
+        t1 = time.perf_counter()  # the broadcast overlaps export and fetch: both are in fetch_s
+        report = gen.get([gen.actors[0].receive_weights.remote(plan)]
+                         + learner.map(lambda a, r: a.broadcast_weights.remote(version, bucket)), TIMEOUT_S,
+                         "bench: broadcast")[0]
+        n = len(plan)
+    return {"total_s": time.perf_counter() - t0, "export_s": t1 - t0, "fetch_s": report["fetch_s"] + report["check_s"],
+            "load_s": report["load_s"], "bytes": report["bytes"], "buckets": n}

@@ -43,16 +43,19 @@ def test_same_work_on_both_sides(bench):
     assert min(g["raw_s"] + g["actor_s"] + t["raw_s"] + t["actor_s"]) > 0
 
 
-def test_weight_sync_moves_the_whole_model_per_bucket_size(bench):
+def test_weight_sync_moves_the_whole_model_per_transport_and_bucket_size(bench):
     r, _, _ = bench
-    n_bytes = sum(p.numel() * p.element_size() for p in models.load_policy("tiny").parameters())
-    sync = r["weight_sync"]
-    assert [s["bucket_bytes"] for s in sync] == list(workload.WORKLOADS["tiny"].bucket_bytes)
-    assert all(s["bytes"] == n_bytes for s in sync)
-    counts = [s["buckets"] for s in sync]
-    assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1] >= 1  # bigger buckets, fewer of them
-    for s in sync:
-        assert s["total_s"] >= s["export_s"] > 0 and s["memcpy_s"] > 0
+    params = list(models.load_policy("tiny").parameters())
+    n_bytes = sum(p.numel() * p.element_size() for p in params)
+    sizes = list(workload.WORKLOADS["tiny"].bucket_bytes)
+    for transport in ("object_store", "broadcast"):
+        sync = [s for s in r["weight_sync"] if s["transport"] == transport]
+        assert [s["bucket_bytes"] for s in sync] == sizes
+        assert all(n_bytes <= s["bytes"] < n_bytes + 64 * len(params) for s in sync)  # plus alignment padding
+        counts = [s["buckets"] for s in sync]
+        assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1] >= 1  # bigger buckets, fewer
+        for s in sync:
+            assert s["total_s"] >= s["export_s"] > 0 and s["load_s"] > 0 and s["memcpy_s"] > 0
 
 
 def test_ppo_steps_respect_their_staleness_bound(bench):
@@ -76,7 +79,7 @@ def test_peer_ran_the_same_terms(bench):
         assert ran["completions_per_step"] == w.samples and ran["completion_lengths"] == [w.response_len]
         assert ran["completions_seen"] == w.samples * (w.steps + 1)
     assert not r["peer"][0]["peer_run"]["ref_model_loaded"]  # GRPO at β = 0: TRL loads no reference either
-    for header in ("| section | rlhf-ray | limit |", "| bucket |", "| max_staleness |", "| algorithm | peer |"):
+    for header in ("| section | rlhf-ray | limit |", "| transport | bucket |", "| max_staleness |", "| algorithm | peer |"):
         assert header in md
 
 
