@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_ray import config as C
+from rlhf_ray import models
 from rlhf_ray.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,6 +224,31 @@ def test_engine_settings_become_vllms_arguments():
         "tensor_parallel_size": 2, "gpu_memory_utilization": 0.85, "max_num_seqs": 64, "enable_prefix_caching": True,
         "max_model_len": 512, "distributed_executor_backend": "mp"}
     assert "enforce_eager" not in gpu and "kv_cache_memory_bytes" not in gpu  # CUDA graphs: vLLM's default
+
+
+def test_weight_sync_transport_is_checked_resolved_and_the_store_sized(tiny, monkeypatch):
+    from rlhf_ray.stages import transport
+
+    assert _errors(None, ["cluster.weight_sync=telepathy", "cluster.object_store_mb=10"]) == [
+        "command line: cluster.weight_sync: unknown transport 'telepathy'; choose auto, object_store or broadcast",
+        "command line: cluster.object_store_mb: must be >= 64 (MiB), got 10"]
+    (err,) = _errors(None, ["cluster.weight_sync=broadcast", "cluster.roles.policy.gpus=1"])
+    assert "broadcast needs the policy and the generators both on GPUs (NCCL) or both on CPUs (gloo); policy has " \
+           "gpus=1, generator gpus=0: use object_store" in err
+    assert [transport.resolve("auto", p, g) for p, g in [(1, 1), (0, 0), (1, 0)]] == [
+        "broadcast", "object_store", "object_store"]
+    assert transport.resolve("broadcast", 0, 0) == "broadcast" and transport.backend(0.5) == "nccl"
+    # The embedded store holds two versions of the policy (at least 512 MiB); one that /dev/shm cannot hold is refused.
+    n = sum(p.numel() for p in models.load_policy(tiny).parameters())
+    assert models.weight_bytes(tiny) == 4 * n and models.weight_bytes(tiny, "bfloat16") == 2 * n
+    cfg = load_config(None, [f"model.policy={tiny}"])
+    assert transport.store_mb(cfg) == 512 and transport.store_mb(load_config(None, ["cluster.object_store_mb=900"])) == 900
+    monkeypatch.setattr(models, "weight_bytes", lambda *a: 3 << 30)
+    assert transport.store_mb(cfg) == 2 * 3 * 1024 + 128
+    monkeypatch.setattr(transport.shutil, "disk_usage", lambda path: type("U", (), {"free": 4 << 30})())
+    with pytest.raises(ConfigError, match="two versions of the policy's weights \\(3072 MiB each in float32\\) need an "
+                                          "object store of 6272 MiB, and /dev/shm has 4096 MiB free"):
+        transport.store_mb(cfg)
 
 
 def test_doctor_names_each_version_and_says_whether_it_is_the_tested_set():
