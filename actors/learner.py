@@ -48,14 +48,14 @@ class Learner(DistributedActor):
         self.rank = rank
         torch.manual_seed(self.seed)  # a fresh value head starts the same on every rank
         load = load_policy if self.kind == "policy" else load_value_model
-        model = load(self.model_path, self.dtype)
+        model = ds_engine.prepare_model(load(self.model_path, self.dtype), self.train)
         config = ds_engine.ds_config(self.train, world_size, self.dtype, self.batch_size)
         self.engine = ds_engine.build_engine(model, config, self.total_steps, self.train.warmup_steps,
                                              self.train.lr_schedule)
 
     def train_step(self, batch: Batch, loss: Loss) -> dict[str, float]:
         """One optimizer step; `batch` is this rank's shard (micro_batch_size x gradient accumulation rows)."""
-        micro = ds_engine.split_micro_batches(batch, self.train.micro_batch_size)
+        micro = ds_engine.micro_batches(batch, self.train)
         return ds_engine.train_step(self.engine, micro, loss)
 
     def evaluate(self, batch: Batch, loss: Loss) -> dict[str, float]:

@@ -116,6 +116,19 @@ class TrainConfig:
     """Clip the global gradient norm to this (0: no clipping)."""
     zero_stage: Literal[0, 1, 2, 3] = 0
     """DeepSpeed ZeRO stage."""
+    micro_batch_tokens: Optional[int] = None
+    """Token budget of a micro-batch (verl's `ppo_max_token_len_per_gpu`): each step's micro-batches take as many
+    rows as fit in this many padded tokens (rows x the step's padded length, at least one row), so steps of long
+    sequences take fewer rows per forward and steps of short ones more. None: `micro_batch_size` rows."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them (HF gradient
+    checkpointing, non-reentrant): activation memory of one layer per micro-batch, for about a third more compute."""
+    offload_optimizer: bool = False
+    """ZeRO-Offload: keep the optimizer's states (and run its step) in CPU memory (DeepSpeed `offload_optimizer`,
+    veRL `optimizer_offload`; OpenRLHF `--adam_offload`). Needs zero_stage >= 1."""
+    offload_params: bool = False
+    """ZeRO-Infinity's parameter offload: keep the partitioned parameters in CPU memory between uses (DeepSpeed
+    `offload_param`, veRL `param_offload`). Needs zero_stage 3."""
     epochs: int = 1
     """Passes over the dataset (SFT, RM, DPO)."""
     max_steps: Optional[int] = None

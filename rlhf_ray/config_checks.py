@@ -28,6 +28,12 @@ def check(cfg) -> list[tuple[str, str]]:
                    ("rollout.temperature", r.temperature), ("ppo.mini_batch_size", p.mini_batch_size),
                    ("model.max_seq_len", cfg.model.max_seq_len), ("ppo.steps", p.steps), ("train.epochs", t.epochs)]:
         need(v > 0, key, f"must be > 0, got {v}")
+    need(t.micro_batch_tokens is None or t.micro_batch_tokens > 0, "train.micro_batch_tokens",
+         f"must be > 0, got {t.micro_batch_tokens}")
+    need(not t.offload_optimizer or t.zero_stage >= 1, "train.offload_optimizer",
+         f"ZeRO-Offload partitions the optimizer first: needs train.zero_stage >= 1, got {t.zero_stage}")
+    need(not t.offload_params or t.zero_stage == 3, "train.offload_params",
+         f"only ZeRO-3 partitions parameters: needs train.zero_stage 3, got {t.zero_stage}")
     need(r.max_staleness >= 0, "rollout.max_staleness", f"must be >= 0, got {r.max_staleness}")
     need(t.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {t.checkpoint_every}")
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")

@@ -81,12 +81,21 @@ def ds_config(train: "TrainConfig", world_size: int, dtype: str = "float32", bat
                          f"micro_batch_size {train.micro_batch_size}")
     if dtype not in DTYPES:
         raise ValueError(f"learner dtype must be one of {DTYPES}, got {dtype!r}")
+    zero: dict = {"stage": int(train.zero_stage)}
+    pin = torch.cuda.is_available()  # pinned host memory speeds host<->GPU copies; there are none on CPU
+    if train.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin}
+    if train.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": pin}
     return {
         "train_batch_size": batch_size,
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
         "gradient_accumulation_steps": batch_size // per_step,
         "gradient_clipping": float(train.grad_clip),
-        "zero_optimization": {"stage": int(train.zero_stage)},
+        "zero_optimization": zero,
+        # Offload keeps torch's AdamW (on the CPU copies) instead of demanding DeepSpeed's CPUAdam, whose build
+        # takes 90-100 s here.
+        "zero_force_ds_cpu_optimizer": False,
         "bf16": {"enabled": dtype == "bfloat16"},
         "fp16": {"enabled": False},
         "optimizer": {"type": "AdamW", "params": {"lr": train.lr, "betas": list(betas), "eps": eps,
@@ -137,6 +146,24 @@ def _to(mb: Batch, device) -> Batch:
     return {k: v.to(device) for k, v in mb.items()}
 
 
+def prepare_model(model: torch.nn.Module, train: "TrainConfig") -> torch.nn.Module:
+    """Settings that live on the model rather than in DeepSpeed's config: gradient checkpointing."""
+    if train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False  # a KV cache is useless in training and conflicts with recomputation
+    return model
+
+
+def micro_batches(batch: Batch, train: "TrainConfig") -> list[Batch]:
+    """This rank's micro-batches for one optimizer step: `train.micro_batch_size` rows each, or with
+    `train.micro_batch_tokens` as many rows as fit in that many padded tokens (at least one; the last may be
+    shorter). Every rank's shard has the same rows and padded length, so every rank gets the same count."""
+    if train.micro_batch_tokens:
+        rows = max(1, train.micro_batch_tokens // batch["input_ids"].shape[1])
+        return split_micro_batches(batch, rows, exact=False)
+    return split_micro_batches(batch, train.micro_batch_size)
+
+
 def split_micro_batches(batch: Batch, micro_batch_size: int, exact: bool = True) -> list[Batch]:
     """Cut a batch into consecutive micro-batches of `micro_batch_size` rows. exact: the row count must divide
     (training); otherwise the last micro-batch may be shorter (forward passes)."""
@@ -162,7 +189,9 @@ def _grad_norm(module: torch.nn.Module) -> float:
 
 
 def train_step(engine: "DeepSpeedEngine", micro_batches: list[Batch], loss: Loss) -> dict[str, float]:
-    """One optimizer step over this rank's micro-batches (exactly gradient_accumulation_steps of them).
+    """One optimizer step over this rank's micro-batches (any count, the same on every rank: the last one is the
+    accumulation boundary, set explicitly, so token-budget micro-batches need not match DeepSpeed's configured
+    gradient_accumulation_steps).
 
     Every rank must call it together (collectives). Returns the global batch's metrics, equal on every rank:
     `loss` and the loss's own metrics (summed shares, i.e. full-batch values), `grad_norm` (before clipping),
@@ -172,9 +201,7 @@ def train_step(engine: "DeepSpeedEngine", micro_batches: list[Batch], loss: Loss
     backward; the remaining backwards run on a zeroed loss (DeepSpeed's gradient bookkeeping and collectives go
     on as usual), the optimizer step is left out, DeepSpeed counts a skipped step and holds the LR schedule, and
     the gradients are zeroed. Weights and optimizer state are as before the call."""
-    gas = engine.gradient_accumulation_steps()
-    if len(micro_batches) != gas:
-        raise ValueError(f"got {len(micro_batches)} micro-batches; this engine accumulates exactly {gas} per step")
+    gas = len(micro_batches)
     world = dist.get_world_size() if dist.is_initialized() else 1
     (n_global,) = _all_reduce_sum([sum(loss.count(mb) for mb in micro_batches)])
     n_global = max(n_global, 1.0)
@@ -183,6 +210,7 @@ def train_step(engine: "DeepSpeedEngine", micro_batches: list[Batch], loss: Loss
     totals: dict[str, float] = {}
     own_norm, skip = None, False
     for i, mb in enumerate(micro_batches):
+        engine.set_gradient_accumulation_boundary(i == gas - 1)  # before the forward: ZeRO-3 reads it there
         value, metrics = loss.fn(engine, _to(mb, engine.device), n_global)
         skip = skip or _all_reduce_sum([0.0 if torch.isfinite(value).all() else 1.0])[0] > 0
         # Undo DeepSpeed's ÷gas (scale_wrt_gas=False) and its mean over ranks (× world): see the module docstring.

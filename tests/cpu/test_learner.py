@@ -38,8 +38,11 @@ B, MICRO = 8, 2
 TIMEOUT_S = 300
 
 
-def train_cfg(stage: int) -> TrainConfig:
-    return TrainConfig(lr=LR, weight_decay=WD, grad_clip=CLIP, batch_size=B, micro_batch_size=MICRO, zero_stage=stage)
+def train_cfg(stage: int, **memory) -> TrainConfig:
+    """`memory`: the learner-memory settings (gradient checkpointing, offload, token-budget micro-batches), each of
+    which must leave the step unchanged."""
+    return TrainConfig(lr=LR, weight_decay=WD, grad_clip=CLIP, batch_size=B, micro_batch_size=MICRO, zero_stage=stage,
+                       **memory)
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +71,20 @@ def reference(tiny, batch):
             "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}
 
 
-@pytest.fixture(scope="module", params=[(2, 2), (3, 2), (0, 1)], ids=["zero2", "zero3", "zero0-1rank"])
+# The memory settings: checkpointing with one-row micro-batches (a 19-token budget over 19-token rows: 4 micro-batches
+# per rank where DeepSpeed was configured for 2), and ZeRO-3 with optimizer and parameters offloaded to CPU memory.
+MEMORY = {"ckpt-tokens": {"gradient_checkpointing": True, "micro_batch_tokens": 19},
+          "offload": {"offload_optimizer": True, "offload_params": True}}
+
+
+@pytest.fixture(scope="module", params=[(2, 2, None), (3, 2, None), (0, 1, None), (2, 2, "ckpt-tokens"),
+                                        (3, 2, "offload")],
+                ids=["zero2", "zero3", "zero0-1rank", "zero2-ckpt-tokens", "zero3-offload"])
 def stepped(request, ray_session, tiny, batch):
-    """A learner group (ZeRO stage, ranks) after one train step on `batch`, and the metrics each rank returned."""
-    stage, ranks = request.param
-    group = ActorGroup(Learner, f"zero{stage}-learner", args=(tiny, "policy", train_cfg(stage)),
+    """A learner group (ZeRO stage, ranks, memory settings) after one train step on `batch`, and the metrics each
+    rank returned."""
+    stage, ranks, memory = request.param
+    group = ActorGroup(Learner, f"zero{stage}-learner", args=(tiny, "policy", train_cfg(stage, **MEMORY.get(memory, {}))),
                        kwargs={"dtype": "float32", "seed": 0, "total_steps": 4}, num_ranks=ranks, num_cpus=0.5,
                        setup_timeout_s=TIMEOUT_S)
     shards = group.shard(batch)

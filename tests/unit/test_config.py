@@ -251,6 +251,19 @@ def test_weight_sync_transport_is_checked_resolved_and_the_store_sized(tiny, mon
         transport.store_mb(cfg)
 
 
+def test_learner_memory_settings_are_checked():
+    assert _errors(None, ["train.offload_optimizer=true", "train.offload_params=true", "train.zero_stage=0",
+                          "train.micro_batch_tokens=0"]) == [
+        "command line: train.micro_batch_tokens: must be > 0, got 0",
+        "command line: train.offload_optimizer: ZeRO-Offload partitions the optimizer first: needs train.zero_stage "
+        ">= 1, got 0",
+        "command line: train.offload_params: only ZeRO-3 partitions parameters: needs train.zero_stage 3, got 0"]
+    t = load_config(None, ["train.zero_stage=3", "train.offload_params=true", "train.offload_optimizer=true",
+                           "train.gradient_checkpointing=true", "train.micro_batch_tokens=2048"]).train
+    assert (t.offload_params, t.offload_optimizer, t.gradient_checkpointing, t.micro_batch_tokens) == (
+        True, True, True, 2048)
+
+
 def test_doctor_names_each_version_and_says_whether_it_is_the_tested_set():
     import subprocess
     import sys

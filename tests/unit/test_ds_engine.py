@@ -167,3 +167,34 @@ def test_a_model_that_ignores_logits_to_keep_gives_the_same_logprobs_or_an_error
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)  # the last positions, not the first
         with pytest.raises(ValueError, match="returned logits for 4 positions, fewer than the 6 asked for"):
             forward.logprobs(_IgnoresLogitsToKeep(model, keep_only=4), b["input_ids"], b["attention_mask"], 5)
+
+
+def test_token_budget_micro_batches_take_the_rows_that_fit():
+    b = _batch(B=8, T=12)
+    assert [len(m["input_ids"]) for m in E.micro_batches(b, TrainConfig(micro_batch_size=4))] == [4, 4]
+    assert [len(m["input_ids"]) for m in E.micro_batches(b, TrainConfig(micro_batch_tokens=36))] == [3, 3, 2]
+    assert [len(m["input_ids"]) for m in E.micro_batches(b, TrainConfig(micro_batch_tokens=5))] == [1] * 8
+    parts = E.micro_batches(b, TrainConfig(micro_batch_tokens=100))
+    assert len(parts) == 1 and all(torch.equal(parts[0][k], b[k]) for k in b)
+
+
+def test_memory_settings_reach_deepspeed_and_the_model():
+    cfg = E.ds_config(TrainConfig(zero_stage=3, offload_optimizer=True, offload_params=True), 1)
+    zero = cfg["zero_optimization"]
+    assert zero["offload_optimizer"]["device"] == zero["offload_param"]["device"] == "cpu"
+    assert cfg["zero_force_ds_cpu_optimizer"] is False  # torch's AdamW on the CPU copies, no CPUAdam build
+    assert "offload_optimizer" not in E.ds_config(TrainConfig(), 1)["zero_optimization"]
+
+
+def test_gradient_checkpointing_leaves_loss_and_gradients_unchanged(tiny):
+    b = _batch(B=4, T=16)
+    out = []
+    for on in (False, True):
+        model = E.prepare_model(models.load_policy(tiny), TrainConfig(gradient_checkpointing=on)).train()
+        loss, _ = forward.sft_nll(model, b, forward.sft_count(b))
+        loss.backward()
+        out.append((model.is_gradient_checkpointing, loss.item(), [p.grad.clone() for p in model.parameters()]))
+    (off, loss0, g0), (on, loss1, g1) = out
+    assert not off and on
+    assert loss1 == pytest.approx(loss0, rel=1e-6)
+    assert max((a - c).abs().max().item() for a, c in zip(g0, g1)) < 1e-6
