@@ -146,6 +146,14 @@ class Learner(DistributedActor):
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint in {out_dir}/deepspeed")
 
+    def peak_memory_mb(self) -> float:
+        """Bench hook: the most GPU memory this process allocated, or on CPU its peak resident size (MiB)."""
+        if torch.cuda.is_available():
+            return torch.cuda.max_memory_allocated() / 2**20
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
     def state_digest(self) -> str:
         """Checksum of this rank's view of the full weights (ZeRO-3: all-gathered), to show ranks agree.
 

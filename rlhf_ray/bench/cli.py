@@ -4,8 +4,10 @@ the same machine and the same work (absolute times on shared machines are noisy;
   1. generation   a generator actor vs vLLM called directly: generated tokens/s
   2. learning     a learner actor's train_step (DeepSpeed) vs a plain torch forward/backward/AdamW loop: tokens/s
   3. weight sync  learner -> generator, per transport and bucket size, beside vLLM's own reload and a memcpy
-  4. PPO steps    seconds per phase, samples/s, tokens/s, generator idle, at max_staleness 0 and 1 (GRPO)
-  5. peer         TRL's GRPOTrainer vs rlhf-ray's GRPO, and TRL's experimental PPOTrainer vs rlhf-ray's PPO with a
+  4. memory       the learner with gradient checkpointing, token-budget micro-batches, ZeRO-3 and offload:
+                  tokens/s, the loss beside the default learner's, peak memory
+  5. PPO steps    seconds per phase, samples/s, tokens/s, generator idle, at max_staleness 0 and 1 (GRPO)
+  6. peer         TRL's GRPOTrainer vs rlhf-ray's GRPO, and TRL's experimental PPOTrainer vs rlhf-ray's PPO with a
                   critic: seconds per step, same model, prompts, group, batch, response length, dtype and β
 
 The peer runs first, without Ray, so nothing else competes for the cores; then the embedded Ray cluster starts for
@@ -31,7 +33,7 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
     import ray
 
     from cluster.local import init_ray
-    from rlhf_ray.bench import engines, steps
+    from rlhf_ray.bench import engines, memory, steps
     from rlhf_ray.bench import workload as wl
 
     w = WORKLOADS[model]
@@ -76,6 +78,8 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
         result["weight_sync"] = engines.weight_sync(w, gen, learner)
         gen.kill()
         learner.kill()
+        say("learner memory settings")
+        result["learner_memory"] = memory.learner_memory(w, batch)
         result["ppo_steps"] = []
         for k in (0, 1):
             say(f"GRPO steps, max_staleness {k}")

@@ -80,6 +80,15 @@ def render(r: dict) -> str:
                      f"{_f(s['bytes'] / 1e6, 1)} | {_f(s['total_s'], 3)} | {_f(s['export_s'], 3)} | "
                      f"{_f(s['fetch_s'], 3)} | {_f(s['load_s'], 3)} | {_f(s['memcpy_s'], 4)} | "
                      f"{_f(s['bytes'] / s['total_s'] / 1e6, 0)} | {ok} |")
+    if r.get("learner_memory"):
+        base = r["learner_memory"][0]
+        lines += ["", "Learner memory settings (one learner, the batch above; peak: GPU allocated, or on CPU the "
+                  "process's peak resident size, loading included):", "",
+                  "| setting | tokens/s | vs default | first loss | peak MB |", "|---|---|---|---|---|"]
+        for m in r["learner_memory"]:
+            lines.append(f"| {m['setting']} | {_f(m['tokens_per_s'], 0)} | "
+                         f"{_f(m['tokens_per_s'] / base['tokens_per_s'])} | {m['first_loss']:.6f} | "
+                         f"{_f(m['peak_mb'], 0)} |")
     lines += ["", "GRPO steps (one generator, one policy learner; β = 0: no reference; seconds per step):", "",
               "| max_staleness | generate | score | train | sync | step | samples/s | tokens/s | generator idle |",
               "|---|---|---|---|---|---|---|---|---|"]

@@ -58,6 +58,15 @@ def test_weight_sync_moves_the_whole_model_per_transport_and_bucket_size(bench):
             assert s["total_s"] >= s["export_s"] > 0 and s["load_s"] > 0 and s["memcpy_s"] > 0
 
 
+def test_learner_memory_settings_leave_the_loss_unchanged(bench):
+    r, _, _ = bench
+    rows = {m["setting"]: m for m in r["learner_memory"]}
+    assert list(rows) == ["default", "gradient checkpointing", "token budget", "ZeRO-3", "ZeRO-3 + offload"]
+    for m in rows.values():  # the first step's loss is taken before any update: the same weights, the same batch
+        assert m["first_loss"] == pytest.approx(rows["default"]["first_loss"], rel=1e-5), m["setting"]
+        assert m["tokens_per_s"] > 0 and m["peak_mb"] > 0
+
+
 def test_ppo_steps_respect_their_staleness_bound(bench):
     r, _, _ = bench
     runs = {p["max_staleness"]: p for p in r["ppo_steps"]}
@@ -79,7 +88,8 @@ def test_peer_ran_the_same_terms(bench):
         assert ran["completions_per_step"] == w.samples and ran["completion_lengths"] == [w.response_len]
         assert ran["completions_seen"] == w.samples * (w.steps + 1)
     assert not r["peer"][0]["peer_run"]["ref_model_loaded"]  # GRPO at β = 0: TRL loads no reference either
-    for header in ("| section | rlhf-ray | limit |", "| transport | bucket |", "| max_staleness |", "| algorithm | peer |"):
+    for header in ("| section | rlhf-ray | limit |", "| transport | bucket |", "| setting | tokens/s |",
+                   "| max_staleness |", "| algorithm | peer |"):
         assert header in md
 
 

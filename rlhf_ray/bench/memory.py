@@ -1,0 +1,53 @@
+"""Section 4: the learner-memory settings (gradient checkpointing, token-budget micro-batches, ZeRO-3 with
+offload), each a learner actor on the same batch as section 2: tokens/s of its train_step, its loss beside the
+default learner's (the settings must not change it), and the learner process's peak memory (GPU: the most
+allocated on the device; CPU: the process's peak resident size, model loading included, since the learner is new).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from actors.learner import Learner
+from cluster.actor_group import ActorGroup
+from rlhf_ray import models
+from rlhf_ray.algos import forward
+from rlhf_ray.bench.workload import Workload
+from rlhf_ray.config import TrainConfig
+
+TIMEOUT_S = 1800.0
+
+
+def settings(w: Workload, seq_len: int) -> dict[str, dict]:
+    """Each setting's TrainConfig fields. The token budget is half a micro-batch's padded tokens: twice the
+    micro-batches of half the rows."""
+    return {"default": {}, "gradient checkpointing": {"gradient_checkpointing": True},
+            "token budget": {"micro_batch_tokens": w.micro_batch * seq_len // 2},
+            "ZeRO-3": {"zero_stage": 3}, "ZeRO-3 + offload": {"zero_stage": 3, "offload_optimizer": True,
+                                                             "offload_params": True}}
+
+
+def learner_memory(w: Workload, batch: dict[str, torch.Tensor]) -> list[dict]:
+    """One row per setting: tokens/s (median of w.repeats steps after a warm-up), loss of the first step, peak MB."""
+    rows = []
+    tokens = int(batch["loss_mask"].sum())
+    for name, fields in settings(w, batch["input_ids"].shape[1]).items():
+        train = TrainConfig(lr=w.lr, batch_size=w.samples, micro_batch_size=w.micro_batch, **fields)
+        learner = ActorGroup(Learner, "memory-learner", (models.resolve_model(w.model), "policy", train, w.dtype,
+                                                         w.seed, 1000), num_ranks=1, num_cpus=0.5, threads=w.threads)
+        try:
+            seconds, losses = [], []
+            for _ in range(w.repeats + 1):  # the first is a warm-up; each step moves the weights, so loss 0 counts
+                t0 = time.perf_counter()
+                m = learner.call(lambda a, r: a.train_step.remote(batch, forward.SFT_LOSS), TIMEOUT_S, f"bench: {name}")
+                seconds.append(time.perf_counter() - t0)
+                losses.append(m[0]["loss"])
+            peak = learner.call(lambda a, r: a.peak_memory_mb.remote(), TIMEOUT_S, "bench: memory")[0]
+        finally:
+            learner.kill()
+        rows.append({"setting": name, "fields": fields, "tokens_per_s": tokens / statistics.median(seconds[1:]),
+                     "first_loss": losses[0], "peak_mb": peak})
+    return rows
