@@ -137,6 +137,15 @@ def test_object_store_sync_matches_new_weights(generator, tiny, pairs):
     assert _max_gap(after, before) > 0.05  # and the sync really changed the engine
 
 
+def test_object_store_buckets_are_read_zero_copy(ray_session, tiny):
+    """A bucket fetched on the node that holds it is a view of the object store's shared memory, not a copy:
+    read-only, and its buffer is not owned by the array."""
+    bucket = weight_sync.make_buckets(models.load_policy(tiny).named_parameters(), 1, 1 << 30)[0]
+    got = ray.get(ray.put(bucket))
+    assert not got.data.flags.writeable and not got.data.flags.owndata
+    assert got.checksum == weight_sync.checksum(got.data) == bucket.checksum
+
+
 def test_sync_of_a_model_with_tied_embeddings(ray_session, pairs, tmp_path):
     """Tied models send the embedding once (as named_parameters and the learner's export do); the engine's LM head
     must follow it, sync after sync (vLLM's reload alone keeps the old head: logprob gaps of ~0.07 here)."""
