@@ -7,6 +7,7 @@ any stage), so the ActorGroup must call it on all ranks together, each with its 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -16,9 +17,10 @@ import torch
 from cluster import quiet, weight_sync
 from cluster.actor_group import DistributedActor
 from cluster.local import listening_socket
+from rlhf_ray import lora
 from rlhf_ray.algos import forward
 from rlhf_ray.algos.forward import Batch, Loss
-from rlhf_ray.config import TrainConfig
+from rlhf_ray.config import LoraConfig, TrainConfig
 from rlhf_ray.engines import ds_engine
 from rlhf_ray.models import load_policy, load_value_model, resolve_model
 
@@ -32,13 +34,13 @@ class Learner(DistributedActor):
     (default train.batch_size)."""
 
     def __init__(self, model: str, kind: Kind, train: TrainConfig, dtype: str = "float32", seed: int = 0,
-                 total_steps: int = 1, batch_size: Optional[int] = None):
+                 total_steps: int = 1, batch_size: Optional[int] = None, lora_cfg: Optional[LoraConfig] = None):
         quiet.actor_start()
         if kind not in ("policy", "critic", "reward"):
             raise ValueError(f"learner kind must be policy, critic or reward, got {kind!r}")
         self.model_path, self.kind, self.train = resolve_model(model), kind, train
         self.dtype, self.seed, self.total_steps, self.batch_size = dtype, seed, total_steps, batch_size
-        self.rank, self.engine = 0, None
+        self.rank, self.engine, self.lora = 0, None, lora_cfg
 
     def setup_distributed(self, master_addr: str, master_port: int, rank: int, world_size: int, local_rank: int,
                           backend: str = "gloo", timeout_s: float = 300.0) -> None:
@@ -48,7 +50,10 @@ class Learner(DistributedActor):
         self.rank = rank
         torch.manual_seed(self.seed)  # a fresh value head starts the same on every rank
         load = load_policy if self.kind == "policy" else load_value_model
-        model = ds_engine.prepare_model(load(self.model_path, self.dtype), self.train)
+        model = load(self.model_path, self.dtype)
+        if self.lora is not None:  # frozen base, trained adapters (and a value model's head)
+            model = lora.wrap(model, self.lora, self.kind)
+        model = ds_engine.prepare_model(model, self.train)
         config = ds_engine.ds_config(self.train, world_size, self.dtype, self.batch_size)
         self.engine = ds_engine.build_engine(model, config, self.total_steps, self.train.warmup_steps,
                                              self.train.lr_schedule)
@@ -71,11 +76,14 @@ class Learner(DistributedActor):
             outs.append(ds_engine.eval_forward(self.engine, lambda e: fn(e, mb)).cpu())
         return torch.cat(outs)
 
-    def logprobs(self, batch: Batch, response_len: int, temperature: float = 1.0) -> torch.Tensor:
+    def logprobs(self, batch: Batch, response_len: int, temperature: float = 1.0,
+                 adapters: bool = True) -> torch.Tensor:
         """(B, response_len) log p of each row's last response_len tokens at sampling temperature `temperature`
-        (batch: input_ids, attention_mask)."""
-        return self._forward(batch, lambda e, mb: forward.logprobs(e, mb["input_ids"], mb["attention_mask"],
-                                                                     response_len, temperature))
+        (batch: input_ids, attention_mask). adapters=False (LoRA): the base model's, i.e. the reference's."""
+        off = self.engine.module.disable_adapter() if not adapters else contextlib.nullcontext()
+        with off:
+            return self._forward(batch, lambda e, mb: forward.logprobs(e, mb["input_ids"], mb["attention_mask"],
+                                                                         response_len, temperature))
 
     def values(self, batch: Batch, response_len: int) -> torch.Tensor:
         """(B, response_len) V(s_t) before each response token (critic / reward model)."""

@@ -42,6 +42,25 @@ class ModelConfig:
     """Weights and compute dtype for learners and generators."""
     max_seq_len: int = 512
     """Longest prompt + response, in tokens."""
+    lora: Optional[LoraConfig] = None
+    """Train LoRA adapters (peft) instead of every weight, in every learner of every stage. None: full
+    fine-tuning."""
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters: each adapted weight W is trained as W + alpha / rank · B A with B, A of rank `rank`; W stays
+    frozen. PPO then needs no reference actor: the reference is the policy with its adapters switched off."""
+
+    rank: int = 16
+    """Rank r of each adapter (peft `r`, OpenRLHF `--lora_rank`)."""
+    alpha: float = 32.0
+    """The update is scaled by alpha / rank (peft `lora_alpha`)."""
+    dropout: float = 0.0
+    """Dropout on each adapter's input (peft `lora_dropout`)."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Names of the modules to adapt (`q_proj`, `v_proj`, ...; peft `target_modules`); `all-linear`: every linear
+    layer except the output head."""
 
 
 @dataclass
@@ -373,6 +392,11 @@ class Config:
         watch the KL at β = 0). Otherwise its forward would be spent on a term multiplied by 0 (TRL and OpenRLHF
         skip it too): the KL metrics are then null."""
         return self.ppo.kl_coef > 0 or self.ppo.kl_target is not None or self.model.reference is not None
+
+    def reference_in_policy(self) -> bool:
+        """With LoRA and no `model.reference` of its own, the reference is the policy learner with its adapters
+        switched off (as OpenRLHF and TRL do): no reference actor is started."""
+        return self.model.lora is not None and self.model.reference is None
 
     def check(self) -> list[tuple[str, str]]:
         """Combinations that cannot work, as (key, message) pairs."""

@@ -34,6 +34,13 @@ def check(cfg) -> list[tuple[str, str]]:
          f"ZeRO-Offload partitions the optimizer first: needs train.zero_stage >= 1, got {t.zero_stage}")
     need(not t.offload_params or t.zero_stage == 3, "train.offload_params",
          f"only ZeRO-3 partitions parameters: needs train.zero_stage 3, got {t.zero_stage}")
+    lora = cfg.model.lora
+    if lora is not None:
+        need(lora.rank >= 1, "model.lora.rank", f"must be >= 1, got {lora.rank}")
+        need(lora.alpha > 0, "model.lora.alpha", f"must be > 0, got {lora.alpha}")
+        need(0 <= lora.dropout < 1, "model.lora.dropout", f"must be in [0, 1), got {lora.dropout}")
+        need(bool(lora.target_modules) and all(lora.target_modules), "model.lora.target_modules",
+             "name at least one module (or all-linear), none empty")
     need(r.max_staleness >= 0, "rollout.max_staleness", f"must be >= 0, got {r.max_staleness}")
     need(t.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {t.checkpoint_every}")
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")

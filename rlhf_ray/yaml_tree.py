@@ -311,6 +311,9 @@ def _sections(cls: type, prefix: str) -> list[tuple[str, type]]:
     for f in dataclasses.fields(cls):
         tp, key = hints[f.name], f"{prefix}{f.name}"
         origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+            tp = next(a for a in args if a is not type(None))  # an optional section (model.lora)
+            origin, args = typing.get_origin(tp), typing.get_args(tp)
         if dataclasses.is_dataclass(tp):
             out += _sections(tp, key + ".")
         elif origin is dict and dataclasses.is_dataclass(args[1]):

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 import torch
 import torch.distributed as dist
 
+from rlhf_ray import lora
 from rlhf_ray.algos.forward import Batch, Loss
 
 if TYPE_CHECKING:
@@ -137,7 +138,9 @@ def build_engine(model: torch.nn.Module, config: dict, total_steps: int, warmup_
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, warmup_steps, total_steps, schedule))
 
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()],
+    # Only what trains (with LoRA: the adapters) gets optimizer state; frozen base weights get none.
+    trained = [p for p in model.parameters() if p.requires_grad]
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=trained,
                                       config=config, lr_scheduler=scheduler)
     return engine
 
@@ -300,42 +303,62 @@ def weight_specs(engine: "DeepSpeedEngine") -> list[tuple[str, tuple[int, ...], 
     """(HF name, full shape, dtype) of what `named_full_weights` yields, in its order, without gathering anything
     (ZeRO-3 keeps each partitioned parameter's full shape as `ds_shape`): a weight-sync plan is made from it."""
     module = engine.module
-    params = [(hf_name(n), tuple(getattr(p, "ds_shape", p.shape)), p.dtype) for n, p in module.named_parameters()]
+    params = [(hf_name(n), tuple(getattr(p, "ds_shape", p.shape)), p.dtype)
+              for n, p, _, _ in lora.export_plan(module)]
     return params + [(hf_name(n), tuple(b.shape), b.dtype) for n, b in _persistent_buffers(module)]
 
 
 def named_full_weights(engine: "DeepSpeedEngine", on_all_ranks: bool = False, copy: bool = True
                        ) -> Iterator[tuple[str, Optional[Tensor]]]:
-    """(HF name, full tensor) of every parameter (tied ones once) and persistent buffer, in module order.
+    """(HF name, full tensor) of every parameter (tied ones once) and persistent buffer, in module order; with LoRA
+    the merged model's (each adapted weight with its adapter merged in, on a copy: lora.py).
 
-    Under ZeRO-3 each parameter is all-gathered in turn, so every rank must consume the iterator to the end in
-    step. Ranks other than 0 get None for the tensor unless `on_all_ranks`. With `copy` each tensor is a CPU copy;
-    without, it is the engine's own (gathered) tensor on its device, valid only until the next one is taken: the
-    weight sync packs it into a bucket straight away."""
+    Under ZeRO-3 each parameter (with its adapter) is all-gathered in turn, so every rank must consume the iterator
+    to the end in step. Ranks other than 0 get None for the tensor unless `on_all_ranks`. With `copy` each tensor is
+    a CPU copy; without, it may be the engine's own (gathered) tensor on its device, valid only until the next one
+    is taken: the weight sync packs it into a bucket straight away."""
     import deepspeed
 
     keep = on_all_ranks or not dist.is_initialized() or dist.get_rank() == 0
     module = engine.module
     out = (lambda t: t.detach().to("cpu", copy=True)) if copy else (lambda t: t.detach())
-    for name, param in module.named_parameters():
-        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-            yield hf_name(name), (out(param.data) if keep else None)
+    for name, param, gather, layer in lora.export_plan(module):
+        with deepspeed.zero.GatheredParameters(gather, modifier_rank=None), torch.no_grad():
+            yield hf_name(name), (out(lora.merged(param.data, layer)) if keep else None)
     for name, buf in _persistent_buffers(module):
         yield hf_name(name), (out(buf) if keep else None)
 
 
 def save_hf(engine: "DeepSpeedEngine", out_dir: str | Path, tokenizer_from: Optional[str] = None) -> Optional[Path]:
     """Write the full weights as an HF folder (config, safetensors, generation config, tokenizer) that
-    transformers and vLLM load. Every rank must call it (ZeRO-3 gathers); rank 0 writes. Returns the folder on
-    rank 0, None elsewhere."""
+    transformers and vLLM load; with LoRA the merged model, and the adapters alone (peft's folder) in
+    out_dir/adapter. Every rank must call it (ZeRO-3 gathers); rank 0 writes. Returns the folder on rank 0, None
+    elsewhere."""
     state = {name: t for name, t in named_full_weights(engine)}
+    adapters = _adapter_state(engine.module) if lora.is_lora(engine.module) else None
     if dist.is_initialized() and dist.get_rank() != 0:
         return None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    engine.module.save_pretrained(out, state_dict=state)
+    module = engine.module
+    if adapters is not None:
+        module.save_pretrained(out / "adapter", state_dict=adapters)
+        module = module.get_base_model()
+    module.save_pretrained(out, state_dict=state)
     if tokenizer_from is not None:
         from transformers import AutoTokenizer
 
         AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(out)
     return out
+
+
+def _adapter_state(module: torch.nn.Module) -> dict[str, Tensor]:
+    """The trainable parameters (adapters, a value model's head) under peft's names, gathered (ZeRO-3)."""
+    import deepspeed
+
+    state = {}
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                state[name] = p.data.detach().to("cpu", copy=True)
+    return state

@@ -301,6 +301,14 @@ class Fleet:
         return self._collective(self.policy, _ids(batch), lambda a, shard: a.logprobs.remote(shard, T, temperature),
                                 "score: old logprobs", torch.cat)
 
+    def base_logprobs(self, batch: RolloutBatch) -> Collective:
+        """The reference's log-probs from the policy learner with its LoRA adapters off (no reference actor):
+        (B, T) once joined."""
+        T, temperature = batch.response_mask.shape[1], self.temperature
+        return self._collective(self.policy, _ids(batch),
+                                lambda a, shard: a.logprobs.remote(shard, T, temperature, adapters=False),
+                                "score: reference (adapters off)", torch.cat)
+
     def old_values(self, batch: RolloutBatch) -> Optional[Collective]:
         """The critic's V(s_t) before each response token: (B, T) once joined; None without a critic."""
         if self.critic is None:
@@ -355,7 +363,8 @@ def _first(answers: list) -> Any:  # metrics of an update: equal on every rank
 
 
 def roles(cfg: Config) -> list[str]:
-    roles = ["generator"] + (["reference"] if cfg.uses_reference() else []) + ["policy"]
+    roles = ["generator"] + (["reference"] if cfg.uses_reference() and not cfg.reference_in_policy() else [])
+    roles += ["policy"]
     roles += ["critic"] if cfg.ppo.advantage == "gae" else []
     roles += ["reward"] if cfg.model.reward else []
     return roles
@@ -377,8 +386,8 @@ def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[st
 
     gen = generation.start_generators(cfg, weights or policy, slots("generator"), version)
     ref = ActorGroup(Reference, "reference", (m.reference or policy, m.dtype, cfg.train.micro_batch_size),
-                     distributed=False, **on("reference")) if cfg.uses_reference() else None
-    learner = (cfg.train, m.dtype, cfg.seed, total_steps, p.mini_batch_size)
+                     distributed=False, **on("reference")) if "reference" in roles(cfg) else None
+    learner = (cfg.train, m.dtype, cfg.seed, total_steps, p.mini_batch_size, m.lora)
     pol = ActorGroup(Learner, "policy-learner", (policy, "policy", *learner), **on("policy"))
     critic = None
     if p.advantage == "gae":

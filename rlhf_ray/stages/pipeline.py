@@ -229,6 +229,13 @@ def _model_problems(cfg: Config, where: str) -> list[str]:
         if rows is not None and n_tokens > rows:
             problems.append(f"{where}model.tokenizer: {tok} has {n_tokens} tokens but model.policy ({policy}) "
                             f"embeds {rows}: this tokenizer does not belong to this model")
+    if cfg.model.lora is not None and policy and Path(policy).is_dir():
+        from rlhf_ray import lora
+
+        missing = lora.missing_targets(policy, cfg.model.lora)
+        if missing:
+            problems.append(f"{where}model.lora.target_modules: {', '.join(missing)} match no module of "
+                            f"model.policy ({policy})")
     return problems
 
 

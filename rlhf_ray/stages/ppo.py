@@ -188,7 +188,10 @@ class PPOTrainer:
                                       old_values=values, ended=ended)
 
     def _ref_logprobs(self, scoring: Scoring, batch: rollout.RolloutBatch, phase: str) -> Optional[torch.Tensor]:
-        """The reference's log-probs as one (B, T) batch; None without a reference."""
+        """The reference's log-probs as one (B, T) batch; None without a reference. With LoRA and no reference
+        model of its own, the policy learner's with its adapters off."""
+        if self.cfg.uses_reference() and self.cfg.reference_in_policy():
+            return self.fleet.base_logprobs(batch).get()
         rows = self.fleet.ref_logprobs(scoring, phase)
         return None if rows is None else _pad(rows, batch.response_mask.shape[1])
 

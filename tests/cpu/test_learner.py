@@ -29,9 +29,9 @@ from actors.learner import Learner
 from cluster import quiet
 from cluster.actor_group import ActorGroup, GroupError, shard
 from cluster.weight_sync import verified
-from rlhf_ray import models
+from rlhf_ray import lora, models
 from rlhf_ray.algos import forward, ppo_losses, rl_math
-from rlhf_ray.config import TrainConfig
+from rlhf_ray.config import LoraConfig, TrainConfig
 
 LR, WD, CLIP = 1e-4, 0.01, 1.0
 B, MICRO = 8, 2
@@ -84,7 +84,8 @@ def stepped(request, ray_session, tiny, batch):
     """A learner group (ZeRO stage, ranks, memory settings) after one train step on `batch`, and the metrics each
     rank returned."""
     stage, ranks, memory = request.param
-    group = ActorGroup(Learner, f"zero{stage}-learner", args=(tiny, "policy", train_cfg(stage, **MEMORY.get(memory, {}))),
+    train = train_cfg(stage, **MEMORY.get(memory, {}))
+    group = ActorGroup(Learner, f"zero{stage}-learner", args=(tiny, "policy", train),
                        kwargs={"dtype": "float32", "seed": 0, "total_steps": 4}, num_ranks=ranks, num_cpus=0.5,
                        setup_timeout_s=TIMEOUT_S)
     shards = group.shard(batch)
@@ -347,3 +348,38 @@ def test_critic_values_match_a_plain_forward(ray_session, tiny, batch):
     with torch.no_grad():
         ref = forward.token_values(model, batch["input_ids"], batch["attention_mask"])[:, -11:-1]
     torch.testing.assert_close(values, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_a_lora_learner_trains_adapters_and_its_base_is_the_reference(ray_session, tiny, batch):
+    """ZeRO-3 on 2 ranks with LoRA: after a step the adapters-off log-probs are the untouched model's (a separate
+    reference's), the adapters-on ones moved, and the exported weights are peft's own merge of what was trained."""
+    cfg = TrainConfig(lr=1e-2, batch_size=B, micro_batch_size=MICRO, zero_stage=3)
+    group = ActorGroup(Learner, "lora-learner", args=(tiny, "policy", cfg),
+                       kwargs={"dtype": "float32", "total_steps": 4, "lora_cfg": LoraConfig(rank=4, alpha=8)},
+                       num_ranks=2, num_cpus=0.5, setup_timeout_s=TIMEOUT_S)
+    try:
+        shards = group.shard(batch)
+        group.call(lambda a, r: a.train_step.remote(shards[r], forward.SFT_LOSS), TIMEOUT_S, "train")
+        group.call(lambda a, r: a.train_step.remote(shards[r], forward.SFT_LOSS), TIMEOUT_S, "train")  # B moves off 0
+        R = 10
+        off = torch.cat(group.call(lambda a, r: a.logprobs.remote(shards[r], R, 1.0, adapters=False), TIMEOUT_S,
+                                   "adapters off"))
+        on = torch.cat(group.call(lambda a, r: a.logprobs.remote(shards[r], R), TIMEOUT_S, "on"))
+        _, exported = _export(group, bucket_bytes=1 << 30)
+    finally:
+        group.kill()
+    with torch.no_grad():
+        ref = forward.logprobs(models.load_policy(tiny).eval(), batch["input_ids"], batch["attention_mask"], R)
+        merged_lp = forward.logprobs(_load(tiny, exported).eval(), batch["input_ids"], batch["attention_mask"], R)
+    torch.testing.assert_close(off, ref, atol=1e-5, rtol=1e-5)
+    assert (on - ref).abs().max() > 1e-3
+    torch.testing.assert_close(on, merged_lp, atol=1e-5, rtol=1e-5)  # the generators' weights sample the policy
+    assert list(exported) == [n for n, _ in models.load_policy(tiny).named_parameters()]
+    assert lora.hf_name("base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight") == \
+        "model.layers.0.self_attn.q_proj.weight"
+
+
+def _load(tiny, weights):
+    model = models.load_policy(tiny)
+    model.load_state_dict(weights, strict=False)
+    return model
