@@ -175,3 +175,28 @@ def test_force_reruns_finished_stages(run):
     assert label["prompts"] == 16 and pq.read_table(prefs).num_rows == label["pairs"]
     assert _metrics(run_dir, "ppo") == ppo_rows  # stages not listed keep their rows
     assert AutoModelForCausalLM.from_pretrained(run_dir / "final" / "sft").config.architectures == ["LlamaForCausalLM"]
+
+
+def test_every_stage_trains_lora_adapters(ray_session, tmp_path):
+    """The whole pipeline (sft -> label -> rm -> ppo) and the DPO branch with `model.lora`: each learner trains
+    adapters (the reward model and critic also their score head); each stage's final folder is a merged HF model
+    that the next stage (and vLLM) loads, with the adapters beside it; the reward model still learns the labeler
+    and PPO runs without a reference actor."""
+    import safetensors.torch
+
+    lora = ("model.lora={rank: 8, alpha: 32, target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
+            "down_proj, lm_head]}")
+    out = _Tee()
+    with contextlib.redirect_stdout(out):
+        assert _run(lora, "train.lr=0.01", "--run-dir", str(tmp_path)) == 0
+    assert _run(lora, "train.lr=0.01", "stages=[sft,label,dpo]", "--run-dir", str(tmp_path)) == 0
+    for stage in ("sft", "rm", "ppo", "dpo"):
+        adapter = safetensors.torch.load_file(tmp_path / "final" / stage / "adapter" / "adapter_model.safetensors")
+        assert adapter and all("lora_" in k or "score" in k for k in adapter), stage
+        assert (tmp_path / "final" / stage / "config.json").is_file()
+    assert any("score" in k for k in safetensors.torch.load_file(
+        tmp_path / "final" / "rm" / "adapter" / "adapter_model.safetensors"))  # the head trains in full
+    rm = _metrics(tmp_path, "rm")
+    assert rm[-1]["eval_accuracy"] >= 0.75, rm[-1]
+    placed = [line.split()[0] for line in out.getvalue().splitlines() if line.split()[1:2] == ["0"]]
+    assert "policy" in placed and "reference" not in placed  # PPO's reference is the policy with adapters off
