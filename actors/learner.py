@@ -154,6 +154,12 @@ class Learner(DistributedActor):
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint in {out_dir}/deepspeed")
 
+    def parameter_counts(self) -> tuple[int, int]:
+        """Bench hook: (trained, all) parameters of the model (with LoRA the adapters against the whole)."""
+        params = list(self.engine.module.parameters())
+        count = lambda ps: sum(int(getattr(p, "ds_numel", p.numel())) for p in ps)  # noqa: E731 (ZeRO-3: full size)
+        return count(p for p in params if p.requires_grad), count(params)
+
     def peak_memory_mb(self) -> float:
         """Bench hook: the most GPU memory this process allocated, or on CPU its peak resident size (MiB)."""
         if torch.cuda.is_available():

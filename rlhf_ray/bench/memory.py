@@ -1,6 +1,7 @@
 """Section 4: the learner-memory settings (gradient checkpointing, token-budget micro-batches, ZeRO-3 with
-offload), each a learner actor on the same batch as section 2: tokens/s of its train_step, its loss beside the
-default learner's (the settings must not change it), and the learner process's peak memory (GPU: the most
+offload) and LoRA against full fine-tuning, each a learner actor on the same batch as section 2: tokens/s of its
+train_step, its first loss beside the default learner's (the memory settings must not change it; LoRA's adapters
+start as a no-op, so its first loss is the same too), the parameters it trains, and the learner process's peak memory (GPU: the most
 allocated on the device; CPU: the process's peak resident size, model loading included, since the learner is new).
 """
 
@@ -16,18 +17,22 @@ from cluster.actor_group import ActorGroup
 from rlhf_ray import models
 from rlhf_ray.algos import forward
 from rlhf_ray.bench.workload import Workload
-from rlhf_ray.config import TrainConfig
+from rlhf_ray.config import LoraConfig, TrainConfig
 
 TIMEOUT_S = 1800.0
 
 
+LORA = LoraConfig(rank=16, alpha=32)
+
+
 def settings(w: Workload, seq_len: int) -> dict[str, dict]:
-    """Each setting's TrainConfig fields. The token budget is half a micro-batch's padded tokens: twice the
-    micro-batches of half the rows."""
+    """Each setting's TrainConfig fields (and `lora`). The token budget is half a micro-batch's padded tokens:
+    twice the micro-batches of half the rows."""
     return {"default": {}, "gradient checkpointing": {"gradient_checkpointing": True},
             "token budget": {"micro_batch_tokens": w.micro_batch * seq_len // 2},
             "ZeRO-3": {"zero_stage": 3}, "ZeRO-3 + offload": {"zero_stage": 3, "offload_optimizer": True,
-                                                             "offload_params": True}}
+                                                             "offload_params": True},
+            f"LoRA r={LORA.rank}, all linear": {"lora": LORA}}
 
 
 def learner_memory(w: Workload, batch: dict[str, torch.Tensor]) -> list[dict]:
@@ -35,9 +40,12 @@ def learner_memory(w: Workload, batch: dict[str, torch.Tensor]) -> list[dict]:
     rows = []
     tokens = int(batch["loss_mask"].sum())
     for name, fields in settings(w, batch["input_ids"].shape[1]).items():
+        fields = dict(fields)
+        lora_cfg = fields.pop("lora", None)
         train = TrainConfig(lr=w.lr, batch_size=w.samples, micro_batch_size=w.micro_batch, **fields)
         learner = ActorGroup(Learner, "memory-learner", (models.resolve_model(w.model), "policy", train, w.dtype,
-                                                         w.seed, 1000), num_ranks=1, num_cpus=0.5, threads=w.threads)
+                                                         w.seed, 1000, None, lora_cfg),
+                             num_ranks=1, num_cpus=0.5, threads=w.threads)
         try:
             seconds, losses = [], []
             for _ in range(w.repeats + 1):  # the first is a warm-up; each step moves the weights, so loss 0 counts
@@ -46,8 +54,10 @@ def learner_memory(w: Workload, batch: dict[str, torch.Tensor]) -> list[dict]:
                 seconds.append(time.perf_counter() - t0)
                 losses.append(m[0]["loss"])
             peak = learner.call(lambda a, r: a.peak_memory_mb.remote(), TIMEOUT_S, "bench: memory")[0]
+            trained, total = learner.call(lambda a, r: a.parameter_counts.remote(), TIMEOUT_S, "bench: params")[0]
         finally:
             learner.kill()
-        rows.append({"setting": name, "fields": fields, "tokens_per_s": tokens / statistics.median(seconds[1:]),
-                     "first_loss": losses[0], "peak_mb": peak})
+        rows.append({"setting": name, "fields": {**fields, **({"lora": vars(lora_cfg)} if lora_cfg else {})},
+                     "tokens_per_s": tokens / statistics.median(seconds[1:]), "first_loss": losses[0],
+                     "peak_mb": peak, "trained_params": trained, "params": total})
     return rows

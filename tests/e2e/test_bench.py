@@ -61,10 +61,14 @@ def test_weight_sync_moves_the_whole_model_per_transport_and_bucket_size(bench):
 def test_learner_memory_settings_leave_the_loss_unchanged(bench):
     r, _, _ = bench
     rows = {m["setting"]: m for m in r["learner_memory"]}
-    assert list(rows) == ["default", "gradient checkpointing", "token budget", "ZeRO-3", "ZeRO-3 + offload"]
+    assert list(rows) == ["default", "gradient checkpointing", "token budget", "ZeRO-3", "ZeRO-3 + offload",
+                          "LoRA r=16, all linear"]
     for m in rows.values():  # the first step's loss is taken before any update: the same weights, the same batch
         assert m["first_loss"] == pytest.approx(rows["default"]["first_loss"], rel=1e-5), m["setting"]
         assert m["tokens_per_s"] > 0 and m["peak_mb"] > 0
+    lora = rows.pop("LoRA r=16, all linear")
+    assert all(m["trained_params"] == m["params"] for m in rows.values())
+    assert 0 < lora["trained_params"] < lora["params"] / 5 and lora["params"] > rows["default"]["params"]
 
 
 def test_ppo_steps_respect_their_staleness_bound(bench):
