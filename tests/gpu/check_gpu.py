@@ -9,7 +9,10 @@ in tests/cpu). What it checks:
   3. a DeepSpeed engine (NCCL process group, world size 1, store bound to 127.0.0.1): ZeRO-2 fp32 one train_step
      equals a plain torch AdamW step on the GPU; ZeRO-3 bf16 steps and exports full weights in buckets;
   4. the NCCL weight-sync group forms and broadcasts (one GPU cannot host a second NCCL rank, so receiving is
-     checked on CPU with gloo in tests/cpu).
+     checked on CPU with gloo in tests/cpu);
+  5. realistic shapes (Qwen2.5-0.5B's, randomly initialised, bf16, 8 x 512 tokens): a plain torch AdamW step, then
+     DeepSpeed ZeRO-2 and ZeRO-3 steps, a LoRA step, gradient checkpointing and token-budget micro-batches, each
+     with tokens/s beside plain torch's, peak GPU memory and its first loss beside plain torch's.
 """
 
 from __future__ import annotations
@@ -149,10 +152,97 @@ def main() -> int:
             group.send(b)
         assert len(verified(buckets, 5)) == sum(len(b.names) for b in buckets)
 
+    realistic_steps()
     dist.destroy_process_group()
     failed = [name for name, ok, _ in RESULTS if not ok]
     print(f"{len(RESULTS) - len(failed)} passed, {len(failed)} failed", flush=True)
     return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- 5. realistic shapes: learner steps and memory
+
+# Qwen2.5-0.5B's shapes, randomly initialised (no download); the CPU dry run shrinks them to seconds.
+QWEN_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                num_key_value_heads=2, vocab_size=151936, max_position_embeddings=4096, tie_word_embeddings=True)
+SMALL = dict(QWEN_05B, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+             num_key_value_heads=1, vocab_size=1024)
+B, T = (8, 512) if not ON_CPU else (4, 32)
+
+
+def realistic_steps() -> None:
+    """A plain torch bf16 AdamW step, then DeepSpeed steps (ZeRO-2, ZeRO-3, ZeRO-2 with LoRA, with gradient
+    checkpointing, with a token budget of half a micro-batch) on the same random-init model and batch: tokens/s
+    (median of 3 steps after a warm-up), peak GPU memory, and the first loss beside plain torch's."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from rlhf_ray.config import LoraConfig
+
+    config = Qwen2Config(**(SMALL if ON_CPU else QWEN_05B))
+    torch.manual_seed(0)
+    init = AutoModelForCausalLM.from_config(config).state_dict()
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(0, config.vocab_size, (B, T), generator=g),
+             "attention_mask": torch.ones(B, T, dtype=torch.long), "loss_mask": torch.ones(B, T, dtype=torch.long)}
+    tokens = int(batch["loss_mask"].sum())
+
+    def fresh():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model.load_state_dict(init)
+        return model
+
+    def measure(step) -> tuple[float, float, float]:
+        if not ON_CPU:
+            torch.cuda.reset_peak_memory_stats()
+        seconds, first = [], None
+        for _ in range(4):
+            t0 = time.perf_counter()
+            loss = step()
+            if not ON_CPU:
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - t0)
+            first = loss if first is None else first
+        peak = torch.cuda.max_memory_allocated() / 2**30 if not ON_CPU else 0.0
+        return tokens / sorted(seconds[1:])[1], peak, first
+
+    plain = {}
+
+    @check(f"plain torch bf16 AdamW step, Qwen2.5-0.5B shapes ({B} x {T} tokens)")
+    def _():
+        model = fresh().to(CUDA).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        full = {k: v.to(CUDA) for k, v in batch.items()}
+
+        def step():
+            loss, _ = forward.sft_nll(model, full, forward.sft_count(full))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss.item()
+
+        plain["tps"], peak, plain["loss"] = measure(step)
+        del model, opt
+        return f"{plain['tps']:.0f} tokens/s, peak {peak:.1f} GiB, first loss {plain['loss']:.4f}"
+
+    runs = {"DeepSpeed ZeRO-2 bf16": ({"zero_stage": 2}, None),
+            "DeepSpeed ZeRO-3 bf16": ({"zero_stage": 3}, None),
+            "ZeRO-2 + LoRA r=16, all linear": ({"zero_stage": 2}, LoraConfig(rank=16, alpha=32)),
+            "ZeRO-2 + gradient checkpointing": ({"zero_stage": 2, "gradient_checkpointing": True}, None),
+            "ZeRO-2 + token budget (half a micro-batch)": ({"zero_stage": 2, "micro_batch_tokens": B * T // 4}, None)}
+    for name, (fields, lora_cfg) in runs.items():
+        @check(f"{name} step beside plain torch")
+        def _(fields=fields, lora_cfg=lora_cfg):
+            from rlhf_ray import lora
+
+            train = TrainConfig(lr=1e-5, batch_size=B, micro_batch_size=B // 2, **fields)
+            model = fresh() if lora_cfg is None else lora.wrap(fresh(), lora_cfg, "policy")
+            engine = ds_engine.build_engine(ds_engine.prepare_model(model, train),
+                                            ds_engine.ds_config(train, 1, "bfloat16"), total_steps=8)
+            tps, peak, first = measure(lambda: ds_engine.train_step(engine, ds_engine.micro_batches(batch, train),
+                                                                    forward.SFT_LOSS)["loss"])
+            del engine
+            assert abs(first - plain["loss"]) <= 1e-2 * abs(plain["loss"]), (first, plain["loss"])  # bf16 rounding
+            return (f"{tps:.0f} tokens/s ({tps / plain['tps']:.2f} of plain torch), peak {peak:.1f} GiB, first loss "
+                    f"{first:.4f}")
 
 
 if __name__ == "__main__":
