@@ -245,6 +245,14 @@ def test_weight_sync_transport_is_checked_resolved_and_the_store_sized(tiny, mon
     assert transport.store_mb(cfg) == 512 and transport.store_mb(load_config(None, ["cluster.object_store_mb=900"])) == 900
     monkeypatch.setattr(models, "weight_bytes", lambda *a: 3 << 30)
     assert transport.store_mb(cfg) == 2 * 3 * 1024 + 128
+    # On a cluster started elsewhere an object-store sync that cannot hold two versions is refused; broadcast is not.
+    monkeypatch.setattr(transport.ray, "cluster_resources", lambda: {"object_store_memory": 5 << 30})
+    with pytest.raises(ConfigError, match=r"the cluster's object store \(5120 MiB\) cannot hold two versions of the "
+                                          r"policy's weights \(3072 MiB each\)"):
+        transport.check_store(cfg)
+    transport.check_store(load_config(None, [f"model.policy={tiny}", "cluster.weight_sync=broadcast"]))
+    monkeypatch.setattr(transport.ray, "cluster_resources", lambda: {"object_store_memory": 7 << 30})
+    transport.check_store(cfg)
     monkeypatch.setattr(transport.shutil, "disk_usage", lambda path: type("U", (), {"free": 4 << 30})())
     with pytest.raises(ConfigError, match="two versions of the policy's weights \\(3072 MiB each in float32\\) need an "
                                           "object store of 6272 MiB, and /dev/shm has 4096 MiB free"):
