@@ -11,7 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import Optional
 
 import pyarrow as pa
@@ -19,7 +22,8 @@ import ray
 import torch
 
 from cluster import quiet, weight_sync
-from rlhf_ray import rollout
+from rlhf_ray import lora, rollout
+from rlhf_ray.config import LoraConfig
 from rlhf_ray.engines import vllm_engine
 
 log = logging.getLogger(__name__)
@@ -29,15 +33,21 @@ class Generator:
     """Wrap with `ray.remote` (ActorGroup does) and name it `generator-<rank>`."""
 
     def __init__(self, model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, seed: int = 0,
-                 max_model_len: int = 1024, engine: Optional[dict] = None, version: int = 0):
+                 max_model_len: int = 1024, engine: Optional[dict] = None, version: int = 0,
+                 lora: Optional[LoraConfig] = None, adapter: Optional[str] = None):
+        """lora: pushed weights are this LoRA's adapters (`model.lora.sync: adapters`), served on `model_path`
+        through vLLM's LoRA support; adapter: the adapter folder `version` is (a checkpoint's), None: none yet."""
         quiet.actor_start()
         # Errors name the actor (`generator-3`) so a failed sync says which generator missed it.
         self.name = ray.get_runtime_context().get_actor_name() or "generator"
         tail = re.search(r"-(\d+)$", self.name)
         self.rank = int(tail.group(1)) if tail else 0
         # Each generator samples from its own stream: engine seed + rank.
+        self.lora, self.adapter = lora, None
         self.llm = vllm_engine.build_llm(model_path, dtype, kv_cache_mb, seed + self.rank, max_model_len,
-                                         engine=engine)
+                                         engine=engine, lora_rank=lora.rank if lora else None)
+        if adapter is not None:
+            self._serve_adapter(adapter)
         self.version = version  # a generator started from a checkpoint's weights holds that policy version
 
     def weight_version(self) -> int:
@@ -55,7 +65,7 @@ class Generator:
         if seed is not None:
             torch.manual_seed(seed + self.rank)
         t0 = time.perf_counter()
-        rows = vllm_engine.generate(self.llm, prompt_ids, sampling, self.version, prompts, columns)
+        rows = vllm_engine.generate(self.llm, prompt_ids, sampling, self.version, prompts, columns, self.adapter)
         table = rollout.to_table(rows, list(columns[0]) if columns else ())
         return rollout.with_seconds(table, time.perf_counter() - t0)  # busy time, for idle stats
 
@@ -64,7 +74,7 @@ class Generator:
 
         Test and debugging hook: the CPU tests compare it with the learner's log-probs to show a weight sync
         landed; not called by the drivers (PPO's log-probs come from `generate` and the learners)."""
-        return vllm_engine.response_logprobs(self.llm, prompt_ids, response_ids)
+        return vllm_engine.response_logprobs(self.llm, prompt_ids, response_ids, self.adapter)
 
     def worker_pids(self) -> tuple[int, list[int]]:
         """This actor's process id and those of the engine's workers (test hook: with vLLM's multiprocessing on,
@@ -108,6 +118,16 @@ class Generator:
         self._check_newer(version)
         return self._apply(version, buckets, time.perf_counter() - t0)
 
+    def _serve_adapter(self, folder: str) -> None:
+        """Sample with the adapter in `folder` from now on: vLLM replaces the one it serves in place (same id); the
+        folder it replaces is deleted (a checkpoint's, given at start, is not ours to delete)."""
+        from vllm.lora.request import LoRARequest
+
+        old = self.adapter
+        self.adapter = LoRARequest("policy", 1, folder, load_inplace=True)
+        if old is not None and Path(old.lora_path).name.startswith(f"{self.name}-v"):
+            shutil.rmtree(old.lora_path, ignore_errors=True)
+
     def _check_newer(self, version: int) -> None:
         if version <= self.version:
             raise weight_sync.WeightSyncError(f"{self.name}: offered version {version}, already at {self.version}")
@@ -119,7 +139,12 @@ class Generator:
         except weight_sync.WeightSyncError as e:
             raise weight_sync.WeightSyncError(f"{self.name}: {e}") from None
         t1 = time.perf_counter()
-        vllm_engine.load_buckets(self.llm, buckets)
+        if self.lora is not None:  # adapters: written as an adapter folder that vLLM loads for the next request
+            folder = Path(tempfile.mkdtemp(prefix=f"{self.name}-v{version}-"))
+            lora.write_adapter(folder, [pair for b in buckets for pair in b.named()], self.lora)
+            self._serve_adapter(str(folder))
+        else:
+            vllm_engine.load_buckets(self.llm, buckets)
         missed = list(range(self.version + 1, version))
         if missed:
             log.warning("%s: jumped from version %d to %d, missing %s", self.name, self.version, version, missed)

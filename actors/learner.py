@@ -90,16 +90,22 @@ class Learner(DistributedActor):
         return self._forward(batch, lambda e, mb: forward.values(e, mb["input_ids"], mb["attention_mask"],
                                                                    response_len))
 
+    @property
+    def pushes_adapters(self) -> bool:
+        """A LoRA policy with `model.lora.sync: adapters` pushes its adapters alone, else the merged weights."""
+        return self.kind == "policy" and self.lora is not None and self.lora.sync == "adapters"
+
     def weight_plan(self, bucket_bytes: int) -> weight_sync.Plan:
         """The layout of every weight version in buckets of at most `bucket_bytes` (what broadcast receivers
         allocate; the same for every version)."""
-        return weight_sync.plan(ds_engine.weight_specs(self.engine), bucket_bytes)
+        specs = ds_engine.adapter_specs if self.pushes_adapters else ds_engine.weight_specs
+        return weight_sync.plan(specs(self.engine), bucket_bytes)
 
     def _buckets(self, version: int, bucket_bytes: int):
         """`version`'s buckets one at a time on rank 0, each packed as its tensors are gathered (every rank takes
         part in the ZeRO-3 gathers; the others yield nothing)."""
-        named = ds_engine.named_full_weights(self.engine, copy=False)
-        return weight_sync.pack(named, self.weight_plan(bucket_bytes), version)
+        named = (ds_engine.named_adapter_weights if self.pushes_adapters else ds_engine.named_full_weights)
+        return weight_sync.pack(named(self.engine, copy=False), self.weight_plan(bucket_bytes), version)
 
     def export_buckets(self, version: int, bucket_bytes: int) -> Optional[list[ray.ObjectRef]]:
         """Object-store transport: the full weights as checksummed buckets, each put as soon as it is packed; rank 0

@@ -61,6 +61,9 @@ class LoraConfig:
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Names of the modules to adapt (`q_proj`, `v_proj`, ...; peft `target_modules`); `all-linear`: every linear
     layer except the output head."""
+    sync: Literal["merged", "adapters"] = "merged"
+    """What PPO pushes to the generators: `merged` weights (W + alpha/r · B A; any engine loads them) or the
+    `adapters` alone, which vLLM serves through its LoRA support (a push of a few MB instead of the whole model)."""
 
 
 @dataclass

@@ -41,6 +41,11 @@ def check(cfg) -> list[tuple[str, str]]:
         need(0 <= lora.dropout < 1, "model.lora.dropout", f"must be in [0, 1), got {lora.dropout}")
         need(bool(lora.target_modules) and all(lora.target_modules), "model.lora.target_modules",
              "name at least one module (or all-linear), none empty")
+        need(lora.sync != "adapters" or lora.rank <= 512, "model.lora.rank",
+             f"vLLM serves adapters of rank <= 512, got {lora.rank}: push merged weights (model.lora.sync)")
+        need(lora.sync != "adapters" or "embed_tokens" not in lora.target_modules, "model.lora.sync",
+             "vLLM 0.32 does not serve an embed_tokens adapter as peft applies it (log-probs 1.06 apart, measured): "
+             "drop embed_tokens from target_modules or push merged weights")
     need(r.max_staleness >= 0, "rollout.max_staleness", f"must be >= 0, got {r.max_staleness}")
     need(t.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {t.checkpoint_every}")
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")

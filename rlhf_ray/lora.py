@@ -86,3 +86,22 @@ def missing_targets(model_path: str, lora) -> list[str]:
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
     leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     return [t for t in targets if t not in leaves]
+
+
+def adapter_plan(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """(name in peft's adapter file, parameter) of every adapter weight, in module order: what `sync: adapters`
+    pushes (`...q_proj.lora_A.weight`: the adapter's name dropped, as peft saves it)."""
+    return [(name.replace(f".{ADAPTER}.", "."), p) for name, p in module.named_parameters()
+            if ".lora_A." in name or ".lora_B." in name]
+
+
+def write_adapter(folder, named: list[tuple[str, torch.Tensor]], lora) -> None:
+    """An adapter folder in peft's format (adapter_config.json, adapter_model.safetensors) that vLLM loads, from
+    pushed adapter weights. Its target modules are those the weights adapt ("all-linear" resolved)."""
+    import peft
+    from safetensors.torch import save_file
+
+    targets = sorted({name.split(".lora_")[0].rsplit(".", 1)[-1] for name, _ in named})
+    peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=targets,
+                    task_type="CAUSAL_LM").save_pretrained(str(folder))
+    save_file({name: t.contiguous() for name, t in named}, str(folder) + "/adapter_model.safetensors")

@@ -329,6 +329,22 @@ def named_full_weights(engine: "DeepSpeedEngine", on_all_ranks: bool = False, co
         yield hf_name(name), (out(buf) if keep else None)
 
 
+def adapter_specs(engine: "DeepSpeedEngine") -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    """What `named_adapter_weights` yields, without gathering (as `weight_specs`)."""
+    return [(n, tuple(getattr(p, "ds_shape", p.shape)), p.dtype) for n, p in lora.adapter_plan(engine.module)]
+
+
+def named_adapter_weights(engine: "DeepSpeedEngine", copy: bool = True) -> Iterator[tuple[str, Optional[Tensor]]]:
+    """(name in peft's adapter file, full tensor) of every LoRA adapter weight (as `named_full_weights`: gathered
+    one by one under ZeRO-3, None on ranks other than 0)."""
+    import deepspeed
+
+    keep = not dist.is_initialized() or dist.get_rank() == 0
+    for name, p in lora.adapter_plan(engine.module):
+        with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+            yield name, ((p.data.detach().to("cpu", copy=True) if copy else p.data.detach()) if keep else None)
+
+
 def save_hf(engine: "DeepSpeedEngine", out_dir: str | Path, tokenizer_from: Optional[str] = None) -> Optional[Path]:
     """Write the full weights as an HF folder (config, safetensors, generation config, tokenizer) that
     transformers and vLLM load; with LoRA the merged model, and the adapters alone (peft's folder) in

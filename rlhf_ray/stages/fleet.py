@@ -384,7 +384,11 @@ def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[st
     def on(role: str) -> dict:
         return {"slots": slots(role), "threads": cfg.cluster.roles[role].threads}
 
-    gen = generation.start_generators(cfg, weights or policy, slots("generator"), version)
+    if m.lora is not None and m.lora.sync == "adapters":  # the base policy, with the checkpoint's adapters if any
+        gen = generation.start_generators(cfg, policy, slots("generator"), version, adapters=True,
+                                          adapter=weights and str(Path(weights) / "adapter"))
+    else:
+        gen = generation.start_generators(cfg, weights or policy, slots("generator"), version)
     ref = ActorGroup(Reference, "reference", (m.reference or policy, m.dtype, cfg.train.micro_batch_size),
                      distributed=False, **on("reference")) if "reference" in roles(cfg) else None
     learner = (cfg.train, m.dtype, cfg.seed, total_steps, p.mini_batch_size, m.lora)

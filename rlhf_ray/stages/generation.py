@@ -17,13 +17,16 @@ from rlhf_ray.config import Config, to_dict
 from rlhf_ray.engines import vllm_engine
 
 
-def start_generators(cfg: Config, policy: str, slots: list, version: int = 0) -> ActorGroup:
+def start_generators(cfg: Config, policy: str, slots: list, version: int = 0, adapters: bool = False,
+                     adapter: Optional[str] = None) -> ActorGroup:
     """Generators holding `policy` (a local folder) as policy `version`, one per slot; engine seeds are
-    cfg.seed + rank."""
+    cfg.seed + rank. adapters: they take pushed LoRA adapters (`model.lora.sync: adapters`) on `policy`, starting
+    from the `adapter` folder (a checkpoint's) or none."""
     m = cfg.model
+    lora = {"lora": m.lora, "adapter": adapter} if adapters else {}
     return ActorGroup(Generator, "generator", (policy, m.dtype, cfg.rollout.kv_cache_mb, cfg.seed, m.max_seq_len),
-                      {"version": version, "engine": to_dict(cfg.rollout.engine)}, slots=slots, distributed=False,
-                      threads=cfg.cluster.roles["generator"].threads)
+                      {"version": version, "engine": to_dict(cfg.rollout.engine), **lora}, slots=slots,
+                      distributed=False, threads=cfg.cluster.roles["generator"].threads)
 
 
 def sampling(cfg: Config, n: int, max_tokens: int) -> vllm_engine.Sampling:

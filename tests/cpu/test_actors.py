@@ -146,6 +146,39 @@ def test_object_store_buckets_are_read_zero_copy(ray_session, tiny):
     assert got.checksum == weight_sync.checksum(got.data) == bucket.checksum
 
 
+def test_pushed_lora_adapters_are_served_as_the_merged_policy(ray_session, tiny, pairs):
+    """`model.lora.sync: adapters`: the generator gets the adapters alone (a few KB here, not the model), serves
+    them through vLLM's LoRA support, and replaces them in place push after push; its log-probs are those of the
+    merged policy in transformers (fp32, 1e-4)."""
+    from rlhf_ray import lora
+    from rlhf_ray.config import LoraConfig
+
+    cfg = LoraConfig(rank=8, alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                       "up_proj", "down_proj"], sync="adapters")
+    actor = ray.remote(Generator).options(name="generator-lora", num_cpus=0.1).remote(
+        tiny, "float32", kv_cache_mb=32, max_model_len=256, lora=cfg)
+    try:
+        base = ray.get(actor.score.remote(*pairs))
+        assert _max_gap(base, _hf_logprobs(models.load_policy(tiny), *pairs)) < 1e-4  # no adapter yet
+        for version in (1, 2):
+            model = lora.wrap(models.load_policy(tiny), cfg, "policy")
+            g = torch.Generator().manual_seed(version)
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.requires_grad:
+                        p.add_(torch.randn(p.shape, generator=g) * 0.1)
+            named = [(n, p.detach()) for n, p in lora.adapter_plan(model)]
+            buckets = weight_sync.make_buckets(named, version=version, bucket_bytes=64 << 10)
+            info = ray.get(actor.update_weights.remote(version, [ray.put(b) for b in buckets]))
+            merged = models.load_policy(tiny)
+            merged.load_state_dict(dict(lora.merged_weights(model)))
+            got = ray.get(actor.score.remote(*pairs))
+            assert _max_gap(got, _hf_logprobs(merged, *pairs)) < 1e-4, version
+            assert _max_gap(got, base) > 0.05 and info["bytes"] < sum(p.numel() * 4 for p in merged.parameters()) / 5
+    finally:
+        ray.kill(actor)
+
+
 def test_sync_of_a_model_with_tied_embeddings(ray_session, pairs, tmp_path):
     """Tied models send the embedding once (as named_parameters and the learner's export do); the engine's LM head
     must follow it, sync after sync (vLLM's reload alone keeps the old head: logprob gaps of ~0.07 here)."""

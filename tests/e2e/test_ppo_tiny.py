@@ -205,26 +205,31 @@ LORA = ("model.lora={rank: 8, alpha: 32, target_modules: [q_proj, k_proj, v_proj
         "down_proj, lm_head]}", "ppo.advantage=grpo", "train.lr=0.01")
 
 
-def test_lora_grpo_raises_its_reward_with_the_reference_inside_the_policy(tmp_path):
+@pytest.mark.parametrize("sync", ["merged", "adapters"])
+def test_lora_grpo_raises_its_reward_with_the_reference_inside_the_policy(sync, tmp_path):
     """GRPO with LoRA adapters (every projection and the output head, rank 8): the reward rises as with full
-    fine-tuning; no reference actor starts (the KL is to the policy with its adapters off); the generators load
-    merged weights; final/ppo is the merged HF model and final/ppo/adapter the adapters, which on the base model
-    give the merged model's log-probs."""
+    fine-tuning; no reference actor starts (the KL is to the policy with its adapters off); the generators get
+    merged weights, or the adapters alone (served by vLLM's LoRA support: a push a fraction of the size);
+    final/ppo is the merged HF model and final/ppo/adapter the adapters, which on the base model give the merged
+    model's log-probs."""
     import torch
     from peft import PeftModel
 
     from rlhf_ray import models
 
     run_dir = tmp_path / "lora"
-    proc = run_ppo(run_dir, *LORA)
+    proc = run_ppo(run_dir, *LORA, f"model.lora.sync={sync}")
     placed = {line.split()[0] for line in proc.stdout.splitlines() if line.split()[1:2] == ["0"]}
     assert "policy" in placed and "reference" not in placed
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rewards = [r["reward_mean"] for r in rows]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
-    print(f"lora: reward first 5 {first:.3f}, last 5 {last:.3f}, final kl {rows[-1]['kl_mean']:.2f}")
+    print(f"lora, {sync}: reward first 5 {first:.3f}, last 5 {last:.3f}, final kl {rows[-1]['kl_mean']:.2f}, "
+          f"sync {rows[0]['sync_bytes']} bytes")
     assert last - first >= 0.3, rewards
     assert rows[-1]["kl_mean"] > 1  # measured against the adapters-off policy: it moved away from it
+    full = sum(p.numel() * 4 for p in models.load_policy("tiny").parameters())
+    assert (rows[0]["sync_bytes"] < full / 5) == (sync == "adapters"), (rows[0]["sync_bytes"], full)
     final = run_dir / "final" / "ppo"
     ids = torch.tensor([[5, 17, 99, 3, 42, 8, 250, 11]])
     with torch.no_grad():

@@ -272,6 +272,21 @@ def test_learner_memory_settings_are_checked():
         True, True, True, 2048)
 
 
+def test_lora_settings_are_checked():
+    assert _errors(None, ["model.lora={rank: 0, alpha: 0, dropout: 1.0, target_modules: []}"]) == [
+        "command line: model.lora.rank: must be >= 1, got 0", "command line: model.lora.alpha: must be > 0, got 0.0",
+        "command line: model.lora.dropout: must be in [0, 1), got 1.0",
+        "command line: model.lora.target_modules: name at least one module (or all-linear), none empty"]
+    (err,) = _errors(None, ["model.lora={rank: 8, sync: adapters, target_modules: [q_proj, embed_tokens]}"])
+    assert "model.lora.sync: vLLM 0.32 does not serve an embed_tokens adapter" in err
+    (err,) = _errors(None, ["model.lora={rank: 1024, sync: adapters}"])
+    assert "model.lora.rank: vLLM serves adapters of rank <= 512, got 1024" in err
+    ok = load_config(None, ["model.lora={rank: 1024, target_modules: [embed_tokens, lm_head]}"]).model.lora
+    assert ok.sync == "merged" and ok.rank == 1024  # merged weights: any rank, any module
+    assert load_config(None, ["model.lora={rank: 8}"]).reference_in_policy()
+    assert not load_config(None, ["model.lora={rank: 8}", "model.reference=tiny"]).reference_in_policy()
+
+
 def test_doctor_names_each_version_and_says_whether_it_is_the_tested_set():
     import subprocess
     import sys

@@ -330,7 +330,7 @@ def test_the_engine_puts_each_prompts_columns_on_its_samples(monkeypatch):
                                      logprobs=[{token: types.SimpleNamespace(logprob=-1.0)}])
 
     class Engine:
-        def generate(self, requests, params, use_tqdm):
+        def generate(self, requests, params, use_tqdm, lora_request=None):
             return [types.SimpleNamespace(outputs=[sample(7, f"a{g}"), sample(8, f"b{g}")])
                     for g, _ in enumerate(requests)]
 
