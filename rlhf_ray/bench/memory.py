@@ -1,15 +1,18 @@
 """Section 4: the learner-memory settings (gradient checkpointing, token-budget micro-batches, ZeRO-3 with
 offload) and LoRA against full fine-tuning, each a learner actor on the same batch as section 2: tokens/s of its
 train_step, its first loss beside the default learner's (the memory settings must not change it; LoRA's adapters
-start as a no-op, so its first loss is the same too), the parameters it trains, and the learner process's peak memory (GPU: the most
+start as a no-op, so its first loss is the same too), the parameters it trains, the bytes one weight push sends
+(merged weights, or LoRA's adapters alone with `sync: adapters`), and the learner process's peak memory (GPU: the most
 allocated on the device; CPU: the process's peak resident size, model loading included, since the learner is new).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 
+import ray
 import torch
 
 from actors.learner import Learner
@@ -32,7 +35,8 @@ def settings(w: Workload, seq_len: int) -> dict[str, dict]:
             "token budget": {"micro_batch_tokens": w.micro_batch * seq_len // 2},
             "ZeRO-3": {"zero_stage": 3}, "ZeRO-3 + offload": {"zero_stage": 3, "offload_optimizer": True,
                                                              "offload_params": True},
-            f"LoRA r={LORA.rank}, all linear": {"lora": LORA}}
+            f"LoRA r={LORA.rank}, all linear": {"lora": LORA},
+            f"LoRA r={LORA.rank}, adapters pushed": {"lora": dataclasses.replace(LORA, sync="adapters")}}
 
 
 def learner_memory(w: Workload, batch: dict[str, torch.Tensor]) -> list[dict]:
@@ -55,9 +59,11 @@ def learner_memory(w: Workload, batch: dict[str, torch.Tensor]) -> list[dict]:
                 losses.append(m[0]["loss"])
             peak = learner.call(lambda a, r: a.peak_memory_mb.remote(), TIMEOUT_S, "bench: memory")[0]
             trained, total = learner.call(lambda a, r: a.parameter_counts.remote(), TIMEOUT_S, "bench: params")[0]
+            refs = learner.call(lambda a, r: a.export_buckets.remote(1, 64 << 20), TIMEOUT_S, "bench: push")[0]
+            push = sum(b.nbytes for b in ray.get(refs))  # what one weight push of this learner sends
         finally:
             learner.kill()
         rows.append({"setting": name, "fields": {**fields, **({"lora": vars(lora_cfg)} if lora_cfg else {})},
                      "tokens_per_s": tokens / statistics.median(seconds[1:]), "first_loss": losses[0],
-                     "peak_mb": peak, "trained_params": trained, "params": total})
+                     "peak_mb": peak, "trained_params": trained, "params": total, "push_bytes": push})
     return rows

@@ -84,12 +84,13 @@ def render(r: dict) -> str:
         base = r["learner_memory"][0]
         lines += ["", "Learner memory settings (one learner, the batch above; peak: GPU allocated, or on CPU the "
                   "process's peak resident size, loading included):", "",
-                  "| setting | tokens/s | vs default | first loss | trained params | peak MB |",
-                  "|---|---|---|---|---|---|"]
+                  "| setting | tokens/s | vs default | first loss | trained params | push MB | peak MB |",
+                  "|---|---|---|---|---|---|---|"]
         for m in r["learner_memory"]:
             lines.append(f"| {m['setting']} | {_f(m['tokens_per_s'], 0)} | "
                          f"{_f(m['tokens_per_s'] / base['tokens_per_s'])} | {m['first_loss']:.6f} | "
-                         f"{m['trained_params'] / 1e6:.2f} M of {m['params'] / 1e6:.1f} M | {_f(m['peak_mb'], 0)} |")
+                         f"{m['trained_params'] / 1e6:.2f} M of {m['params'] / 1e6:.1f} M | "
+                         f"{_f(m.get('push_bytes', 0) / 1e6, 2)} | {_f(m['peak_mb'], 0)} |")
     lines += ["", "GRPO steps (one generator, one policy learner; β = 0: no reference; seconds per step):", "",
               "| max_staleness | generate | score | train | sync | step | samples/s | tokens/s | generator idle |",
               "|---|---|---|---|---|---|---|---|---|"]

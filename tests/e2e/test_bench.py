@@ -62,13 +62,16 @@ def test_learner_memory_settings_leave_the_loss_unchanged(bench):
     r, _, _ = bench
     rows = {m["setting"]: m for m in r["learner_memory"]}
     assert list(rows) == ["default", "gradient checkpointing", "token budget", "ZeRO-3", "ZeRO-3 + offload",
-                          "LoRA r=16, all linear"]
+                          "LoRA r=16, all linear", "LoRA r=16, adapters pushed"]
     for m in rows.values():  # the first step's loss is taken before any update: the same weights, the same batch
         assert m["first_loss"] == pytest.approx(rows["default"]["first_loss"], rel=1e-5), m["setting"]
         assert m["tokens_per_s"] > 0 and m["peak_mb"] > 0
-    lora = rows.pop("LoRA r=16, all linear")
+    lora, adapters = rows.pop("LoRA r=16, all linear"), rows.pop("LoRA r=16, adapters pushed")
     assert all(m["trained_params"] == m["params"] for m in rows.values())
     assert 0 < lora["trained_params"] < lora["params"] / 5 and lora["params"] > rows["default"]["params"]
+    full = rows["default"]["push_bytes"]
+    assert all(m["push_bytes"] == full for m in rows.values()) and lora["push_bytes"] == full  # merged: the model
+    assert 4 * lora["trained_params"] <= adapters["push_bytes"] < full / 5  # the adapters alone (fp32, aligned)
 
 
 def test_ppo_steps_respect_their_staleness_bound(bench):
