@@ -356,7 +356,8 @@ class Config:
     """A run: which stages, on which models and data, with which settings."""
 
     name: str = "run"
-    """Run name; the run directory defaults to `runs/<name>/`."""
+    """Run name; the run directory defaults to `runs/<name>/`. One path component: letters, digits, `.`, `_`, `-`
+    (not `.` or `..`)."""
     resume: Literal["auto", "never"] = "auto"
     """`auto`: a stage with a complete checkpoint in the run directory continues from the newest one; `never`:
     it starts over (`--force` does too)."""

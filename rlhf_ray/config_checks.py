@@ -4,6 +4,9 @@ before anything starts (`Config.check`). Single values are checked by type as th
 
 from __future__ import annotations
 
+import re
+
+NAME = re.compile(r"[A-Za-z0-9._-]+")
 STAGES = ("sft", "label", "rm", "dpo", "ppo")
 
 
@@ -15,6 +18,10 @@ def check(cfg) -> list[tuple[str, str]]:
         if not ok:
             errs.append((key, msg))
 
+    # The name becomes a folder under runs/: `..`, `/etc` or `a/b` would put the run directory elsewhere.
+    need(bool(NAME.fullmatch(cfg.name)) and cfg.name not in (".", ".."), "name",
+         f"{cfg.name!r} is not a run name: use one path component of letters, digits, '.', '_', '-' "
+         "(not '.' or '..')")
     for i, s in enumerate(cfg.stages):
         need(s in STAGES, f"stages[{i}]", f"unknown stage {s!r}; choose from {', '.join(STAGES)}")
     need(len(set(cfg.stages)) == len(cfg.stages), "stages", "a stage is listed twice")

@@ -287,6 +287,17 @@ def test_lora_settings_are_checked():
     assert not load_config(None, ["model.lora={rank: 8}", "model.reference=tiny"]).reference_in_policy()
 
 
+@pytest.mark.parametrize("name", ["..", ".", "/etc", "a/b", "", "run name", "x:y", "é"])
+def test_a_run_name_is_one_plain_path_component(name):
+    (err,) = _errors(None, [f"name={name!r}" if name else "name=''"])
+    assert f"name: {name!r} is not a run name: use one path component" in err
+
+
+def test_plain_run_names_pass():
+    assert [load_config(None, [f"name={n}"]).name for n in ("quickstart", "ppo-7b_lora.v2", "..x")] == [
+        "quickstart", "ppo-7b_lora.v2", "..x"]
+
+
 def test_doctor_names_each_version_and_says_whether_it_is_the_tested_set():
     import subprocess
     import sys
