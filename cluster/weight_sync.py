@@ -45,15 +45,11 @@ class Entry:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * _itemsize(self.dtype)
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
 Plan = list[list[Entry]]
 """Buckets of one version, in order; every version of a model has the same plan."""
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def _align(n: int) -> int:
@@ -66,7 +62,7 @@ def plan(specs: Iterable[tuple[str, tuple[int, ...], torch.dtype]], bucket_bytes
     buckets: Plan = [[]]
     size = 0
     for name, shape, dtype in specs:
-        n = int(np.prod(shape, dtype=np.int64)) * _itemsize(dtype)
+        n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if buckets[-1] and size + n > bucket_bytes:
             buckets.append([])
             size = 0
@@ -133,18 +129,17 @@ def pack(named: Iterable[tuple[str, Optional[torch.Tensor]]], buckets: Plan, ver
     part in the gathers only) are skipped and nothing is yielded."""
     it = iter(named)
     for index, entries in enumerate(buckets):
-        data, keep = None, True
+        data = None
         for e in entries:
             name, t = next(it)
             if name != e.name:
                 raise WeightSyncError(f"weights out of plan order: got {name}, expected {e.name}")
             if t is None:
-                keep = False
                 continue
             if data is None:
                 data = np.zeros(plan_bytes(entries), dtype=np.uint8)  # padding included: same bytes, same checksum
             views([e], data)[0].copy_(t.detach())
-        if keep and data is not None:
+        if data is not None:
             yield Bucket(version, index, len(buckets), entries, data, checksum(data))
 
 

@@ -77,14 +77,12 @@ def merged_weights(module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]
 def missing_targets(model_path: str, lora) -> list[str]:
     """Names in `lora.target_modules` that match no module of the model (checked on the meta device, before
     anything loads); `all-linear` always matches."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from rlhf_ray import models
 
     targets = [t for t in lora.target_modules if t != "all-linear"]
     if not targets:
         return []
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
-    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in models.meta_model(model_path).named_modules()}
     return [t for t in targets if t not in leaves]
 
 

@@ -271,18 +271,21 @@ def load_policy(name_or_path: str, dtype: str = "float32") -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path), dtype=_dtype(dtype))
 
 
-def weight_bytes(name_or_path: str, dtype: str = "float32") -> int:
-    """Bytes of a causal LM's weights in `dtype` (tied ones once; "auto": the checkpoint's dtype), counted on the
-    meta device: nothing is loaded."""
+def meta_model(name_or_path: str) -> PreTrainedModel:
+    """A causal LM's module tree on the meta device, from its config alone: its shapes and names, nothing loaded."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(resolve_model(name_or_path))
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model(name_or_path)))
+
+
+def weight_bytes(name_or_path: str, dtype: str = "float32") -> int:
+    """Bytes of a causal LM's weights in `dtype` (tied ones once; "auto": the checkpoint's dtype)."""
+    model = meta_model(name_or_path)
     dt = _dtype(dtype)
-    dt = (getattr(config, "torch_dtype", None) or torch.float32) if dt == "auto" else dt
+    dt = (getattr(model.config, "torch_dtype", None) or torch.float32) if dt == "auto" else dt
     dt = getattr(torch, dt) if isinstance(dt, str) else dt
-    return sum(p.numel() for p in model.parameters()) * torch.empty((), dtype=dt).element_size()
+    return sum(p.numel() for p in model.parameters()) * dt.itemsize
 
 
 def load_value_model(name_or_path: str, dtype: str = "float32") -> PreTrainedModel:

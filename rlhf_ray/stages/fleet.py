@@ -384,11 +384,10 @@ def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[st
     def on(role: str) -> dict:
         return {"slots": slots(role), "threads": cfg.cluster.roles[role].threads}
 
-    if m.lora is not None and m.lora.sync == "adapters":  # the base policy, with the checkpoint's adapters if any
-        gen = generation.start_generators(cfg, policy, slots("generator"), version, adapters=True,
-                                          adapter=weights and str(Path(weights) / "adapter"))
-    else:
-        gen = generation.start_generators(cfg, weights or policy, slots("generator"), version)
+    # Pushed adapters are served on the base policy, from the checkpoint's adapters if any; else the full weights.
+    adapters = m.lora is not None and m.lora.sync == "adapters"
+    gen = generation.start_generators(cfg, policy if adapters else weights or policy, slots("generator"), version,
+                                      adapters, str(Path(weights) / "adapter") if weights and adapters else None)
     ref = ActorGroup(Reference, "reference", (m.reference or policy, m.dtype, cfg.train.micro_batch_size),
                      distributed=False, **on("reference")) if "reference" in roles(cfg) else None
     learner = (cfg.train, m.dtype, cfg.seed, total_steps, p.mini_batch_size, m.lora)
