@@ -11,9 +11,11 @@ import importlib
 import importlib.util
 import inspect
 import math
+import numbers
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from rlhf_ray import models
@@ -123,17 +125,18 @@ def call_reward_function(fn: Callable, prompts: list, responses: list[str], **me
     except Exception as e:
         raise RewardFunctionError(f"reward function {label} raised {type(e).__name__}: {e}") from e
     try:
+        if isinstance(out, (str, bytes, dict)):  # iterable, but not one number per response
+            raise TypeError
         out = list(out)
     except TypeError:
         raise RewardFunctionError(f"reward function {label} must return a list of numbers, got {out!r:.200}") from None
     if len(out) != len(responses):
         raise RewardFunctionError(f"reward function {label} returned {len(out)} values for {len(responses)} responses")
-    # A string or None is refused, not read: float("1") would pass a checker's text for a score, and None (TRL's
-    # "not applicable") has no place in a weighted sum.
-    bad = [i for i, v in enumerate(out) if isinstance(v, (str, bytes)) or v is None or not _is_number(v)]
+    bad = [i for i, v in enumerate(out) if not _is_real(v)]
     if bad:
         shown = ", ".join(f"row {i}: {out[i]!r:.40}" for i in bad[:5])
-        raise RewardFunctionError(f"reward function {label} must return a number for every response; got {shown}"
+        raise RewardFunctionError(f"reward function {label} must return a real number for every response (not a "
+                                  f"string, bool or None); got {shown}"
                                   f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}")
     values = [float(v) for v in out]
     bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
@@ -142,13 +145,13 @@ def call_reward_function(fn: Callable, prompts: list, responses: list[str], **me
     return values
 
 
-def _is_number(v) -> bool:
-    """A Python, numpy or 0-d torch number (bool counts: a checker's pass / fail)."""
-    try:
-        float(v)
-    except (TypeError, ValueError):
-        return False
-    return True
+def _is_real(v) -> bool:
+    """A Python, numpy or 0-d torch real number. Refused, not read: a string (float("1") would take a checker's
+    text for a score, and "01" once became two rewards), None (TRL's "not applicable" has no place in a weighted
+    sum), a bool (a checker's verdict: say what it is worth, `float(ok)`), a complex number."""
+    if isinstance(v, torch.Tensor):
+        return v.ndim == 0 and not (v.dtype == torch.bool or v.is_complex())
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
 def encode_text_pairs(tokenizer, prompts: list[str], responses: list[str], max_len: int = 512

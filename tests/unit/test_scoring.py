@@ -23,6 +23,27 @@ def nan(prompts, responses):
 def words(prompts, responses):
     return ["high"] * len(responses)
 
+def digits(prompts, responses):
+    return "01"
+
+def verdict(prompts, responses):
+    return [True, False]
+
+def numpy_verdict(prompts, responses):
+    import numpy as np
+    return list(np.array([True, False]))
+
+def complex(prompts, responses):
+    return [1j, 2.0]
+
+def tensor_bool(prompts, responses):
+    import torch
+    return list(torch.tensor([True, False]))
+
+def fine(prompts, responses):
+    import numpy as np, torch
+    return [np.float32(0.5), torch.tensor(2)]
+
 NOT_A_FUNCTION = 3
 '''
 
@@ -66,9 +87,18 @@ def test_missing_function_in_file(user_file):
     ("boom", "raised KeyError"),
     ("short", "returned 1 values for 2 responses"),
     ("nan", "non-finite values at rows \\[0, 1\\]"),
-    ("words", "must return a number for every response; got row 0: 'high', row 1: 'high'"),
+    ("words", "must return a real number for every response .*; got row 0: 'high', row 1: 'high'"),
+    ("digits", "must return a list of numbers, got '01'"),
+    ("verdict", "got row 0: True, row 1: False"),
+    ("numpy_verdict", "got row 0: np.True_"),
+    ("complex", "got row 0: 1j"),
+    ("tensor_bool", "got row 0: tensor\\(True\\)"),
 ])
 def test_misbehaving_functions(user_file, name, match):
     fn = load_reward_function(f"{user_file}:{name}")
     with pytest.raises(RewardFunctionError, match=match):
         call_reward_function(fn, ["p", "q"], ["r", "s"])
+
+
+def test_numpy_and_torch_reals_are_numbers(user_file):
+    assert call_reward_function(load_reward_function(f"{user_file}:fine"), ["p", "q"], ["r", "s"]) == [0.5, 2.0]
