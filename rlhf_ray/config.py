@@ -1,25 +1,25 @@
 """One config tree for every stage: dataclasses holding every default, one docstring per field.
 
 YAML files hold overrides only; `load_config(path, ["ppo.kl_coef=0.05"])` merges them onto the defaults,
-checks every key and type, then checks combinations (`Config.check`). All problems are gathered and raised
-as one `ConfigError` naming the key and where it came from (file and line, or the command line). Nothing is
-silently rewritten: a value is either accepted as given or rejected.
+checks every key, type and range (declared beside each number: `rlhf_ray.bounds`), then combinations
+(`Config.check`), and raises every problem as one `ConfigError` naming the key and where it was set (file and
+line, or the command line). Nothing is silently rewritten: a value is accepted as given or rejected.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from rlhf_ray import config_checks
-from rlhf_ray.config_checks import STAGES
+from rlhf_ray.bounds import (SIZE, Finite, Fraction, Mib, NonNegative, Positive, PositiveFraction,  # noqa: F401
+                             ProperFraction, Range, Seed, Size)
 from rlhf_ray.config_cluster import ClusterConfig, PoolConfig, RoleConfig  # noqa: F401 (part of the tree)
 from rlhf_ray.yaml_tree import (ConfigError, build, build_tree, dump_yaml, field_docs, parse_overrides, read_yaml,
                                 to_dict, where_set)
 
 __all__ = ["Config", "ConfigError", "load_config", "dump_yaml", "to_dict", "field_docs", "parse_overrides"]
-
 
 
 @dataclass
@@ -40,7 +40,7 @@ class ModelConfig:
     """Tokenizer folder or name. None: the policy's."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights and compute dtype for learners and generators."""
-    max_seq_len: int = 512
+    max_seq_len: Size = 512
     """Longest prompt + response, in tokens."""
     lora: Optional[LoraConfig] = None
     """Train LoRA adapters (peft) instead of every weight, in every learner of every stage. None: full
@@ -52,11 +52,11 @@ class LoraConfig:
     """LoRA adapters: each adapted weight W is trained as W + alpha / rank · B A with B, A of rank `rank`; W stays
     frozen. PPO then needs no reference actor: the reference is the policy with its adapters switched off."""
 
-    rank: int = 16
+    rank: Size = 16
     """Rank r of each adapter (peft `r`, OpenRLHF `--lora_rank`)."""
-    alpha: float = 32.0
+    alpha: Positive[float] = 32.0
     """The update is scaled by alpha / rank (peft `lora_alpha`)."""
-    dropout: float = 0.0
+    dropout: ProperFraction = 0.0
     """Dropout on each adapter's input (peft `lora_dropout`)."""
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Names of the modules to adapt (`q_proj`, `v_proj`, ...; peft `target_modules`); `all-linear`: every linear
@@ -80,14 +80,14 @@ class DatasetConfig:
     columns: dict[str, str] = field(default_factory=dict)
     """Our field names -> the dataset's, applied before the rows are checked: `{prompt: question}` reads the
     prompt from `question`; any other column can be renamed the same way (`{task_name: group}`)."""
-    eval_fraction: float = 0.0
+    eval_fraction: ProperFraction = 0.0
     """Fraction of rows held out for evaluation (a seeded shuffle decides which)."""
-    max_rows: Optional[int] = None
+    max_rows: Optional[Positive[int]] = None
     """Read at most this many rows (after skipping malformed ones). None: all."""
     eval_path: Optional[str | list[str]] = None
     """A separate held-out dataset of the same kind (a file, folder, glob, list or hub name, read with the same
     split, subset and columns), instead of `eval_fraction`."""
-    eval_max_rows: Optional[int] = None
+    eval_max_rows: Optional[Positive[int]] = None
     """Read at most this many rows of `eval_path`. None: all."""
 
 
@@ -105,9 +105,9 @@ class DataConfig:
     """Preferences `{prompt, chosen, rejected}` for the reward model and DPO: texts, TRL's conversational rows
     (prompt as messages, chosen / rejected as one assistant message) or implicit-prompt rows (chosen / rejected
     two whole conversations)."""
-    max_prompt_len: int = 256
+    max_prompt_len: Size = 256
     """Longest prompt in tokens (chat template included)."""
-    max_response_len: int = 256
+    max_response_len: Size = 256
     """Longest response in tokens (EOS included); also the generation limit."""
     truncation: Literal["error", "drop", "truncate"] = "error"
     """Rows over the limits: `error` stops with the row number; `drop` skips and counts them; `truncate` keeps
@@ -122,23 +122,23 @@ class DataConfig:
 class TrainConfig:
     """DeepSpeed learner settings shared by the SFT, RM, DPO and PPO learners."""
 
-    lr: float = 1e-5
+    lr: PositiveFraction = 1e-5
     """Peak learning rate (AdamW)."""
-    weight_decay: float = 0.0
+    weight_decay: NonNegative[float] = 0.0
     """AdamW weight decay."""
-    warmup_steps: int = 0
+    warmup_steps: NonNegative[int] = 0
     """Linear warm-up steps before the schedule."""
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     """Schedule after warm-up."""
-    batch_size: int = 8
+    batch_size: Size = 8
     """Sequences per optimizer step, across all ranks."""
-    micro_batch_size: int = 4
+    micro_batch_size: Size = 4
     """Sequences per forward/backward on one rank; the rest is gradient accumulation."""
-    grad_clip: float = 1.0
+    grad_clip: NonNegative[float] = 1.0
     """Clip the global gradient norm to this (0: no clipping)."""
     zero_stage: Literal[0, 1, 2, 3] = 0
     """DeepSpeed ZeRO stage."""
-    micro_batch_tokens: Optional[int] = None
+    micro_batch_tokens: Optional[Size] = None
     """Token budget of a micro-batch (verl's `ppo_max_token_len_per_gpu`): each step's micro-batches take as many
     rows as fit in this many padded tokens (rows x the step's padded length, at least one row), so steps of long
     sequences take fewer rows per forward and steps of short ones more. None: `micro_batch_size` rows."""
@@ -151,17 +151,17 @@ class TrainConfig:
     offload_params: bool = False
     """ZeRO-Infinity's parameter offload: keep the partitioned parameters in CPU memory between uses (DeepSpeed
     `offload_param`, veRL `param_offload`). Needs zero_stage 3."""
-    epochs: int = 1
+    epochs: Positive[int] = 1
     """Passes over the dataset (SFT, RM, DPO)."""
-    max_steps: Optional[int] = None
+    max_steps: Optional[Positive[int]] = None
     """Stop after this many optimizer steps. None: run the epochs."""
-    eval_every: int = 0
+    eval_every: NonNegative[int] = 0
     """Evaluate every this many steps (0: at the end only)."""
-    checkpoint_every: int = 0
+    checkpoint_every: NonNegative[int] = 0
     """Checkpoint every this many steps and at the last (0: only when stopped by SIGTERM / Ctrl-C)."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: Positive[int] = 2
     """Newest complete checkpoints kept per stage."""
-    max_skipped_updates: int = 3
+    max_skipped_updates: Positive[int] = 3
     """A non-finite loss skips its update; this many skipped in a row stop the run."""
 
 
@@ -169,17 +169,17 @@ class TrainConfig:
 class EngineConfig:
     """The generators' vLLM engine (PPO, label, `rlhf-ray sample`), in vLLM's own names."""
 
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: Annotated[int, Range(1, 1024)] = 1
     """GPUs each generator shards its model over; cluster.roles.generator.gpus must be the same (one bundle)."""
-    gpu_memory_utilization: float = 0.5
+    gpu_memory_utilization: PositiveFraction = 0.5
     """Share of each GPU vLLM takes for weights and KV cache (GPU); the rest is left to roles sharing it."""
-    max_num_seqs: Optional[int] = None
+    max_num_seqs: Optional[Size] = None
     """Sequences an engine runs at once. None: vLLM's default."""
     enable_prefix_caching: Optional[bool] = None
     """Reuse the KV cache of shared prompt prefixes (a prompt's n samples). None: vLLM's default."""
     enforce_eager: Optional[bool] = None
     """No CUDA graphs or compilation. None: eager on CPU, vLLM's default on GPU."""
-    max_model_len: Optional[int] = None
+    max_model_len: Optional[Size] = None
     """Longest prompt + response the engine takes. None: model.max_seq_len."""
 
 
@@ -187,19 +187,19 @@ class EngineConfig:
 class RolloutConfig:
     """Sampling from the vLLM generators."""
 
-    batch_size: int = 16
+    batch_size: Size = 16
     """Prompts per PPO step."""
-    n_samples: int = 1
+    n_samples: Size = 1
     """Responses per prompt (the group size for GRPO/RLOO; 2 or more for preference collection)."""
-    temperature: float = 1.0
+    temperature: Positive[float] = 1.0
     """Sampling temperature T. PPO trains the policy that samples, softmax(logits / T): the learners' and the
     reference's log-probs, ratios, KL and entropy divide the logits by T too, and the generators record the
     log-probs of the distribution they sampled from (after T and top_p)."""
-    top_p: float = 1.0
+    top_p: PositiveFraction = 1.0
     """Nucleus sampling mass."""
-    max_staleness: int = 0
+    max_staleness: NonNegative[int] = 0
     """k: no sample used in an update is more than k policy versions old (0: synchronous on-policy)."""
-    kv_cache_mb: int = 256
+    kv_cache_mb: Mib = 256
     """vLLM KV cache per generator, MiB (CPU; on GPU engine.gpu_memory_utilization sizes it)."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     """vLLM engine settings."""
@@ -214,7 +214,7 @@ class RewardFunctionConfig:
 
     function: str = ""
     """`module:function` or `path/to/file.py:function`."""
-    weight: float = 1.0
+    weight: Finite[float] = 1.0
     """Weight in the summed reward."""
 
 
@@ -222,15 +222,15 @@ class RewardFunctionConfig:
 class RewardConfig:
     """Reward sources, summed with weights."""
 
-    model_weight: float = 1.0
+    model_weight: Finite[float] = 1.0
     """Weight of the reward model's score (when a reward model is used)."""
     functions: list[RewardFunctionConfig] = field(default_factory=list)
     """Reward functions, used instead of or beside the reward model."""
-    clip: Optional[float] = None
+    clip: Optional[Positive[float]] = None
     """Clip the summed reward to [-clip, clip]. None: no clipping."""
     normalize: bool = False
     """Whiten rewards over each batch."""
-    no_eos_penalty: Optional[float] = None
+    no_eos_penalty: Optional[Finite[float]] = None
     """Reward given to responses cut off without EOS (replaces the score). None: no penalty."""
 
 
@@ -241,44 +241,44 @@ class PPOConfig:
     REMOVED = {"vf_coef": "the critic has an optimizer of its own, and AdamW undoes a constant weight on its loss: "
                           "set ppo.critic_lr"}
 
-    steps: int = 10
+    steps: Positive[int] = 10
     """PPO steps (policy versions) to run."""
     advantage: Literal["gae", "grpo", "rloo", "reinforce++"] = "gae"
     """Advantage estimator: GAE with a critic (InstructGPT), or critic-free: GRPO / RLOO group baselines,
     REINFORCE++ (batch-whitened returns)."""
-    kl_coef: float = 0.05
+    kl_coef: NonNegative[float] = 0.05
     """β: initial weight of the KL penalty. 0 (and no kl_target): no reference is loaded unless model.reference
     names one, and the KL metrics are null."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     """Per-token KL estimator (Schulman, "Approximating KL divergence")."""
-    kl_target: Optional[float] = None
+    kl_target: Optional[Positive[float]] = None
     """Adaptive KL controller target (per sequence). None: fixed β."""
-    kl_horizon: int = 10000
+    kl_horizon: Positive[int] = 10000
     """Adaptive KL controller horizon, in samples."""
     kl_in_reward: bool = True
     """Apply the KL penalty as a per-token reward (True) or as a loss term (False)."""
-    clip_eps: float = 0.2
+    clip_eps: Positive[float] = 0.2
     """ε of the clipped surrogate objective."""
-    dual_clip: Optional[float] = None
+    dual_clip: Optional[Annotated[float, Range(1, open_lo=True)]] = None
     """c of dual-clip PPO (Ye et al. 2020), > 1. None: off."""
-    value_clip_eps: float = 0.2
+    value_clip_eps: Positive[float] = 0.2
     """Clip range of the value loss."""
-    entropy_coef: float = 0.0
+    entropy_coef: NonNegative[float] = 0.0
     """Weight of the entropy bonus."""
-    gamma: float = 1.0
+    gamma: Fraction = 1.0
     """Discount γ."""
-    lam: float = 0.95
+    lam: Fraction = 0.95
     """GAE λ."""
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
     """How the policy loss's per-token terms make one number: `token-mean` (every token of the mini-batch weighs
     the same), `seq-mean-token-mean` (each response's token mean, then the mean over responses: GRPO as
     published), `seq-mean-token-sum-norm` (each response's token sum divided by data.max_response_len, then the
     mean over responses: Dr. GRPO, no length bias). Exact under micro-batching and ranks in every mode."""
-    epochs: int = 1
+    epochs: Positive[int] = 1
     """Passes over each batch of experience."""
-    mini_batch_size: int = 8
+    mini_batch_size: Size = 8
     """Samples per optimizer step within an epoch."""
-    critic_lr: float = 1e-5
+    critic_lr: PositiveFraction = 1e-5
     """Critic learning rate. The critic is a model with an optimizer of its own, so this, not a weight on the value
     loss (a `vf_coef`, which a shared optimizer needs), sets how fast it learns."""
     gold: Optional[str] = None
@@ -286,15 +286,15 @@ class PPOConfig:
     the one the reward model stands in for, e.g. the labeler that made its preferences. Reported as
     `eval_gold_mean`."""
     # The reward-hacking guard (runtime/guard.py, docs/algorithms.md): it reads each held-out evaluation.
-    kl_budget: Optional[float] = None
+    kl_budget: Optional[Positive[float]] = None
     """End the run once the held-out KL to the reference (nats per response) passes this. None: no budget."""
     keep_best: Optional[Literal["gold", "reward"]] = None
     """End with the best held-out policy (by eval_gold_mean or eval_reward_mean) within kl_budget. None: the last."""
-    hack_window: int = 2
+    hack_window: Positive[int] = 2
     """Alarm when, over this many evaluations, the held-out proxy reward rose while the gold judge fell."""
-    length_collapse: float = 0.25
+    length_collapse: ProperFraction = 0.25
     """Alarm when the held-out mean length falls to this fraction of the first evaluation's (or runs to the limit)."""
-    distinct2_floor: Optional[float] = 0.5
+    distinct2_floor: Optional[Fraction] = 0.5
     """Alarm when the held-out replies' mean distinct-2 (per reply) falls below this: repetition. None: off."""
 
 
@@ -302,11 +302,11 @@ class PPOConfig:
 class DPOConfig:
     """Direct Preference Optimization (Rafailov et al. 2023) and variants."""
 
-    beta: float = 0.1
+    beta: Positive[float] = 0.1
     """β: strength of the implicit KL constraint."""
     loss: Literal["sigmoid", "ipo"] = "sigmoid"
     """`sigmoid`: DPO; `ipo`: Azar et al. 2023."""
-    label_smoothing: float = 0.0
+    label_smoothing: Annotated[float, Range(0, 0.5, open_hi=True)] = 0.0
     """ε of conservative DPO: the assumed rate of flipped labels, in [0, 0.5)."""
 
 
@@ -329,7 +329,7 @@ class LabelConfig:
     """`module:function` or `path/to/file.py:function`, called like a reward function,
     `fn(prompts, responses, **metadata) -> list[float]`: higher is preferred. Required by the label stage (the
     quickstart's simulated human is `examples/warm/labelers.py:vader_warmth`)."""
-    k: int = 2
+    k: Annotated[int, Range(2, SIZE)] = 2
     """Responses sampled per prompt (more makes ties rarer and margins larger)."""
 
 
@@ -339,11 +339,11 @@ class LoggingConfig:
 
     progress: Literal["auto", "bar", "lines"] = "auto"
     """`bar` (a progress bar per stage), `lines` (a concise line every `lines_every_s`), `auto`: bar on a terminal."""
-    lines_every_s: float = 10.0
+    lines_every_s: NonNegative[float] = 10.0
     """Least seconds between two progress lines (first, last and eval steps are always shown)."""
     ray_metrics: bool = True
     """Export every metric as a Ray gauge `rlhf_<key>` (Prometheus: `ray_rlhf_<key>{run, stage}`)."""
-    plots_every_s: float = 60.0
+    plots_every_s: NonNegative[float] = 60.0
     """Redraw plots/*.png at most this often during a stage (0: only when a stage ends)."""
     tensorboard: bool = False
     """Also write TensorBoard events to <run dir>/tensorboard (needs the tensorboard package)."""
@@ -363,7 +363,7 @@ class Config:
     it starts over (`--force` does too)."""
     stages: list[str] = field(default_factory=lambda: ["ppo"])
     """Stages in order, from `sft`, `label`, `rm`, `dpo`, `ppo`."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed for data order, sampling and initialisation."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Models."""
@@ -421,9 +421,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg, errs = build(Config, layers)
     for values, where in layers:
         for stage, tree in (values.get("stage_overrides") or {}).items():
-            if stage not in STAGES:
+            if stage not in config_checks.STAGES:
                 errs.append(f"{where_set('stage_overrides.' + str(stage), layers)}: stage_overrides.{stage}: "
-                            f"unknown stage; choose from {', '.join(STAGES)}")
+                            f"unknown stage; choose from {', '.join(config_checks.STAGES)}")
             elif isinstance(tree, dict):
                 build_tree(Config, tree, f"stage_overrides.{stage}.", errs, where)
     if errs:

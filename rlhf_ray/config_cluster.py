@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Annotated, Optional
+
+from rlhf_ray.bounds import SIZE, NonNegative, Port, Positive, Range, Size  # noqa: F401 (the annotations' names)
 
 
 @dataclass
 class PoolConfig:
     """A pool of identical nodes from which placement groups are cut."""
 
-    nodes: int = 1
+    nodes: Size = 1
     """Nodes in the pool."""
-    gpus_per_node: int = 0
+    gpus_per_node: Annotated[int, Range(0, 1024)] = 0
     """GPUs per node (0: a CPU pool)."""
-    cpus_per_node: int = 2
+    cpus_per_node: Size = 2
     """CPUs per node."""
     node_resource: Optional[str] = None
     """A custom Ray resource only this pool's nodes advertise (`ray start --resources '{"rlhf_pool_rollout": 1000}'`,
@@ -28,15 +30,15 @@ class RoleConfig:
 
     pool: str = "default"
     """Pool (a key of `cluster.pools`) the role's actors are placed in."""
-    count: int = 1
+    count: Size = 1
     """Actors (ranks, for learners) of this role."""
-    gpus: float = 0.0
+    gpus: Annotated[float, Range(0, 1024)] = 0.0
     """GPUs per actor; a fraction lets roles share a GPU."""
-    cpus: float = 0.25
+    cpus: Annotated[float, Range(0, SIZE)] = 0.25
     """CPUs per actor (Ray's logical CPUs); fractions let all five roles share a 2-core machine."""
     colocate_with: Optional[str] = None
     """Another role whose bundles this role shares (same count)."""
-    threads: int = 0
+    threads: Annotated[int, Range(0, 1024)] = 0
     """Torch/OpenMP threads in each actor's process; 0 = Ray's default (the role's CPUs rounded down, at least 1).
     On a CPU box whose phases run one at a time, set it to the cores (more than the cores in use at once costs)."""
 
@@ -45,8 +47,11 @@ def _default_pools() -> dict[str, PoolConfig]:
     return {"default": PoolConfig()}
 
 
+ROLES = ("generator", "reference", "reward", "critic", "policy")
+
+
 def _default_roles() -> dict[str, RoleConfig]:
-    return {r: RoleConfig() for r in ("generator", "reference", "reward", "critic", "policy")}
+    return {r: RoleConfig() for r in ROLES}
 
 
 @dataclass
@@ -64,12 +69,12 @@ class ClusterConfig:
     `broadcast` (a process group of policy rank 0 and the generators: NCCL on GPU, gloo on CPU; the policy and the
     generators must both be on GPUs or both on CPUs) or `auto` (broadcast when both are on GPUs, else the object
     store: on CPU it is the faster, measured by `rlhf-ray bench`)."""
-    object_store_mb: Optional[int] = None
+    object_store_mb: Optional[Annotated[int, Range(64, 2**24)]] = None
     """Object store of the embedded cluster, MiB. None: room for two versions of the policy's weights (the
     object-store weight sync then never spills to disk), at least 512."""
-    call_timeout_s: float = 600.0
+    call_timeout_s: Positive[float] = 600.0
     """Longest wait for any remote call before it fails naming the actor and phase."""
-    max_actor_restarts: int = 3
+    max_actor_restarts: NonNegative[int] = 3
     """A generator or scorer that dies is replaced on its slot; more than this many per role fail the run."""
-    metrics_export_port: Optional[int] = None
+    metrics_export_port: Optional[Port] = None
     """Prometheus port of the embedded cluster (None: a free one; printed at start)."""

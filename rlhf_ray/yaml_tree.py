@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import yaml
 
+from rlhf_ray.bounds import Range
+
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads `1e-5` as a string (it wants `1.0e-5`); learning rates are written that way, so plain
@@ -80,8 +82,8 @@ def read_yaml(path: Path) -> tuple[dict, _Source]:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as e:
         raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
-    if data is None:
-        data = {}
+    if not data:  # an empty file would be a run of every default: PPO of the built-in model on no prompts
+        raise ConfigError([f"{path}: the config is empty; it needs at least `stages` and the data they read"])
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of keys, got {type(data).__name__}"])
     return data, _Source(str(path), _key_lines(node) if node else {})
@@ -139,6 +141,12 @@ def _convert(value: Any, tp: Any, key: str, errs: list[str], where: Any) -> Any:
     """Check `value` against the annotation `tp`; build dataclasses; collect errors as `file:line: key: msg`."""
     loc = _loc(where, key)
     origin = typing.get_origin(tp)
+    if origin is typing.Annotated:  # a number with its Range (rlhf_ray.bounds)
+        n = len(errs)
+        value = _convert(value, typing.get_args(tp)[0], key, errs, where)
+        problems = [m.problem(value) for m in tp.__metadata__ if isinstance(m, Range)] if len(errs) == n else []
+        errs += [f"{loc}: {key}: {p}" for p in problems if p]
+        return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -184,7 +192,7 @@ def _convert(value: Any, tp: Any, key: str, errs: list[str], where: Any) -> Any:
 
 
 def _build(cls: type, values: dict, prefix: str, errs: list[str], where: Any) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for k, v in values.items():
@@ -256,6 +264,9 @@ _KIND_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", 
 def _type_text(tp: Any) -> str:
     """An annotation as a reader of YAML sees it: `integer`, `string or null`, `` `a` | `b` ``, `list of string`."""
     origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        ranges = [str(m) for m in tp.__metadata__ if isinstance(m, Range)]
+        return " ".join([_type_text(typing.get_args(tp)[0]), *ranges])
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         inner = " or ".join(_type_text(a) for a in args if a is not type(None))
@@ -332,7 +343,7 @@ def reference_markdown(cls: type, command: str = "") -> str:
         lines += [f"Generated from the docstrings of `{module.__name__}` by `{command}`; do not edit by hand.", ""]
     lines += [inspect.getdoc(module) or "", ""]
     for prefix, section in _sections(cls, ""):
-        hints = typing.get_type_hints(section)
+        hints = typing.get_type_hints(section, include_extras=True)
         lines += [f"## `{prefix.rstrip('.') or '(top level)'}`", ""]
         if _class_doc(section):
             lines += [_class_doc(section), ""]
