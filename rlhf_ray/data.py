@@ -79,17 +79,12 @@ def iter_raw_rows(path: str, split: str = "train", subset: Optional[str] = None)
     """Yield (row number, raw row) from a file, a saved dataset folder or a hub dataset. Rows count from 1."""
     p = Path(path)
     if p.suffix in (".jsonl", ".json") and p.is_file():
-        with p.open() as f:
+        with p.open("rb") as f:
             for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield i, json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield i, DataError(f"not valid JSON ({e.msg} at column {e.colno})")
+                if line.strip():
+                    yield i, _json_row(line)
     elif p.suffix == ".parquet" and p.is_file():
-        for i, row in enumerate(pq.read_table(p).to_pylist(), 1):
-            yield i, row
+        yield from _parquet_rows(p)
     elif _is_saved_dataset(p):
         import datasets
 
@@ -105,6 +100,30 @@ def iter_raw_rows(path: str, split: str = "train", subset: Optional[str] = None)
         yield from _iter_hub(path, split, subset)
     else:
         raise DataError(f"{path}: no such file or folder")
+
+
+def _json_row(line: bytes) -> Any:
+    """One JSONL line, or the DataError that says why it is not a row (skip_malformed skips it like any other)."""
+    try:
+        return json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return DataError(f"not UTF-8 text (byte {line[e.start]:#04x} at column {e.start + 1})")
+    except json.JSONDecodeError as e:
+        return DataError(f"not valid JSON ({e.msg} at column {e.colno})")
+    except RecursionError:
+        return DataError("JSON nested too deeply")
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """Rows of a Parquet file, a batch at a time (the first rows of a large file are read without the rest)."""
+    i = 0
+    try:
+        for batch in pq.ParquetFile(path).iter_batches():
+            for row in batch.to_pylist():
+                i += 1
+                yield i, row
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file: {e}") from None
 
 
 def _iter_hub(name: str, split: str, subset: Optional[str] = None) -> Iterator[tuple[int, Any]]:

@@ -99,6 +99,27 @@ def required_keywords(fn: Callable) -> list[str]:
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
+def check_signature(fn: Callable, spec: str) -> None:
+    """Refuse a function that cannot be called as `fn(prompts, responses, **columns)` (or TRL's way, by keyword
+    with `completions`): told when it is loaded, not on the first batch."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: its first call tells
+        return
+    if _trl_style(params):
+        if any(p.name == "completions" and p.kind is p.POSITIONAL_ONLY for p in params):
+            raise RewardFunctionError(f"reward function {spec}: `completions` is positional-only; TRL's way passes "
+                                      "it by keyword")
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    stuck = [p.name for p in positional[2:] if p.kind is p.POSITIONAL_ONLY and p.default is p.empty]
+    if len(positional) < 2 and not any(p.kind is p.VAR_POSITIONAL for p in params) or stuck:
+        raise RewardFunctionError(
+            f"reward function {spec}: its signature {inspect.signature(fn)} cannot take the call "
+            "fn(prompts, responses, **columns) (a TRL function names `completions`)"
+            + (f"; positional-only without a default: {', '.join(stuck)}" if stuck else ""))
+
+
 def _call(fn: Callable, prompts: list, responses: list[str], metadata: dict):
     """`fn(prompts, responses, **metadata)`; or, for a function written for TRL (it names `completions`), all by
     keyword as TRL calls it: prompts=, completions= (the response texts), completion_ids= (their token ids). Keys

@@ -12,7 +12,7 @@ from rlhf_ray import data, rollout
 from rlhf_ray.config import ConfigError, load_config
 from rlhf_ray.data import DataError
 from rlhf_ray.engines.scoring import RewardFunctionError, call_reward_function, required_keywords
-from rlhf_ray.stages import label, pipeline
+from rlhf_ray.stages import inputs, label, pipeline
 
 SYSTEM = {"role": "system", "content": "answer with a number"}
 
@@ -288,22 +288,22 @@ def test_a_function_requiring_a_missing_column_is_refused_before_ray(tmp_path, r
     prompts = _jsonl(tmp_path / "math.jsonl", [{"prompt": "2+2?", "solution": "4"}])
     base = [f"data.prompts.path={prompts}", "stages=[ppo]"]
     with pytest.raises(ConfigError) as e:
-        pipeline.check_inputs(load_config(None, [*base, f"reward.functions=[{{function: '{rewards}:echo'}}]"]))
+        inputs.check(load_config(None, [*base, f"reward.functions=[{{function: '{rewards}:echo'}}]"]))
     assert str(e.value).count("requires") == 1  # `group` is metadata
     assert (f"reward.functions[0].function: {rewards}:echo requires the keyword argument `answer`, but the prompts "
             f"dataset {prompts} has no column `answer` (its columns: solution;") in str(e.value)
     ok = [*base, f"reward.functions=[{{function: '{rewards}:exact'}}]", "data.prompts.columns={answer: solution}"]
-    pipeline.check_inputs(load_config(None, ok))
+    inputs.check(load_config(None, ok))
     held_out = _jsonl(tmp_path / "held.jsonl", [{"prompt": "1+1?"}])
     with pytest.raises(ConfigError, match=r"ppo\.gold: .*:exact requires the keyword argument `answer`, but the "
                                           r"prompts dataset .*held\.jsonl has no column `answer`"):
-        pipeline.check_inputs(load_config(None, [*base, f"reward.functions=[{{function: '{rewards}:plain'}}]",
+        inputs.check(load_config(None, [*base, f"reward.functions=[{{function: '{rewards}:plain'}}]",
                                                  f"ppo.gold={rewards}:exact", f"data.prompts.eval_path={held_out}"]))
     with pytest.raises(ConfigError, match=r"label\.labeler: .*:exact requires the keyword argument `answer`"):
-        pipeline.check_inputs(load_config(None, [f"data.prompts.path={prompts}", "stages=[label]",
+        inputs.check(load_config(None, [f"data.prompts.path={prompts}", "stages=[label]",
                                                  f"label.labeler={rewards}:exact"]))
     with pytest.raises(ConfigError, match=r"data\.prompts\.path: .*nope-\*\.jsonl: no file matches"):
-        pipeline.check_inputs(load_config(None, [f"data.prompts.path={tmp_path}/nope-*.jsonl", "stages=[ppo]",
+        inputs.check(load_config(None, [f"data.prompts.path={tmp_path}/nope-*.jsonl", "stages=[ppo]",
                                                  f"reward.functions=[{{function: '{rewards}:plain'}}]"]))
 
 

@@ -18,7 +18,7 @@ import yaml
 from cluster import pools
 from rlhf_ray.cli import _parser, main
 from rlhf_ray.config import load_config
-from rlhf_ray.stages import pipeline
+from rlhf_ray.stages import inputs, pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -91,7 +91,7 @@ def check_cli(argv: list[str]):
     if getattr(args, "config", None):
         assert (REPO / args.config).is_file(), f"{argv} names a missing config"
         cfg = load_config(args.config, args.overrides)  # relative paths: the tests run from the repo root
-        pipeline.check_inputs(cfg, args.config)
+        inputs.check(cfg, args.config)
     return args
 
 
@@ -117,7 +117,7 @@ def used_pools(cfg) -> dict:
 def test_cluster_config_validates_and_its_inputs_exist(cfg, capsys):
     assert main(["validate", CLUSTER_CONFIG]) == 0
     assert "name: ppo-gpu" in capsys.readouterr().out
-    pipeline.check_inputs(cfg, CLUSTER_CONFIG)
+    inputs.check(cfg, CLUSTER_CONFIG)
     assert cfg.stages == ["ppo"] and set(used_pools(cfg)) == {"rollout", "train", "score"}
     assert all(p.gpus_per_node > 0 for p in used_pools(cfg).values()), "a GPU recipe: every pool has GPUs"
 

@@ -9,7 +9,7 @@ import pytest
 from rlhf_ray import data, models
 from rlhf_ray.config import ConfigError, load_config
 from rlhf_ray.engines.scoring import RewardFunctionError
-from rlhf_ray.stages import label, pipeline
+from rlhf_ray.stages import inputs, label, pipeline
 
 
 def _pairs(groups: list[tuple[str, list[str], list[float]]]):
@@ -105,11 +105,11 @@ def test_the_pipeline_checks_the_labeler_spec_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match=r"label\.labeler: the label stage needs a labeler"):
         load_config(None, base)  # the library has no labeler of its own
     base.append("label.labeler=examples/warm/labelers.py:vader_warmth")
-    pipeline.check_inputs(load_config(None, base))  # dpo's preferences come from label
-    with pytest.raises(ConfigError, match=r"label\.labeler: no such file: nowhere\.py"):
-        pipeline.check_inputs(load_config(None, [*base, "label.labeler=nowhere.py:f"]))
-    with pytest.raises(ConfigError, match=r"label\.labeler: expected `module:function`"):
-        pipeline.check_inputs(load_config(None, [*base, "label.labeler=just_a_name"]))
+    inputs.check(load_config(None, base))  # dpo's preferences come from label
+    with pytest.raises(ConfigError, match=r"label\.labeler: reward function 'nowhere\.py:f': no such file .*nowhere\.py"):
+        inputs.check(load_config(None, [*base, "label.labeler=nowhere.py:f"]))
+    with pytest.raises(ConfigError, match=r"label\.labeler: reward function 'just_a_name': expected `module:function`"):
+        inputs.check(load_config(None, [*base, "label.labeler=just_a_name"]))
 
 
 @pytest.mark.parametrize("truncation", ["error", "drop", "truncate"])

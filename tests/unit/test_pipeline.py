@@ -2,6 +2,7 @@
 stage's inputs are checked before anything starts (fake stages stand in for the real drivers)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -9,7 +10,7 @@ from rlhf_ray import cli
 from rlhf_ray.config import ConfigError, load_config, to_dict
 from rlhf_ray.runtime import checkpoint
 from rlhf_ray.runtime.run_dir import RunDir
-from rlhf_ray.stages import pipeline
+from rlhf_ray.stages import inputs, pipeline
 from rlhf_ray.stages.result import StageResult
 
 PREFS = "configs/data/tiny_prefs.jsonl"
@@ -18,8 +19,14 @@ PREFS = "configs/data/tiny_prefs.jsonl"
 def _cfg(tmp_path, *overrides):
     demos = tmp_path / "demos.jsonl"
     demos.write_text(json.dumps({"prompt": "hi", "response": "hello"}) + "\n")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hi"}) + "\n")
     return load_config(None, [f"data.demonstrations.path={demos}", f"data.preferences.path={tmp_path / 'p.jsonl'}",
-                              f"data.prompts.path={demos}", *overrides])
+                              f"data.prompts.path={prompts}", *overrides])
+
+
+def _write_preferences(tmp_path):
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "hi", "chosen": "hello", "rejected": "go"}) + "\n")
 
 
 @pytest.fixture
@@ -42,7 +49,7 @@ def fake_stages(monkeypatch):
 
 
 def test_outputs_feed_later_stages_and_reruns_skip_finished_ones(tmp_path, fake_stages):
-    (tmp_path / "p.jsonl").write_text("")
+    _write_preferences(tmp_path)
     cfg = _cfg(tmp_path, "stages=[sft,rm,ppo]")
     run_dir = RunDir(tmp_path / "run", cfg)
     pipeline.run(cfg, run_dir)
@@ -69,7 +76,7 @@ def test_outputs_feed_later_stages_and_reruns_skip_finished_ones(tmp_path, fake_
 
 
 def test_connect_only_when_a_stage_runs(tmp_path, fake_stages):
-    (tmp_path / "p.jsonl").write_text("")
+    _write_preferences(tmp_path)
     cfg = _cfg(tmp_path, "stages=[sft]")
     run_dir, calls = RunDir(tmp_path / "run", cfg), []
     pipeline.run(cfg, run_dir, connect=lambda: calls.append(1))
@@ -104,16 +111,16 @@ def test_a_checkpoint_written_under_another_config_is_refused_before_connect(tmp
 def test_inputs_are_checked_before_anything_runs(tmp_path):
     cfg = _cfg(tmp_path, "stages=[sft,rm]", "data.preferences.path=null")
     with pytest.raises(ConfigError, match=r"c\.yaml: data\.preferences\.path: the `rm` stage needs"):
-        pipeline.check_inputs(cfg, "c.yaml")
+        inputs.check(cfg, "c.yaml")
     with pytest.raises(ConfigError, match=r"data\.preferences\.path: no such file or folder: .*p\.jsonl"):
-        pipeline.check_inputs(_cfg(tmp_path, "stages=[dpo]"))
+        inputs.check(_cfg(tmp_path, "stages=[dpo]"))
     with pytest.raises(ConfigError, match=r"data\.prompts\.path: the `label` stage needs") as e:
-        pipeline.check_inputs(_cfg(tmp_path, "stages=[label,dpo]", "data.prompts.path=null",
+        inputs.check(_cfg(tmp_path, "stages=[label,dpo]", "data.prompts.path=null",
                                    "label.labeler=examples/warm/labelers.py:vader_warmth"))
     assert "preferences" not in str(e.value)  # dpo's come from label
     with pytest.raises(ConfigError, match=r"reward\.functions: the `ppo` stage needs a reward"):
-        pipeline.check_inputs(_cfg(tmp_path, "stages=[sft,ppo]"))
-    pipeline.check_inputs(_cfg(tmp_path, "stages=[sft,ppo]", "model.reward=org/some-rm"))  # no preferences needed
+        inputs.check(_cfg(tmp_path, "stages=[sft,ppo]"))
+    inputs.check(_cfg(tmp_path, "stages=[sft,ppo]", "model.reward=org/some-rm"))  # no preferences needed
 
 
 def test_models_are_checked_before_anything_runs(tmp_path, tiny):
@@ -123,14 +130,14 @@ def test_models_are_checked_before_anything_runs(tmp_path, tiny):
     small.mkdir()
     (small / "config.json").write_text(json.dumps({"vocab_size": 10}))
     with pytest.raises(ConfigError) as e:
-        pipeline.check_inputs(_cfg(tmp_path, "stages=[sft]", f"model.reference={tmp_path / 'nope'}",
+        inputs.check(_cfg(tmp_path, "stages=[sft]", f"model.reference={tmp_path / 'nope'}",
                                    f"model.critic={not_a_model}"), "c.yaml")
     assert f"c.yaml: model.reference: no such model folder: {tmp_path / 'nope'}" in str(e.value)
     assert f"c.yaml: model.critic: {not_a_model} is not a model folder: it has no config.json" in str(e.value)
     with pytest.raises(ConfigError, match=r"model\.tokenizer: .* has \d+ tokens but model\.policy .* embeds 10: "
                                           r"this tokenizer does not belong to this model"):
-        pipeline.check_inputs(_cfg(tmp_path, "stages=[sft]", f"model.policy={small}", f"model.tokenizer={tiny}"))
-    pipeline.check_inputs(_cfg(tmp_path, "stages=[sft]", f"model.policy={tiny}", f"model.tokenizer={tiny}"))
+        inputs.check(_cfg(tmp_path, "stages=[sft]", f"model.policy={small}", f"model.tokenizer={tiny}"))
+    inputs.check(_cfg(tmp_path, "stages=[sft]", f"model.policy={tiny}", f"model.tokenizer={tiny}"))
 
 
 def test_apply_outputs():
@@ -143,7 +150,7 @@ def test_apply_outputs():
 
 
 def test_cli_run_without_preferences_fails_before_ray(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(pipeline.Path(__file__).resolve().parents[2])
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
     code = cli.main(["run", "configs/tiny/rm.yaml", "data.preferences.path=null", "--run-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 1 and "data.preferences.path" in err and "configs/tiny/rm.yaml" in err

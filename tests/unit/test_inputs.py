@@ -1,0 +1,103 @@
+"""Every input checked before Ray starts (`rlhf_ray.stages.inputs`): datasets opened and their first rows read,
+eval datasets too; reward functions, labelers and gold judges imported and their signatures checked; each
+problem naming its key. Real files, real imports; nothing here starts Ray."""
+
+import json
+
+import pytest
+
+from rlhf_ray import data
+from rlhf_ray.config import ConfigError, load_config
+from rlhf_ray.stages import inputs
+
+FUNCTIONS = '''
+def good(prompts, responses):
+    return [1.0] * len(responses)
+
+def one_argument(responses):
+    return [1.0] * len(responses)
+
+def stuck(prompts, responses, answer, /):
+    return [1.0] * len(responses)
+
+def trl(completions, **kwargs):
+    return [1.0] * len(completions)
+'''
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "fns.py").write_text(FUNCTIONS)
+    (tmp_path / "broken.py").write_text("import not_a_module_anywhere\n")
+    _jsonl(tmp_path / "prompts.jsonl", [{"prompt": "hi"}])
+    _jsonl(tmp_path / "prefs.jsonl", [{"prompt": "hi", "chosen": "a", "rejected": "b"}])
+    _jsonl(tmp_path / "demos.jsonl", [{"prompt": "hi", "response": "hello"}])
+    return tmp_path
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _problems(*overrides) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        inputs.check(load_config(None, list(overrides)), "c.yaml")
+    return e.value.problems
+
+
+def test_functions_are_imported_and_their_signatures_checked(files):
+    ppo = [f"data.prompts.path={files}/prompts.jsonl", "stages=[ppo]"]
+    inputs.check(load_config(None, [*ppo, f"reward.functions=[{{function: '{files}/fns.py:good'}}, "
+                                          f"{{function: '{files}/fns.py:trl'}}]"]))
+    (err,) = _problems(*ppo, f"reward.functions=[{{function: '{files}/fns.py:one_argument'}}]")
+    assert err.startswith("c.yaml: reward.functions[0].function: reward function ") and \
+        "its signature (responses) cannot take the call fn(prompts, responses, **columns)" in err
+    (err,) = _problems(*ppo, f"reward.functions=[{{function: '{files}/fns.py:stuck'}}]")
+    assert err.endswith("positional-only without a default: answer")
+    (err,) = _problems(*ppo, f"reward.functions=[{{function: '{files}/fns.py:good'}}]",
+                       "data.prompts.eval_fraction=0.5", f"ppo.gold={files}/broken.py:judge")
+    assert err.startswith(f"c.yaml: ppo.gold: importing {files}/broken.py:judge raised ModuleNotFoundError")
+
+
+def test_a_misspelled_labeler_is_refused_before_the_stages_before_it_run(files):
+    """label after sft: the labeler is imported up front, not once SFT has spent its compute."""
+    base = [f"data.prompts.path={files}/prompts.jsonl", f"data.demonstrations.path={files}/demos.jsonl",
+            "stages=[sft,label,dpo]"]
+    (err,) = _problems(*base, "label.labeler=examples.warm.labelrs:vader_warmth")
+    assert err.startswith("c.yaml: label.labeler: reward function 'examples.warm.labelrs:vader_warmth': cannot "
+                          "import 'examples.warm.labelrs'")
+    inputs.check(load_config(None, [*base, "label.labeler=examples/warm/labelers.py:vader_warmth"]))
+
+
+@pytest.mark.parametrize("stage,key,row,message", [
+    ("sft", "data.demonstrations.path", {"prompt": "hi"}, "row 1: missing field 'response'"),
+    ("rm", "data.preferences.path", {"prompt": "hi", "chosen": "a"}, "row 1: missing field 'rejected'"),
+    ("ppo", "data.prompts.eval_path", {"question": "hi"}, "row 1: missing field 'prompt'"),
+    ("rm", "data.preferences.eval_path", {"prompt": "hi", "chosen": 3, "rejected": "b"}, "row 1:"),
+])
+def test_the_first_rows_of_every_dataset_are_read_before_ray(files, stage, key, row, message):
+    bad = _jsonl(files / "bad.jsonl", [row])
+    base = [f"data.prompts.path={files}/prompts.jsonl", f"data.demonstrations.path={files}/demos.jsonl",
+            f"data.preferences.path={files}/prefs.jsonl", f"stages=[{stage}]", "model.reward=org/rm", f"{key}={bad}"]
+    (err,) = _problems(*base)
+    assert err.startswith(f"c.yaml: {key}: {bad}: {message}"), err
+
+
+def test_bytes_that_are_not_utf8_are_a_malformed_row(files):
+    path = files / "latin1.jsonl"
+    path.write_bytes(json.dumps({"prompt": "hi"}).encode() + b"\n" + '{"prompt": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(data.DataError, match=r"latin1\.jsonl: row 2: not UTF-8 text \(byte 0xe9 at column 16\)"):
+        data.load_rows(str(path), "prompts")
+    rows, report = data.load_rows(str(path), "prompts", skip_malformed=True)
+    assert len(rows) == 1 and "skipped 1 (malformed: not UTF-8 text" in str(report)
+    (err,) = _problems(f"data.prompts.path={path}", "stages=[ppo]", "model.reward=org/rm")
+    assert "latin1.jsonl: row 2: not UTF-8 text" in err
+
+
+def test_a_file_named_parquet_that_is_not_one(files):
+    fake = files / "rows.parquet"
+    fake.write_text('{"prompt": "hi"}\n')
+    (err,) = _problems(f"data.prompts.path={fake}", "stages=[ppo]", "model.reward=org/rm")
+    assert err.startswith(f"c.yaml: data.prompts.path: {fake}: not a readable Parquet file: ")
+    assert "\n" not in err
