@@ -43,7 +43,9 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: list[str]):
         self.problems = problems
-        super().__init__("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
+        many = len(problems) > 1
+        super().__init__("invalid config:" + ("\n" if many else " ") + "\n".join(f"  - {p}" if many else p
+                                                                             for p in problems))
 
 
 @dataclass
@@ -72,16 +74,57 @@ def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
     return out
 
 
+# A config is a few KiB of a few levels. The limits turn a hostile file (an alias bomb: a few lines whose aliases
+# expand to billions of nodes; thousands of nested brackets) into one message instead of a hang or a traceback.
+MAX_BYTES, MAX_NODES, MAX_DEPTH = 1 << 20, 100_000, 64
+
+
+def _shape(node: yaml.Node, depth: int, seen: dict[int, tuple[int, int]]) -> tuple[int, int]:
+    """(nodes, levels) of `node` with every alias expanded, counted once per distinct node (linear in the file);
+    stops past MAX_DEPTH, which also ends an alias that contains itself."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    if id(node) not in seen:
+        kids = ([x for pair in node.value for x in pair] if isinstance(node, yaml.MappingNode) else
+                node.value if isinstance(node, yaml.SequenceNode) else [])
+        shapes = [_shape(k, depth + 1, seen) for k in kids]
+        seen[id(node)] = (1 + sum(n for n, _ in shapes), 1 + max((d for _, d in shapes), default=0))
+    nodes, levels = seen[id(node)]
+    if depth + levels > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels once its aliases are expanded")
+    if nodes > MAX_NODES:
+        raise ValueError(f"expands to {nodes:,} values once its aliases are expanded (at most {MAX_NODES:,})")
+    return nodes, levels
+
+
+def load_yaml(text: str, where: str) -> tuple[Any, yaml.Node | None]:
+    """YAML text (a file's or an override's) as data and its node tree, within the limits above."""
+    if len(text) > MAX_BYTES:
+        raise ConfigError([f"{where}: {len(text):,} characters; a config is at most {MAX_BYTES:,}"])
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        if node is not None:
+            _shape(node, 0, {})
+        return yaml.load(text, Loader=_Loader), node
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ConfigError([f"{where}{at}: not valid YAML: {e.problem or e.context}"]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{where}: not valid YAML: {' '.join(str(e).split())}"]) from None
+    except (ValueError, RecursionError) as e:
+        raise ConfigError([f"{where}: {e if isinstance(e, ValueError) else 'nested too deeply to read'}"]) from None
+
+
 def read_yaml(path: Path) -> tuple[dict, _Source]:
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as e:
         raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
-    try:
-        data = yaml.load(text, Loader=_Loader)
-        node = yaml.compose(text, Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not a YAML text file (byte {e.object[e.start]:#04x} at offset {e.start} is not "
+                           "UTF-8)"]) from None
+    data, node = load_yaml(text, str(path))
     if not data:  # an empty file would be a run of every default: PPO of the built-in model on no prompts
         raise ConfigError([f"{path}: the config is empty; it needs at least `stages` and the data they read"])
     if not isinstance(data, dict):
@@ -106,8 +149,10 @@ def parse_overrides(overrides: list[str]) -> dict:
         if not sep or not key:
             raise ConfigError([f"command line: {o!r} is not of the form key=value"])
         try:
-            value = yaml.load(raw, Loader=_Loader) if raw else ""
-        except yaml.YAMLError:
+            value = load_yaml(raw, f"command line: {key}")[0] if raw else ""
+        except ConfigError as e:
+            if "not valid YAML" not in str(e):  # past a limit: refused; merely not YAML: the text itself
+                raise
             value = raw
         _set_dotted(tree, key.strip(), value)
     return tree

@@ -116,7 +116,7 @@ def test_impossible_combinations(tmp_path):
 def test_broken_yaml_and_missing_file(tmp_path):
     p = _yaml(tmp_path, "ppo:\n  kl_coef: [0.1\n")
     (err,) = _errors(p)
-    assert err.startswith(f"{p}: not valid YAML")
+    assert err == f"{p}:3:1: not valid YAML: expected ',' or ']', but got '<stream end>'"
     (err,) = _errors(tmp_path / "nope.yaml")
     assert "cannot read" in err and "nope.yaml" in err
     (err,) = _errors(_yaml(tmp_path, "- a\n- b\n", "list.yaml"))
@@ -374,3 +374,29 @@ def test_an_empty_config_file_is_refused(tmp_path):
     for text in ("", "# nothing\n", "{}\n"):
         (err,) = _errors(_yaml(tmp_path, text, "empty.yaml"))
         assert err.endswith("empty.yaml: the config is empty; it needs at least `stages` and the data they read")
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+
+
+@pytest.mark.parametrize("text,message", [
+    (BOMB, "c.yaml: expands to 111,111 values once its aliases are expanded (at most 100,000)"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "c.yaml: nested too deeply to read"),
+    ("a: " + "[" * 70 + "]" * 70 + "\n", "c.yaml: nested deeper than 64 levels"),
+    ("a: &x [*x]\n", "c.yaml: nested deeper than 64 levels"),
+    ("ppo: {kl_coef: 0.1}\n# " + "x" * (1 << 20) + "\n", "c.yaml: 1,048,599 characters; a config is at most 1,048,576"),
+    ("ppo:\n  kl_coef: \x00\n", "c.yaml: not valid YAML: unacceptable character #x0000: special characters are not allowed in \"<unicode string>\", position 16"),
+])
+def test_hostile_yaml_is_one_message(tmp_path, text, message):
+    (err,) = _errors(_yaml(tmp_path, text))
+    assert err.endswith(message), err
+
+
+def test_a_binary_config_and_override_limits(tmp_path):
+    p = tmp_path / "model.bin"
+    p.write_bytes(b"\x80\x04\x95PK\x03\x04")
+    assert _errors(p) == [f"{p}: not a YAML text file (byte 0x80 at offset 0 is not UTF-8)"]
+    (err,) = _errors(None, ["ppo.kl_coef=" + "[" * 70 + "]" * 70])
+    assert err == "command line: ppo.kl_coef: nested deeper than 64 levels"
+    assert str(ConfigError(["one problem"])) == "invalid config: one problem"  # one line for one problem
