@@ -420,7 +420,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         layers.append((parse_overrides(overrides), "command line"))
     cfg, errs = build(Config, layers)
     for values, where in layers:
-        for stage, tree in (values.get("stage_overrides") or {}).items():
+        for stage, tree in (so if isinstance(so := values.get("stage_overrides"), dict) else {}).items():
             if stage not in config_checks.STAGES:
                 errs.append(f"{where_set('stage_overrides.' + str(stage), layers)}: stage_overrides.{stage}: "
                             f"unknown stage; choose from {', '.join(config_checks.STAGES)}")
