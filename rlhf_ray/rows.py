@@ -8,6 +8,7 @@ import json
 from typing import Any, Optional, Union
 
 from rlhf_ray import rollout
+from rlhf_ray.errors import UserError
 
 KINDS = {"prompts", "demonstrations", "preferences"}
 # The fields each kind reads (a `columns` mapping may rename a dataset's fields onto them).
@@ -18,7 +19,7 @@ Prompt = Union[str, list[dict]]
 """A prompt: a text (wrapped as one user turn by the chat template) or a message list."""
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset problem, naming the source and row."""
 
 

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from rlhf_ray.bounds import Range
+from rlhf_ray.errors import UserError
 
 
 class _Loader(yaml.SafeLoader):
@@ -38,7 +39,7 @@ _Loader.add_implicit_resolver(
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """Every problem found in a config, each naming its key and where it was set."""
 
     def __init__(self, problems: list[str]):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from rlhf_ray import models
+from rlhf_ray.errors import UserError
 from rlhf_ray.algos import forward
 from rlhf_ray.rollout import RolloutBatch
 
@@ -52,7 +53,7 @@ def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
 # ---------------------------------------------------------------- user reward functions
 
 
-class RewardFunctionError(ValueError):
+class RewardFunctionError(UserError):
     """A reward function that cannot be loaded, raises, or returns the wrong thing."""
 
 

@@ -101,3 +101,29 @@ def test_a_file_named_parquet_that_is_not_one(files):
     (err,) = _problems(f"data.prompts.path={fake}", "stages=[ppo]", "model.reward=org/rm")
     assert err.startswith(f"c.yaml: data.prompts.path: {fake}: not a readable Parquet file: ")
     assert "\n" not in err
+
+
+def test_a_user_error_raised_in_an_actor_is_one_line_at_the_command_line(capsys, monkeypatch):
+    """An actor's RewardFunctionError reaches the driver inside a GroupError (cluster.actor_group): the command
+    line finds it and prints one line; any other failure keeps its traceback."""
+    from cluster.actor_group import GroupError
+    from rlhf_ray import cli, errors
+    from rlhf_ray.engines.scoring import RewardFunctionError
+
+    def fails(cause):
+        def fn(args):
+            try:
+                raise cause
+            except Exception as e:
+                raise GroupError("reward-fn", [0], "score: reward functions", f"raised {type(e).__name__}: {e}") from e
+        return fn
+
+    bad = RewardFunctionError("reward function verdict must return a real number")
+    assert errors.user_error(GroupError("x", [0], "p", "w")) is None
+    monkeypatch.setattr(cli, "cmd_validate", fails(bad))
+    assert cli.main(["validate", "c.yaml"]) == 1
+    assert capsys.readouterr().err == ("error: score: reward functions: raised RewardFunctionError: reward function "
+                                       "verdict must return a real number on reward-fn-0\n")
+    monkeypatch.setattr(cli, "cmd_validate", fails(KeyError("a bug of ours")))
+    with pytest.raises(GroupError):
+        cli.main(["validate", "c.yaml"])

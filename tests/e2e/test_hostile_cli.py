@@ -1,0 +1,101 @@
+"""A careless or hostile user at the command line: each case of the threat model (README, "What a run trusts")
+through the real `rlhf-ray` executable. Each ends with exit 1 and one line on stderr, `error: ...`, naming what is
+wrong and where; none prints a traceback, and none writes or deletes anything in the run directory."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXE = str(Path(sys.executable).with_name("rlhf-ray"))
+PROMPTS = "configs/data/warm_prompts.jsonl"
+REWARD = "reward.functions=[{function: configs/tiny/rewards.py:target_token_frac}]"
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def refused(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """The one stderr line of a refusal (library warnings aside), checked for each needle."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert proc.returncode == 1, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "fns.py").write_text("def one(responses):\n    return [1.0] * len(responses)\n")
+    (tmp_path / "ok.yaml").write_text(f"stages: [ppo]\ndata:\n  prompts:\n    path: {PROMPTS}\n")
+    return tmp_path
+
+
+# (name, config text or None for ok.yaml, extra arguments, what the one line must say)
+CASES = [
+    ("name escapes", None, ["name=.."], ["name: '..' is not a run name"]),
+    ("name absolute", None, ["name=/etc"], ["name: '/etc' is not a run name"]),
+    ("labeler typo", None, ["stages=[sft,label,dpo]", "data.demonstrations.path=configs/data/tiny_demos.jsonl",
+                            "label.labeler=examples/warm/labelrs.py:vader_warmth"],
+     ["label.labeler: reward function 'examples/warm/labelrs.py:vader_warmth': no such file"]),
+    ("reward function typo", None, ["reward.functions=[{function: 'configs/tiny/rewards.py:no_such'}]"],
+     ["reward.functions[0].function: ", "has no function 'no_such'"]),
+    ("gold typo", None, [REWARD, "data.prompts.eval_fraction=0.2", "ppo.gold=nowhere.py:judge"],
+     ["ppo.gold: reward function 'nowhere.py:judge': no such file"]),
+    ("bad signature", None, ["reward.functions=[{function: 'FILES/fns.py:one'}]"],
+     ["cannot take the call fn(prompts, responses, **columns)"]),
+    ("negative kl", None, [REWARD, "ppo.kl_coef=-5"], ["ppo.kl_coef: must be >= 0, got -5.0"]),
+    ("infinite lr", None, [REWARD, "train.lr=.inf"], ["train.lr: must be a finite number, got inf"]),
+    ("no epochs", None, [REWARD, "ppo.epochs=0"], ["ppo.epochs: must be > 0, got 0"]),
+    ("negative clip", None, [REWARD, "ppo.clip_eps=-1"], ["ppo.clip_eps: must be > 0"]),
+    ("negative beta", None, [REWARD, "dpo.beta=-1"], ["dpo.beta: must be > 0"]),
+    ("negative kv cache", None, [REWARD, "rollout.kv_cache_mb=-1"], ["rollout.kv_cache_mb: must be in [1,"]),
+    ("port", None, [REWARD, "cluster.metrics_export_port=99999"], ["must be in [1, 65535], got 99999"]),
+    ("nan timeout", None, [REWARD, "cluster.call_timeout_s=.nan"], ["cluster.call_timeout_s: must be a finite"]),
+    ("no stages", None, [REWARD, "stages=[]"], ["stages: list at least one stage"]),
+    ("huge batch", None, [REWARD, "rollout.batch_size=1000000000000"], ["rollout.batch_size: must be in [1,"]),
+    ("negative prompt length", None, [REWARD, "data.max_prompt_len=-10", "data.truncation=truncate"],
+     ["data.max_prompt_len: must be in [1,"]),
+    ("role typo", None, [REWARD, "cluster.roles.genrator.count=1"], ["cluster.roles.genrator: unknown role; did you "
+                                                                     "mean generator?"]),
+    ("empty config", "", [], ["the config is empty"]),
+    ("binary config", b"\x80\x04\x95\x00PK\x03\x04", [], ["not a YAML text file (byte 0x80"]),
+    ("alias bomb", "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")),
+     [], ["expands to 111,111 values once its aliases are expanded"]),
+    ("deep nesting", "a: " + "[" * 5000 + "]" * 5000 + "\n", [], ["nested too deeply to read"]),
+    ("invalid utf-8 dataset", None, [REWARD, "data.prompts.path=FILES/latin1.jsonl", "data.skip_malformed=true"],
+     ["data.prompts.path: ", "no usable prompts rows", "not UTF-8 text (byte 0xe9"]),
+    ("fake parquet", None, [REWARD, "data.prompts.path=FILES/rows.parquet"], ["not a readable Parquet file"]),
+]
+
+
+@pytest.mark.parametrize("name,text,extra,needles", CASES, ids=[c[0] for c in CASES])
+def test_refused_before_anything_is_written(files, name, text, extra, needles):
+    (files / "latin1.jsonl").write_bytes('{"prompt": "caf\xe9"}\n'.encode("latin-1"))
+    (files / "rows.parquet").write_text(json.dumps({"prompt": "hi"}) + "\n")
+    config = files / "ok.yaml"
+    if text is not None:
+        config = files / "c.yaml"
+        config.write_bytes(text if isinstance(text, bytes) else text.encode())
+    run_dir = files / "run"
+    args = [a.replace("FILES", str(files)) for a in extra]
+    refused(cli("run", str(config), *args, "--run-dir", str(run_dir)), *needles)
+    assert not run_dir.exists()
+
+
+def test_a_reward_function_returning_bools_stops_the_run_with_one_line(tmp_path):
+    """Found only when it runs (on the reward-function actor): the run stops at its first step, naming the
+    function and rows, with no traceback."""
+    (tmp_path / "verdict.py").write_text("def verdict(prompts, responses):\n    return [True] * len(responses)\n")
+    proc = cli("run", "configs/tiny/ppo.yaml", f"reward.functions=[{{function: '{tmp_path}/verdict.py:verdict'}}]",
+               "ppo.steps=1", "rollout.batch_size=4", "ppo.mini_batch_size=16", "train.batch_size=16",
+               "train.micro_batch_size=16", "ppo.advantage=rloo", "--run-dir", str(tmp_path / "run"), timeout=900)
+    refused(proc, "score: reward functions: raised RewardFunctionError: reward function verdict must return a real "
+                  "number for every response (not a string, bool or None); got row 0: True")
