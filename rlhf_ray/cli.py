@@ -4,8 +4,9 @@
   rlhf-ray run CONFIG [key=value ...] [--run-dir D] [--address A] [--force]   run the config's stages in order
                                                        (sft, label, rm, dpo, ppo), skipping finished ones
   rlhf-ray sample CONFIG [key=value ...] [--run-dir D]  sample responses to the config's prompts with vLLM
-  rlhf-ray submit CONFIG [key=value ...] --address http://HEAD:8265 [--follow]   the run as a Ray Job
+  rlhf-ray submit CONFIG [key=value ...] --address http://127.0.0.1:8265 [--follow]   the run as a Ray Job
   rlhf-ray status|logs|stop JOB_ID [--address ...]     follow a submitted job (`logs --follow` streams)
+                                                       (plain http to another host needs --insecure-http)
   rlhf-ray report RUN_DIR                              redraw RUN_DIR/plots/*.png from metrics.jsonl
   rlhf-ray bench [--model tiny|smollm2] [--out DIR]    rlhf-ray beside raw vLLM, plain torch and TRL
 """
@@ -19,7 +20,8 @@ import time
 from pathlib import Path
 
 from rlhf_ray.config import Config, ConfigError, dump_yaml, load_config, to_dict
-from rlhf_ray.data import DataError
+from rlhf_ray.errors import UserError, user_error
+from rlhf_ray.runtime.lock import RunLock
 from rlhf_ray.runtime.run_dir import RunDir
 from rlhf_ray.runtime.stopping import LearnerLost, NonFiniteLoss, Stopped
 
@@ -33,24 +35,34 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def run_dir_for(cfg: Config, run_dir: str | None) -> Path:
-    return RunDir(run_dir or Path("runs") / cfg.name, cfg).path
+def run_dir_path(cfg: Config, run_dir: str | None) -> Path:
+    return Path(run_dir or Path("runs") / cfg.name).expanduser()
 
 
 def cmd_run(args) -> int:
     """Run the config's stages in order on the cluster at --address / RAY_ADDRESS, else an embedded local one.
 
     Stages already finished in the run directory are skipped (their outputs reused) unless --force."""
-    from rlhf_ray.runtime.monitor import Monitor
-    from rlhf_ray.stages import pipeline
+    from rlhf_ray.stages import inputs
 
     cfg = _load(args)
     address = args.address or cfg.cluster.address
     if address and address.startswith(("http://", "https://")):
         raise ConfigError([f"--address {address}: `run` joins a cluster (auto, HOST:6379, ray://HOST:10001); "
                            "send a run to a dashboard address with `rlhf-ray submit`"])
-    pipeline.check_inputs(cfg, args.config)  # before any actor: missing datasets, stages not built yet
-    run_dir = RunDir(args.run_dir or Path("runs") / cfg.name, cfg)
+    inputs.check(cfg, args.config)  # before Ray: datasets and their first rows, functions, models
+    # Taken before anything in the run directory is written or deleted (--force, stage resets), released however
+    # the run ends; a held one is refused naming its holder (RunDirBusy).
+    with RunLock(run_dir_path(cfg, args.run_dir), f"rlhf-ray run {args.config}") as lock:
+        run_dir = RunDir(lock.run_dir, cfg)
+        run_dir.check_metrics()  # a corrupt metrics.jsonl is refused before Ray starts
+        return _run(cfg, args, address, run_dir)
+
+
+def _run(cfg: Config, args, address: str | None, run_dir: RunDir) -> int:
+    from rlhf_ray.runtime.monitor import Monitor
+    from rlhf_ray.stages import pipeline
+
     run_dir.monitor = Monitor(cfg, run_dir.path)
 
     def connect() -> None:
@@ -76,15 +88,20 @@ def cmd_run(args) -> int:
 
 def cmd_sample(args) -> int:
     """Sample `rollout.n_samples` responses per prompt from the policy; write rollouts/sample.parquet."""
+    cfg = _load(args)
+    if cfg.data.prompts.path is None:
+        raise ConfigError([f"{args.config}: data.prompts.path: `sample` needs a prompts dataset"])
+    with RunLock(run_dir_path(cfg, args.run_dir), f"rlhf-ray sample {args.config}") as lock:
+        return _sample(cfg, args, lock.run_dir)
+
+
+def _sample(cfg: Config, args, run_path: Path) -> int:
     import pyarrow.parquet as pq
 
     from rlhf_ray import data, models, rollout
     from rlhf_ray.engines import vllm_engine
 
-    cfg = _load(args)
     ds = cfg.data.prompts
-    if ds.path is None:
-        raise ConfigError([f"{args.config}: data.prompts.path: `sample` needs a prompts dataset"])
     rows, report = data.load_rows(ds.path, "prompts", ds.split, cfg.data.skip_malformed, args.num_prompts or ds.max_rows,
                                   ds.columns or None, ds.subset)
     policy = models.resolve_model(cfg.model.policy)
@@ -93,7 +110,7 @@ def cmd_sample(args) -> int:
     kept = data.encode_kept(tok, rows, "prompts", limits, report, cfg.data.apply_chat_template)
     rows, ids = [r for r, _ in kept], [i for _, i in kept]  # rows over the limits dropped (truncation: drop)
     print(report)
-    out = run_dir_for(cfg, args.run_dir)
+    out = RunDir(run_path, cfg).path
 
     llm = vllm_engine.build_llm(policy, cfg.model.dtype, cfg.rollout.kv_cache_mb, cfg.seed, cfg.model.max_seq_len,
                                 engine=to_dict(cfg.rollout.engine))
@@ -120,19 +137,20 @@ def cmd_sample(args) -> int:
 def cmd_submit(args) -> int:
     from rlhf_ray.runtime import jobs
 
-    job_id = jobs.submit(args.config, args.overrides, args.address, args.run_dir, args.env, args.job_id)
+    job_id = jobs.submit(args.config, args.overrides, args.address, args.run_dir, args.env, args.job_id,
+                         args.insecure_http)
     where = args.address or os.environ.get("RAY_ADDRESS") or "the local dashboard"
     print(f"submitted {job_id} to {where}\n  rlhf-ray status {job_id}\n  rlhf-ray logs {job_id} --follow\n"
           f"  rlhf-ray stop {job_id}", flush=True)
     if not args.follow:
         return 0
-    return 0 if jobs.logs(job_id, args.address, follow=True) == "SUCCEEDED" else 1
+    return 0 if jobs.logs(job_id, args.address, True, args.insecure_http) == "SUCCEEDED" else 1
 
 
 def cmd_status(args) -> int:
     from rlhf_ray.runtime import jobs
 
-    status, text = jobs.describe(args.job_id, args.address)
+    status, text = jobs.describe(args.job_id, args.address, args.insecure_http)
     print(text)
     return 0 if status in ("SUCCEEDED", "RUNNING", "PENDING") else 1
 
@@ -140,7 +158,7 @@ def cmd_status(args) -> int:
 def cmd_logs(args) -> int:
     from rlhf_ray.runtime import jobs
 
-    out = jobs.logs(args.job_id, args.address, args.follow)
+    out = jobs.logs(args.job_id, args.address, args.follow, args.insecure_http)
     if not args.follow:
         print(out, end="")
         return 0
@@ -150,7 +168,8 @@ def cmd_logs(args) -> int:
 def cmd_stop(args) -> int:
     from rlhf_ray.runtime import jobs
 
-    print(f"{args.job_id}: " + ("stopping" if jobs.stop(args.job_id, args.address) else "already ended"))
+    stopping = jobs.stop(args.job_id, args.address, args.insecure_http)
+    print(f"{args.job_id}: " + ("stopping" if stopping else "already ended"))
     return 0
 
 
@@ -196,8 +215,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--show", type=int, default=4, help="print this many samples")
     s.set_defaults(fn=cmd_sample)
 
+    insecure = ("allow plain http:// to a host that is not loopback (the token and the job's files travel in "
+                "clear text; also RLHF_RAY_INSECURE_HTTP=1); https:// or a tunnel to 127.0.0.1 need no flag")
     s = with_config("submit", "run the config as a Ray Job on the cluster at --address (the dashboard, :8265)")
     s.add_argument("--address", help="dashboard address, http://HOST:8265 (default: RAY_ADDRESS, else local)")
+    s.add_argument("--insecure-http", action="store_true", help=insecure)
     s.add_argument("--run-dir", help="output folder on the driver's node (default ~/rlhf-ray-runs/<name>)")
     s.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment variable for the job")
     s.add_argument("--job-id", help="submission id (default: Ray picks one)")
@@ -209,6 +231,7 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help)
         s.add_argument("job_id")
         s.add_argument("--address", help="dashboard address, http://HOST:8265 (default: RAY_ADDRESS, else local)")
+        s.add_argument("--insecure-http", action="store_true", help=insecure)
         if name == "logs":
             s.add_argument("--follow", action="store_true", help="stream until the job ends")
         s.set_defaults(fn=fn)
@@ -231,15 +254,17 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError, ConnectionError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (NonFiniteLoss, LearnerLost) as e:
+    except (UserError, ConnectionError, NonFiniteLoss, LearnerLost) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Stopped as e:
         print(str(e), file=sys.stderr)
         return 130
+    except RuntimeError as e:  # an actor's call failed: one line when the user's input caused it (errors.py)
+        if user_error(e) is None:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,29 +4,133 @@
 (.venv, runs/ and .git stay behind), and the job's entrypoint is `python -m rlhf_ray.cli run CONFIG ...` on the
 head node, with the cluster's Python: the cluster needs rlhf-ray's dependencies (deploy/Dockerfile.*). The run
 directory lives on the node that runs the driver (default ~/rlhf-ray-runs/<name>; give shared storage for more).
-Ray's token authentication is handled by Ray's client: it reads RAY_AUTH_TOKEN or ~/.ray/auth_token.
+Ray's token authentication is handled by Ray's client: with RAY_AUTH_MODE=token it sends the token from
+RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token in every request's header.
+
+Plain http leaves this machine only when asked: http:// to a host that is not loopback would carry that token, the
+packaged code and the logs in clear text, so it is refused (before any connection) unless --insecure-http or
+RLHF_RAY_INSECURE_HTTP=1 says the network is trusted; https://, or a tunnel to http://127.0.0.1:8265, needs
+neither. Whatever the job API answers (401, 403, 404, no answer) becomes one JobAPIError line, not a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import os
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
+from urllib.parse import urlsplit
 
 from rlhf_ray.config import ConfigError, load_config
+from rlhf_ray.runtime import lock
 
 EXCLUDES = [".venv", "venv", "runs", ".git", "**/__pycache__", "*.egg-info", ".pytest_cache"]
+INSECURE_ENV = "RLHF_RAY_INSECURE_HTTP"
 
 
-def client(address: Optional[str]):
-    """A job client for `address` (http://HOST:8265), else RAY_ADDRESS, else the local dashboard."""
+class JobAPIError(ConnectionError):
+    """The job API refused a request, could not be reached, or was not tried (plain http off this machine)."""
+
+
+def resolve_address(address: Optional[str]) -> tuple[str, str]:
+    """(the dashboard URL, where it came from): `address`, else RAY_ADDRESS, else the local dashboard."""
+    if address:
+        given, where = address, "--address"
+    elif os.environ.get("RAY_ADDRESS"):
+        given, where = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    else:
+        given, where = "http://127.0.0.1:8265", "the default address"
+    # As Ray's client reads an address without a scheme; `auto` (which `run` takes) stays as given, to be refused.
+    url = given if "://" in given or given == "auto" else f"http://{given}"
+    return url.rstrip("/"), where
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback  # 127.0.0.0/8, ::1 (host names are not looked up)
+    except ValueError:
+        return False
+
+
+def _token_source() -> Optional[str]:
+    """Where Ray's client would take the token from, when it sends one (RAY_AUTH_MODE=token)."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return None
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return os.environ["RAY_AUTH_TOKEN_PATH"]
+    return "~/.ray/auth_token" if (Path.home() / ".ray" / "auth_token").is_file() else None
+
+
+def check_address(url: str, where: str, insecure_http: bool = False) -> None:
+    """Refuse, before any connection, what the job API cannot be or should not be reached by: a scheme other
+    than http(s), and plain http to a host that is not loopback unless the user said the network is trusted."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise JobAPIError(f"{where} {url}: the job API is the dashboard's address, http(s)://HOST:8265 (`run` is "
+                          f"the command that joins a cluster at HOST:6379 or ray://HOST:10001)")
+    if parts.scheme == "https" or _loopback(parts.hostname):
+        return
+    token = _token_source()
+    carried = (f"the cluster token (RAY_AUTH_MODE=token, from {token}), the job's code and its logs" if token else
+               "the job's code and its logs (no token is configured here; with one, it would go too)")
+    if insecure_http or os.environ.get(INSECURE_ENV) == "1":
+        print(f"warning: {where} {url}: plain http: {carried} travel in clear text "
+              f"(--insecure-http / {INSECURE_ENV}=1)", file=sys.stderr, flush=True)
+        return
+    raise JobAPIError(f"{where} {url}: plain http to another host would carry {carried} in clear text; use "
+                      f"https://, or a tunnel (ray dashboard, ssh -L, kubectl port-forward) to http://127.0.0.1:8265, "
+                      f"or on a trusted network pass --insecure-http (or set {INSECURE_ENV}=1)")
+
+
+@contextlib.contextmanager
+def answers(url: str) -> Iterator[None]:
+    """What Ray's job client raises, as one JobAPIError line naming the address. (Its RuntimeErrors are all the
+    server's refusals: `Request failed with status code 404: Job ... does not exist.`, a version too old.)"""
+    import aiohttp
+    import requests
+    from ray.exceptions import AuthenticationError
+
+    def first_line(e: Exception) -> str:
+        return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]  # a body may be a whole HTML page
+
+    try:
+        yield
+    except AuthenticationError as e:
+        raise JobAPIError(f"{url}: {_auth_problem(e)}") from None
+    except (requests.ConnectionError, requests.Timeout, ConnectionError, aiohttp.ClientConnectionError) as e:
+        raise JobAPIError(f"{url}: no answer from the job API (is the dashboard up, is the address right?): "
+                          f"{first_line(e)}") from None
+    except (requests.RequestException, aiohttp.ClientError, RuntimeError) as e:
+        raise JobAPIError(f"{url}: the job API refused: {first_line(e)}") from None
+
+
+def _auth_problem(e: Exception) -> str:
+    """Ray's message spans lines: 401 means no token reached the server, 403 a token it does not know."""
+    if getattr(e, "message", str(e)).startswith("Authentication failed"):
+        return (f"the job API refused the token (403) from {_token_source() or 'RAY_AUTH_TOKEN / ~/.ray/auth_token'}"
+                f": it is not this cluster's")
+    return ("the job API asks for the cluster token (401) and none was sent: set RAY_AUTH_MODE=token and the token "
+            "in RAY_AUTH_TOKEN or ~/.ray/auth_token")
+
+
+def client(address: Optional[str], insecure_http: bool = False):
+    """A job client for `address` (http://HOST:8265), else RAY_ADDRESS, else the local dashboard; the address is
+    checked before Ray's client connects (it asks the server's version on creation)."""
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265")
+    url, where = resolve_address(address)
+    check_address(url, where, insecure_http)
+    with answers(url):
+        return JobSubmissionClient(url)
 
 
 def entrypoint(config: str, overrides: list[str], run_dir: str) -> str:
@@ -34,7 +138,7 @@ def entrypoint(config: str, overrides: list[str], run_dir: str) -> str:
 
 
 def submit(config: str, overrides: list[str], address: Optional[str], run_dir: Optional[str] = None,
-           env: Optional[list[str]] = None, job_id: Optional[str] = None) -> str:
+           env: Optional[list[str]] = None, job_id: Optional[str] = None, insecure_http: bool = False) -> str:
     """Validate the config here (before anything is uploaded), then submit; returns the job id."""
     cfg = load_config(config, overrides)
     rel = Path(config).resolve()
@@ -51,17 +155,24 @@ def submit(config: str, overrides: list[str], address: Optional[str], run_dir: O
     # step in progress plus a checkpoint write to stop cleanly (stopping.py), so give it what a call may take.
     env_vars.setdefault("RAY_JOB_STOP_WAIT_TIME_S", str(int(cfg.cluster.call_timeout_s)))
     run_dir = run_dir or f"~/rlhf-ray-runs/{cfg.name}"
-    return client(address).submit_job(
-        entrypoint=entrypoint(str(rel.relative_to(Path.cwd())), overrides, run_dir),
-        submission_id=job_id,
-        runtime_env={"working_dir": ".", "excludes": EXCLUDES, "env_vars": env_vars},
-        metadata={"rlhf_ray_config": config, "run_dir": run_dir, "name": cfg.name},
-    )
+    # When the run directory is visible here (shared storage, or this is the head), a held one is refused now
+    # rather than by the job; the job's `run` takes the lock itself on the driver's node either way.
+    lock.check_free(Path(run_dir).expanduser())
+    c = client(address, insecure_http)
+    with answers(c.get_address()):
+        return c.submit_job(
+            entrypoint=entrypoint(str(rel.relative_to(Path.cwd())), overrides, run_dir),
+            submission_id=job_id,
+            runtime_env={"working_dir": ".", "excludes": EXCLUDES, "env_vars": env_vars},
+            metadata={"rlhf_ray_config": config, "run_dir": run_dir, "name": cfg.name},
+        )
 
 
-def describe(job_id: str, address: Optional[str]) -> tuple[str, str]:
+def describe(job_id: str, address: Optional[str], insecure_http: bool = False) -> tuple[str, str]:
     """(status, a few lines about the job) for `rlhf-ray status`."""
-    info = client(address).get_job_info(job_id)
+    c = client(address, insecure_http)
+    with answers(c.get_address()):
+        info = c.get_job_info(job_id)
     meta = info.metadata or {}
 
     def when(ms: Optional[int]) -> str:
@@ -74,21 +185,24 @@ def describe(job_id: str, address: Optional[str]) -> tuple[str, str]:
     return info.status.value, "\n".join(lines)
 
 
-def logs(job_id: str, address: Optional[str], follow: bool = False) -> str:
+def logs(job_id: str, address: Optional[str], follow: bool = False, insecure_http: bool = False) -> str:
     """The job's driver log so far; with `follow`, stream it to stdout until the job ends and return its status."""
-    c = client(address)
-    if not follow:
-        return c.get_job_logs(job_id)
+    c = client(address, insecure_http)
+    with answers(c.get_address()):
+        if not follow:
+            return c.get_job_logs(job_id)
 
-    async def tail() -> None:
-        async for chunk in c.tail_job_logs(job_id):
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
+        async def tail() -> None:
+            async for chunk in c.tail_job_logs(job_id):
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
 
-    asyncio.run(tail())
-    return c.get_job_status(job_id).value
+        asyncio.run(tail())
+        return c.get_job_status(job_id).value
 
 
-def stop(job_id: str, address: Optional[str]) -> bool:
+def stop(job_id: str, address: Optional[str], insecure_http: bool = False) -> bool:
     """Ask Ray to stop the job (SIGTERM to its driver, then SIGKILL); False if it had already ended."""
-    return client(address).stop_job(job_id)
+    c = client(address, insecure_http)
+    with answers(c.get_address()):
+        return c.stop_job(job_id)

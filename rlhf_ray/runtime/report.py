@@ -4,13 +4,12 @@ PPO: reward (±std band, eval points, the guard's alarms and kept policy), proxy
 response length, losses, staleness, phase times. SFT/RM/DPO: loss,
 accuracy, margin. A plot whose keys never hold a number is skipped; a null (non-finite value) is left out of its
 line, never an error.
-Safe to rerun while a run is writing: a half-written last line is ignored and every PNG is replaced atomically,
-so a viewer never sees a truncated file. matplotlib is imported inside functions: only this command needs it.
+Safe to rerun while a run is writing: a half-written last line is left out (with a note) and every PNG is replaced
+atomically, so a viewer never sees a truncated file. matplotlib is imported inside functions: only this command needs it.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -29,14 +28,11 @@ class ReportError(ValueError):
 
 
 def read_rows(path: Path) -> list[dict]:
-    """Rows of metrics.jsonl. A line that does not parse is skipped: the run may be mid-append."""
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return [r for r in rows if isinstance(r, dict)]
+    """Rows of metrics.jsonl, read as the run reads them (`run_dir.read_metrics`): a last line cut short (the run
+    may be mid-append) is left out with a note on stderr; a bad line elsewhere is a DataError naming it."""
+    from rlhf_ray.runtime.run_dir import read_metrics
+
+    return read_metrics(path)
 
 
 def stage_of(row: dict) -> str:
@@ -249,12 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     """`rlhf-ray report RUN_DIR`: render the plots, print their paths."""
     import argparse
 
+    from rlhf_ray.rows import DataError
+
     p = argparse.ArgumentParser(prog="rlhf-ray report", description="Plot a run's metrics.jsonl into RUN_DIR/plots/.")
     p.add_argument("run_dir", type=Path, help="a run directory (runs/<name>/)")
     args = p.parse_args(argv)
     try:
         written = render(args.run_dir)
-    except ReportError as e:  # a user mistake: one line, no traceback (as cli.main does for ConfigError)
+    except (ReportError, DataError) as e:  # one line, no traceback (as cli.main does for ConfigError)
         print(f"error: {e}", file=sys.stderr)
         return 1
     print("\n".join(map(str, written)))

@@ -1,15 +1,51 @@
-"""The run directory `runs/<name>/`: config.yaml (resolved), metrics.jsonl, rollouts/*.parquet, final/<stage>/."""
+"""The run directory `runs/<name>/`: config.yaml (resolved), metrics.jsonl, rollouts/*.parquet, final/<stage>/,
+and .lock while a run holds it (`rlhf_ray.runtime.lock`, taken by the CLI before a RunDir is made)."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from rlhf_ray.config import Config, dump_yaml
+from rlhf_ray.rows import DataError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl (none if it does not exist). A last line without its newline that does not
+    parse was cut short (a run killed mid-append, or one appending now): it is left out, said on stderr. Any
+    other line that is not a JSON object is corruption: DataError naming the file and line."""
+    path = Path(path)
+    try:
+        lines = path.read_text().split("\n")
+    except FileNotFoundError:
+        return []
+    tail, rows = lines.pop(), []  # tail: "" when the file ends with a newline
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            rows.append(_row(path, n, line))
+    if tail.strip():
+        try:
+            rows.append(_row(path, len(lines) + 1, tail))
+        except DataError:
+            print(f"{path}:{len(lines) + 1}: last line cut short (a run stopped mid-write, or one writing now); "
+                  f"left out", file=sys.stderr, flush=True)
+    return rows
+
+
+def _row(path: Path, n: int, line: str) -> dict:
+    try:
+        row = json.loads(line)
+    except ValueError as e:
+        raise DataError(f"{path}:{n}: not a JSON line ({e.msg}); fix or delete that line") from None
+    if not isinstance(row, dict):
+        raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}; fix or delete that line")
+    return row
 
 
 class RunDir:
@@ -20,6 +56,7 @@ class RunDir:
     def __init__(self, path: str | Path, cfg: Config, monitor=None):
         self.stage: str | None = None
         self.monitor = monitor
+        self._appendable = False  # metrics.jsonl checked to end with a newline (`check_metrics`)
         self.path = Path(path).expanduser()
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "config.yaml").write_text(dump_yaml(cfg))
@@ -42,16 +79,26 @@ class RunDir:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
         if self.stage is not None:
             clean = {"stage": self.stage, **clean}
+        if not self._appendable:
+            self.check_metrics()
         with (self.path / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(clean) + "\n")
         if self.monitor is not None:
             self.monitor.log(self.stage, row)
 
     def metrics(self, stage: str | None = None) -> list[dict]:
-        """The rows of metrics.jsonl (only `stage`'s, when given)."""
+        """The rows of metrics.jsonl (only `stage`'s, when given); see `read_metrics`."""
+        return [r for r in read_metrics(self.path / "metrics.jsonl") if stage is None or r.get("stage") == stage]
+
+    def check_metrics(self) -> None:
+        """Read metrics.jsonl before rows are added: a corrupt line is refused now (before Ray starts, when the CLI
+        calls this), and a last line a killed run cut short is dropped from the file, so the next row appended
+        starts a line of its own instead of gluing onto the fragment."""
         path = self.path / "metrics.jsonl"
-        rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        return [r for r in rows if stage is None or r.get("stage") == stage]
+        rows = self.metrics()
+        if path.exists() and not _ends_with_newline(path):
+            self.replace_metrics(None, rows)
+        self._appendable = True
 
     def drop_metrics(self, stage: str) -> None:
         """Remove `stage`'s rows (before it reruns), keeping the other stages' rows in order."""
@@ -61,9 +108,10 @@ class RunDir:
         """`stage`'s rows become `rows` (a resumed stage: those its checkpoint saw; rows logged after it, by the
         run that died, go). stage None: every row."""
         path = self.path / "metrics.jsonl"
-        keep = [r for r in self.metrics() if stage is not None and r.get("stage") != stage]
+        keep = [r for r in self.metrics() if r.get("stage") != stage] if stage is not None else []
         if path.exists() or rows:
             path.write_text("".join(json.dumps(r) + "\n" for r in keep + rows))
+        self._appendable = True
 
     def write_rollouts(self, step: int | str, table: pa.Table) -> Path:
         """rollouts/step_NNNNNN.parquet for a training step, rollouts/<step>.parquet for a name."""
@@ -72,9 +120,19 @@ class RunDir:
 
     @staticmethod
     def write_table(table: pa.Table, out: Path) -> Path:
+        import pyarrow.parquet as pq  # here: `rlhf-ray report` reads metrics through this module, without Arrow
+
         out.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, out)
         return out
 
     def final(self, stage: str) -> Path:
         return self.path / "final" / stage
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        if f.seek(0, 2) == 0:
+            return True
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"

@@ -1,12 +1,17 @@
 """report.render on synthetic metrics.jsonl: every expected PNG is a real, non-blank image; nulls, single rows
-and half-written lines do not crash it; a folder without metrics.jsonl is one clear error."""
+and half-written lines do not crash it; a folder without metrics.jsonl is one clear error. The reader it shares
+with the run (`run_dir.read_metrics`): a last line cut short is left out with a note, and the run's next write
+drops it from the file; a bad line elsewhere is one error naming the file and line."""
 
 import json
 import math
 
 import pytest
 
+from rlhf_ray.config import load_config
+from rlhf_ray.rows import DataError
 from rlhf_ray.runtime import report
+from rlhf_ray.runtime.run_dir import RunDir, read_metrics
 
 PPO_PNGS = ["ppo_reward.png", "ppo_reward_vs_kl.png", "ppo_kl.png", "ppo_response_length.png", "ppo_losses.png", "ppo_staleness.png",
             "ppo_phase_times.png"]
@@ -128,3 +133,45 @@ def test_nulls_are_gaps():
     rows = [{"step": 0, "x": 1.0}, {"step": 1, "x": None}, {"step": 2, "x": math.inf}, {"step": None, "x": 2.0},
             {"step": 3, "x": True}, {"step": 4, "x": 3}]
     assert report._xy(rows, "x") == ([0, 4], [1.0, 3])
+
+
+def test_a_last_line_cut_short_is_left_out_with_a_note(tmp_path, capsys):
+    _write(tmp_path, _sft_rows(), tail='{"stage": "sft", "st')
+    assert read_metrics(tmp_path / "metrics.jsonl") == _sft_rows()
+    err = capsys.readouterr().err
+    assert err == f"{tmp_path / 'metrics.jsonl'}:7: last line cut short (a run stopped mid-write, or one writing " \
+                  f"now); left out\n"
+    _write(tmp_path, _sft_rows(), tail='{"stage": "sft", "step": 9}')  # whole, only its newline missing: kept
+    assert read_metrics(tmp_path / "metrics.jsonl")[-1] == {"stage": "sft", "step": 9}
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("bad, why", [('{"stage": "sf{"stage": "sft", "step": 3}', "not a JSON line"),
+                                      ("[1, 2]", "expected a JSON object, got list")])
+def test_a_bad_line_before_the_last_is_one_error_naming_it(tmp_path, capsys, bad, why):
+    rows = _sft_rows()
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]) + bad + "\n" +
+                                            json.dumps(rows[2]) + "\n")
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'metrics.jsonl'}:3: {why}"):
+        read_metrics(tmp_path / "metrics.jsonl")
+    assert report.main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'metrics.jsonl'}:3: ") and err.count("\n") == 1, err
+
+
+def test_the_run_drops_a_cut_short_line_from_the_file_before_appending(tmp_path, capsys):
+    """A killed run's fragment must not glue onto the next row (that would corrupt a line mid-file)."""
+    cfg = load_config()
+    _write(tmp_path, _sft_rows(), tail='{"stage": "sf')
+    run_dir = RunDir(tmp_path, cfg)
+    run_dir.start_stage("rm")
+    run_dir.log_metrics({"step": 1, "loss": 0.5})
+    assert (tmp_path / "metrics.jsonl").read_text().splitlines()[-2:] == [json.dumps(_sft_rows()[-1]),
+                                                                          '{"stage": "rm", "step": 1, "loss": 0.5}']
+    assert capsys.readouterr().err.count("cut short") == 1
+    _write(tmp_path, _sft_rows(), tail='{"stage": "sf')
+    RunDir(tmp_path, cfg).check_metrics()  # what `rlhf-ray run` does before Ray starts
+    assert (tmp_path / "metrics.jsonl").read_text() == "".join(json.dumps(r) + "\n" for r in _sft_rows())
+    _write(tmp_path, _sft_rows(), tail='{"stage": "sf')
+    RunDir(tmp_path, cfg).drop_metrics("sft")  # a stage's reset rewrites the file: the fragment goes too
+    assert (tmp_path / "metrics.jsonl").read_text() == ""

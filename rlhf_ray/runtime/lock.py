@@ -1,0 +1,236 @@
+"""One run at a time per run directory: `RUN_DIR/.lock`, taken before anything in the directory is written or deleted.
+
+Two runs on one directory would delete each other's `.tmp` checkpoints, `final/<stage>/` folders and metrics rows.
+The lock is a file created with O_CREAT | O_EXCL that holds its holder as JSON (pid, host, since, command).
+Why not fcntl/flock: on NFS those depend on the lock daemon (absent under `nolock` mounts, in many containers)
+and on FUSE mounts (gcsfuse, s3fs) they lock this host only; an O_EXCL create is atomic on NFSv3+ and every
+local filesystem, and the file says who holds the directory, which a refusal should name.
+
+A file outlives a killed process, so a lock found is checked: the holder is alive when it is on this host (same
+host name, boot and pid namespace), its pid is running, and that pid started when the holder recorded (a reused
+pid has another start time). A dead holder's lock is taken over with a message; a live one is refused; one held
+on another host cannot be checked from here, so it is refused with the file to remove if that run is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Optional
+
+from rlhf_ray.errors import UserError
+
+LOCK = ".lock"
+
+
+class RunDirBusy(UserError):
+    """Another run holds the run directory: one line naming the directory and its holder."""
+
+
+def _read_first(path: str) -> Optional[str]:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def _start_ticks(pid: int) -> Optional[tuple[int, str]]:
+    """(start time in clock ticks since boot, state letter) of a running pid, from /proc; None if it is not there."""
+    stat = _read_first(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    fields = stat.rpartition(")")[2].split()  # the command name in parentheses may hold spaces
+    return int(fields[19]), fields[0]
+
+
+def _pid_ns() -> Optional[str]:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def me(command: str) -> dict:
+    """The holder record of this process."""
+    ticks = _start_ticks(os.getpid())
+    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "command": command, "boot_id": _read_first("/proc/sys/kernel/random/boot_id"), "pid_ns": _pid_ns(),
+            "pid_start": ticks[0] if ticks else None, "token": uuid.uuid4().hex}
+
+
+def alive(holder: dict) -> Optional[bool]:
+    """True: the holder runs; False: it is gone; None: unknowable from here (another host, boot or pid namespace)."""
+    here = me("")
+    if holder.get("host") != here["host"]:
+        return None
+    if holder.get("boot_id") != here["boot_id"] or holder.get("pid_ns") != here["pid_ns"]:
+        # A reboot since, or another machine or container that carries the same host name: its pids are not
+        # ours to look up, and taking a live run's directory is the one mistake this lock must not make.
+        return None
+    try:
+        pid = int(holder["pid"])
+    except (TypeError, ValueError):
+        return None  # not a record this module wrote: refused, naming the file
+    if here["pid_start"] is None:  # no /proc (macOS): whether the pid exists is all there is
+        return _pid_exists(pid)
+    ticks = _start_ticks(pid)
+    if ticks is None or ticks[1] in "ZX":
+        return False
+    return holder.get("pid_start") in (None, ticks[0])  # another start time: the pid was reused
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_holder(path: Path, wait_s: float = 2.0) -> Optional[dict]:
+    """The holder record at `path`; None if the file is gone. A file just created is empty until its holder has
+    written it, so an unreadable one is read again for `wait_s` before it counts as unreadable ({})."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            holder = json.loads(path.read_text())
+            if isinstance(holder, dict) and "pid" in holder:
+                return holder
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() >= deadline:
+            return {}
+        time.sleep(0.1)
+
+
+def who(holder: dict) -> str:
+    return (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')} "
+            f"({holder.get('command') or 'command unknown'})")
+
+
+def busy_message(run_dir: Path, holder: dict, state: Optional[bool]) -> str:
+    path = run_dir / LOCK
+    if not holder:
+        return (f"{run_dir} is locked by {path}, which names no holder; if no run uses this directory, "
+                f"remove {path}")
+    if state is None:
+        return (f"{run_dir} is in use by {who(holder)}, which cannot be checked from here (another host, boot "
+                f"or container); if that run is gone, remove {path}")
+    return f"{run_dir} is in use by {who(holder)}; wait for it to end, stop it, or give another --run-dir"
+
+
+def check_free(run_dir: Path) -> None:
+    """Raise RunDirBusy if a live or uncheckable holder has `run_dir`; takes nothing, removes nothing."""
+    holder = read_holder(Path(run_dir) / LOCK)
+    if holder is None:
+        return
+    state = alive(holder) if holder else None
+    if state is not False:
+        raise RunDirBusy(busy_message(Path(run_dir), holder, state))
+
+
+class RunLock:
+    """`lock = RunLock(run_dir, command).acquire()` (RunDirBusy if taken), then `with lock: ...` releases it on
+    the way out, whatever the way. Inside, SIGTERM (while its handler is the default) raises SystemExit, so the
+    release runs on `kill` / `rlhf-ray stop` too; a stage installs its own handler over it (stopping.py)."""
+
+    def __init__(self, run_dir: str | Path, command: Optional[str] = None):
+        self.run_dir = Path(run_dir).expanduser()
+        self.path = self.run_dir / LOCK
+        self.holder = me(command or shlex.join(["rlhf-ray", *sys.argv[1:]]))
+        self.held = False
+        self.made_dir = False
+        self._sigterm = None
+
+    def acquire(self) -> "RunLock":
+        self.made_dir = not self.run_dir.exists()
+        for _ in range(5):  # each pass either takes the lock, refuses, or clears a dead holder's lock
+            if self._create():
+                self.held = True
+                return self
+            holder = read_holder(self.path)
+            if holder is None:
+                continue  # released between our create and our read
+            state = alive(holder) if holder else None
+            if state is not False:
+                raise RunDirBusy(busy_message(self.run_dir, holder, state))
+            self._take_over(holder)
+        raise RunDirBusy(f"{self.path}: could not take the lock: other runs kept taking it first")
+
+    def _create(self) -> bool:
+        self.run_dir.mkdir(parents=True, exist_ok=True)  # again each time: a releasing run may have removed it
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(self.holder) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # readers on other NFS clients see the holder as soon as they see the file
+        return True
+
+    def _take_over(self, holder: dict) -> None:
+        """Remove a dead holder's lock. Rename first, then check what was renamed: another run may have taken
+        the lock over (and written its own) since we read it; that lock is put back, never deleted."""
+        aside = self.path.with_name(f"{LOCK}.{self.holder['token']}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        if (read_holder(aside, wait_s=0) or {}).get("token") == holder.get("token"):
+            aside.unlink()
+            print(f"{self.path}: its holder, {who(holder)}, is no longer running; taking the run directory over",
+                  file=sys.stderr, flush=True)
+            return
+        try:
+            os.link(aside, self.path)  # fails if yet another run has made one meanwhile: never overwrite
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links on this filesystem
+            if not self.path.exists():
+                os.rename(aside, self.path)
+        aside.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Remove the lock if it is still this process's (a forked child inherits the object, not the lock), and
+        the run directory if this lock made it and nothing was written there (a run refused early leaves none)."""
+        if not self.held or os.getpid() != self.holder["pid"]:
+            return
+        self.held = False
+        holder = read_holder(self.path, wait_s=0)
+        if holder and holder.get("token") == self.holder["token"]:
+            self.path.unlink(missing_ok=True)
+        if self.made_dir:
+            with contextlib.suppress(OSError):  # not empty: the run wrote there, or another run holds it now
+                self.run_dir.rmdir()
+
+    def __enter__(self) -> "RunLock":
+        if not self.held:
+            self.acquire()
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self._sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._sigterm is not None:
+            signal.signal(signal.SIGTERM, self._sigterm)
+            self._sigterm = None
+        self.release()
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
