@@ -99,3 +99,63 @@ def test_a_reward_function_returning_bools_stops_the_run_with_one_line(tmp_path)
                "train.micro_batch_size=16", "ppo.advantage=rloo", "--run-dir", str(tmp_path / "run"), timeout=900)
     refused(proc, "score: reward functions: raised RewardFunctionError: reward function verdict must return a real "
                   "number for every response (not a string, bool or None); got row 0: True")
+
+
+def test_a_second_run_on_a_held_run_directory_is_refused_before_it_writes(files):
+    """The holder is a real process holding RUN_DIR/.lock; the second `run --force` would delete its work."""
+    run_dir = files / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom rlhf_ray.runtime.lock import RunLock\n"
+                               "lock = RunLock(sys.argv[1], 'rlhf-ray run first.yaml').acquire()\n"
+                               "print('held', flush=True)\ntime.sleep(120)", str(run_dir)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (run_dir / "final").mkdir()
+        before = sorted(p.name for p in run_dir.iterdir())
+        refused(cli("run", str(files / "ok.yaml"), REWARD, "--run-dir", str(run_dir), "--force"),
+                f"{run_dir} is in use by pid {holder.pid} on ", "(rlhf-ray run first.yaml)")
+        assert sorted(p.name for p in run_dir.iterdir()) == before  # no config.yaml, nothing deleted
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_job_api_cases(files):
+    """The token in clear (refused before any connection), a NaN timeout given to submit (refused before
+    anything is uploaded), and a dashboard that answers 401 (one line, not the client's traceback)."""
+    import http.server
+    import threading
+
+    refused(cli("status", "raysubmit_x", "--address", "http://10.255.255.1:8265"),
+            "--address http://10.255.255.1:8265: plain http")
+    refused(cli("submit", str(files / "ok.yaml"), REWARD, "cluster.call_timeout_s=.nan", "--address",
+                "http://127.0.0.1:9"), "cluster.call_timeout_s: must be a finite number, got nan")
+
+    class Unauthorized(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unauthorized)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        refused(cli("status", "raysubmit_x", "--address", f"http://127.0.0.1:{server.server_port}"),
+                "the job API asks for the cluster token (401)")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_metrics_file_cut_short_or_corrupt(files):
+    run_dir = files / "run"
+    run_dir.mkdir()
+    rows = [json.dumps({"stage": "ppo", "step": i, "reward_mean": 0.1 * i}) for i in (1, 2)]
+    (run_dir / "metrics.jsonl").write_text("\n".join(rows) + '\n{"stage": "ppo", "st')
+    proc = cli("report", str(run_dir))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"{run_dir / 'metrics.jsonl'}:3: last line cut short" in proc.stderr
+    (run_dir / "metrics.jsonl").write_text(rows[0] + "\nnot json\n" + rows[1] + "\n")
+    refused(cli("report", str(run_dir)), f"{run_dir / 'metrics.jsonl'}:2: ")
