@@ -21,7 +21,7 @@ from rlhf_ray import lora
 from rlhf_ray.algos import forward
 from rlhf_ray.algos.forward import Batch, Loss
 from rlhf_ray.config import LoraConfig, TrainConfig
-from rlhf_ray.engines import ds_engine
+from rlhf_ray.engines import ds_engine, safe_checkpoint
 from rlhf_ray.models import load_policy, load_value_model, resolve_model
 
 Kind = Literal["policy", "critic", "reward"]
@@ -44,10 +44,16 @@ class Learner(DistributedActor):
 
     def setup_distributed(self, master_addr: str, master_port: int, rank: int, world_size: int, local_rank: int,
                           backend: str = "gloo", timeout_s: float = 300.0) -> None:
-        """Join the group, then build the engine (every rank loads the full model; ZeRO-3 partitions it)."""
+        """Join the group, then build the engine."""
         super().setup_distributed(master_addr, master_port, rank, world_size, local_rank, backend, timeout_s)
         ds_engine.init_deepspeed_comm(backend)
         self.rank = rank
+        self.build_engine(world_size)
+
+    def build_engine(self, world_size: int) -> None:
+        """The DeepSpeed engine, on the process group this process has joined (every rank loads the full model;
+        ZeRO-3 partitions it). Separate from `setup_distributed` so tests can build several learners in one
+        process of a group."""
         torch.manual_seed(self.seed)  # a fresh value head starts the same on every rank
         load = load_policy if self.kind == "policy" else load_value_model
         model = load(self.model_path, self.dtype)
@@ -155,10 +161,10 @@ class Learner(DistributedActor):
         return str(folder) if folder is not None else None
 
     def load_checkpoint(self, out_dir: str) -> None:
-        """Resume weights, optimizer and LR schedule from a folder written by `save`."""
-        path, _ = self.engine.load_checkpoint(str(Path(out_dir) / "deepspeed"))
-        if path is None:
-            raise FileNotFoundError(f"no DeepSpeed checkpoint in {out_dir}/deepspeed")
+        """Resume weights, optimizer, LR schedule and step counters from a folder written by `save`. Every file is
+        read weights-only (a run directory may hold files someone else planted): safe_checkpoint.UnsafeCheckpoint
+        for one that needs more, on every rank, with nothing in it run."""
+        safe_checkpoint.load_checkpoint(self.engine, Path(out_dir) / "deepspeed")
 
     def parameter_counts(self) -> tuple[int, int]:
         """Bench hook: (trained, all) parameters of the model (with LoRA the adapters against the whole)."""

@@ -19,7 +19,9 @@ Departures from stock DeepSpeed use, each for a reason measured on this stack:
     partitions (transformers' HfDeepSpeedConfig) needs `accelerate` in transformers 5, not a dependency here;
   * every training forward goes through `engine(...)`: DeepSpeed 0.19 runs its backward prologue (ZeRO
     accumulation-boundary bookkeeping) from hooks on the engine's outputs, so critics read per-token values
-    off `hidden_states` of the engine's forward rather than calling the backbone directly.
+    off `hidden_states` of the engine's forward rather than calling the backbone directly;
+  * the engine reads checkpoints with torch's weights-only unpickler (`safe_checkpoint`), not DeepSpeed's
+    `weights_only=False`: a file planted in a run directory must not run code on resume.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import torch.distributed as dist
 
 from rlhf_ray import lora
 from rlhf_ray.algos.forward import Batch, Loss
+from rlhf_ray.engines import safe_checkpoint
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -142,6 +145,7 @@ def build_engine(model: torch.nn.Module, config: dict, total_steps: int, warmup_
     trained = [p for p in model.parameters() if p.requires_grad]
     engine, *_ = deepspeed.initialize(model=model, model_parameters=trained,
                                       config=config, lr_scheduler=scheduler)
+    safe_checkpoint.install(engine)  # DeepSpeed's own loader would unpickle anything a run directory holds
     return engine
 
 

@@ -29,9 +29,10 @@ from actors.learner import Learner
 from cluster import quiet
 from cluster.actor_group import ActorGroup, GroupError, shard
 from cluster.weight_sync import verified
-from rlhf_ray import lora, models
+from rlhf_ray import errors, lora, models
 from rlhf_ray.algos import forward, ppo_losses, rl_math
 from rlhf_ray.config import LoraConfig, TrainConfig
+from rlhf_ray.engines import safe_checkpoint
 
 LR, WD, CLIP = 1e-4, 0.01, 1.0
 B, MICRO = 8, 2
@@ -181,6 +182,37 @@ def test_checkpoint_resumes_bit_identically(stepped, tiny, batch, tmp_path):
     finally:
         resumed.kill()
     assert after[0] == after[1] and digests[0] == digests[1]  # weights, Adam moments and LR schedule restored
+
+
+class _Touch:
+    """Unpickling this runs `touch marker` (a planted checkpoint file's payload)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("stepped", [(3, 2, None)], indirect=True, ids=["zero3"])
+def test_a_pickle_planted_for_one_rank_stops_every_rank_in_one_line(stepped, tmp_path):
+    """In rank 1's optimizer partition only: every rank refuses it before DeepSpeed reads anything (so rank 0 does
+    not wait in a collective for rank 1), nothing runs, and the stages' one line names the file. The engine is
+    untouched (the next tests go on with it)."""
+    group, _ = stepped
+    group.call(lambda a, r: a.save.remote(str(tmp_path / "ck")), TIMEOUT_S, "save")
+    folder = tmp_path / "ck" / "deepspeed"
+    target = folder / (folder / "latest").read_text().strip() / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    assert target.is_file()
+    torch.save({"optimizer_state_dict": _Touch(tmp_path / "pwned")}, target)
+    with pytest.raises(GroupError) as err:
+        group.call(lambda a, r: a.load_checkpoint.remote(str(tmp_path / "ck")), 60, "sft: resume")
+    assert err.value.ranks == [0, 1] and not err.value.died
+    assert isinstance(errors.user_error(err.value), safe_checkpoint.UnsafeCheckpoint)  # one line at the CLI
+    line = str(err.value)
+    assert line.startswith(f"sft: resume: raised UnsafeCheckpoint: refused to unpickle {target}: it names "
+                           "posix.system; ") and "\n" not in line
+    assert not (tmp_path / "pwned").exists()
 
 
 def _nan_on_last_rank(model, mb, n_global):
