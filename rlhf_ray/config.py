@@ -122,7 +122,7 @@ class DataConfig:
 class TrainConfig:
     """DeepSpeed learner settings shared by the SFT, RM, DPO and PPO learners."""
 
-    lr: PositiveFraction = 1e-5
+    lr: Positive[float] = 1e-5
     """Peak learning rate (AdamW)."""
     weight_decay: NonNegative[float] = 0.0
     """AdamW weight decay."""
@@ -278,7 +278,7 @@ class PPOConfig:
     """Passes over each batch of experience."""
     mini_batch_size: Size = 8
     """Samples per optimizer step within an epoch."""
-    critic_lr: PositiveFraction = 1e-5
+    critic_lr: Positive[float] = 1e-5
     """Critic learning rate. The critic is a model with an optimizer of its own, so this, not a weight on the value
     loss (a `vf_coef`, which a shared optimizer needs), sets how fast it learns."""
     gold: Optional[str] = None
