@@ -312,7 +312,8 @@ def _type_text(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
         ranges = [str(m) for m in tp.__metadata__ if isinstance(m, Range)]
-        return " ".join([_type_text(typing.get_args(tp)[0]), *ranges])
+        inner = _type_text(typing.get_args(tp)[0])
+        return f"finite {inner}" if ranges == ["finite"] else " ".join([inner, *ranges])
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         inner = " or ".join(_type_text(a) for a in args if a is not type(None))
