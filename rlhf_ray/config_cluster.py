@@ -72,7 +72,7 @@ class ClusterConfig:
     object_store_mb: Optional[Annotated[int, Range(64, 2**24)]] = None
     """Object store of the embedded cluster, MiB. None: room for two versions of the policy's weights (the
     object-store weight sync then never spills to disk), at least 512."""
-    call_timeout_s: Positive[float] = 600.0
+    call_timeout_s: Annotated[float, Range(0, 10**7, open_lo=True)] = 600.0
     """Longest wait for any remote call before it fails naming the actor and phase."""
     max_actor_restarts: NonNegative[int] = 3
     """A generator or scorer that dies is replaced on its slot; more than this many per role fail the run."""

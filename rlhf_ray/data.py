@@ -118,7 +118,7 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """Rows of a Parquet file, a batch at a time (the first rows of a large file are read without the rest)."""
     i = 0
     try:
-        for batch in pq.ParquetFile(path).iter_batches():
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
             for row in batch.to_pylist():
                 i += 1
                 yield i, row

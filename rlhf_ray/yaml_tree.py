@@ -80,22 +80,25 @@ def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
 MAX_BYTES, MAX_NODES, MAX_DEPTH = 1 << 20, 100_000, 64
 
 
-def _shape(node: yaml.Node, depth: int, seen: dict[int, tuple[int, int]]) -> tuple[int, int]:
-    """(nodes, levels) of `node` with every alias expanded, counted once per distinct node (linear in the file);
-    stops past MAX_DEPTH, which also ends an alias that contains itself."""
+def _shape(node: yaml.Node, depth: int, seen: dict[int, tuple[int, int, int]]) -> tuple[int, int, int]:
+    """(values, levels, characters) of `node` with every alias expanded, counted once per distinct node (linear
+    in the file); stops past MAX_DEPTH, which also ends an alias that contains itself."""
     if depth > MAX_DEPTH:
         raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
     if id(node) not in seen:
         kids = ([x for pair in node.value for x in pair] if isinstance(node, yaml.MappingNode) else
                 node.value if isinstance(node, yaml.SequenceNode) else [])
         shapes = [_shape(k, depth + 1, seen) for k in kids]
-        seen[id(node)] = (1 + sum(n for n, _ in shapes), 1 + max((d for _, d in shapes), default=0))
-    nodes, levels = seen[id(node)]
+        chars = len(node.value) if isinstance(node, yaml.ScalarNode) else sum(c for *_, c in shapes)
+        seen[id(node)] = (1 + sum(n for n, *_ in shapes), 1 + max((d for _, d, _ in shapes), default=0), chars)
+    nodes, levels, chars = seen[id(node)]
     if depth + levels > MAX_DEPTH:
         raise ValueError(f"nested deeper than {MAX_DEPTH} levels once its aliases are expanded")
     if nodes > MAX_NODES:
         raise ValueError(f"expands to {nodes:,} values once its aliases are expanded (at most {MAX_NODES:,})")
-    return nodes, levels
+    if chars > MAX_BYTES:  # a long string repeated by aliases
+        raise ValueError(f"expands to {chars:,} characters once its aliases are expanded (at most {MAX_BYTES:,})")
+    return nodes, levels, chars
 
 
 def load_yaml(text: str, where: str) -> tuple[Any, yaml.Node | None]:
@@ -216,7 +219,7 @@ def _convert(value: Any, tp: Any, key: str, errs: list[str], where: Any) -> Any:
         if not isinstance(value, dict):
             errs.append(f"{loc}: {key}: expected a section (mapping), got {value!r}")
             return tp()
-        return _build(tp, value, key + ".", errs, where)
+        return build_tree(tp, value, key + ".", errs, where)
     if origin is list:
         if not isinstance(value, list):
             errs.append(f"{loc}: {key}: expected a list, got {value!r}")
@@ -231,13 +234,19 @@ def _convert(value: Any, tp: Any, key: str, errs: list[str], where: Any) -> Any:
         return {str(k): _convert(v, item, f"{key}.{k}", errs, where) for k, v in value.items()}
     ok = isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)  # 1 is a fine float; the reverse is not accepted
+        try:
+            return float(value)  # 1 is a fine float; the reverse is not accepted
+        except OverflowError:
+            errs.append(f"{loc}: {key}: must be a finite number, got an integer of {len(str(value))} digits")
+            return 0.0
     if not ok:
         errs.append(f"{loc}: {key}: expected {_TYPE_NAMES.get(tp, tp.__name__)}, got {value!r}")
     return value
 
 
-def _build(cls: type, values: dict, prefix: str, errs: list[str], where: Any) -> Any:
+def build_tree(cls: type, values: dict, prefix: str, errs: list[str], where: Any) -> Any:
+    """Check a tree (the whole config, or a partial one: a stage's own settings) against `cls` and build it, errors
+    keyed under `prefix`."""
     hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -262,11 +271,6 @@ def _build(cls: type, values: dict, prefix: str, errs: list[str], where: Any) ->
     return cls(**kwargs)
 
 
-def build_tree(cls: type, values: dict, prefix: str, errs: list[str], where: Any) -> Any:
-    """Check one partial tree (e.g. a stage's own settings) against `cls`, errors keyed under `prefix`."""
-    return _build(cls, values, prefix, errs, where)
-
-
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
@@ -278,11 +282,11 @@ def build(cls: type, layers: list[tuple[dict, Any]]) -> tuple[Any, list[str]]:
     """Validate each layer alone (so errors name their own file), then build the merged tree."""
     errs: list[str] = []
     for values, where in layers:
-        _build(cls, values, "", errs, where)
+        build_tree(cls, values, "", errs, where)
     merged: dict = {}
     for values, _ in layers:
         merged = _merge(merged, values)
-    cfg = _build(cls, merged, "", [], "") if not errs else None
+    cfg = build_tree(cls, merged, "", [], "") if not errs else None
     return cfg, errs
 
 

@@ -99,11 +99,17 @@ def check(path: Path) -> None:
         raise refused(path, "it is not a regular file")
     if not zipfile.is_zipfile(path):  # DeepSpeed writes torch's zip format; anything else is foreign
         raise refused(path, "it is not the zip archive torch.save writes")
-    with _allowing_only(allowed()):
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # read statically, nothing called
-    if names:
-        raise refused(path, f"it names {', '.join(sorted(names))}")
-    load(path, "cpu", mmap=True)
+    try:
+        with _allowing_only(allowed()):
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # read statically, nothing called
+        if names:
+            raise refused(path, f"it names {', '.join(sorted(names))}")
+        load(path, "cpu", mmap=True)
+    except (RuntimeError, ValueError, TypeError, EOFError, OSError) as e:  # truncated, not torch's, odd arguments
+        if isinstance(e, UnsafeCheckpoint):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise refused(path, f"torch cannot read it ({type(e).__name__}: {first})") from None
 
 
 class _WeightsOnly:

@@ -160,7 +160,10 @@ def call_reward_function(fn: Callable, prompts: list, responses: list[str], **me
         raise RewardFunctionError(f"reward function {label} must return a real number for every response (not a "
                                   f"string, bool or None); got {shown}"
                                   f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}")
-    values = [float(v) for v in out]
+    try:
+        values = [float(v) for v in out]
+    except OverflowError:  # an int past float's range
+        raise RewardFunctionError(f"reward function {label} returned a number too large for a float") from None
     bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
     if bad:
         raise RewardFunctionError(f"reward function {label} returned non-finite values at rows {bad[:10]}")

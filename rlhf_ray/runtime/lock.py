@@ -109,7 +109,7 @@ def read_holder(path: Path, wait_s: float = 2.0) -> Optional[dict]:
                 return holder
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             pass
         if time.monotonic() >= deadline:
             return {}

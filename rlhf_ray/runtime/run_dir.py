@@ -22,7 +22,7 @@ def read_metrics(path: Path) -> list[dict]:
     other line that is not a JSON object is corruption: DataError naming the file and line."""
     path = Path(path)
     try:
-        lines = path.read_text().split("\n")
+        lines = path.read_text(errors="replace").split("\n")  # a byte that is not UTF-8: a bad line, below
     except FileNotFoundError:
         return []
     tail, rows = lines.pop(), []  # tail: "" when the file ends with a newline
@@ -41,8 +41,9 @@ def read_metrics(path: Path) -> list[dict]:
 def _row(path: Path, n: int, line: str) -> dict:
     try:
         row = json.loads(line)
-    except ValueError as e:
-        raise DataError(f"{path}:{n}: not a JSON line ({e.msg}); fix or delete that line") from None
+    except (ValueError, RecursionError) as e:
+        why = getattr(e, "msg", "nested too deeply")
+        raise DataError(f"{path}:{n}: not a JSON line ({why}); fix or delete that line") from None
     if not isinstance(row, dict):
         raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}; fix or delete that line")
     return row

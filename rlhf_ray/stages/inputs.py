@@ -39,7 +39,7 @@ def check(cfg: Config, source: str = "") -> None:
         for key in NEEDS[stage]:
             if any(k == key and n in made for n, k in OUTPUT_KEYS.items()):
                 continue
-            if get(cfg, key) is None:
+            if not get(cfg, key):  # None, "" or []
                 problems.append(f"{where}{key}: the `{stage}` stage needs this dataset; set it (or run a stage "
                                 f"that makes it first)")
                 continue
@@ -88,13 +88,17 @@ def _row_problems(cfg: Config, key: str, where: str) -> list[str]:
     section = key.rpartition(".")[0]
     ds, kind = get(cfg, section), section.split(".")[1]
     paths = data.sources(get(cfg, key))
-    if not all(Path(p).expanduser().exists() for p in paths):
+    if not _local(paths):
         return []
     try:
         data.load_rows(paths, kind, ds.split, cfg.data.skip_malformed, FIRST_ROWS, ds.columns or None, ds.subset)
     except data.DataError as e:
         return [f"{where}{key}: {e}"]
     return []
+
+
+def _local(paths: list[str]) -> bool:
+    return all(Path(p).expanduser().exists() for p in paths)
 
 
 def _reward_specs(cfg: Config, stage: str) -> list[tuple[str, str, list[str]]]:
@@ -112,8 +116,9 @@ def _reward_specs(cfg: Config, stage: str) -> list[tuple[str, str, list[str]]]:
 def _function_problems(cfg: Config, stage: str, where: str, datasets_ok: bool) -> list[str]:
     """Each reward function (labeler, gold judge), imported here in the driver as the stage would: one that does
     not import, cannot be called as `fn(prompts, responses, **columns)`, or requires a keyword argument that is
-    neither metadata nor a column of the prompts dataset it scores (read only when its datasets are there) would
-    fail on the first batch, after every actor started."""
+    neither metadata nor a column of the prompts dataset it scores would fail on the first batch, after every actor
+    started. For that keyword check a local prompts dataset is read in full (a column may first appear in any row;
+    the stage reads them all in the driver anyway), a hub one not at all."""
     from actors.reward_function import METADATA
     from rlhf_ray import data
     from rlhf_ray.engines import scoring
@@ -132,6 +137,8 @@ def _function_problems(cfg: Config, stage: str, where: str, datasets_ok: bool) -
             problems.append(f"{where}{key}: importing {spec} raised {type(e).__name__}: {e}")
             continue
         for ds_key in datasets if needed and datasets_ok else []:
+            if not _local(data.sources(get(cfg, ds_key))):
+                continue  # a hub dataset: its columns are known once the stage reads it
             if ds_key not in columns:
                 try:
                     rows, _ = data.load_dataset(ds, "prompts", cfg.data.skip_malformed, ds_key.endswith("eval_path"))

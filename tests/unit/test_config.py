@@ -362,6 +362,8 @@ def test_the_range_check_finds_a_bare_number(monkeypatch):
     ("data.max_prompt_len=-10", "data.max_prompt_len: must be in [1, 1,048,576], got -10"),
     ("reward.functions=[{function: 'm:f', weight: .inf}]", "reward.functions[0].weight: must be a finite number"),
     ("seed=-1", "seed: must be in [0, 4,294,967,295], got -1"),
+    ("ppo.kl_coef=1" + "0" * 400, "ppo.kl_coef: must be a finite number, got an integer of 401 digits"),
+    ("cluster.call_timeout_s=1e16", "cluster.call_timeout_s: must be in (0, 10,000,000], got 1e+16"),
     ("stages=[]", "stages: list at least one stage"),
     ("cluster.roles.genrator.count=1", "cluster.roles.genrator: unknown role; did you mean generator?"),
 ])
@@ -386,6 +388,8 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     ("a: " + "[" * 70 + "]" * 70 + "\n", "c.yaml: nested deeper than 64 levels"),
     ("a: &x [*x]\n", "c.yaml: nested deeper than 64 levels"),
     ("ppo: {kl_coef: 0.1}\n# " + "x" * (1 << 20) + "\n", "c.yaml: 1,048,599 characters; a config is at most 1,048,576"),
+    ("a: &s " + "x" * 20_000 + "\nb: [" + ", ".join(["*s"] * 60) + "]\n",
+     "c.yaml: expands to 1,200,000 characters once its aliases are expanded (at most 1,048,576)"),
     ("ppo:\n  kl_coef: \x00\n", "c.yaml: not valid YAML: unacceptable character #x0000: special characters are not allowed in \"<unicode string>\", position 16"),
 ])
 def test_hostile_yaml_is_one_message(tmp_path, text, message):

@@ -127,3 +127,10 @@ def test_a_user_error_raised_in_an_actor_is_one_line_at_the_command_line(capsys,
     monkeypatch.setattr(cli, "cmd_validate", fails(KeyError("a bug of ours")))
     with pytest.raises(GroupError):
         cli.main(["validate", "c.yaml"])
+
+
+@pytest.mark.parametrize("empty", ["''", "[]"])
+def test_an_empty_dataset_path_is_a_missing_dataset(files, empty):
+    (err,) = _problems(f"data.demonstrations.path={empty}", "stages=[sft]")
+    assert err == "c.yaml: data.demonstrations.path: the `sft` stage needs this dataset; set it (or run a stage " \
+                  "that makes it first)"

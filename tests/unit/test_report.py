@@ -147,11 +147,13 @@ def test_a_last_line_cut_short_is_left_out_with_a_note(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("bad, why", [('{"stage": "sf{"stage": "sft", "step": 3}', "not a JSON line"),
-                                      ("[1, 2]", "expected a JSON object, got list")])
+                                      ("[1, 2]", "expected a JSON object, got list"),
+                                      ("\udcff\udcfe", "not a JSON line"),  # bytes 0xff 0xfe: not UTF-8
+                                      ("[" * 100_000, r"not a JSON line \(nested too deeply\)")])
 def test_a_bad_line_before_the_last_is_one_error_naming_it(tmp_path, capsys, bad, why):
     rows = _sft_rows()
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]) + bad + "\n" +
-                                            json.dumps(rows[2]) + "\n")
+    text = "".join(json.dumps(r) + "\n" for r in rows[:2]) + bad + "\n" + json.dumps(rows[2]) + "\n"
+    (tmp_path / "metrics.jsonl").write_bytes(text.encode("utf-8", "surrogateescape"))
     with pytest.raises(DataError, match=rf"^{tmp_path / 'metrics.jsonl'}:3: {why}"):
         read_metrics(tmp_path / "metrics.jsonl")
     assert report.main([str(tmp_path)]) == 1

@@ -132,3 +132,31 @@ def test_a_planted_pytorch_model_bin_runs_nothing(tiny, tmp_path, load):
     with pytest.raises(Exception, match="Weights only load failed"):
         getattr(models, load)(str(folder))
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_corrupt_or_odd_checkpoint_file_is_one_refusal(tmp_path):
+    """Not code, but not a checkpoint either: a truncated archive, a zip torch did not write, an allowed type
+    called with arguments it rejects. Each is refused naming the file, not a traceback from inside torch."""
+    import zipfile
+
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.zeros(4)}, good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:-40])
+    foreign = tmp_path / "foreign.pt"
+    with zipfile.ZipFile(foreign, "w") as z:
+        z.writestr("data.pkl", b"not a pickle")
+
+    class Stage99:
+        def __reduce__(self):
+            return ZeroStageEnum, (99,)
+
+    odd = tmp_path / "odd.pt"
+    torch.save({"stage": Stage99()}, odd)
+    for path in (truncated, foreign, odd):
+        with pytest.raises(S.UnsafeCheckpoint, match=rf"refused to unpickle {path}: ") as e:
+            S.check(path)
+        assert "\n" not in str(e.value)
+    S.check(good)

@@ -23,6 +23,9 @@ def nan(prompts, responses):
 def words(prompts, responses):
     return ["high"] * len(responses)
 
+def huge(prompts, responses):
+    return [10 ** 400, 1]
+
 def digits(prompts, responses):
     return "01"
 
@@ -89,6 +92,7 @@ def test_missing_function_in_file(user_file):
     ("nan", "non-finite values at rows \\[0, 1\\]"),
     ("words", "must return a real number for every response .*; got row 0: 'high', row 1: 'high'"),
     ("digits", "must return a list of numbers, got '01'"),
+    ("huge", "returned a number too large for a float"),
     ("verdict", "got row 0: True, row 1: False"),
     ("numpy_verdict", "got row 0: np.True_"),
     ("complex", "got row 0: 1j"),
