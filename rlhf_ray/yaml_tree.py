@@ -106,10 +106,10 @@ def load_yaml(text: str, where: str) -> tuple[Any, yaml.Node | None]:
     if len(text) > MAX_BYTES:
         raise ConfigError([f"{where}: {len(text):,} characters; a config is at most {MAX_BYTES:,}"])
     try:
-        node = yaml.compose(text, Loader=_Loader)
+        node = (loader := _Loader(text)).get_single_node()  # parsed once: checked as nodes, then built
         if node is not None:
             _shape(node, 0, {})
-        return yaml.load(text, Loader=_Loader), node
+        return (loader.construct_document(node) if node is not None else None), node
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from rlhf_ray import models
-from rlhf_ray.errors import UserError
 from rlhf_ray.algos import forward
+from rlhf_ray.errors import UserError
 from rlhf_ray.rollout import RolloutBatch
 
 

@@ -132,14 +132,18 @@ def busy_message(run_dir: Path, holder: dict, state: Optional[bool]) -> str:
     return f"{run_dir} is in use by {who(holder)}; wait for it to end, stop it, or give another --run-dir"
 
 
+def refuse_unless_gone(run_dir: Path, holder: dict) -> None:
+    """Raise RunDirBusy unless `holder` (a record read from run_dir's lock; {} when unreadable) is known gone."""
+    state = alive(holder) if holder else None
+    if state is not False:
+        raise RunDirBusy(busy_message(run_dir, holder, state))
+
+
 def check_free(run_dir: Path) -> None:
     """Raise RunDirBusy if a live or uncheckable holder has `run_dir`; takes nothing, removes nothing."""
     holder = read_holder(Path(run_dir) / LOCK)
-    if holder is None:
-        return
-    state = alive(holder) if holder else None
-    if state is not False:
-        raise RunDirBusy(busy_message(Path(run_dir), holder, state))
+    if holder is not None:
+        refuse_unless_gone(Path(run_dir), holder)
 
 
 class RunLock:
@@ -164,9 +168,7 @@ class RunLock:
             holder = read_holder(self.path)
             if holder is None:
                 continue  # released between our create and our read
-            state = alive(holder) if holder else None
-            if state is not False:
-                raise RunDirBusy(busy_message(self.run_dir, holder, state))
+            refuse_unless_gone(self.run_dir, holder)
             self._take_over(holder)
         raise RunDirBusy(f"{self.path}: could not take the lock: other runs kept taking it first")
 

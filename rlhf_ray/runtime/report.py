@@ -17,6 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from rlhf_ray.runtime.run_dir import read_metrics
+
 # A train row at step s updates version s -> s+1 (from samples of version s - staleness); an eval row at step v
 # evaluates version v. So one x axis serves both, read as a policy version.
 X_VERSION = "policy version (train: version updated; eval: version evaluated)"
@@ -25,14 +27,6 @@ PHASES = ("time_generate_s", "time_score_s", "time_train_s", "time_sync_s")
 
 class ReportError(ValueError):
     """RUN_DIR has nothing to plot (no metrics.jsonl)."""
-
-
-def read_rows(path: Path) -> list[dict]:
-    """Rows of metrics.jsonl, read as the run reads them (`run_dir.read_metrics`): a last line cut short (the run
-    may be mid-append) is left out with a note on stderr; a bad line elsewhere is a DataError naming it."""
-    from rlhf_ray.runtime.run_dir import read_metrics
-
-    return read_metrics(path)
 
 
 def stage_of(row: dict) -> str:
@@ -223,7 +217,7 @@ def render(run_dir: Path) -> list[Path]:
     if not (run_dir / "metrics.jsonl").is_file():
         raise ReportError(f"{run_dir / 'metrics.jsonl'} does not exist: not a run directory, or no step has finished")
     stages: dict[str, list[dict]] = {}
-    for row in read_rows(run_dir / "metrics.jsonl"):
+    for row in read_metrics(run_dir / "metrics.jsonl"):  # as the run reads it: a line cut short left out
         stages.setdefault(stage_of(row), []).append(row)
     (run_dir / "plots").mkdir(exist_ok=True)
     written = []
