@@ -10,16 +10,26 @@ A file outlives a killed process, so a lock found is checked: the holder is aliv
 host name, boot and pid namespace), its pid is running, and that pid started when the holder recorded (a reused
 pid has another start time). A dead holder's lock is taken over with a message; a live one is refused; one held
 on another host cannot be checked from here, so it is refused with the file to remove if that run is gone.
+
+A take-over is correct under any interleaving of runs, however slow the file system between steps: only the run
+that creates `.lock.<dead holder's token>` (O_EXCL: one run per dead holder) may replace the lock, and it does so
+only after reading, with that claim made, that the lock still names the dead holder. Nothing else changes a lock
+away from a holder's token but that holder's release, and a token never comes back, so between that read and the
+replacing rename the lock cannot change. The lock is read as what anyone could have put there: without following
+a link, without waiting on a FIFO, at most MAX_BYTES.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shlex
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -30,6 +40,8 @@ from typing import Optional
 from rlhf_ray.errors import UserError
 
 LOCK = ".lock"
+MAX_BYTES = 4096  # a holder record is ~400 bytes
+TOKEN = re.compile(r"[0-9a-f]{32}")  # me()'s uuid4().hex: a take-over's claim is named after it
 
 
 class RunDirBusy(UserError):
@@ -98,17 +110,43 @@ def _pid_exists(pid: int) -> bool:
     return True
 
 
+def _not_a_lock(path: Path, what: str) -> RunDirBusy:
+    return RunDirBusy(f"{path} is {what}, not a lock this program writes; if no run uses {path.parent}, remove "
+                      f"{path}")
+
+
+def _read_capped(path: Path) -> bytes:
+    """`path`'s bytes, if it is a regular file of at most MAX_BYTES reached without a link; else RunDirBusy."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO opens without a writer
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _not_a_lock(path, "a symbolic link") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _not_a_lock(path, "not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise _not_a_lock(path, f"more than {MAX_BYTES} bytes")
+    return data
+
+
 def read_holder(path: Path, wait_s: float = 2.0) -> Optional[dict]:
-    """The holder record at `path`; None if the file is gone. A file just created is empty until its holder has
-    written it, so an unreadable one is read again for `wait_s` before it counts as unreadable ({})."""
+    """The holder record at `path`; None if the file is gone; RunDirBusy if it is no lock file at all. A file just
+    created is empty until its holder has written it, so an unreadable one is read again for `wait_s` before it
+    counts as unreadable ({})."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            holder = json.loads(path.read_text())
+            holder = json.loads(_read_capped(path))
             if isinstance(holder, dict) and "pid" in holder:
                 return holder
         except FileNotFoundError:
             return None
+        except RunDirBusy:
+            raise
         except (OSError, ValueError, RecursionError):
             pass
         if time.monotonic() >= deadline:
@@ -160,8 +198,11 @@ class RunLock:
         self._sigterm = None
 
     def acquire(self) -> "RunLock":
-        self.made_dir = not self.run_dir.exists()
-        for _ in range(5):  # each pass either takes the lock, refuses, or clears a dead holder's lock
+        try:
+            self.made_dir = not self.run_dir.exists()
+        except OSError as e:  # a name too long, a folder we may not search
+            raise UserError(f"cannot take the lock {self.path}: {e.strerror or e}") from None
+        for attempt in range(5):  # each pass takes the lock, refuses, or loses a race and looks again
             if self._create():
                 self.held = True
                 return self
@@ -169,42 +210,47 @@ class RunLock:
             if holder is None:
                 continue  # released between our create and our read
             refuse_unless_gone(self.run_dir, holder)
-            self._take_over(holder)
-        raise RunDirBusy(f"{self.path}: could not take the lock: other runs kept taking it first")
+            if self._take_over(holder):
+                self.held = True
+                return self
+            time.sleep(0.1 * (attempt + 1))  # another run is taking it over: let it write its record
+        raise RunDirBusy(f"{self.path}: could not take the lock: other runs kept taking it over first; if no run "
+                         f"uses {self.run_dir}, remove {self.path} and any {LOCK}.* file beside it")
 
     def _create(self) -> bool:
-        self.run_dir.mkdir(parents=True, exist_ok=True)  # again each time: a releasing run may have removed it
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self.run_dir.mkdir(parents=True, exist_ok=True)  # again each time: a releasing run may have removed it
+            _write_new(self.path, self.holder)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(self.holder) + "\n")
-            f.flush()
-            os.fsync(f.fileno())  # readers on other NFS clients see the holder as soon as they see the file
+        except OSError as e:  # a name too long, a read-only volume, no permission
+            raise UserError(f"cannot take the lock {self.path}: {e.strerror or e}") from None
         return True
 
-    def _take_over(self, holder: dict) -> None:
-        """Remove a dead holder's lock. Rename first, then check what was renamed: another run may have taken
-        the lock over (and written its own) since we read it; that lock is put back, never deleted."""
-        aside = self.path.with_name(f"{LOCK}.{self.holder['token']}")
+    def _take_over(self, dead: dict) -> bool:
+        """Replace `dead`'s lock (read from the lock, its holder known gone) with ours; False if another run got
+        there first or the lock changed since. See the module's docstring for why no interleaving gives two
+        holders."""
+        token = dead.get("token")
+        if not isinstance(token, str) or not TOKEN.fullmatch(token):
+            raise RunDirBusy(busy_message(self.run_dir, {}, None))  # not a record this module wrote
+        claim = self.path.with_name(f"{LOCK}.{token}")
         try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return
-        if (read_holder(aside, wait_s=0) or {}).get("token") == holder.get("token"):
-            aside.unlink()
-            print(f"{self.path}: its holder, {who(holder)}, is no longer running; taking the run directory over",
-                  file=sys.stderr, flush=True)
-            return
-        try:
-            os.link(aside, self.path)  # fails if yet another run has made one meanwhile: never overwrite
+            os.close(os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         except FileExistsError:
-            pass
-        except OSError:  # no hard links on this filesystem
-            if not self.path.exists():
-                os.rename(aside, self.path)
-        aside.unlink(missing_ok=True)
+            return False  # another run claimed this take-over
+        try:
+            now = read_holder(self.path, wait_s=0)
+            if now is None or now.get("token") != token:
+                return False  # taken over and maybe released since we read it
+            mine = self.path.with_name(f"{LOCK}.{self.holder['token']}.new")
+            _write_new(mine, self.holder)
+            os.rename(mine, self.path)
+        finally:
+            claim.unlink(missing_ok=True)
+        print(f"{self.path}: its holder, {who(dead)}, is no longer running; taking the run directory over",
+              file=sys.stderr, flush=True)
+        return True
 
     def release(self) -> None:
         """Remove the lock if it is still this process's (a forked child inherits the object, not the lock), and
@@ -212,9 +258,10 @@ class RunLock:
         if not self.held or os.getpid() != self.holder["pid"]:
             return
         self.held = False
-        holder = read_holder(self.path, wait_s=0)
-        if holder and holder.get("token") == self.holder["token"]:
-            self.path.unlink(missing_ok=True)
+        with contextlib.suppress(RunDirBusy):  # replaced by something that is no lock: not ours to remove
+            holder = read_holder(self.path, wait_s=0)
+            if holder and holder.get("token") == self.holder["token"]:
+                self.path.unlink(missing_ok=True)
         if self.made_dir:
             with contextlib.suppress(OSError):  # not empty: the run wrote there, or another run holds it now
                 self.run_dir.rmdir()
@@ -232,6 +279,15 @@ class RunLock:
             signal.signal(signal.SIGTERM, self._sigterm)
             self._sigterm = None
         self.release()
+
+
+def _write_new(path: Path, holder: dict) -> None:
+    """Create `path` (O_EXCL: FileExistsError if anything is there, a link included) holding `holder`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(holder) + "\n")
+        f.flush()
+        os.fsync(f.fileno())  # readers on other NFS clients see the holder as soon as they see the file
 
 
 def _exit_on_sigterm(signum, frame) -> None:

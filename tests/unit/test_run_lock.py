@@ -142,7 +142,7 @@ def test_a_dead_holders_lock_put_back_by_a_racing_run_is_not_deleted(tmp_path):
     dead = {**lock.me("dead"), "pid": 2 ** 22 + 1}
     fresh = lock.me("fresh")
     (tmp_path / LOCK).write_text(json.dumps(fresh))  # what is there now
-    RunLock(tmp_path)._take_over(dead)  # what we read before
+    assert RunLock(tmp_path)._take_over(dead) is False  # what we read before: not taken, and its claim removed
     assert json.loads((tmp_path / LOCK).read_text())["token"] == fresh["token"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK]
 
@@ -192,3 +192,99 @@ def test_a_rerun_after_a_killed_write_goes_on_and_a_corrupt_file_stops_it_in_one
     err = capsys.readouterr().err
     assert err.startswith(f"error: {metrics}:2: not a JSON line") and err.count("\n") == 1, err
     assert len(no_pipeline) == 1 and not (run / LOCK).exists()
+
+
+RACER = textwrap.dedent("""
+    import os, random, sys, time
+    from rlhf_ray.runtime import lock
+
+    # Every file-system step of this process takes a random 0-200 ms (a hard link up to 1 s): a slow volume, on which
+    # the steps of several take-overs interleave in any order (the issue's case: slow between a rename and a link).
+    rng = random.Random(int(sys.argv[2]))
+
+    def slow(step, most):
+        def stepped(*args, **kwargs):
+            time.sleep(rng.uniform(0, most))
+            return step(*args, **kwargs)
+        return stepped
+
+    for name in ("open", "rename", "replace", "link", "unlink"):
+        setattr(os, name, slow(getattr(os, name), 1.0 if name == "link" else 0.2))
+    try:
+        held = lock.RunLock(sys.argv[1], f"racer {sys.argv[2]}").acquire()
+    except lock.RunDirBusy:
+        print("busy", flush=True)
+    else:
+        print("held", flush=True)
+        sys.stdin.read()  # holds until the test has heard from every racer
+        held.release()
+""")
+
+
+def test_racing_take_overs_of_a_dead_holders_lock_leave_exactly_one_holder(tmp_path):
+    """Rounds of four processes find the same dead holder's lock at once, each with every file-system step slowed
+    at random: in each round exactly one takes the directory, and the lock names it."""
+    for round_ in range(3):
+        run = tmp_path / f"run{round_}"
+        run.mkdir()
+        (run / LOCK).write_text(json.dumps({**lock.me("rlhf-ray run dead.yaml"), "pid_start": 1}))  # pid reused
+        racers = [subprocess.Popen([sys.executable, "-c", RACER, str(run), str(10 * round_ + i)], cwd=ROOT,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                   text=True) for i in range(4)]
+        said = [r.stdout.readline().strip() for r in racers]
+        holders = [r for r, s in zip(racers, said) if s == "held"]
+        assert sorted(said) == ["busy", "busy", "busy", "held"], said
+        assert json.loads((run / LOCK).read_text())["pid"] == holders[0].pid
+        for r in racers:
+            r.communicate("")
+        assert sorted(p.name for p in run.iterdir()) == []  # released; no claim left behind
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "huge", "folder"])
+def test_a_lock_that_is_no_lock_file_is_refused_in_one_line(tmp_path, kind):
+    """A FIFO would block the read forever, /dev/zero or a 2 GiB file would fill memory: each is refused, naming
+    the file, before more than a few KiB is read."""
+    path = tmp_path / LOCK
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "huge":
+        with open(path, "wb") as f:
+            f.truncate(2 ** 31)  # sparse
+    else:
+        path.mkdir()
+    what = {"fifo": "not a regular file", "dev-zero": "a symbolic link", "huge": f"more than {lock.MAX_BYTES} bytes",
+            "folder": "not a regular file"}[kind]
+    def hung(signum, frame):
+        raise TimeoutError(f"reading {path} hangs")
+
+    previous = signal.signal(signal.SIGALRM, hung)  # a hang fails this test, not the suite
+    signal.alarm(30)
+    try:
+        for attempt in (lambda: RunLock(tmp_path).acquire(), lambda: lock.check_free(tmp_path)):
+            with pytest.raises(RunDirBusy) as e:
+                attempt()
+            assert str(e.value) == (f"{path} is {what}, not a lock this program writes; if no run uses {tmp_path}, "
+                                    f"remove {path}")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_run_names_are_bounded_and_a_long_run_dir_is_one_error(tmp_path, capsys, no_pipeline):
+    """A name names a folder: over 100 characters it is refused as a config error (a 300-character one made a raw
+    OSError); a --run-dir the file system cannot hold is one line naming the lock."""
+    cfg = Path(_config(tmp_path))
+    cfg.write_text(cfg.read_text().replace("name: locked", f"name: {'n' * 101}"))
+    assert cli.main(["run", str(cfg), "--run-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "name:" in err and "101 characters; at most 100" in err, err
+    assert not (tmp_path / "run").exists()
+
+    long_dir = tmp_path / ("d" * 300)
+    assert cli.main(["run", _config(tmp_path), "--run-dir", str(long_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot take the lock {long_dir / LOCK}: File name too long") and \
+        err.count("\n") == 1, err
+    assert no_pipeline == []
