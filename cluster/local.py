@@ -3,17 +3,31 @@
 The embedded cluster binds every Ray server (GCS, raylets, object manager, dashboard) to 127.0.0.1:
 `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` makes Ray treat the node as a single-machine cluster whose node IP is
 127.0.0.1 (without it Ray binds all interfaces and talks to the machine's own non-loopback address). Ray's token
-authentication stays on. Env vars set here are inherited by every worker process Ray starts.
+authentication stays on. Env vars set here are inherited by every worker process Ray starts. Its temp dir (Ray's
+session: sockets, logs, the cluster file) lies in a directory private to this user: a fresh `mkdtemp` per
+process, removed at exit, or RLHF_RAY_TMP once checked.
+
+An address to join is parsed and checked by cluster/address.py, and `ray.init` is given the address rebuilt from
+its parts; after connecting, a cluster that took this driver without a token is named in a warning.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import shutil
 import socket
+import stat
+import sys
 import tempfile
 from typing import Optional
 
 from cluster import quiet
+from cluster.address import for_ray, warn_once
+
+TMP_ENV = "RLHF_RAY_TMP"
+CLUSTER_FILE = "ray_current_cluster"
 
 LOOPBACK_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -26,8 +40,10 @@ LOOPBACK_ENV = {
 
 
 def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, object_store_mb: int = 512,
-             dashboard: bool = True, resources: Optional[dict] = None, metrics_export_port: Optional[int] = None):
-    """`ray.init` on `address` (or `RAY_ADDRESS`); with neither, an embedded cluster bound to 127.0.0.1.
+             dashboard: bool = True, resources: Optional[dict] = None, metrics_export_port: Optional[int] = None,
+             insecure_http: bool = False):
+    """`ray.init` on `address` (or `RAY_ADDRESS`; `insecure_http` lets the cluster token cross a network in clear
+    text, see cluster/address.py); with neither, an embedded cluster bound to 127.0.0.1.
 
     Returns the ray context (its `dashboard_url` is set when the dashboard runs)."""
     import ray
@@ -35,15 +51,19 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, obje
     if ray.is_initialized():
         return ray.get_runtime_context()
     quiet.driver_start()  # Ray's lines that describe_cluster says again; actors get theirs from ActorGroup
+    where = "address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        return ray.init(address=address)
+        target = for_ray(address, where, insecure_http)  # parsed, checked, rebuilt from its parts
+        ctx = ray.init(address=target)
+        _warn_without_token(f"the Ray cluster at {target}")
+        return ctx
     for key, value in LOOPBACK_ENV.items():
         os.environ.setdefault(key, value)
-    temp_dir = os.environ.get("RLHF_RAY_TMP") or _own_temp_dir()
-    cluster_file = os.path.join(temp_dir, "ray_current_cluster")
-    if os.path.exists(cluster_file):  # an earlier cluster's: ray.init would try to join it
-        os.remove(cluster_file)
+    temp_dir = ray_temp_dir()
+    os.makedirs(temp_dir, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):  # an earlier cluster's: ray.init would try to join it
+        os.unlink(os.path.join(temp_dir, CLUSTER_FILE))  # (a symlink is removed, not followed)
     ctx = ray.init(
         num_cpus=num_cpus,
         resources=resources,
@@ -58,14 +78,85 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, obje
     )
     # Ray's job supervisor points a job's driver at the cluster named in this file, which only `ray start` writes;
     # without it the driver joins *any* Ray cluster running on the machine (seen with two test workers).
-    with open(cluster_file, "w") as f:
-        f.write(ray.get_runtime_context().gcs_address)
+    write_cluster_file(temp_dir, ray.get_runtime_context().gcs_address)
+    _warn_without_token("the embedded cluster")
     return ctx
 
 
-def _own_temp_dir() -> str:
-    """A temp dir per process that starts embedded clusters: each has its own cluster file (see init_ray)."""
-    return os.path.join(tempfile.gettempdir(), "rlhf-ray", str(os.getpid()))
+def _warn_without_token(cluster: str) -> None:
+    """A driver without a token that got in means the cluster asks for none (one with token auth refuses it)."""
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    if not is_token_auth_enabled():
+        warn_once(f"{cluster} runs without token authentication (RAY_AUTH_MODE is not token): anyone who can reach "
+                  f"its ports can run code on it as the user running Ray")
+
+
+class UnsafeTempDir(ConnectionError):
+    """RLHF_RAY_TMP is not a directory of this user's that only it can change: Ray is not started there. (A
+    ConnectionError, printed as one `error:` line: this layer sits below rlhf_ray.errors.)"""
+
+
+_own_dirs: dict[int, str] = {}  # pid -> its private temp dir (a forked child makes its own)
+
+
+def ray_temp_dir() -> str:
+    """Ray's temp dir for an embedded cluster: `ray` in a directory private to this user, RLHF_RAY_TMP once checked,
+    else one made for this process (mkdtemp: mode 0700, an unguessable name, short enough for Ray's socket paths)
+    and removed when the process exits. (Ray makes its temp dir and everything in it mode 777, for a /tmp/ray that
+    several users share: the private directory above it is what keeps others out.)"""
+    given = os.environ.get(TMP_ENV)
+    if given:
+        try:
+            if not os.path.lexists(given):
+                os.makedirs(given, mode=0o700)
+        except OSError as e:
+            raise UnsafeTempDir(f"{TMP_ENV} {given}: cannot create it: {e.strerror}") from None
+        check_private(given, TMP_ENV)
+        return os.path.join(given, "ray")
+    pid = os.getpid()
+    if pid not in _own_dirs:
+        _own_dirs[pid] = tempfile.mkdtemp(prefix="rlhf-ray-")
+        atexit.register(_remove_own_dir, pid, _own_dirs[pid])
+    return os.path.join(_own_dirs[pid], "ray")
+
+
+def check_private(path: str, where: str) -> None:
+    """UnsafeTempDir unless `path` is a directory (not a symlink) owned by this user and not writable by group or
+    others: whoever can change Ray's session files can swap its sockets or the cluster file a job's driver joins."""
+    st = os.lstat(path)
+    problem = ("is a symlink" if stat.S_ISLNK(st.st_mode) else
+               "is not a directory" if not stat.S_ISDIR(st.st_mode) else
+               f"is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})" if st.st_uid != os.geteuid() else
+               f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})" if st.st_mode & 0o022 else None)
+    if problem:
+        raise UnsafeTempDir(f"{where} {path} {problem}: Ray's session (sockets, logs, the cluster file) needs a "
+                            f"directory that only this user can change; give one of yours with mode 700, or unset "
+                            f"{where} for a private one")
+
+
+def write_cluster_file(temp_dir: str, gcs_address: str) -> None:
+    """Write `temp_dir`/ray_current_cluster through a new file renamed over it: a symlink planted at that name is
+    replaced, never followed."""
+    fd, tmp = tempfile.mkstemp(dir=temp_dir, prefix=f".{CLUSTER_FILE}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(gcs_address)
+        os.replace(tmp, os.path.join(temp_dir, CLUSTER_FILE))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _remove_own_dir(pid: int, path: str) -> None:
+    """At exit: stop this process's Ray first (its processes write logs there until they end), then remove the
+    directory. Runs before Ray's own exit handler, which was registered earlier."""
+    if os.getpid() != pid:
+        return
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown(wait_for_processes=True)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def describe_cluster() -> str:

@@ -7,56 +7,52 @@ directory lives on the node that runs the driver (default ~/rlhf-ray-runs/<name>
 Ray's token authentication is handled by Ray's client: with RAY_AUTH_MODE=token it sends the token from
 RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token in every request's header.
 
-Plain http leaves this machine only when asked: http:// to a host that is not loopback would carry that token, the
-packaged code and the logs in clear text, so it is refused (before any connection) unless --insecure-http or
-RLHF_RAY_INSECURE_HTTP=1 says the network is trusted; https://, or a tunnel to http://127.0.0.1:8265, needs
-neither. Whatever the job API answers (401, 403, 404, no answer) becomes one JobAPIError line, not a traceback.
+The address is parsed once (cluster/address.py: only forms every HTTP parser reads alike) and Ray's client is given
+the URL rebuilt from its parts. Plain http leaves this machine only when asked: http:// to a host that is not
+this machine's would carry that token, the packaged code and the logs in clear text, so it is refused (before any
+connection) unless --insecure-http or RLHF_RAY_INSECURE_HTTP=1 says the network is trusted; https://, or a tunnel
+to http://127.0.0.1:8265, needs neither. Whatever the job API answers (401, 403, 404, no answer) becomes one
+JobAPIError line, not a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Iterator, Optional
-from urllib.parse import urlsplit
 
-from rlhf_ray.config import ConfigError, load_config
+from cluster.address import INSECURE_ENV, Address, insecure_allowed, parse
+from rlhf_ray.config import Config, ConfigError
 from rlhf_ray.runtime import lock
 
 EXCLUDES = [".venv", "venv", "runs", ".git", "**/__pycache__", "*.egg-info", ".pytest_cache"]
-INSECURE_ENV = "RLHF_RAY_INSECURE_HTTP"
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 
 
 class JobAPIError(ConnectionError):
     """The job API refused a request, could not be reached, or was not tried (plain http off this machine)."""
 
 
-def resolve_address(address: Optional[str]) -> tuple[str, str]:
-    """(the dashboard URL, where it came from): `address`, else RAY_ADDRESS, else the local dashboard."""
-    if address:
-        given, where = address, "--address"
-    elif os.environ.get("RAY_ADDRESS"):
-        given, where = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
-    else:
-        given, where = "http://127.0.0.1:8265", "the default address"
-    # As Ray's client reads an address without a scheme; `auto` (which `run` takes) stays as given, to be refused.
-    url = given if "://" in given or given == "auto" else f"http://{given}"
-    return url.rstrip("/"), where
+API_FORM = ("the job API is the dashboard's address, http(s)://HOST:8265 (`run` is the command that joins a cluster "
+            "at HOST:6379 or ray://HOST:10001)")
 
 
-def _loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback  # 127.0.0.0/8, ::1 (host names are not looked up)
-    except ValueError:
-        return False
+def resolve_address(address: Optional[str]) -> tuple[Address, str]:
+    """(the dashboard's address, parsed, and where it came from): `address`, else RAY_API_SERVER_ADDRESS, else
+    RAY_ADDRESS (the two Ray's client reads, in its order), else the local dashboard. Without a scheme, http, as
+    Ray's client reads it."""
+    given, where = next((g, w) for g, w in [(address, "--address"),
+                                            (os.environ.get(API_SERVER_ENV), API_SERVER_ENV),
+                                            (os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS"),
+                                            ("http://127.0.0.1:8265", "the default address")] if g)
+    if given == "auto":  # `run` takes it; as a host name it would be looked up
+        raise JobAPIError(f"{where} auto: {API_FORM}")
+    return parse(given, where, ("http", "https"), "http", API_FORM), where
 
 
 def _token_source() -> Optional[str]:
@@ -70,25 +66,32 @@ def _token_source() -> Optional[str]:
     return "~/.ray/auth_token" if (Path.home() / ".ray" / "auth_token").is_file() else None
 
 
-def check_address(url: str, where: str, insecure_http: bool = False) -> None:
-    """Refuse, before any connection, what the job API cannot be or should not be reached by: a scheme other
-    than http(s), and plain http to a host that is not loopback unless the user said the network is trusted."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise JobAPIError(f"{where} {url}: the job API is the dashboard's address, http(s)://HOST:8265 (`run` is "
-                          f"the command that joins a cluster at HOST:6379 or ray://HOST:10001)")
-    if parts.scheme == "https" or _loopback(parts.hostname):
+def check_address(target: Address, where: str, insecure_http: bool = False) -> None:
+    """Refuse, before any connection, plain http to a host that is not this machine's unless the user said the
+    network is trusted."""
+    if target.scheme == "https" or target.is_local():
         return
     token = _token_source()
     carried = (f"the cluster token (RAY_AUTH_MODE=token, from {token}), the job's code and its logs" if token else
                "the job's code and its logs (no token is configured here; with one, it would go too)")
-    if insecure_http or os.environ.get(INSECURE_ENV) == "1":
-        print(f"warning: {where} {url}: plain http: {carried} travel in clear text "
+    if insecure_allowed(insecure_http):
+        print(f"warning: {where} {target.url}: plain http: {carried} travel in clear text "
               f"(--insecure-http / {INSECURE_ENV}=1)", file=sys.stderr, flush=True)
         return
-    raise JobAPIError(f"{where} {url}: plain http to another host would carry {carried} in clear text; use "
+    raise JobAPIError(f"{where} {target.url}: plain http to another host would carry {carried} in clear text; use "
                       f"https://, or a tunnel (ray dashboard, ssh -L, kubectl port-forward) to http://127.0.0.1:8265, "
                       f"or on a trusted network pass --insecure-http (or set {INSECURE_ENV}=1)")
+
+
+@contextlib.contextmanager
+def _ray_env_unset() -> Iterator[None]:
+    """Ray's job client replaces the address it is given with RAY_API_SERVER_ADDRESS or RAY_ADDRESS when either is
+    set: without them, the address it uses is the one checked here."""
+    saved = {k: os.environ.pop(k) for k in (API_SERVER_ENV, "RAY_ADDRESS") if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 @contextlib.contextmanager
@@ -123,24 +126,25 @@ def _auth_problem(e: Exception) -> str:
 
 
 def client(address: Optional[str], insecure_http: bool = False):
-    """A job client for `address` (http://HOST:8265), else RAY_ADDRESS, else the local dashboard; the address is
-    checked before Ray's client connects (it asks the server's version on creation)."""
+    """A job client for `address` (http://HOST:8265), else RAY_API_SERVER_ADDRESS or RAY_ADDRESS, else the local
+    dashboard; the address is parsed and checked before Ray's client connects (it asks the server's version on
+    creation), and the client is given the address rebuilt from its parts."""
     from ray.job_submission import JobSubmissionClient
 
-    url, where = resolve_address(address)
-    check_address(url, where, insecure_http)
-    with answers(url):
-        return JobSubmissionClient(url)
+    target, where = resolve_address(address)
+    check_address(target, where, insecure_http)
+    with answers(target.url), _ray_env_unset():
+        return JobSubmissionClient(target.url)  # rebuilt from the parsed parts: requests and aiohttp read it alike
 
 
 def entrypoint(config: str, overrides: list[str], run_dir: str) -> str:
     return shlex.join(["python", "-m", "rlhf_ray.cli", "run", config, *overrides, "--run-dir", run_dir])
 
 
-def submit(config: str, overrides: list[str], address: Optional[str], run_dir: Optional[str] = None,
+def submit(cfg: Config, config: str, overrides: list[str], address: Optional[str], run_dir: Optional[str] = None,
            env: Optional[list[str]] = None, job_id: Optional[str] = None, insecure_http: bool = False) -> str:
-    """Validate the config here (before anything is uploaded), then submit; returns the job id."""
-    cfg = load_config(config, overrides)
+    """Submit `cfg`, loaded from `config` with `overrides` and checked by the caller as `run` checks it (the CLI:
+    before anything is uploaded or any connection); returns the job id."""
     rel = Path(config).resolve()
     if not rel.is_relative_to(Path.cwd()):
         raise ConfigError([f"{config}: the config must lie under the current directory ({Path.cwd()}), which is "

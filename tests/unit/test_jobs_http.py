@@ -1,8 +1,10 @@
 """The job commands' addresses and answers, without Ray: plain http to a host that is not loopback is refused
 before any connection (the token would travel in clear) unless --insecure-http / RLHF_RAY_INSECURE_HTTP=1, which
-warn in one line; and what a real HTTP server on 127.0.0.1 answers (401, 403, 404, nothing) is one `error:` line
-with exit 1, not a traceback. No test sends anything to a non-loopback address: the refusal comes first, and
-where it lets the call through, the job client is a stand-in."""
+warn in one line; an address that parsers read differently is refused; the real client (requests, and aiohttp for
+`logs --follow`) reaches the address that was checked, rebuilt from its parts, whatever RAY_ADDRESS says; and what
+a real HTTP server on 127.0.0.1 answers (401, 403, 404, nothing) is one `error:` line with exit 1, not a
+traceback. No test sends anything to a non-loopback address: the refusal comes first, and where it lets the call
+through, the job client is a stand-in or the server is on 127.0.0.x."""
 
 import http.server
 import json
@@ -146,3 +148,63 @@ def test_no_job_api_at_the_address_is_one_line(capsys):
         port = s.getsockname()[1]
     assert cli.main(["status", "raysubmit_1", "--address", f"http://127.0.0.1:{port}"]) == 1
     assert f"127.0.0.1:{port}: no answer from the job API" in _one_line_error(capsys)
+
+
+ATTACK = "http://10.1.2.3:8265\\@127.0.0.1:8265"  # urlsplit reads 127.0.0.1, requests connects to 10.1.2.3
+
+
+@pytest.mark.parametrize("argv", [["status", "raysubmit_1"], ["logs", "raysubmit_1", "--follow"],
+                                  ["stop", "raysubmit_1"], ["submit", "configs/tiny/ppo.yaml"]])
+def test_an_address_parsers_read_differently_is_refused_before_any_connection(argv, stand_in, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "s3cret-token-value")
+    for flags in ([], ["--insecure-http"]):  # not a question of trust: the address is not one thing
+        assert cli.main([*argv, "--address", ATTACK, *flags]) == 1
+        err = _one_line_error(capsys)
+        assert err == (f"error: --address {ATTACK}: a user name or password ('@'), which parsers read differently; "
+                       "expected SCHEME://HOST[:PORT] with HOST an IP address or a host name (letters, digits, '.', "
+                       "'-')\n"), err
+    assert stand_in == []
+
+
+class Recorder(Dashboard):
+    """The Dashboard above (a version, then 404), noting which server each request reached and its Host header."""
+
+    mode = "404"
+    seen: list = []
+
+    def do_GET(self):
+        Recorder.seen.append((self.server.server_address[0], self.path, self.headers.get("Host")))
+        super().do_GET()
+
+
+@pytest.fixture
+def near_and_far(monkeypatch):
+    """Two job APIs on loopback: 127.0.0.1 (the address given) and 127.0.0.2 (standing for another host, named
+    by RAY_ADDRESS and RAY_API_SERVER_ADDRESS, which Ray's client would otherwise put in its place)."""
+    Recorder.seen = []
+    servers = [http.server.ThreadingHTTPServer((host, 0), Recorder) for host in ("127.0.0.1", "127.0.0.2")]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    near, far = (server.server_port for server in servers)
+    monkeypatch.setenv("RAY_ADDRESS", f"http://127.0.0.2:{far}")
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", f"http://127.0.0.2:{far}")
+    yield near
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_requests_reach_the_address_checked_rebuilt(near_and_far, capsys):
+    assert cli.main(["status", "raysubmit_nope", "--address", f"HTTP://LocalHost:{near_and_far}/"]) == 1
+    assert "Job raysubmit_nope does not exist" in _one_line_error(capsys)
+    assert Recorder.seen and {(ip, host) for ip, _, host in Recorder.seen} == {("127.0.0.1",
+                                                                               f"localhost:{near_and_far}")}
+
+
+def test_logs_follow_streams_from_the_address_checked(near_and_far, capsys):
+    """aiohttp (yarl) opens the log stream: a websocket to the rebuilt address, which this server answers 404."""
+    assert cli.main(["logs", "raysubmit_nope", "--follow", "--address", f"127.0.0.1:{near_and_far}"]) == 1
+    assert f"http://127.0.0.1:{near_and_far}: the job API refused: 404" in _one_line_error(capsys)
+    assert ("127.0.0.1", "/api/jobs/raysubmit_nope/logs/tail", f"127.0.0.1:{near_and_far}") in Recorder.seen
+    assert {ip for ip, _, _ in Recorder.seen} == {"127.0.0.1"}
