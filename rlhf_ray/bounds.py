@@ -1,8 +1,9 @@
-"""Ranges of the config's numbers, declared beside each field: `lr: Positive[float] = 1e-5`.
+"""Bounds of the config's values, declared beside each field: `lr: Positive[float] = 1e-5`, `name: Name = "run"`.
 
-Every int and float field of the config tree carries a `Range` (a unit test fails when one does not), and
-yaml_tree checks it as the YAML is read: finiteness for every float (`.inf`, `.nan` are refused), bounds for
-both. Upper bounds on sizes keep a typo (a batch of 10^12) from becoming an allocation.
+Every int and float field of the config tree carries a `Range`, and every string a `Length` (unit tests fail when
+one does not); yaml_tree checks them as the YAML is read: finiteness for every float (`.inf`, `.nan` are refused),
+bounds for numbers, a maximum length for strings. Upper bounds on sizes keep a typo (a batch of 10^12) from becoming
+an allocation, and a string of a megabyte from becoming a file name, a log line or an error message.
 """
 
 from __future__ import annotations
@@ -43,6 +44,20 @@ class Range:
         return "finite"
 
 
+@dataclass(frozen=True)
+class Length:
+    """A string of at most `most` characters."""
+
+    most: int
+
+    def problem(self, value: str) -> Optional[str]:
+        """Why `value` is too long, or None."""
+        return f"{len(value):,} characters; at most {self.most:,}" if len(value) > self.most else None
+
+    def __str__(self) -> str:
+        return f"<= {self.most:,} chars"
+
+
 SIZE = 2**20  # the most of anything counted per step (sequences, tokens, samples): far past any real run
 
 Finite = Annotated[T, Range()]
@@ -59,3 +74,10 @@ Port = Annotated[int, Range(1, 65535)]
 Mib = Annotated[int, Range(1, 2**24)]
 """Memory in MiB, up to 16 TiB."""
 
+Name = Annotated[str, Length(128)]
+"""A name: run, stage, pool, role, column, module, split, project. 128 characters is past any real one, and a run
+name stays well inside a file name's 255 bytes once it is a folder."""
+RunName = Annotated[str, Length(100)]
+"""A run's name, a folder's name under runs/: 100 characters, well inside a file name's 255 bytes."""
+Text = Annotated[str, Length(4096)]
+"""A path, hub name, `module:function` spec or address: 4096 characters, Linux's PATH_MAX."""

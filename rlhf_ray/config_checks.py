@@ -13,18 +13,21 @@ NAME = re.compile(r"[A-Za-z0-9._-]+")
 STAGES = ("sft", "label", "rm", "dpo", "ppo")
 
 
-def check(cfg) -> list[tuple[str, str]]:
-    """Combinations that cannot work, as (key, message) pairs."""
+def check(cfg, stages: list[str] | None = None) -> list[tuple[str, str]]:
+    """Combinations that cannot work, as (key, message) pairs. stages: those whose needs are checked (a stage's
+    own settings are checked for that stage alone); None: cfg.stages."""
     errs: list[tuple[str, str]] = []
+    stages = cfg.stages if stages is None else stages
 
     def need(ok: bool, key: str, msg: str) -> None:
         if not ok:
             errs.append((key, msg))
 
-    # The name becomes a folder under runs/: `..`, `/etc` or `a/b` would put the run directory elsewhere.
+    # The name becomes a folder under runs/: `..`, `/etc` or `a/b` would put the run directory elsewhere (its
+    # length is bounded where it is read: bounds.RunName).
     need(bool(NAME.fullmatch(cfg.name)) and cfg.name not in (".", ".."), "name",
          f"{cfg.name!r} is not a run name: use one path component of letters, digits, '.', '_', '-' "
-         "(not '.' or '..')")
+         f"(not '.' or '..')")
     need(bool(cfg.stages), "stages", f"list at least one stage, from {', '.join(STAGES)}")
     for i, s in enumerate(cfg.stages):
         need(s in STAGES, f"stages[{i}]", f"unknown stage {s!r}; choose from {', '.join(STAGES)}")
@@ -64,12 +67,12 @@ def check(cfg) -> list[tuple[str, str]]:
     need(p.kl_budget is None or cfg.uses_reference(), "ppo.kl_budget",
          "needs the KL to a reference: set ppo.kl_coef > 0, ppo.kl_target or model.reference")
     need(p.keep_best != "gold" or bool(p.gold), "ppo.keep_best", "keep_best: gold needs a gold judge (ppo.gold)")
-    if "label" in cfg.stages:
+    if "label" in stages:
         need(bool(cfg.label.labeler), "label.labeler", "the label stage needs a labeler (`module:function` "
              "or `path/to/file.py:function`)")
     errs += _cluster(cfg)
     errs += _engine(cfg)
-    errs += _batches(cfg)
+    errs += _batches(cfg, stages)
     return errs
 
 def _cluster(cfg) -> list[tuple[str, str]]:
@@ -108,15 +111,16 @@ def _cluster(cfg) -> list[tuple[str, str]]:
             errs.append(("cluster.roles", str(e)))
     return errs
 
-def _batches(cfg) -> list[tuple[str, str]]:
-    """Batches must split evenly across learner ranks and micro-batches."""
+def _batches(cfg, stages: list[str]) -> list[tuple[str, str]]:
+    """Batches must split evenly across learner ranks and micro-batches: train.batch_size for the supervised
+    stages, ppo.mini_batch_size for PPO."""
     errs = []
     ranks = cfg.cluster.roles["policy"].count if "policy" in cfg.cluster.roles else 1
     t = cfg.train
-    if t.batch_size % (ranks * t.micro_batch_size):
+    if set(stages) & set(SUPERVISED) and t.batch_size % (ranks * t.micro_batch_size):
         errs.append(("train.batch_size", f"{t.batch_size} does not divide into {ranks} policy rank(s) x "
                      f"micro_batch_size {t.micro_batch_size}"))
-    if "ppo" in cfg.stages:
+    if "ppo" in stages:
         samples = cfg.rollout.batch_size * cfg.rollout.n_samples
         mb = cfg.ppo.mini_batch_size
         if samples % mb:
@@ -143,3 +147,61 @@ def _engine(cfg) -> list[tuple[str, str]]:
         errs.append(("rollout.engine.max_model_len", f"{e.max_model_len} is shorter than data.max_prompt_len + "
                      f"max_response_len = {need}"))
     return errs
+
+
+# ---------------------------------------------------------------- keys a stage does not read
+
+SUPERVISED = ("sft", "rm", "dpo")  # one learner over a fixed dataset (stages/supervised.py): every train.* key
+
+# The keys of the shared sections (train, rollout) that a stage does not read, each with what does that job in the
+# stage; a section names all its keys. From where each key is read (stages/*.py, actors/learner.py,
+# engines/ds_engine.py): SFT, RM and DPO read every train.* key. Sections named for their readers (ppo, dpo, rm,
+# label, reward, rollout for the stages that sample nothing, the datasets data.prompts / demonstrations /
+# preferences) say so by their names and are not listed.
+IGNORED: dict[str, dict[str, str]] = {
+    "ppo": {
+        "train.epochs": "its length is ppo.steps",
+        "train.max_steps": "its length is ppo.steps",
+        "train.batch_size": "its optimizer step takes ppo.mini_batch_size samples",
+    },
+    "label": {
+        "train": "it trains nothing",
+        "rollout.batch_size": "it samples every prompt of data.prompts",
+        "rollout.n_samples": "it samples label.k responses per prompt",
+        "rollout.max_staleness": "it updates no policy",
+    },
+}
+
+
+def unread_by(stage: str, key: str) -> str | None:
+    """Why `stage` does not read the dotted `key` (IGNORED), or None when it does."""
+    return next((why for k, why in IGNORED.get(stage, {}).items() if key == k or key.startswith(k + ".")), None)
+
+
+def unread(stages: list[str], given: list[str], own: dict[str, list[str]]
+           ) -> tuple[list[tuple[str, str]], list[str]]:
+    """(problems, notes) for keys set where no stage reads them. given: the dotted keys set in the shared sections;
+    own: each stage's keys set in its stage_overrides. Refused: a key of a stage's own overrides that it does not
+    read, and a shared key that no stage of the run reads (in a single-stage config: one its stage does not read).
+    Noted, once per stage: the shared keys that stage does not read but another does (a pipeline's `train:` serves
+    its learners; the label stage trains nothing)."""
+    errs = [(f"stage_overrides.{s}.{k}", f"the {s} stage does not read it: {why}")
+            for s, keys in own.items() for k in keys if (why := unread_by(s, k))]
+    for key in given:
+        whys = {s: why for s in stages if (why := unread_by(s, key))}
+        if len(stages) == 1 and whys:
+            errs.append((key, f"the {stages[0]} stage does not read it: {whys[stages[0]]}"))
+        elif whys and len(whys) == len(stages):
+            errs.append((key, "no stage of this run reads it: " + "; ".join(f"{s}: {w}" for s, w in whys.items())))
+    notes = []
+    for s in stages:
+        by_why: dict[str, list[str]] = {}  # the keys only other stages read, grouped by why this one does not
+        for k in given:
+            if (why := unread_by(s, k)) and any(not unread_by(o, k) for o in stages):
+                by_why.setdefault(why, []).append(k)
+        if by_why:
+            what = ", ".join(f"{', '.join(keys)} ({why})" for why, keys in by_why.items())
+            many = sum(map(len, by_why.values())) > 1
+            notes.append(f"note: the {s} stage does not read {what}: {'they apply' if many else 'it applies'} to the "
+                         "other stages")
+    return errs, notes

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Optional
 
-from rlhf_ray.bounds import SIZE, NonNegative, Port, Positive, Range, Size  # noqa: F401 (the annotations' names)
+from rlhf_ray.bounds import SIZE, Name, NonNegative, Port, Positive, Range, Size, Text  # noqa: F401 (annotations)
 
 
 @dataclass
@@ -18,7 +18,7 @@ class PoolConfig:
     """GPUs per node (0: a CPU pool)."""
     cpus_per_node: Size = 2
     """CPUs per node."""
-    node_resource: Optional[str] = None
+    node_resource: Optional[Name] = None
     """A custom Ray resource only this pool's nodes advertise (`ray start --resources '{"rlhf_pool_rollout": 1000}'`,
     as deploy/kuberay's worker groups do): the pool's bundles ask for a sliver of it, so they land on those nodes.
     None: the pool goes wherever its GPUs and CPUs fit."""
@@ -28,7 +28,7 @@ class PoolConfig:
 class RoleConfig:
     """How many actors of one role run, where, and with what share of a device."""
 
-    pool: str = "default"
+    pool: Name = "default"
     """Pool (a key of `cluster.pools`) the role's actors are placed in."""
     count: Size = 1
     """Actors (ranks, for learners) of this role."""
@@ -36,7 +36,7 @@ class RoleConfig:
     """GPUs per actor; a fraction lets roles share a GPU."""
     cpus: Annotated[float, Range(0, SIZE)] = 0.25
     """CPUs per actor (Ray's logical CPUs); fractions let all five roles share a 2-core machine."""
-    colocate_with: Optional[str] = None
+    colocate_with: Optional[Name] = None
     """Another role whose bundles this role shares (same count)."""
     threads: Annotated[int, Range(0, 1024)] = 0
     """Torch/OpenMP threads in each actor's process; 0 = Ray's default (the role's CPUs rounded down, at least 1).
@@ -58,13 +58,13 @@ def _default_roles() -> dict[str, RoleConfig]:
 class ClusterConfig:
     """The Ray cluster: where to connect, the pools, and each role's placement."""
 
-    address: Optional[str] = None
+    address: Optional[Text] = None
     """Ray address (`auto`, `ray://host:10001`). None: `RAY_ADDRESS`, else an embedded local cluster."""
-    pools: dict[str, PoolConfig] = field(default_factory=_default_pools)
+    pools: dict[Name, PoolConfig] = field(default_factory=_default_pools)
     """Named pools of nodes."""
-    roles: dict[str, RoleConfig] = field(default_factory=_default_roles)
+    roles: dict[Name, RoleConfig] = field(default_factory=_default_roles)
     """Placement per role: generator, reference, reward, critic, policy."""
-    weight_sync: str = "auto"
+    weight_sync: Name = "auto"
     """How new policy weights reach the generators: `object_store` (Ray's shared memory; works everywhere),
     `broadcast` (a process group of policy rank 0 and the generators: NCCL on GPU, gloo on CPU; the policy and the
     generators must both be on GPUs or both on CPUs) or `auto` (broadcast when both are on GPUs, else the object

@@ -2,8 +2,10 @@
 
 `build(cls, layers)` checks each layer (a YAML file or command-line overrides) against the dataclass
 annotations — unknown keys (with the nearest valid one, or why it went when a class's `REMOVED` maps a former
-key to the reason), wrong types, values outside a Literal — and reports every problem with its file and line.
-Nothing is coerced except an integer given where a float is expected.
+key to the reason), wrong types, values outside a Literal, numbers outside their Range and strings past their
+Length (rlhf_ray.bounds) — and reports every problem with its file and line, a long value clipped. Nothing is
+coerced except an integer given where a float is expected. A file is read only when it is a regular file within
+MAX_BYTES (`read_capped`), and its YAML only within the limits below.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import os
 import re
+import stat
 import textwrap
 import types
 import typing
@@ -22,7 +26,7 @@ from typing import Any, Literal
 
 import yaml
 
-from rlhf_ray.bounds import Range
+from rlhf_ray.bounds import Length, Range
 from rlhf_ray.errors import UserError
 
 
@@ -120,11 +124,44 @@ def load_yaml(text: str, where: str) -> tuple[Any, yaml.Node | None]:
         raise ConfigError([f"{where}: {e if isinstance(e, ValueError) else 'nested too deeply to read'}"]) from None
 
 
-def read_yaml(path: Path) -> tuple[dict, _Source]:
+_KIND = {  # what a path that is not a regular file is, for the message
+    stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
+    stat.S_IFDIR: "directory", stat.S_IFSOCK: "socket"}
+
+
+def read_capped(path: Path, limit: int = MAX_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, else one ConfigError naming `path`. Opened without
+    blocking (a FIFO would wait for a writer), checked by fstat before any read (a FIFO, a device such as /dev/zero
+    or a directory is refused, as is a file over the limit, unread), then read to `limit` + 1 bytes at most: a file
+    that grows after the check is refused too, never read whole."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError([f"{path}: not a regular file (a {_KIND.get(stat.S_IFMT(st.st_mode), 'special file')}); "
+                               "a config is a YAML file"])
+        if st.st_size > limit:
+            raise ConfigError([f"{path}: {st.st_size:,} bytes; a config is at most {limit:,}"])
+        chunks, size = [], 0
+        while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise ConfigError([f"{path}: more than {limit:,} bytes (it grew while read); a config is at most "
+                               f"{limit:,}"])
+        return b"".join(chunks)
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    finally:
+        os.close(fd)
+
+
+def read_yaml(path: Path) -> tuple[dict, _Source]:
+    try:
+        text = read_capped(path).decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError([f"{path}: not a YAML text file (byte {e.object[e.start]:#04x} at offset {e.start} is not "
                            "UTF-8)"]) from None
@@ -141,7 +178,7 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
     for p in parts[:-1]:
         tree = tree.setdefault(p, {})
         if not isinstance(tree, dict):
-            raise ConfigError([f"command line: {key}: {p!r} is not a section"])
+            raise ConfigError([f"command line: {_key(key)}: {_clip(p)} is not a section"])
     tree[parts[-1]] = value
 
 
@@ -151,9 +188,9 @@ def parse_overrides(overrides: list[str]) -> dict:
     for o in overrides:
         key, sep, raw = o.partition("=")
         if not sep or not key:
-            raise ConfigError([f"command line: {o!r} is not of the form key=value"])
+            raise ConfigError([f"command line: {_clip(o)} is not of the form key=value"])
         try:
-            value = load_yaml(raw, f"command line: {key}")[0] if raw else ""
+            value = load_yaml(raw, f"command line: {_key(key)}")[0] if raw else ""
         except ConfigError as e:
             if "not valid YAML" not in str(e):  # past a limit: refused; merely not YAML: the text itself
                 raise
@@ -186,14 +223,30 @@ def _loc(where: Any, key: str) -> str:
     return where.at(key) if isinstance(where, _Source) else str(where)
 
 
+def _bounds(tp: Any) -> list[Range | Length]:
+    """The bounds (rlhf_ray.bounds) an annotation declares: `Size` -> [Range(1, 2**20)]; none for a bare type."""
+    return [m for m in getattr(tp, "__metadata__", ()) if isinstance(m, (Range, Length))]
+
+
+def _clip(value: Any, most: int = 80) -> str:
+    """`repr(value)` for a message, its middle cut when long: a megabyte of YAML makes one readable line."""
+    text = repr(value)
+    return text if len(text) <= most else f"{text[:most // 2]}...{text[-most // 4:]} ({len(text):,} characters)"
+
+
+def _key(k: Any) -> str:
+    """A mapping key as a message names it: as written, or clipped when long."""
+    return str(k) if len(str(k)) <= 80 else _clip(str(k))
+
+
 def _convert(value: Any, tp: Any, key: str, errs: list[str], where: Any) -> Any:
     """Check `value` against the annotation `tp`; build dataclasses; collect errors as `file:line: key: msg`."""
     loc = _loc(where, key)
     origin = typing.get_origin(tp)
-    if origin is typing.Annotated:  # a number with its Range (rlhf_ray.bounds)
+    if origin is typing.Annotated:  # a number with its Range, a string with its Length (rlhf_ray.bounds)
         n = len(errs)
         value = _convert(value, typing.get_args(tp)[0], key, errs, where)
-        problems = [m.problem(value) for m in tp.__metadata__ if isinstance(m, Range)] if len(errs) == n else []
+        problems = [m.problem(value) for m in _bounds(tp)] if len(errs) == n else []
         errs += [f"{loc}: {key}: {p}" for p in problems if p]
         return value
     if origin in (typing.Union, types.UnionType):
@@ -206,32 +259,37 @@ def _convert(value: Any, tp: Any, key: str, errs: list[str], where: Any) -> Any:
         for tp in inner:  # the first type the value fits (`str | list[str]`)
             trial: list[str] = []
             out = _convert(value, tp, key, trial, where)
-            if not trial:
+            plain = typing.get_args(tp)[0] if typing.get_origin(tp) is typing.Annotated else tp
+            kind = typing.get_origin(plain) or plain
+            if not trial or (kind in (str, list, dict) and isinstance(value, kind)):  # its kind: say what is wrong
+                errs += trial
                 return out
-        errs.append(f"{loc}: {key}: expected {' or '.join(_type_text(a) for a in inner)}, got {value!r}")
+        errs.append(f"{loc}: {key}: expected {' or '.join(_type_text(a, False) for a in inner)}, got {_clip(value)}")
         return value
     if origin is Literal:
         choices = typing.get_args(tp)
         if not any(type(c) is type(value) and c == value for c in choices):
-            errs.append(f"{loc}: {key}: {value!r} is not one of {', '.join(map(repr, choices))}")
+            errs.append(f"{loc}: {key}: {_clip(value)} is not one of {', '.join(map(repr, choices))}")
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            errs.append(f"{loc}: {key}: expected a section (mapping), got {value!r}")
+            errs.append(f"{loc}: {key}: expected a section (mapping), got {_clip(value)}")
             return tp()
         return build_tree(tp, value, key + ".", errs, where)
     if origin is list:
         if not isinstance(value, list):
-            errs.append(f"{loc}: {key}: expected a list, got {value!r}")
+            errs.append(f"{loc}: {key}: expected a list, got {_clip(value)}")
             return []
         (item,) = typing.get_args(tp)
         return [_convert(v, item, f"{key}[{i}]", errs, where) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            errs.append(f"{loc}: {key}: expected a mapping, got {value!r}")
+            errs.append(f"{loc}: {key}: expected a mapping, got {_clip(value)}")
             return {}
-        _, item = typing.get_args(tp)
-        return {str(k): _convert(v, item, f"{key}.{k}", errs, where) for k, v in value.items()}
+        name, item = typing.get_args(tp)
+        for k in value:  # a name's bound (Length) holds for the keys too
+            errs += [f"{loc}: {key}: a key of {p}" for p in (m.problem(str(k)) for m in _bounds(name)) if p]
+        return {str(k): _convert(v, item, f"{key}.{_key(k)}", errs, where) for k, v in value.items()}
     ok = isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         try:
@@ -240,7 +298,7 @@ def _convert(value: Any, tp: Any, key: str, errs: list[str], where: Any) -> Any:
             errs.append(f"{loc}: {key}: must be a finite number, got an integer of {len(str(value))} digits")
             return 0.0
     if not ok:
-        errs.append(f"{loc}: {key}: expected {_TYPE_NAMES.get(tp, tp.__name__)}, got {value!r}")
+        errs.append(f"{loc}: {key}: expected {_TYPE_NAMES.get(tp, tp.__name__)}, got {_clip(value)}")
     return value
 
 
@@ -251,7 +309,7 @@ def build_tree(cls: type, values: dict, prefix: str, errs: list[str], where: Any
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for k, v in values.items():
-        key = f"{prefix}{k}"
+        key = f"{prefix}{_key(k)}"
         if k not in names and k in getattr(cls, "REMOVED", {}):  # a key that was, and why it went
             errs.append(f"{_loc(where, key)}: {key}: no longer a setting: {cls.REMOVED[k]}")
             continue
@@ -311,23 +369,24 @@ def where_set(key: str, layers: list[tuple[dict, Any]]) -> str:
 _KIND_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", dict: "mapping", Any: "any"}
 
 
-def _type_text(tp: Any) -> str:
-    """An annotation as a reader of YAML sees it: `integer`, `string or null`, `` `a` | `b` ``, `list of string`."""
-    origin = typing.get_origin(tp)
+def _type_text(tp: Any, bounds: bool = True) -> str:
+    """An annotation as a reader of YAML sees it: `integer`, `string or null`, `` `a` | `b` ``, `list of string`;
+    with its bounds (`integer in [1, 1,048,576]`) unless not `bounds`."""
+    origin, text = typing.get_origin(tp), lambda t: _type_text(t, bounds)
     if origin is typing.Annotated:
-        ranges = [str(m) for m in tp.__metadata__ if isinstance(m, Range)]
-        inner = _type_text(typing.get_args(tp)[0])
+        ranges = [str(m) for m in _bounds(tp)] if bounds else []
+        inner = text(typing.get_args(tp)[0])
         return f"finite {inner}" if ranges == ["finite"] else " ".join([inner, *ranges])
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        inner = " or ".join(_type_text(a) for a in args if a is not type(None))
+        inner = " or ".join(text(a) for a in args if a is not type(None))
         return f"{inner} or null" if type(None) in args else inner
     if origin is Literal:
         return " \\| ".join(f"`{_yaml_text(c)}`" for c in typing.get_args(tp))
     if origin is list:
-        return f"list of {_type_text(typing.get_args(tp)[0])}"
+        return f"list of {text(typing.get_args(tp)[0])}"
     if origin is dict:
-        return f"mapping of name to {_type_text(typing.get_args(tp)[1])}"
+        return f"mapping of name to {text(typing.get_args(tp)[1])}"
     if dataclasses.is_dataclass(tp):
         return "section"
     return _KIND_NAMES.get(tp, getattr(tp, "__name__", str(tp)))

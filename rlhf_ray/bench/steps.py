@@ -40,7 +40,7 @@ def config(w: Workload, prompts: Path, advantage: str, staleness: int, rm: str |
         "rollout": {"batch_size": w.prompts, "n_samples": w.group, "ignore_eos": True, "max_staleness": staleness,
                     "kv_cache_mb": 256},
         "reward": {"functions": [] if rm else [{"function": REWARD_FN}]},
-        "train": {"lr": w.lr, "micro_batch_size": w.micro_batch, "batch_size": w.samples},
+        "train": {"lr": w.lr, "micro_batch_size": w.micro_batch},
         "ppo": {"steps": w.steps + 1, "advantage": advantage, "mini_batch_size": w.samples, "epochs": 1,
                 "kl_coef": w.ppo_beta if advantage == "gae" else w.beta, "critic_lr": w.lr,
                 "kl_in_reward": advantage == "gae"},

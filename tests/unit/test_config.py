@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_ray import config as C
+from rlhf_ray import config_checks
 from rlhf_ray import models
 from rlhf_ray.config import ConfigError, load_config
 
@@ -97,10 +98,10 @@ def test_bool_is_not_an_int_and_section_must_be_a_mapping(tmp_path):
 
 
 def test_impossible_combinations(tmp_path):
-    p = _yaml(tmp_path, "train:\n  batch_size: 6\n  micro_batch_size: 4\ncluster:\n  roles:\n"
+    p = _yaml(tmp_path, "stages: [sft]\ntrain:\n  batch_size: 6\n  micro_batch_size: 4\ncluster:\n  roles:\n"
                         "    policy: {count: 2}\n")
     errs = _errors(p)
-    assert errs == [f"{p}:2: train.batch_size: 6 does not divide into 2 policy rank(s) x micro_batch_size 4"]
+    assert errs == [f"{p}:3: train.batch_size: 6 does not divide into 2 policy rank(s) x micro_batch_size 4"]
     errs = _errors(None, ["ppo.advantage=grpo", "rollout.n_samples=1"])
     assert errs == ["command line: rollout.n_samples: advantage 'grpo' needs a group of >= 2 samples per prompt"]
     errs = _errors(None, ["stages=[sft,rm,dpo]"])
@@ -387,7 +388,7 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     ("a: " + "[" * 5000 + "]" * 5000 + "\n", "c.yaml: nested too deeply to read"),
     ("a: " + "[" * 70 + "]" * 70 + "\n", "c.yaml: nested deeper than 64 levels"),
     ("a: &x [*x]\n", "c.yaml: nested deeper than 64 levels"),
-    ("ppo: {kl_coef: 0.1}\n# " + "x" * (1 << 20) + "\n", "c.yaml: 1,048,599 characters; a config is at most 1,048,576"),
+    ("ppo: {kl_coef: 0.1}\n# " + "x" * (1 << 20) + "\n", "c.yaml: 1,048,599 bytes; a config is at most 1,048,576"),
     ("a: &s " + "x" * 20_000 + "\nb: [" + ", ".join(["*s"] * 60) + "]\n",
      "c.yaml: expands to 1,200,000 characters once its aliases are expanded (at most 1,048,576)"),
     ("ppo:\n  kl_coef: \x00\n", "c.yaml: not valid YAML: unacceptable character #x0000: special characters are not allowed in \"<unicode string>\", position 16"),
@@ -404,3 +405,165 @@ def test_a_binary_config_and_override_limits(tmp_path):
     (err,) = _errors(None, ["ppo.kl_coef=" + "[" * 70 + "]" * 70])
     assert err == "command line: ppo.kl_coef: nested deeper than 64 levels"
     assert str(ConfigError(["one problem"])) == "invalid config: one problem"  # one line for one problem
+
+
+# ---------------------------------------------------------------- strings and config files are bounded
+
+
+def _strings_without_a_length() -> list[str]:
+    """Every str in the config tree's annotations (inside Optional, unions, lists and mapping keys too) that
+    declares no bounds.Length; a Literal's choices bound themselves."""
+    from rlhf_ray.bounds import Length
+
+    def bare(tp) -> list[bool]:  # one entry per str found: whether it is bounded
+        if typing.get_origin(tp) is typing.Annotated:
+            inner = typing.get_args(tp)[0]
+            return [any(isinstance(m, Length) for m in tp.__metadata__)] if inner is str else bare(inner)
+        if typing.get_origin(tp) is typing.Literal:
+            return []
+        return [False] if tp is str else [b for a in typing.get_args(tp) for b in bare(a)]
+
+    return [f"{cls.__name__}.{name}" for cls in _all_config_classes()
+            for name, tp in typing.get_type_hints(cls, include_extras=True).items() if not all(bare(tp))]
+
+
+def test_every_string_field_declares_its_length():
+    assert _strings_without_a_length() == []
+
+
+def test_the_length_check_finds_a_bare_string(monkeypatch):
+    monkeypatch.setitem(C.Config.__annotations__, "name", "str")
+    monkeypatch.setitem(C.DatasetConfig.__annotations__, "columns", "dict[str, Name]")
+    assert sorted(_strings_without_a_length()) == ["Config.name", "DatasetConfig.columns"]
+
+
+def test_a_long_string_is_one_error_naming_its_key(tmp_path):
+    name = "x" * 1_000_000
+    assert _errors(_yaml(tmp_path, f"name: {name}\n")) == [f"{tmp_path / 'c.yaml'}:1: name: 1,000,000 characters; "
+                                                           "at most 100"]
+    assert _errors(None, [f"name={name}"]) == ["command line: name: 1,000,000 characters; at most 100"]
+    assert _errors(None, ["data.prompts.path=[a.jsonl, " + "p" * 5000 + "]", "data.prompts.columns={" + "k" * 200
+                          + ": v}"]) == ["command line: data.prompts.path[1]: 5,000 characters; at most 4,096",
+                                         "command line: data.prompts.columns: a key of 200 characters; at most 128"]
+    (err,) = _errors(None, ["seed=" + "9" * 1000 + "x"])  # a long value is shown clipped
+    assert err.startswith("command line: seed: expected an integer, got '999") and err.endswith("(1,003 characters)")
+    assert len(err) < 200
+
+
+def test_a_fifo_as_the_config_is_refused_without_waiting_for_a_writer(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "c.yaml"
+    os.mkfifo(fifo)
+    seen: list = []
+    reader = threading.Thread(target=lambda: seen.append(_errors(fifo)), daemon=True)
+    reader.start()
+    reader.join(timeout=20)
+    if reader.is_alive():  # before: blocked in open() until a writer came; be that writer, so the thread ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert seen == [[f"{fifo}: not a regular file (a FIFO); a config is a YAML file"]]
+
+
+def test_a_device_or_a_folder_as_the_config_is_refused_unread(tmp_path):
+    assert _errors("/dev/zero") == ["/dev/zero: not a regular file (a character device); a config is a YAML file"]
+    assert _errors(tmp_path) == [f"{tmp_path}: not a regular file (a directory); a config is a YAML file"]
+
+
+def test_a_huge_config_is_refused_by_its_size_before_a_byte_is_read(tmp_path):
+    import os
+    import time
+    import tracemalloc
+
+    huge = tmp_path / "huge.yaml"
+    huge.touch()
+    os.truncate(huge, 600 << 20)  # sparse: 600 MB that take no disk
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        errs = _errors(huge)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert errs == [f"{huge}: 629,145,600 bytes; a config is at most 1,048,576"]
+    assert time.perf_counter() - t0 < 5 and peak < 1 << 20  # before: read whole (600 MB) and then refused
+
+
+def test_a_config_that_grows_after_its_size_is_checked_is_read_to_the_limit_only(tmp_path, monkeypatch):
+    import os
+
+    from rlhf_ray import yaml_tree
+
+    p = _yaml(tmp_path, "x" * 100)
+    real = os.fstat
+    monkeypatch.setattr(os, "fstat", lambda fd: os.stat_result((*real(fd)[:6], 10, *real(fd)[7:])))  # says 10 bytes
+    with pytest.raises(ConfigError, match=r"c\.yaml: more than 50 bytes \(it grew while read\)"):
+        yaml_tree.read_capped(p, limit=50)
+    monkeypatch.undo()
+    assert yaml_tree.read_capped(p, limit=100) == b"x" * 100
+
+
+# ---------------------------------------------------------------- keys a stage does not read
+
+# One non-default value for each row of config_checks.IGNORED (a section: one of its keys).
+UNREAD = {"train.epochs": "2", "train.max_steps": "5", "train.batch_size": "16", "train.lr": "0.1",
+          "rollout.batch_size": "4", "rollout.n_samples": "2", "rollout.max_staleness": "1"}
+ROWS = [(stage, "train.lr" if key == "train" else key, why) for stage, keys in config_checks.IGNORED.items()
+        for key, why in keys.items()]
+LABELER = "label.labeler=m:f"  # the label stage's own requirement (not imported by load_config)
+
+
+def test_every_key_a_stage_does_not_read_is_a_key_of_the_tree():
+    keys = {*C.to_dict(C.Config()), *[f"{s}.{k}" for s in ("train", "rollout") for k in C.to_dict(C.Config())[s]]}
+    assert {k for rows in config_checks.IGNORED.values() for k in rows} <= keys
+    assert len(ROWS) == 7 and all(UNREAD[key] for _, key, _ in ROWS)
+
+
+@pytest.mark.parametrize("stage,key,why", ROWS, ids=[f"{s}-{k}" for s, k, _ in ROWS])
+def test_a_key_the_stage_does_not_read_is_refused_naming_what_does_its_job(stage, key, why):
+    setting = f"{key}={UNREAD[key]}"
+    assert _errors(None, [f"stages=[{stage}]", LABELER, setting]) == [
+        f"command line: {key}: the {stage} stage does not read it: {why}"]
+    assert _errors(None, [f"stages=[sft,{stage}]", LABELER, f"stage_overrides.{stage}.{setting}"]) == [
+        f"command line: stage_overrides.{stage}.{key}: the {stage} stage does not read it: {why}"]
+
+
+def test_ppo_names_ppo_steps_and_mini_batch_size():
+    assert _errors(None, ["train.epochs=3", "train.batch_size=32"]) == [
+        "command line: train.epochs: the ppo stage does not read it: its length is ppo.steps",
+        "command line: train.batch_size: the ppo stage does not read it: its optimizer step takes ppo.mini_batch_size "
+        "samples"]
+    # Before, train.batch_size had to divide into micro-batches for PPO too, which is why configs set it.
+    assert load_config(None, ["train.micro_batch_size=16", "ppo.mini_batch_size=16"]).train.batch_size == 8
+    load_config(None, ["stages=[sft,ppo]", "ppo.mini_batch_size=16", "stage_overrides.ppo.train.micro_batch_size=16"])
+    assert load_config(None, ["train.epochs=1"]).train.epochs == 1  # at its default it changes nothing
+
+
+def test_a_shared_key_is_noted_once_for_each_stage_of_a_pipeline_that_does_not_read_it(tmp_path, capsys):
+    cfg = load_config(None, ["stages=[sft,label,rm,ppo]", LABELER, "train.epochs=2", "train.batch_size=16",
+                             "train.lr=0.1", "rollout.n_samples=2", "train.max_steps=9"])
+    assert cfg.train.epochs == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "note: the label stage does not read train.epochs, train.batch_size, train.lr, train.max_steps (it trains "
+        "nothing), rollout.n_samples (it samples label.k responses per prompt): they apply to the other stages",
+        "note: the ppo stage does not read train.epochs, train.max_steps (its length is ppo.steps), train.batch_size "
+        "(its optimizer step takes ppo.mini_batch_size samples): they apply to the other stages"]
+    # ... but a key that no stage of the run reads is refused
+    assert _errors(None, ["stages=[label,ppo]", LABELER, "train.epochs=2"]) == [
+        "command line: train.epochs: no stage of this run reads it: label: it trains nothing; ppo: its length is "
+        "ppo.steps"]
+    load_config(_yaml(tmp_path, C.dump_yaml(cfg)))  # a resolved pipeline config loads back
+
+
+def test_validate_prints_the_notes_of_the_quickstart(capsys, monkeypatch):
+    from rlhf_ray import cli
+
+    monkeypatch.chdir(ROOT)
+    code = cli.main(["validate", "configs/quickstart.yaml"])
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]
+    assert code == 0 and notes == [
+        "note: the label stage does not read rollout.batch_size (it samples every prompt of data.prompts), "
+        "rollout.n_samples (it samples label.k responses per prompt), train.batch_size, train.micro_batch_size (it "
+        "trains nothing): they apply to the other stages",
+        "note: the ppo stage does not read train.batch_size (its optimizer step takes ppo.mini_batch_size samples): "
+        "it applies to the other stages"]
