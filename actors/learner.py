@@ -8,8 +8,11 @@ any stage), so the ActorGroup must call it on all ranks together, each with its 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
+import sys
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Iterator, Literal, Optional
 
 import ray
 import torch
@@ -34,13 +37,14 @@ class Learner(DistributedActor):
     (default train.batch_size)."""
 
     def __init__(self, model: str, kind: Kind, train: TrainConfig, dtype: str = "float32", seed: int = 0,
-                 total_steps: int = 1, batch_size: Optional[int] = None, lora_cfg: Optional[LoraConfig] = None):
+                 total_steps: int = 1, batch_size: Optional[int] = None, lora_cfg: Optional[LoraConfig] = None,
+                 trust_remote_code: bool = False):
         quiet.actor_start()
         if kind not in ("policy", "critic", "reward"):
             raise ValueError(f"learner kind must be policy, critic or reward, got {kind!r}")
         self.model_path, self.kind, self.train = resolve_model(model), kind, train
         self.dtype, self.seed, self.total_steps, self.batch_size = dtype, seed, total_steps, batch_size
-        self.rank, self.engine, self.lora = 0, None, lora_cfg
+        self.rank, self.engine, self.lora, self.trust_remote_code = 0, None, lora_cfg, trust_remote_code
 
     def setup_distributed(self, master_addr: str, master_port: int, rank: int, world_size: int, local_rank: int,
                           backend: str = "gloo", timeout_s: float = 300.0) -> None:
@@ -56,7 +60,7 @@ class Learner(DistributedActor):
         process of a group."""
         torch.manual_seed(self.seed)  # a fresh value head starts the same on every rank
         load = load_policy if self.kind == "policy" else load_value_model
-        model = load(self.model_path, self.dtype)
+        model = load(self.model_path, self.dtype, self.trust_remote_code)
         if self.lora is not None:  # frozen base, trained adapters (and a value model's head)
             model = lora.wrap(model, self.lora, self.kind)
         model = ds_engine.prepare_model(model, self.train)
@@ -111,7 +115,8 @@ class Learner(DistributedActor):
         """`version`'s buckets one at a time on rank 0, each packed as its tensors are gathered (every rank takes
         part in the ZeRO-3 gathers; the others yield nothing)."""
         named = (ds_engine.named_adapter_weights if self.pushes_adapters else ds_engine.named_full_weights)
-        return weight_sync.pack(named(self.engine, copy=False), self.weight_plan(bucket_bytes), version)
+        named = _wrong_weights(version, named(self.engine, copy=False))  # tests only: unarmed, `named` as it is
+        return weight_sync.pack(named, self.weight_plan(bucket_bytes), version)
 
     def export_buckets(self, version: int, bucket_bytes: int) -> Optional[list[ray.ObjectRef]]:
         """Object-store transport: the full weights as checksummed buckets, each put as soon as it is packed; rank 0
@@ -154,17 +159,23 @@ class Learner(DistributedActor):
 
     def save(self, out_dir: str, checkpoint: bool = True) -> Optional[str]:
         """An HF folder at out_dir (rank 0 writes it, with the tokenizer) and, with checkpoint, the DeepSpeed
-        checkpoint (optimizer and scheduler state, every rank's partition) in out_dir/deepspeed."""
-        folder = ds_engine.save_hf(self.engine, out_dir, tokenizer_from=self.model_path)
+        checkpoint (optimizer and scheduler state, every rank's partition) in out_dir/deepspeed, with each rank's
+        random generators beside it (taken last: what the next step's dropout draws from)."""
+        folder = ds_engine.save_hf(self.engine, out_dir, tokenizer_from=self.model_path,
+                                    trust_remote_code=self.trust_remote_code)
         if checkpoint:
             self.engine.save_checkpoint(str(Path(out_dir) / "deepspeed"))
+            ds_engine.save_rng_state(Path(out_dir) / "deepspeed")
         return str(folder) if folder is not None else None
 
     def load_checkpoint(self, out_dir: str) -> None:
-        """Resume weights, optimizer, LR schedule and step counters from a folder written by `save`. Every file is
-        read weights-only (a run directory may hold files someone else planted): safe_checkpoint.UnsafeCheckpoint
-        for one that needs more, on every rank, with nothing in it run."""
+        """Resume weights, optimizer, LR schedule, step counters and this rank's random generators from a folder
+        written by `save`. Every file is read weights-only (a run directory may hold files someone else planted):
+        safe_checkpoint.UnsafeCheckpoint for one that needs more, on every rank, with nothing in it run."""
         safe_checkpoint.load_checkpoint(self.engine, Path(out_dir) / "deepspeed")
+        if ds_engine.load_rng_state(Path(out_dir) / "deepspeed") is None and self.rank == 0:
+            print(f"resume: {out_dir} holds no random state (written by an older version): training goes on with "
+                  "fresh random draws, so dropout masks differ from the unbroken run's", flush=True)
 
     def parameter_counts(self) -> tuple[int, int]:
         """Bench hook: (trained, all) parameters of the model (with LoRA the adapters against the whole)."""
@@ -187,3 +198,17 @@ class Learner(DistributedActor):
         not called by the drivers. A collective under ZeRO-3: call it on every rank."""
         named = ds_engine.named_full_weights(self.engine, on_all_ranks=True)
         return weight_sync.digest(t for _, t in named)
+
+
+def _wrong_weights(version: int, named: Iterator[tuple[str, Optional[torch.Tensor]]]
+                   ) -> Iterator[tuple[str, Optional[torch.Tensor]]]:
+    """Fault injection `RLHF_RAY_FAULTS=wrong_bucket=N` (rlhf_ray/runtime/faults.py; tests/e2e/test_faults.py):
+    weights version N leave with their first tensor doubled, so a checksum computed over them is right and only
+    what the generators sample shows it. One environment lookup per sync when unarmed."""
+    spec = os.environ.get("RLHF_RAY_FAULTS") or ""
+    if f"wrong_bucket={version}" not in spec.split(","):
+        return named
+    print(f"fault injected: wrong_bucket: version {version} goes out with its first tensor doubled", file=sys.stderr,
+          flush=True)
+    (name, first), rest = next(named), named
+    return itertools.chain([(name, None if first is None else first * 2)], rest)  # a copy: the engine's stays

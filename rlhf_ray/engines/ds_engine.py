@@ -21,19 +21,26 @@ Departures from stock DeepSpeed use, each for a reason measured on this stack:
     accumulation-boundary bookkeeping) from hooks on the engine's outputs, so critics read per-token values
     off `hidden_states` of the engine's forward rather than calling the backbone directly;
   * the engine reads checkpoints with torch's weights-only unpickler (`safe_checkpoint`), not DeepSpeed's
-    `weights_only=False`: a file planted in a run directory must not run code on resume.
+    `weights_only=False`: a file planted in a run directory must not run code on resume;
+  * DeepSpeed's checkpoint does not keep the random generators that dropout draws from: each rank saves its own
+    beside it (`save_rng_state`) as JSON, which needs no unpickler, so a resumed run draws the unbroken run's masks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import logging
 import math
+import os
+import random
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -349,7 +356,8 @@ def named_adapter_weights(engine: "DeepSpeedEngine", copy: bool = True) -> Itera
             yield name, ((p.data.detach().to("cpu", copy=True) if copy else p.data.detach()) if keep else None)
 
 
-def save_hf(engine: "DeepSpeedEngine", out_dir: str | Path, tokenizer_from: Optional[str] = None) -> Optional[Path]:
+def save_hf(engine: "DeepSpeedEngine", out_dir: str | Path, tokenizer_from: Optional[str] = None,
+            trust_remote_code: bool = False) -> Optional[Path]:
     """Write the full weights as an HF folder (config, safetensors, generation config, tokenizer) that
     transformers and vLLM load; with LoRA the merged model, and the adapters alone (peft's folder) in
     out_dir/adapter. Every rank must call it (ZeRO-3 gathers); rank 0 writes. Returns the folder on rank 0, None
@@ -368,7 +376,7 @@ def save_hf(engine: "DeepSpeedEngine", out_dir: str | Path, tokenizer_from: Opti
     if tokenizer_from is not None:
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(out)
+        AutoTokenizer.from_pretrained(tokenizer_from, trust_remote_code=trust_remote_code).save_pretrained(out)
     return out
 
 
@@ -382,3 +390,70 @@ def _adapter_state(module: torch.nn.Module) -> dict[str, Tensor]:
             with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
                 state[name] = p.data.detach().to("cpu", copy=True)
     return state
+
+
+# ---------------------------------------------------------------- random state
+
+RNG_FILE_MAX_BYTES = 1 << 20  # a rank's state is ~25 KB of JSON (torch's CPU generator: 5,056 bytes)
+
+
+def rng_file(folder: str | Path, rank: int) -> Path:
+    return Path(folder) / f"rng_rank{rank}.json"
+
+
+def rng_state() -> dict:
+    """This process's random generators as plain JSON types: python's `random`, numpy's global one, torch's CPU
+    generator and, where CUDA is available, every device's (torch.cuda.get_rng_state_all)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss],
+             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Put back what `rng_state` returned (ValueError, TypeError, KeyError or IndexError for anything else)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if torch.cuda.is_available() and "cuda" in state:
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def save_rng_state(folder: str | Path) -> Path:
+    """This rank's random generators into folder/rng_rank{R}.json (every rank its own: ranks may differ)."""
+    path = rng_file(folder, dist.get_rank() if dist.is_initialized() else 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rng_state()))
+    return path
+
+
+def load_rng_state(folder: str | Path) -> Optional[Path]:
+    """Restore this rank's generators from `save_rng_state`'s file; None when the checkpoint has none (written
+    before they were saved). A file that is not a small regular file holding such a state is refused
+    (safe_checkpoint.UnsafeCheckpoint, naming it) before anything is read or restored."""
+    path = rng_file(folder, dist.get_rank() if dist.is_initialized() else 0)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO must not block, a link not lead away
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise safe_checkpoint.UnsafeCheckpoint(f"refused {path}: cannot open it ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > RNG_FILE_MAX_BYTES:
+            raise safe_checkpoint.UnsafeCheckpoint(
+                f"refused {path}: not a regular file of at most {RNG_FILE_MAX_BYTES} bytes (a random state)")
+        text = f.read(RNG_FILE_MAX_BYTES + 1)
+    try:
+        set_rng_state(json.loads(text))
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise safe_checkpoint.UnsafeCheckpoint(
+            f"refused {path}: not a random state this version writes ({type(e).__name__}: {first})") from None
+    return path

@@ -6,12 +6,15 @@ Points: `ppo.after_step=N` / `supervised.after_step=N` (after step N is logged a
 deaths: `kill.<actor name>=N` kills that actor (`ray.kill`, no restart) as PPO step N starts;
 `kill_after_launch.<actor name>=N` right after the Nth generation batch is queued (so it dies mid-sampling);
 `kill_in_sync.<actor name>=N` right after the broadcast of weights version N begins (so it dies mid-sync).
+And a wrong sender: `wrong_bucket=N` makes learner rank 0 send weights version N with its first tensor doubled,
+packed and checksummed as if it were right (a sender-side fault no receiver check can see: only what the generators
+then sample shows it); read in the learner itself (actors/learner.py, a layer below this module).
 
 Test-only, and left in the product code on purpose: the reliability tests (tests/e2e/test_faults.py) must kill the
 real driver at the real points, which a mock could not. The cost when the variable is unset (every normal run): one
 `os.environ` lookup per call (about a microsecond), and the calls sit in the driver (rlhf_ray/stages/, and
-runtime/checkpoint.py) once per step, per generation batch or per checkpoint, never per sample or token, beside
-steps that take seconds. Nothing is parsed unless the variable is set.
+runtime/checkpoint.py) once per step, per generation batch or per checkpoint, and in the learner once per weight
+sync, never per sample or token, beside steps that take seconds. Nothing is parsed unless the variable is set.
 """
 
 from __future__ import annotations
@@ -46,3 +49,4 @@ def maybe(point: str, value: int) -> None:
     if _armed().get(point) == str(value):
         print(f"fault injected: {point}={value}: the driver exits now", file=sys.stderr, flush=True)
         os._exit(EXIT_CODE)
+

@@ -21,7 +21,7 @@ from cluster.local import listening_socket
 from rlhf_ray import data, models, rollout
 from rlhf_ray.algos import forward, rl_math
 from rlhf_ray.config import TrainConfig
-from rlhf_ray.engines import vllm_engine
+from rlhf_ray.engines import scoring, vllm_engine
 
 # Test-local actors and helpers travel to the workers by value (this module is not importable there).
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -137,13 +137,64 @@ def test_object_store_sync_matches_new_weights(generator, tiny, pairs):
     assert _max_gap(after, before) > 0.05  # and the sync really changed the engine
 
 
-def test_object_store_buckets_are_read_zero_copy(ray_session, tiny):
-    """A bucket fetched on the node that holds it is a view of the object store's shared memory, not a copy:
-    read-only, and its buffer is not owned by the array."""
-    bucket = weight_sync.make_buckets(models.load_policy(tiny).named_parameters(), 1, 1 << 30)[0]
-    got = ray.get(ray.put(bucket))
-    assert not got.data.flags.writeable and not got.data.flags.owndata
-    assert got.checksum == weight_sync.checksum(got.data) == bucket.checksum
+def _spy_on_loads(generator_self):
+    """In the generator's process: record where each bucket `update_weights` fetched lives and where the tensors
+    handed to vLLM's reload point, then load as usual."""
+    import cluster.weight_sync as ws
+
+    seen = generator_self._zero_copy_seen = {"buckets": [], "tensors": []}
+    apply, from_portable = generator_self._apply, ws.from_portable
+
+    def spy_apply(version, buckets, fetch_s):
+        seen["buckets"] += [(b.data.ctypes.data, b.data.nbytes, b.data.flags.writeable, b.data.flags.owndata)
+                            for b in buckets]
+        return apply(version, buckets, fetch_s)
+
+    def spy_from_portable(layout, buffer):
+        pairs = from_portable(layout, buffer)
+        seen["tensors"] += [(t.data_ptr(), t.numel() * t.element_size()) for _, t in pairs]
+        return pairs
+
+    generator_self._apply, ws.from_portable = spy_apply, spy_from_portable
+    generator_self._zero_copy_restore = lambda: setattr(ws, "from_portable", from_portable)
+
+
+def _seen_and_maps(generator_self):
+    """What the spy recorded, the process's shared mappings ((start, end, path) from /proc/self/maps: Ray's object
+    store is a shared mapping of a file in /dev/shm or a memfd), and the spy undone."""
+    generator_self._zero_copy_restore()
+    del generator_self._apply  # the class's method again
+    shared = []
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        if fields[1].endswith("s"):  # rw-s: a MAP_SHARED mapping
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            shared.append((start, end, fields[5] if len(fields) > 5 else ""))
+    return generator_self._zero_copy_seen, shared
+
+
+def test_object_store_buckets_are_read_zero_copy(generator, tiny):
+    """On the receiving side: the generator fetches each bucket as a view of the object store's shared memory
+    (read-only, not owned by the array, inside a shared mapping of the generator's process), and the tensors
+    handed to vLLM's reload are views of those same bytes, not copies."""
+    version = ray.get(generator.weight_version.remote()) + 1
+    model = _perturbed(tiny, seed=4)
+    buckets = weight_sync.make_buckets(model.named_parameters(), version, bucket_bytes=256 << 10)
+    assert len(buckets) > 3
+    ray.get(generator.__ray_call__.remote(_spy_on_loads))
+    info = ray.get(generator.update_weights.remote(version, [ray.put(b) for b in buckets]))
+    seen, shared = ray.get(generator.__ray_call__.remote(_seen_and_maps))
+    assert info["version"] == version and len(seen["buckets"]) == len(buckets)
+
+    def mapping(ptr, n):
+        return next((m for m in shared if m[0] <= ptr and ptr + n <= m[1]), None)
+
+    for (ptr, n, writeable, owndata), b in zip(seen["buckets"], buckets):
+        assert n == b.nbytes and not writeable and not owndata
+        assert mapping(ptr, n) is not None, (hex(ptr), shared)  # in the object store's shared memory
+    inside = [any(p <= t < p + n for p, n, _, _ in seen["buckets"]) for t, _ in seen["tensors"]]
+    assert len(inside) == sum(len(b.entries) for b in buckets) and all(inside)  # vLLM reads the store's bytes
+    print(f"\n{len(buckets)} buckets read in place from {sorted({mapping(p, n)[2] for p, n, _, _ in seen['buckets']})}")
 
 
 def test_pushed_lora_adapters_are_served_as_the_merged_policy(ray_session, tiny, pairs):
@@ -326,11 +377,28 @@ def test_reward_function_from_a_user_file(ray_session, tmp_path):
     user = tmp_path / "user_reward.py"
     user.write_text("def polite(prompts, responses, finish_reason):\n"
                     "    return [1.0 if 'please' in r else 0.0 for r in responses]\n")
-    actor = ray.remote(RewardFunction).options(name="reward-fn-0", num_cpus=0.25).remote([f"{user}:polite"])
+    actor = ray.remote(RewardFunction).options(name="reward-fn-0", num_cpus=0.25).remote(
+        [scoring.resolve(f"{user}:polite")])
     rows = [{"prompt": "p", "response": r, "prompt_ids": [1], "response_ids": [2], "logprobs": [0.0],
              "finish_reason": "stop", "policy_version": 0, "group": 0} for r in ["yes please", "no"]]
     assert ray.get(actor.scores.remote(rollout.to_table(rows))) == {f"{user}:polite": [1.0, 0.0]}
     ray.kill(actor)
     with pytest.raises(Exception, match="has no function 'rude'"):
-        ray.get(ray.remote(RewardFunction).options(num_cpus=0.25).remote([f"{user}:rude"]).scores.remote(
-            rollout.to_table(rows)))
+        ray.get(ray.remote(RewardFunction).options(num_cpus=0.25).remote(
+            [scoring.resolve(f"{user}:rude")]).scores.remote(rollout.to_table(rows)))
+
+
+def test_the_reward_actor_runs_the_file_the_driver_read_not_the_one_on_its_node(ray_session, tmp_path):
+    """The driver reads a `file.py:function` spec once; the actor runs those bytes. Here the file is rewritten
+    and then removed before the actor starts (another node's copy, or none): the actor still scores with the
+    driver's version."""
+    user = tmp_path / "judge.py"
+    user.write_text("def judge(prompts, responses):\n    return [1.0] * len(responses)\n")
+    code = scoring.resolve(f"{user}:judge")
+    user.write_text("def judge(prompts, responses):\n    return [-1.0] * len(responses)\n")
+    user.unlink()
+    actor = ray.remote(RewardFunction).options(num_cpus=0.25).remote([code])
+    rows = [{"prompt": "p", "response": "r", "prompt_ids": [1], "response_ids": [2], "logprobs": [0.0],
+             "finish_reason": "stop", "policy_version": 0, "group": 0}]
+    assert ray.get(actor.scores.remote(rollout.to_table(rows))) == {f"{user}:judge": [1.0]}
+    ray.kill(actor)

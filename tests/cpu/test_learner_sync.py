@@ -2,9 +2,12 @@
 vLLM generator's log-probs of fixed prompt/response pairs then match the learner's (and differ from before).
 
 Tolerances (max |Δ log p| per token between the learner's DeepSpeed forward and the vLLM engine, same weights):
-fp32 1e-4 (measured ~1e-6); bf16 0.05 (measured 0.0045 on the tiny model: the two sides' kernels round
-differently in bf16).
+fp32 1e-4 (measured ~1e-6); bf16 4 x the 0.0045 measured here on the tiny model (the two sides' kernels round
+differently in bf16), the constant the GPU check uses too (tests/gpu/check_gpu.py: BF16_TOLERANCE, its arithmetic).
 """
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 import ray
@@ -17,7 +20,16 @@ from rlhf_ray import data, models, rollout
 from rlhf_ray.algos import forward
 from rlhf_ray.config import TrainConfig
 
-TOLERANCE = {"float32": 1e-4, "bfloat16": 0.05}
+
+def _gpu_check_script():
+    """tests/gpu/check_gpu.py as a module (its checks run only under `__main__`)."""
+    spec = importlib.util.spec_from_file_location("check_gpu", Path(__file__).parents[1] / "gpu" / "check_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TOLERANCE = {"float32": 1e-4, "bfloat16": _gpu_check_script().BF16_TOLERANCE}
 RESPONSES = ["the cat likes the red book", "a quiet river", "hello there friend", "we find a golden apple"]
 PROMPTS = ["how do I cook rice", "tell me about the sea", "hello", "what is in the garden"]
 

@@ -164,3 +164,79 @@ def test_a_pickle_planted_in_any_checkpoint_file_is_refused_and_runs_nothing(hos
             assert err.startswith(f"UnsafeCheckpoint: refused to unpickle {target}: "), err
             assert "\n" not in err and "nothing in this file was run" in err
     assert not marker.exists()
+
+
+def _dropout_learner(tiny: str) -> Learner:
+    """A LoRA policy whose adapters see their input through dropout 0.5: every training forward draws masks."""
+    train = TrainConfig(lr=1e-3, batch_size=B, micro_batch_size=B, zero_stage=2)
+    learner = Learner(tiny, "policy", train, total_steps=6, lora_cfg=LoraConfig(rank=4, alpha=8, dropout=0.5))
+    learner.build_engine(world_size=1)
+    return learner
+
+
+def _dropout_round_trip(_host, tiny: str, folder: str, batch: dict) -> dict:
+    """Two steps, save, two more (the unbroken run); a fresh learner resumed from the save, two steps; another
+    resumed and then reseeded (the randoms a resume without the saved ones would draw), two steps; and one from a
+    copy of the save without its random state (an older checkpoint)."""
+    import contextlib
+    import io
+
+    def steps(learner, k=2):
+        return [learner.train_step(batch, forward.SFT_LOSS) for _ in range(k)]
+
+    a = _dropout_learner(tiny)
+    steps(a)
+    a.save(folder)
+    unbroken = steps(a)
+    b = _dropout_learner(tiny)
+    b.load_checkpoint(folder)
+    resumed = steps(b)
+    c = _dropout_learner(tiny)
+    c.load_checkpoint(folder)
+    torch.manual_seed(1)
+    reseeded = steps(c, 1)
+    old = Path(folder).with_name("old")
+    shutil.copytree(folder, old)
+    (old / "deepspeed" / "rng_rank0.json").unlink()
+    d = _dropout_learner(tiny)
+    with contextlib.redirect_stdout(io.StringIO()) as said:
+        d.load_checkpoint(str(old))  # goes on, saying so
+    return {"unbroken": unbroken, "resumed": resumed, "reseeded": reseeded, "old": said.getvalue(),
+            "digests": (a.state_digest(), b.state_digest()),
+            "files": sorted(p.name for p in Path(folder, "deepspeed").glob("rng_*"))}
+
+
+def test_a_resumed_learner_draws_the_same_dropout_masks(host, tiny, batch, tmp_path):
+    """Dropout on (LoRA's, 0.5): the learner's random generators (torch, python, numpy; CUDA's where present) are
+    saved beside the DeepSpeed checkpoint and restored, so two steps after a resume equal the unbroken run's two,
+    loss for loss and weight for weight. Reseeded instead, the first step's loss already differs: the test can
+    fail."""
+    got = ray.get(host.__ray_call__.remote(_dropout_round_trip, tiny, str(tmp_path / "ck"), batch), timeout=TIMEOUT_S)
+    assert got["files"] == ["rng_rank0.json"]
+    assert got["resumed"] == got["unbroken"], (got["resumed"], got["unbroken"])
+    assert got["digests"][0] == got["digests"][1]
+    assert got["reseeded"][0]["loss"] != got["unbroken"][0]["loss"]
+    assert got["old"].count("holds no random state") == 1, got["old"]
+
+
+def _load_rng(_host, folder: str) -> str:
+    from rlhf_ray.engines import ds_engine
+
+    try:
+        return str(ds_engine.load_rng_state(folder))
+    except Exception as e:  # noqa: BLE001 (reported to the driver, which checks the type)
+        return f"{type(e).__name__}: {e}"
+
+
+@pytest.mark.parametrize("content", ["[1, 2", '{"python": [3, [1], null]}', "x" * (2 << 20), "fifo", "link"])
+def test_a_planted_random_state_is_refused_naming_its_file(host, tmp_path, content):
+    path = tmp_path / "rng_rank0.json"
+    if content == "fifo":
+        os.mkfifo(path)
+    elif content == "link":
+        (tmp_path / "elsewhere.json").write_text("{}")
+        path.symlink_to(tmp_path / "elsewhere.json")
+    else:
+        path.write_text(content)
+    err = ray.get(host.__ray_call__.remote(_load_rng, str(tmp_path)), timeout=TIMEOUT_S)
+    assert err.startswith(f"UnsafeCheckpoint: refused {path}: ") and "\n" not in err, err

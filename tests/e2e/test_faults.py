@@ -199,22 +199,42 @@ def test_dead_actors_are_replaced_and_a_dead_learner_stops_the_run_to_resume(str
 
 def test_broadcast_sync_heals_resumes_and_matches_the_object_store(straight, tmp_path):
     """cluster.weight_sync: broadcast (gloo here, NCCL on GPU). Until a fault, every step equals the unbroken
-    object-store run's. generator-1 dies as step 2 starts and generator-0 in the middle of the version-3 broadcast:
-    both are replaced, the group is formed again and the sync made again. Then the learner dies at step 5 and the
-    same command resumes, with a new group. Every step trains on the unbroken run's prompts."""
+    object-store run's, step 2 included: its batch was sampled by generators holding version 1, which the broadcast
+    delivered (max_staleness 1: steps 0 and 1 train on batches sampled at version 0). generator-1 dies as step 3
+    starts and generator-0 in the middle of the version-4 broadcast: both are replaced, the group is formed again
+    and the sync made again. Then the learner dies at step 5 and the same command resumes, with a new group. Every
+    step trains on the unbroken run's prompts."""
     healed, args = tmp_path / "broadcast", (*SIX_STEPS, "cluster.weight_sync=broadcast", "cluster.call_timeout_s=120")
-    proc = run(healed, *args, faults="kill.generator-1=2,kill_in_sync.generator-0=3,kill.policy-learner-0=5")
+    proc = run(healed, *args, faults="kill.generator-1=3,kill_in_sync.generator-0=4,kill.policy-learner-0=5")
     replaced = [line for line in proc.stdout.splitlines() if "starting a replacement" in line]
-    print(f"\ntried: broadcast sync; kill generator-1 (step 2), generator-0 (in the version-3 broadcast), "
+    print(f"\ntried: broadcast sync; kill generator-1 (step 3), generator-0 (in the version-4 broadcast), "
           f"policy-learner-0 (step 5) -> exit {proc.returncode}; " + "; ".join(replaced))
     assert "weight sync: broadcast (gloo)" in proc.stdout
     assert "sync: broadcast: generator-0 died; starting a replacement" in replaced
     assert proc.returncode == 1 and "step_000004" in proc.stderr, proc.stderr[-3000:]
-    assert same_rows(results(healed)[:2], results(straight)[:2])  # same weights reached the generators
+    assert [r["staleness_max"] for r in rows(healed)[:3]] == [0, 1, 1]  # step 2's batch: sampled at version 1
+    assert same_rows(results(healed)[:3], results(straight)[:3])  # the broadcast delivered the learner's weights
 
     again = run(healed, *args)
     assert again.returncode == 0 and "resuming after step 4" in again.stdout, again.stderr[-3000:]
     assert [r["step"] for r in rows(healed)] == list(range(6))
     assert prompts_per_step(healed) == prompts_per_step(straight)
-    print("survived: both generators replaced and the group formed again mid-sync; resumed after step 4 with a "
-          "new group; 6 steps on the unbroken run's prompts")
+    print("survived: rows sampled after a broadcast equal the object store's; both generators replaced and the "
+          "group formed again mid-sync; resumed after step 4 with a new group; 6 steps on the unbroken run's prompts")
+
+
+def test_a_wrong_bucket_from_the_sender_changes_what_is_sampled_after_it(straight, tmp_path):
+    """The broadcast test above would catch a sender that packs wrong weights: here learner rank 0 sends version 1
+    with one tensor doubled and a checksum that matches it (RLHF_RAY_FAULTS=wrong_bucket=1), which no receiver
+    check sees. Steps 0 and 1 (sampled at version 0) equal the unbroken run's; step 2's batch, sampled at the
+    wrong version 1, does not. The driver is stopped after step 3."""
+    wrong = tmp_path / "wrong"
+    args = (*SIX_STEPS, "cluster.weight_sync=broadcast", "cluster.call_timeout_s=120")
+    proc = run(wrong, *args, faults="wrong_bucket=1,ppo.after_step=3")
+    print(f"\ntried: broadcast version 1 with its first tensor doubled -> exit {proc.returncode}")
+    assert proc.returncode == 3 and "fault injected: wrong_bucket: version 1" in proc.stderr, proc.stderr[-3000:]
+    got, want = results(wrong), results(straight)[:3]
+    assert len(got) == 3 and same_rows(got[:2], want[:2])
+    assert not same_rows(got[2:], want[2:]), (got[2], want[2])
+    print(f"survived: the rows after the wrong version differ (reward_mean {got[2]['reward_mean']:.4f} against "
+          f"{want[2]['reward_mean']:.4f})")

@@ -44,6 +44,16 @@ CUDA = torch.device("cpu") if ON_CPU else torch.device("cuda", 0)
 BACKEND = "gloo" if ON_CPU else "nccl"
 RESULTS: list[tuple[str, bool, str]] = []
 
+# bf16 log-prob tolerance on the tiny model, from measured gaps (max |Δ log p| per token, same weights):
+#   0.0045  two bf16 implementations, the learner's DeepSpeed forward against vLLM (tests/cpu/test_learner_sync.py,
+#           which shares this constant; measured 2026-12-06 on CPU)
+#   0.0019  bf16 against fp32, this script's check on the CPU dry run (RLHF_RAY_CHECK_ON_CPU=1, same day)
+# Tolerance = 4 x the larger: 4 x 0.0045 = 0.018, room for other kernels' rounding (cuBLAS, vLLM's GPU attention),
+# well under the 0.05 by which one training step moves these log-probs (test_learner_sync.py), so a stale or wrong
+# weight still fails.
+BF16_MEASURED_GAP = 0.0045
+BF16_TOLERANCE = 4 * BF16_MEASURED_GAP
+
 
 def check(name):
     def wrap(fn):
@@ -100,7 +110,7 @@ def main() -> int:
         gb = rollout.RolloutBatch(*(t.to(CUDA) for t in (batch.input_ids, batch.attention_mask, batch.response_mask,
                                                          batch.logprobs, batch.policy_version)))
         gap = (scoring.response_logprobs(gpu_model, gb).cpu() - cpu).abs().max().item()
-        assert gap < 0.1, gap
+        assert gap < BF16_TOLERANCE, gap
         return f"max |Δ log p| = {gap:.4f}"
 
     sock = listening_socket("127.0.0.1")

@@ -2,7 +2,7 @@
 
 - every fenced block has a language; every ```yaml block loads with `load_config` (a fragment as an override file
   on the defaults), except a deliberately broken one whose error a ```console block shows; every ```python block
-  compiles;
+  runs in a fresh interpreter (its asserts are the output it shows), unless PYTHON_NOT_RUN gives a reason;
 - every command in ```bash / ```sh / ```console blocks: `rlhf-ray validate` runs (exit 0, or exit 1 with the error
   shown under it); `rlhf-ray run|submit|sample CONFIG [overrides]` has its flags parsed by the real CLI and its
   config and overrides validated (running them is the e2e tests' job); other `rlhf-ray` commands parse; `make X`
@@ -21,9 +21,11 @@ import ast
 import contextlib
 import importlib.util
 import io
+import os
 import re
 import shlex
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,9 @@ LANGUAGES = {"yaml", "bash", "sh", "console", "text", "mermaid", "python"}
 
 # Commands the docs may show that this test cannot run or validate, each with its reason (first word -> reason).
 ALLOWED: dict[str, str] = {}
+# ```python blocks that are compiled but not run, each with its reason (Block.where -> reason). None today.
+PYTHON_NOT_RUN: dict[str, str] = {}
+PYTHON_RUN_TIMEOUT_S = 60
 
 REPO_PATH = re.compile(r"(?<![\w./~-])(?:rlhf_ray|actors|cluster|configs|deploy|docs|examples|tests)/[\w/.-]*?[\w-]"
                        r"\.(?:py|md|yaml|yml|json|sh)\b")
@@ -229,8 +234,23 @@ def test_every_block_has_a_language_this_test_knows():
 
 
 @pytest.mark.parametrize("block", [b for b in ALL_BLOCKS if b.lang == "python"], ids=lambda b: b.where)
-def test_python_blocks_compile(block):
+def test_python_blocks_run(block, tmp_path):
+    """Each ```python block runs as it is shown (its asserts are its expected output): in a fresh interpreter, in
+    an empty folder, with the repository importable, within PYTHON_RUN_TIMEOUT_S. One that cannot (it needs a
+    cluster, say) must be in PYTHON_NOT_RUN with its reason, and is compiled only."""
     compile(block.text, block.where, "exec")
+    if block.where in PYTHON_NOT_RUN:
+        return
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", block.text], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=PYTHON_RUN_TIMEOUT_S)
+    assert proc.returncode == 0, f"{block.where} fails when run:\n{proc.stderr[-2000:]}"
+
+
+def test_python_blocks_not_run_are_still_in_the_docs():
+    shown = {b.where for b in ALL_BLOCKS if b.lang == "python"}
+    assert set(PYTHON_NOT_RUN) <= shown, f"PYTHON_NOT_RUN names blocks the docs no longer have: " \
+                                         f"{set(PYTHON_NOT_RUN) - shown}"
 
 
 def test_the_docs_have_commands_and_snippets_to_check():
