@@ -34,7 +34,7 @@ class Generator:
 
     def __init__(self, model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, seed: int = 0,
                  max_model_len: int = 1024, engine: Optional[dict] = None, version: int = 0,
-                 lora: Optional[LoraConfig] = None, adapter: Optional[str] = None):
+                 lora: Optional[LoraConfig] = None, adapter: Optional[str] = None, trust_remote_code: bool = False):
         """lora: pushed weights are this LoRA's adapters (`model.lora.sync: adapters`), served on `model_path`
         through vLLM's LoRA support; adapter: the adapter folder `version` is (a checkpoint's), None: none yet."""
         quiet.actor_start()
@@ -45,7 +45,8 @@ class Generator:
         # Each generator samples from its own stream: engine seed + rank.
         self.lora, self.adapter = lora, None
         self.llm = vllm_engine.build_llm(model_path, dtype, kv_cache_mb, seed + self.rank, max_model_len,
-                                         engine=engine, lora_rank=lora.rank if lora else None)
+                                         engine=engine, lora_rank=lora.rank if lora else None,
+                                         trust_remote_code=trust_remote_code)
         if adapter is not None:
             self._serve_adapter(adapter)
         self.version = version  # a generator started from a checkpoint's weights holds that policy version

@@ -13,10 +13,11 @@ from rlhf_ray.engines import scoring
 class Reference:
     """Wrap with `ray.remote`; named `reference-<rank>`."""
 
-    def __init__(self, model_path: str, dtype: str = "float32", micro_batch_size: int = 8):
+    def __init__(self, model_path: str, dtype: str = "float32", micro_batch_size: int = 8,
+                 trust_remote_code: bool = False):
         quiet.actor_start()
-        self.model = models.load_policy(model_path, dtype).eval().requires_grad_(False)
-        self.pad_id = models.load_tokenizer(model_path).pad_token_id
+        self.model = models.load_policy(model_path, dtype, trust_remote_code).eval().requires_grad_(False)
+        self.pad_id = models.load_tokenizer(model_path, trust_remote_code).pad_token_id
         self.micro_batch_size = micro_batch_size
 
     def logprobs(self, table: pa.Table, temperature: float = 1.0) -> list[list[float]]:

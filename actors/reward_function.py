@@ -22,10 +22,13 @@ def arguments(table: pa.Table) -> tuple[list, list[str], dict[str, list]]:
 
 
 class RewardFunction:
-    """Wrap with `ray.remote`; named `reward-fn-<rank>`. Functions load at start, so a bad spec fails first."""
+    """Wrap with `ray.remote`; named `reward-fn-<rank>`. Functions load at start, so a bad spec fails first.
 
-    def __init__(self, specs: list[str]):
-        self.functions = {spec: scoring.load_reward_function(spec) for spec in specs}
+    It takes the functions as the driver resolved them (`scoring.resolve`): a file's bytes as the driver read
+    them, a module refused when this node's source differs; never a spec read again here."""
+
+    def __init__(self, codes: list[scoring.FunctionCode]):
+        self.functions = {code.spec: scoring.load(code) for code in codes}
 
     def scores(self, table: pa.Table) -> dict[str, list[float]]:
         """Each function's rewards, by spec."""

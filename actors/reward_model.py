@@ -15,11 +15,12 @@ class RewardModel:
     When the reward model reads the policy's tokens (same vocabulary) it scores the rollout's token ids as they
     are; otherwise (e.g. a MiniLM encoder) it re-tokenizes the prompt and response texts as a pair."""
 
-    def __init__(self, model_path: str, policy_tokenizer: str, dtype: str = "float32", micro_batch_size: int = 8):
+    def __init__(self, model_path: str, policy_tokenizer: str, dtype: str = "float32", micro_batch_size: int = 8,
+                 trust_remote_code: bool = False):
         quiet.actor_start()
-        self.model = models.load_value_model(model_path, dtype).eval().requires_grad_(False)
-        self.tokenizer = models.load_tokenizer(model_path)
-        self.same_vocab = self.tokenizer.get_vocab() == models.load_tokenizer(policy_tokenizer).get_vocab()
+        self.model = models.load_value_model(model_path, dtype, trust_remote_code).eval().requires_grad_(False)
+        self.tokenizer = models.load_tokenizer(model_path, trust_remote_code)
+        self.same_vocab = self.tokenizer.get_vocab() == models.load_tokenizer(policy_tokenizer, trust_remote_code).get_vocab()
         self.micro_batch_size = micro_batch_size
 
     def scores(self, table: pa.Table) -> list[float]:

@@ -31,7 +31,12 @@ def _load(args) -> Config:
 
 
 def cmd_validate(args) -> int:
-    print(dump_yaml(_load(args)), end="")
+    """The config, and the inputs `run` checks before Ray (datasets, functions, models; nothing built)."""
+    from rlhf_ray.stages import inputs
+
+    cfg = _load(args)
+    inputs.before_ray(cfg, args.config)
+    print(dump_yaml(cfg), end="")
     return 0
 
 
@@ -46,17 +51,30 @@ def cmd_run(args) -> int:
     from rlhf_ray.stages import inputs
 
     cfg = _load(args)
-    address = args.address or cfg.cluster.address
-    if address and address.startswith(("http://", "https://")):
-        raise ConfigError([f"--address {address}: `run` joins a cluster (auto, HOST:6379, ray://HOST:10001); "
-                           "send a run to a dashboard address with `rlhf-ray submit`"])
-    inputs.check(cfg, args.config)  # before Ray: datasets and their first rows, functions, models
+    address = _cluster_address(args, cfg)  # parsed and checked first: a refused one leaves nothing run or written
+    if address is None:
+        from cluster.local import ray_temp_dir
+
+        ray_temp_dir()  # the embedded cluster's: RLHF_RAY_TMP checked (or a private one made) as early
+    inputs.before_ray(cfg, args.config)  # datasets and their first rows, functions, models (as validate, submit)
     # Taken before anything in the run directory is written or deleted (--force, stage resets), released however
     # the run ends; a held one is refused naming its holder (RunDirBusy).
     with RunLock(run_dir_path(cfg, args.run_dir), f"rlhf-ray run {args.config}") as lock:
         run_dir = RunDir(lock.run_dir, cfg)
         run_dir.check_metrics()  # a corrupt metrics.jsonl is refused before Ray starts
         return _run(cfg, args, address, run_dir)
+
+
+def _cluster_address(args, cfg: Config) -> str | None:
+    """The cluster `run` joins, rebuilt from its parsed parts (None: an embedded one): --address, else
+    cluster.address, else RAY_ADDRESS, which Ray itself reads for an unset or `auto` address. One that would carry
+    the cluster token across a network in clear text is refused unless --insecure-http (cluster/address.py)."""
+    from cluster.address import for_ray
+
+    given, where = (args.address, "--address") if args.address else (cfg.cluster.address, "cluster.address")
+    if given in (None, "auto") and os.environ.get("RAY_ADDRESS"):
+        given, where = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    return for_ray(given, where, args.insecure_http) if given else None
 
 
 def _run(cfg: Config, args, address: str | None, run_dir: RunDir) -> int:
@@ -69,11 +87,10 @@ def _run(cfg: Config, args, address: str | None, run_dir: RunDir) -> int:
         from cluster.local import describe_cluster, init_ray
         from rlhf_ray.stages import transport
 
-        external = address or os.environ.get("RAY_ADDRESS")
-        store = None if external else transport.store_mb(cfg)  # sized (or refused) before Ray starts
+        store = None if address else transport.store_mb(cfg)  # sized (or refused) before Ray starts
         init_ray(address, num_cpus=None, object_store_mb=store or 512,
-                 metrics_export_port=cfg.cluster.metrics_export_port)
-        if external:
+                 metrics_export_port=cfg.cluster.metrics_export_port, insecure_http=args.insecure_http)
+        if address:
             transport.check_store(cfg)
         print(describe_cluster(), flush=True)
 
@@ -105,7 +122,7 @@ def _sample(cfg: Config, args, run_path: Path) -> int:
     rows, report = data.load_rows(ds.path, "prompts", ds.split, cfg.data.skip_malformed, args.num_prompts or ds.max_rows,
                                   ds.columns or None, ds.subset)
     policy = models.resolve_model(cfg.model.policy)
-    tok = models.load_tokenizer(cfg.model.tokenizer or policy)
+    tok = models.load_tokenizer(cfg.model.tokenizer or policy, cfg.model.trust_remote_code)
     limits = data.Limits(cfg.data.max_prompt_len, cfg.data.max_response_len, cfg.data.truncation)
     kept = data.encode_kept(tok, rows, "prompts", limits, report, cfg.data.apply_chat_template)
     rows, ids = [r for r, _ in kept], [i for _, i in kept]  # rows over the limits dropped (truncation: drop)
@@ -113,7 +130,7 @@ def _sample(cfg: Config, args, run_path: Path) -> int:
     out = RunDir(run_path, cfg).path
 
     llm = vllm_engine.build_llm(policy, cfg.model.dtype, cfg.rollout.kv_cache_mb, cfg.seed, cfg.model.max_seq_len,
-                                engine=to_dict(cfg.rollout.engine))
+                                engine=to_dict(cfg.rollout.engine), trust_remote_code=cfg.model.trust_remote_code)
     sampling = vllm_engine.Sampling(max_tokens=cfg.data.max_response_len, temperature=cfg.rollout.temperature,
                                     top_p=cfg.rollout.top_p, n=cfg.rollout.n_samples, seed=cfg.seed)
     t0 = time.perf_counter()
@@ -137,7 +154,11 @@ def _sample(cfg: Config, args, run_path: Path) -> int:
 def cmd_submit(args) -> int:
     from rlhf_ray.runtime import jobs
 
-    job_id = jobs.submit(args.config, args.overrides, args.address, args.run_dir, args.env, args.job_id,
+    from rlhf_ray.stages import inputs
+
+    cfg = _load(args)
+    inputs.before_ray(cfg, args.config)  # as run and validate: before anything is uploaded or connects
+    job_id = jobs.submit(cfg, args.config, args.overrides, args.address, args.run_dir, args.env, args.job_id,
                          args.insecure_http)
     where = args.address or os.environ.get("RAY_ADDRESS") or "the local dashboard"
     print(f"submitted {job_id} to {where}\n  rlhf-ray status {job_id}\n  rlhf-ray logs {job_id} --follow\n"
@@ -202,12 +223,16 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. ppo.kl_coef=0.05")
         return s
 
+    insecure = ("allow the cluster token to cross a network in clear text: plain http:// (submit, status, logs, stop) "
+                "or Ray's protocol without TLS (run) to a host that is not this machine's (also "
+                "RLHF_RAY_INSECURE_HTTP=1); https://, Ray's TLS or a tunnel to 127.0.0.1 need no flag")
     with_config("validate", "print the resolved config, or every error with its key and file").set_defaults(
         fn=cmd_validate)
     s = with_config("run", "run the config's stages in order, skipping stages already finished in the run dir")
     s.add_argument("--run-dir", help="output folder (default runs/<name>/)")
     s.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local cluster)")
     s.add_argument("--force", action="store_true", help="rerun stages even when final/<stage>/ marks them finished")
+    s.add_argument("--insecure-http", action="store_true", help=insecure)
     s.set_defaults(fn=cmd_run)
     s = with_config("sample", "sample responses to the config's prompts from the policy with vLLM")
     s.add_argument("--run-dir", help="output folder (default runs/<name>/)")
@@ -215,8 +240,6 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--show", type=int, default=4, help="print this many samples")
     s.set_defaults(fn=cmd_sample)
 
-    insecure = ("allow plain http:// to a host that is not loopback (the token and the job's files travel in "
-                "clear text; also RLHF_RAY_INSECURE_HTTP=1); https:// or a tunnel to 127.0.0.1 need no flag")
     s = with_config("submit", "run the config as a Ray Job on the cluster at --address (the dashboard, :8265)")
     s.add_argument("--address", help="dashboard address, http://HOST:8265 (default: RAY_ADDRESS, else local)")
     s.add_argument("--insecure-http", action="store_true", help=insecure)

@@ -3,18 +3,35 @@
 YAML files hold overrides only; `load_config(path, ["ppo.kl_coef=0.05"])` merges them onto the defaults,
 checks every key, type and range (declared beside each number: `rlhf_ray.bounds`), then combinations
 (`Config.check`), and raises every problem as one `ConfigError` naming the key and where it was set (file and
-line, or the command line). Nothing is silently rewritten: a value is accepted as given or rejected.
+line, or the command line). Nothing is silently rewritten: a value is accepted as given or rejected. Strings are
+bounded too: names (run, stage, pool, role, column, module) at 128 characters, paths, specs and addresses at 4096;
+a config file is a regular file of at most 1 MiB, checked before it is read.
+
+A key set where no stage reads it is refused, naming what does its job there: PPO runs `ppo.steps` steps of
+`ppo.mini_batch_size` samples (so `train.epochs`, `train.max_steps`, `train.batch_size` are refused in a PPO config
+and in `stage_overrides.ppo`), and the label stage trains nothing (`train.*`) and samples `label.k` responses to
+every prompt (`rollout.batch_size`, `rollout.n_samples`, `rollout.max_staleness`). A key counts as set when the
+file or the command line gives it a value other than its default, or a stage's own overrides name it. In a
+pipeline, a shared key that some stages read and others do not is accepted, and `rlhf-ray validate` (as `run` and
+`submit`) prints one `note:` line for each stage that does not read it.
+
+Relative paths, in a config file or an override, are read from the directory `rlhf-ray` runs in (the current
+directory), not the config file's: dataset paths, model folders and `path/file.py:function` specs alike (`rlhf-ray
+submit` carries that directory to the cluster, so the job reads the same paths). A function spec is read once,
+on the driver, and every actor runs those bytes (a `module:function` is imported on each node, and refused where
+its source differs from the driver's).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 from rlhf_ray import config_checks
-from rlhf_ray.bounds import (SIZE, Finite, Fraction, Mib, NonNegative, Positive, PositiveFraction,  # noqa: F401
-                             ProperFraction, Range, Seed, Size)
+from rlhf_ray.bounds import (SIZE, Finite, Fraction, Mib, Name, NonNegative, Positive,  # noqa: F401
+                             PositiveFraction, ProperFraction, Range, RunName, Seed, Size, Text)
 from rlhf_ray.config_cluster import ClusterConfig, PoolConfig, RoleConfig  # noqa: F401 (part of the tree)
 from rlhf_ray.yaml_tree import (ConfigError, build, build_tree, dump_yaml, field_docs, parse_overrides, read_yaml,
                                 to_dict, where_set)
@@ -27,16 +44,16 @@ class ModelConfig:
     """Where the models come from. A path is a local HF folder, a built-in name (`tiny`, `smollm2-135m-instruct`,
     `minilm-l6`, see `rlhf_ray.models`) or a hub name (only when online)."""
 
-    policy: str = "tiny"
+    policy: Text = "tiny"
     """Policy (actor) model: the SFT stage trains it, PPO/DPO start from it."""
-    reference: Optional[str] = None
+    reference: Optional[Text] = None
     """Frozen reference for the KL penalty and DPO. None: the policy the stage starts from."""
-    reward: Optional[str] = None
+    reward: Optional[Text] = None
     """Reward model (sequence classification, one label). None: the `rm` stage output in a pipeline."""
-    critic: Optional[str] = None
+    critic: Optional[Text] = None
     """Critic (value model) initialisation; it must read the policy's tokens. None: the reward model, as in
     InstructGPT, when it reads the policy's tokens; else (an encoder such as minilm-l6) the policy."""
-    tokenizer: Optional[str] = None
+    tokenizer: Optional[Text] = None
     """Tokenizer folder or name. None: the policy's."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights and compute dtype for learners and generators."""
@@ -45,6 +62,10 @@ class ModelConfig:
     lora: Optional[LoraConfig] = None
     """Train LoRA adapters (peft) instead of every weight, in every learner of every stage. None: full
     fine-tuning."""
+    trust_remote_code: bool = False
+    """Let a model folder (or hub repository) run its own Python: a config.json whose `auto_map` names the
+    folder's modules for a model type transformers does not know. Off: such a model is refused before anything
+    starts, never prompted for; on: that code runs on the driver and in every actor that loads the model."""
 
 
 @dataclass
@@ -58,7 +79,7 @@ class LoraConfig:
     """The update is scaled by alpha / rank (peft `lora_alpha`)."""
     dropout: ProperFraction = 0.0
     """Dropout on each adapter's input (peft `lora_dropout`)."""
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    target_modules: list[Name] = field(default_factory=lambda: ["all-linear"])
     """Names of the modules to adapt (`q_proj`, `v_proj`, ...; peft `target_modules`); `all-linear`: every linear
     layer except the output head."""
     sync: Literal["merged", "adapters"] = "merged"
@@ -70,21 +91,21 @@ class LoraConfig:
 class DatasetConfig:
     """One dataset: JSONL or Parquet files, a folder written by `datasets.save_to_disk`, or a hub name."""
 
-    path: Optional[str | list[str]] = None
+    path: Optional[Text | list[Text]] = None
     """File, folder or hub name; a glob (`data/train-*.jsonl`) or a list of files reads them all, in order. None:
     not used by this run (or produced by an earlier pipeline stage)."""
-    split: str = "train"
+    split: Name = "train"
     """Split to read from a DatasetDict folder or a hub dataset."""
-    subset: Optional[str] = None
+    subset: Optional[Name] = None
     """Subset (configuration name) of a hub dataset, e.g. `main` of `openai/gsm8k`. None: its default."""
-    columns: dict[str, str] = field(default_factory=dict)
+    columns: dict[Name, Name] = field(default_factory=dict)
     """Our field names -> the dataset's, applied before the rows are checked: `{prompt: question}` reads the
     prompt from `question`; any other column can be renamed the same way (`{task_name: group}`)."""
     eval_fraction: ProperFraction = 0.0
     """Fraction of rows held out for evaluation (a seeded shuffle decides which)."""
     max_rows: Optional[Positive[int]] = None
     """Read at most this many rows (after skipping malformed ones). None: all."""
-    eval_path: Optional[str | list[str]] = None
+    eval_path: Optional[Text | list[Text]] = None
     """A separate held-out dataset of the same kind (a file, folder, glob, list or hub name, read with the same
     split, subset and columns), instead of `eval_fraction`."""
     eval_max_rows: Optional[Positive[int]] = None
@@ -131,7 +152,7 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     """Schedule after warm-up."""
     batch_size: Size = 8
-    """Sequences per optimizer step, across all ranks."""
+    """Sequences per optimizer step, across all ranks (SFT, RM, DPO; PPO's is ppo.mini_batch_size)."""
     micro_batch_size: Size = 4
     """Sequences per forward/backward on one rank; the rest is gradient accumulation."""
     grad_clip: NonNegative[float] = 1.0
@@ -154,7 +175,7 @@ class TrainConfig:
     epochs: Positive[int] = 1
     """Passes over the dataset (SFT, RM, DPO)."""
     max_steps: Optional[Positive[int]] = None
-    """Stop after this many optimizer steps. None: run the epochs."""
+    """Stop after this many optimizer steps (SFT, RM, DPO; PPO runs ppo.steps). None: run the epochs."""
     eval_every: NonNegative[int] = 0
     """Evaluate every this many steps (0: at the end only)."""
     checkpoint_every: NonNegative[int] = 0
@@ -212,7 +233,7 @@ class RewardFunctionConfig:
     """A user reward function `module:function(prompts, responses, **kwargs) -> list[float]`; kwargs: the metadata
     and the prompts dataset's columns, by name (docs/algorithms.md, Data)."""
 
-    function: str = ""
+    function: Text = ""
     """`module:function` or `path/to/file.py:function`."""
     weight: Finite[float] = 1.0
     """Weight in the summed reward."""
@@ -281,7 +302,7 @@ class PPOConfig:
     critic_lr: Positive[float] = 1e-5
     """Critic learning rate. The critic is a model with an optimizer of its own, so this, not a weight on the value
     loss (a `vf_coef`, which a shared optimizer needs), sets how fast it learns."""
-    gold: Optional[str] = None
+    gold: Optional[Text] = None
     """A judge (`module:function`, as reward functions) scored on the held-out prompts only, never trained on:
     the one the reward model stands in for, e.g. the labeler that made its preferences. Reported as
     `eval_gold_mean`."""
@@ -325,7 +346,7 @@ class LabelConfig:
     best and the worst of each prompt as a preferences row; prompts whose responses all tie are dropped and
     counted."""
 
-    labeler: Optional[str] = None
+    labeler: Optional[Text] = None
     """`module:function` or `path/to/file.py:function`, called like a reward function,
     `fn(prompts, responses, **metadata) -> list[float]`: higher is preferred. Required by the label stage (the
     quickstart's simulated human is `examples/warm/labelers.py:vader_warmth`)."""
@@ -347,7 +368,7 @@ class LoggingConfig:
     """Redraw plots/*.png at most this often during a stage (0: only when a stage ends)."""
     tensorboard: bool = False
     """Also write TensorBoard events to <run dir>/tensorboard (needs the tensorboard package)."""
-    wandb_project: Optional[str] = None
+    wandb_project: Optional[Name] = None
     """Also log to this Weights & Biases project (needs wandb; WANDB_MODE=offline works without a network)."""
 
 
@@ -355,13 +376,13 @@ class LoggingConfig:
 class Config:
     """A run: which stages, on which models and data, with which settings."""
 
-    name: str = "run"
-    """Run name; the run directory defaults to `runs/<name>/`. One path component: letters, digits, `.`, `_`, `-`
-    (not `.` or `..`)."""
+    name: RunName = "run"
+    """Run name; the run directory defaults to `runs/<name>/`. One path component of at most 100 letters, digits,
+    `.`, `_`, `-` (not `.` or `..`)."""
     resume: Literal["auto", "never"] = "auto"
     """`auto`: a stage with a complete checkpoint in the run directory continues from the newest one; `never`:
     it starts over (`--force` does too)."""
-    stages: list[str] = field(default_factory=lambda: ["ppo"])
+    stages: list[Name] = field(default_factory=lambda: ["ppo"])
     """Stages in order, from `sft`, `label`, `rm`, `dpo`, `ppo`."""
     seed: Seed = 0
     """Seed for data order, sampling and initialisation."""
@@ -387,7 +408,7 @@ class Config:
     """Preference collection."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Progress, metrics export, plots, trackers."""
-    stage_overrides: dict[str, dict] = field(default_factory=dict)
+    stage_overrides: dict[Name, dict] = field(default_factory=dict)
     """Settings for one stage only, on top of the rest, as a partial tree per stage:
     `{sft: {train: {lr: 3.0e-5}}, rm: {train: {lr: 1.0e-4}}}` (each stage of a pipeline trains its own way)."""
 
@@ -402,9 +423,9 @@ class Config:
         switched off (as OpenRLHF and TRL do): no reference actor is started."""
         return self.model.lora is not None and self.model.reference is None
 
-    def check(self) -> list[tuple[str, str]]:
-        """Combinations that cannot work, as (key, message) pairs."""
-        return config_checks.check(self)
+    def check(self, stages: Optional[list[str]] = None) -> list[tuple[str, str]]:
+        """Combinations that cannot work, as (key, message) pairs, for `stages` (None: self.stages)."""
+        return config_checks.check(self, stages)
 
 
 # ---------------------------------------------------------------- loading
@@ -412,7 +433,9 @@ class Config:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML file <- `key=value` overrides; raises ConfigError listing every problem, those of each
-    stage's own settings (`stage_overrides`) included."""
+    stage's own settings (`stage_overrides`) included, and keys set where no stage reads them
+    (`config_checks.IGNORED`). A shared key that some stages of a pipeline read and others do not is noted on stderr,
+    one line per stage that does not."""
     layers: list[tuple[dict, Any]] = []
     if path is not None:
         layers.append(read_yaml(Path(path)))
@@ -421,20 +444,49 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg, errs = build(Config, layers)
     for values, where in layers:
         for stage, tree in (so if isinstance(so := values.get("stage_overrides"), dict) else {}).items():
-            if stage not in config_checks.STAGES:
+            if stage not in config_checks.STAGES and len(str(stage)) <= 128:  # a longer one is refused by its bound
                 errs.append(f"{where_set('stage_overrides.' + str(stage), layers)}: stage_overrides.{stage}: "
                             f"unknown stage; choose from {', '.join(config_checks.STAGES)}")
             elif isinstance(tree, dict):
                 build_tree(Config, tree, f"stage_overrides.{stage}.", errs, where)
     if errs:
         raise ConfigError(errs)
-    problems = [f"{where_set(key, layers)}: {key}: {msg}" for key, msg in cfg.check()]
+    unread, notes = config_checks.unread(cfg.stages, _given(cfg, layers),
+                                         {stage: _leaves(tree) for stage, tree in cfg.stage_overrides.items()})
+    problems = [f"{where_set(key, layers)}: {key}: {msg}" for key, msg in [*cfg.check(), *unread]]
     for stage in cfg.stage_overrides:
         problems += [f"{where_set('stage_overrides.' + stage, layers)}: stage_overrides.{stage}: {key}: {msg}"
-                     for key, msg in for_stage(cfg, stage).check()]
+                     for key, msg in for_stage(cfg, stage).check([stage] if stage in cfg.stages else [])]
     if problems:
         raise ConfigError(problems)
+    for note in notes:
+        print(note, file=sys.stderr, flush=True)
     return cfg
+
+
+def _leaves(tree: dict, prefix: str = "") -> list[str]:
+    """The dotted keys of a tree's values, in order (`{train: {lr: 1}}` -> `train.lr`)."""
+    out = []
+    for k, v in tree.items():
+        out += _leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+    return out
+
+
+def _given(cfg: Config, layers: list[tuple[dict, Any]]) -> list[str]:
+    """The keys a stage may not read (config_checks.IGNORED) that the file or the command line set to a value other
+    than its default, outside stage_overrides. A key at its default changes nothing, so a resolved config (which
+    lists every key: `rlhf-ray validate`'s output, a run's config.yaml) loads back."""
+    keys = [k for values, _ in layers for k in _leaves({s: v for s, v in values.items() if s != "stage_overrides"})
+            if any(config_checks.unread_by(s, k) for s in config_checks.STAGES)]
+    default = Config()
+    return [k for k in dict.fromkeys(keys) if _value(cfg, k) != _value(default, k)]
+
+
+def _value(cfg: Config, key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def for_stage(cfg: Config, stage: str) -> Config:

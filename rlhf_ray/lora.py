@@ -74,7 +74,7 @@ def merged_weights(module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]
             yield name, merged(p.detach(), layer)
 
 
-def missing_targets(model_path: str, lora) -> list[str]:
+def missing_targets(model_path: str, lora, trust_remote_code: bool = False) -> list[str]:
     """Names in `lora.target_modules` that match no module of the model (checked on the meta device, before
     anything loads); `all-linear` always matches."""
     from rlhf_ray import models
@@ -82,7 +82,7 @@ def missing_targets(model_path: str, lora) -> list[str]:
     targets = [t for t in lora.target_modules if t != "all-linear"]
     if not targets:
         return []
-    leaves = {name.rsplit(".", 1)[-1] for name, _ in models.meta_model(model_path).named_modules()}
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in models.meta_model(model_path, trust_remote_code).named_modules()}
     return [t for t in targets if t not in leaves]
 
 

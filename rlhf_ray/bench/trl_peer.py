@@ -101,8 +101,8 @@ def build_grpo(spec: dict, dtype, lengths: list, timer: StepTimer):
         generation_kwargs={"min_new_tokens": spec["response_len"]}, mask_truncated_completions=False,
         top_p=1.0, top_k=0, log_completions=False)
     prompts = (spec["prompts"] * steps * spec["batch_prompts"])[: steps * spec["batch_prompts"]]
-    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"], trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=dtype, trust_remote_code=False)
     model.generate = timer.timed(model.generate)  # GRPOTrainer samples with the (unwrapped) model's generate()
     return trl.GRPOTrainer(
         model=model, reward_funcs=load_reward_fn(spec["reward_fn"], lengths), args=args,
@@ -119,7 +119,7 @@ def build_ppo(spec: dict, dtype, lengths: list, timer: StepTimer):
         **common_args(spec, n), total_episodes=steps * n, num_ppo_epochs=1, num_mini_batches=1,
         kl_coef=spec["beta"], response_length=spec["response_len"], stop_token=None, missing_eos_penalty=None,
         local_rollout_forward_batch_size=n, num_sample_generations=0)
-    tokenizer = AutoTokenizer.from_pretrained(spec["model"], padding_side="left")
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"], padding_side="left", trust_remote_code=False)
     # TRL's PPO takes attention_mask = (ids != pad): a pad id that occurs inside the templated prompts (SmolLM2 pads
     # with <|im_end|>) would mask those tokens, so pad with a special token the prompts never use.
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in spec["prompts"]]
@@ -130,14 +130,16 @@ def build_ppo(spec: dict, dtype, lengths: list, timer: StepTimer):
     # PPO repeats each prompt `group` times so that a step sees batch_prompts*group rollouts, like GRPO.
     rows = [ids for ids in prompt_ids for _ in range(spec["group"])]
     dataset = Dataset.from_dict({"input_ids": rows})
-    policy = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=dtype)
+    policy = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=dtype, trust_remote_code=False)
     # Fixed-length replies as vLLM's ignore_eos gives them: generate() never stops (no stop id), so every reply is
     # response_len long. (With min_new_tokens on the model's config instead, a random tiny model's PPO reply
     # ended at an EOS after 11 of 16 tokens in one CI run.)
     policy.generation_config.eos_token_id = None
-    ref = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=dtype)
-    reward = AutoModelForSequenceClassification.from_pretrained(spec["reward_model"], num_labels=1, dtype=dtype)
-    value = AutoModelForSequenceClassification.from_pretrained(spec["reward_model"], num_labels=1, dtype=dtype)
+    ref = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=dtype, trust_remote_code=False)
+    reward = AutoModelForSequenceClassification.from_pretrained(spec["reward_model"], num_labels=1, dtype=dtype,
+                                                                trust_remote_code=False)
+    value = AutoModelForSequenceClassification.from_pretrained(spec["reward_model"], num_labels=1, dtype=dtype,
+                                                               trust_remote_code=False)
     for m in (policy, ref, reward, value):
         m.config.pad_token_id = tokenizer.pad_token_id
     generate = ppo_module.batch_generation

@@ -7,18 +7,19 @@ logits that predict response token t sit at column P - 1 + t.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
-import importlib.util
 import inspect
 import math
 import numbers
+import types
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from rlhf_ray import models
 from rlhf_ray.algos import forward
 from rlhf_ray.errors import UserError
 from rlhf_ray.rollout import RolloutBatch
@@ -57,27 +58,97 @@ class RewardFunctionError(UserError):
     """A reward function that cannot be loaded, raises, or returns the wrong thing."""
 
 
-def load_reward_function(spec: str) -> Callable:
-    """`package.module:function` (importable) or `path/to/file.py:function` (a file the config names)."""
+@dataclass(frozen=True)
+class FunctionCode:
+    """A reward function (labeler, gold judge) as the driver resolved it, shipped to every actor that calls it.
+
+    `path/file.py:function`: the file's bytes, read once on the driver; every actor runs those bytes, never the
+    file on its own node. `module:function`: imported on each node by name (its package, its imports), and refused
+    where the module's source differs from what the driver imported (`source` is then empty, `sha256` that of the
+    module's file; None for a module without one, e.g. a builtin). Why not the function by value (cloudpickle):
+    that would carry the driver's module state (a loaded model, a cache, a lock) into every actor, or fail to
+    pickle it, and still import the module's own imports by name; bytes and a hash give every node the code that
+    was checked, started fresh."""
+
+    spec: str
+    origin: Optional[str]  # the file the driver read (absolute); None for a module without one
+    source: bytes  # a file spec's bytes; b"" for a module spec
+    sha256: Optional[str]
+
+
+_RESOLVED: dict[tuple[str, str], FunctionCode] = {}
+
+
+def resolve(spec: str) -> FunctionCode:
+    """`spec` read on this (the driver's) process, once: a later call returns the first reading, like an import,
+    so the function the checks before Ray loaded is the one the stages ship. A relative file path is read from the
+    current directory (the rule for every relative path in a config)."""
     target, sep, name = spec.rpartition(":")
     if not sep or not target or not name:
         raise RewardFunctionError(f"reward function {spec!r}: expected `module:function` or `file.py:function`")
+    path = Path(target).expanduser().resolve() if target.endswith(".py") else None
+    key = (spec, str(path))
+    if key not in _RESOLVED:
+        _RESOLVED[key] = _read_file(spec, path) if path else _hash_module(spec, target)
+    return _RESOLVED[key]
+
+
+def _read_file(spec: str, path: Path) -> FunctionCode:
+    try:
+        source = path.read_bytes() if path.is_file() else None
+    except OSError as e:
+        raise RewardFunctionError(f"reward function {spec!r}: cannot read {path}: {e.strerror}") from None
+    if source is None:
+        raise RewardFunctionError(f"reward function {spec!r}: no such file {path}")
+    return FunctionCode(spec, str(path), source, hashlib.sha256(source).hexdigest())
+
+
+def _hash_module(spec: str, target: str) -> FunctionCode:
+    origin = getattr(_import(spec, target), "__file__", None)
+    return FunctionCode(spec, origin, b"", _file_sha256(origin) if origin else None)
+
+
+def load(code: FunctionCode) -> Callable:
+    """The function `code` names, as the driver resolved it: a file spec's bytes run in a fresh module here; a
+    module spec imported here, refused (one RewardFunctionError) when its source is not the driver's."""
+    target, _, name = code.spec.rpartition(":")
     if target.endswith(".py"):
-        path = Path(target).expanduser().resolve()
-        if not path.is_file():
-            raise RewardFunctionError(f"reward function {spec!r}: no such file {path}")
-        mod_spec = importlib.util.spec_from_file_location(f"rlhf_ray_user_{path.stem}", path)
-        module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
+        module = types.ModuleType(f"rlhf_ray_user_{Path(code.origin).stem}")
+        module.__file__ = code.origin
+        exec(compile(code.source, code.origin, "exec"), module.__dict__)
     else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as e:
-            raise RewardFunctionError(f"reward function {spec!r}: cannot import {target!r}: {e}") from e
+        module = _import(code.spec, target)
+        origin = getattr(module, "__file__", None)
+        here = _file_sha256(origin) if origin else None
+        if here != code.sha256:
+            raise RewardFunctionError(
+                f"reward function {code.spec!r}: module {target} on this node ({origin or 'no file'}) is not the "
+                f"code the driver checked ({code.origin or 'no file'}, sha256 {str(code.sha256)[:12]} here "
+                f"{str(here)[:12]}): install the same version on every node")
     fn = getattr(module, name, None)
     if not callable(fn):
-        raise RewardFunctionError(f"reward function {spec!r}: {target} has no function {name!r}")
+        raise RewardFunctionError(f"reward function {code.spec!r}: {target} has no function {name!r}")
     return fn
+
+
+def load_reward_function(spec: str) -> Callable:
+    """`package.module:function` (importable) or `path/to/file.py:function` (a file the config names), resolved
+    here (`resolve`) and loaded."""
+    return load(resolve(spec))
+
+
+def _import(spec: str, target: str):
+    try:
+        return importlib.import_module(target)
+    except ImportError as e:
+        raise RewardFunctionError(f"reward function {spec!r}: cannot import {target!r}: {e}") from e
+
+
+def _file_sha256(path: str) -> Optional[str]:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 TRL_ARGUMENTS = ("prompts", "completions", "completion_ids")

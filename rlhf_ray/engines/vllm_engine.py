@@ -28,10 +28,10 @@ def _cpu_env(threads: int) -> None:
 
 def build_llm(model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, seed: int = 0,
               max_model_len: int = 1024, threads: Optional[int] = None, engine: Optional[dict] = None,
-              lora_rank: Optional[int] = None):
+              lora_rank: Optional[int] = None, trust_remote_code: bool = False):
     """vllm.LLM for `model_path` (a local HF folder). CPU when no CUDA device is visible; on GPU, tensor parallel
     over the GPUs Ray gave this actor (its bundle), with vLLM's own worker processes. `engine`: the config's
-    `rollout.engine` settings as a dict (see `engine_kwargs`)."""
+    `rollout.engine` settings as a dict (see `engine_kwargs`); trust_remote_code: model.trust_remote_code."""
     on_gpu = torch.cuda.is_available()
     if not on_gpu:
         _cpu_env(threads or max(1, (os.cpu_count() or 1)))
@@ -39,14 +39,16 @@ def build_llm(model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, s
             torch.cpu._init_amx()  # without it bf16 kernels hit an illegal instruction on this CPU
     from vllm import LLM  # heavy (6-14 s): import only when an engine is built
 
-    return LLM(**engine_kwargs(model_path, dtype, seed, max_model_len, kv_cache_mb, engine or {}, on_gpu, lora_rank))
+    kwargs = engine_kwargs(model_path, dtype, seed, max_model_len, kv_cache_mb, engine or {}, on_gpu, lora_rank,
+                           trust_remote_code)
+    return LLM(**kwargs)
 
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM 0.32 accepts
 
 
 def engine_kwargs(model_path: str, dtype: str, seed: int, max_model_len: int, kv_cache_mb: int, engine: dict,
-                  on_gpu: bool, lora_rank: Optional[int] = None) -> dict:
+                  on_gpu: bool, lora_rank: Optional[int] = None, trust_remote_code: bool = False) -> dict:
     """vllm.LLM's arguments. `engine` holds config.EngineConfig's fields; a missing or None one leaves vLLM's
     default, except eager mode on CPU and `max_model_len` (model.max_seq_len). lora_rank: serve one LoRA adapter of
     that rank (pushed adapters, `model.lora.sync: adapters`)."""
@@ -58,7 +60,7 @@ def engine_kwargs(model_path: str, dtype: str, seed: int, max_model_len: int, kv
     # that of the unscaled logits (T = 1) whatever the temperature. At T = 1 and top_p = 1 the two are the same.
     kwargs = dict(model=model_path, dtype=dtype, seed=seed, max_model_len=e.get("max_model_len", max_model_len),
                   use_tqdm_on_load=False, logprobs_mode="processed_logprobs",
-                  worker_extension_cls=vllm_worker.EXTENSION)
+                  worker_extension_cls=vllm_worker.EXTENSION, trust_remote_code=trust_remote_code)
     kwargs.update({k: e[k] for k in ("max_num_seqs", "enable_prefix_caching", "enforce_eager") if k in e})
     if lora_rank is not None:
         kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=next(r for r in LORA_RANKS if r >= lora_rank))

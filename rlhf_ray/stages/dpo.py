@@ -27,8 +27,9 @@ def build_job(cfg: Config) -> tuple[supervised.Job, str]:
     """(job, reference folder): load, check and tokenize the pairs (no actors yet)."""
     policy = models.resolve_model(cfg.model.policy)
     reference = models.resolve_model(cfg.model.reference or policy)
-    tok = models.load_tokenizer(cfg.model.tokenizer or policy)
-    if models.load_tokenizer(reference).get_vocab() != tok.get_vocab():
+    trust = cfg.model.trust_remote_code
+    tok = models.load_tokenizer(cfg.model.tokenizer or policy, trust)
+    if models.load_tokenizer(reference, trust).get_vocab() != tok.get_vocab():
         raise ConfigError([f"model.reference: {reference} does not share the policy's vocabulary; DPO compares "
                            "their log-probs of the same tokens"])
     d, p = cfg.data, cfg.dpo
@@ -45,7 +46,8 @@ def build_job(cfg: Config) -> tuple[supervised.Job, str]:
 def add_reference_logps(cfg: Config, reference: str, slots: list, rows: list[dict]) -> None:
     """Set ref_chosen_logps and ref_rejected_logps (summed over the response) on every row, in place."""
     seqs = [(r["prompt_ids"], r[f"{k}_ids"]) for k in ("chosen", "rejected") for r in rows]
-    group = ActorGroup(Reference, "reference", (reference, cfg.model.dtype, cfg.train.micro_batch_size),
+    group = ActorGroup(Reference, "reference", (reference, cfg.model.dtype, cfg.train.micro_batch_size,
+                                                cfg.model.trust_remote_code),
                        slots=slots, distributed=False, threads=cfg.cluster.roles["reference"].threads)
     try:
         n = len(group)

@@ -28,6 +28,7 @@ from rlhf_ray import models
 from rlhf_ray.algos import forward
 from rlhf_ray.config import Config, TrainConfig
 from rlhf_ray.engines import vllm_engine
+from rlhf_ray.engines.scoring import resolve as resolve_function
 from rlhf_ray.rollout import RolloutBatch
 from rlhf_ray.stages import generation, transport
 
@@ -375,8 +376,8 @@ def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[st
     generators start from this folder as policy `version` (a checkpoint's), learners from `policy` (their
     checkpoint is loaded next)."""
     # The critic values each policy token (GAE): it starts from the RM only when the RM reads the policy's tokens.
-    critic_start = (models.critic_start(cfg.model.critic, cfg.model.reward, policy) if cfg.ppo.advantage == "gae"
-                    else None)
+    critic_start = (models.critic_start(cfg.model.critic, cfg.model.reward, policy, cfg.model.trust_remote_code)
+                    if cfg.ppo.advantage == "gae" else None)
     placement = pools.create(pools.plan(cfg.cluster, roles(cfg)), timeout_s=cfg.cluster.call_timeout_s)
     print(pools.describe(placement), flush=True)
     slots, p, m = placement.slots, cfg.ppo, cfg.model
@@ -388,9 +389,10 @@ def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[st
     adapters = m.lora is not None and m.lora.sync == "adapters"
     gen = generation.start_generators(cfg, policy if adapters else weights or policy, slots("generator"), version,
                                       adapters, str(Path(weights) / "adapter") if weights and adapters else None)
-    ref = ActorGroup(Reference, "reference", (m.reference or policy, m.dtype, cfg.train.micro_batch_size),
+    ref = ActorGroup(Reference, "reference", (m.reference or policy, m.dtype, cfg.train.micro_batch_size,
+                                              m.trust_remote_code),
                      distributed=False, **on("reference")) if "reference" in roles(cfg) else None
-    learner = (cfg.train, m.dtype, cfg.seed, total_steps, p.mini_batch_size, m.lora)
+    learner = (cfg.train, m.dtype, cfg.seed, total_steps, p.mini_batch_size, m.lora, m.trust_remote_code)
     pol = ActorGroup(Learner, "policy-learner", (policy, "policy", *learner), **on("policy"))
     critic = None
     if p.advantage == "gae":
@@ -401,9 +403,12 @@ def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[st
     rm = None
     if m.reward:
         rm = ActorGroup(RewardModel, "reward", (models.resolve_model(m.reward), policy, m.dtype,
-                                                cfg.train.micro_batch_size), distributed=False, **on("reward"))
+                                                cfg.train.micro_batch_size, m.trust_remote_code),
+                          distributed=False, **on("reward"))
     fns = list(dict.fromkeys([f.function for f in cfg.reward.functions] + ([p.gold] if p.gold else [])))
-    reward_fn = ActorGroup(RewardFunction, "reward-fn", (fns,), num_ranks=1, num_cpus=0.01,
+    # Shipped as the driver read them (the checks before Ray did): every node runs the code that was checked.
+    codes = [resolve_function(f) for f in fns]
+    reward_fn = ActorGroup(RewardFunction, "reward-fn", (codes,), num_ranks=1, num_cpus=0.01,
                            distributed=False) if fns else None
     sync = transport.resolve(cfg.cluster.weight_sync, *transport.gpus(cfg))
     fleet = Fleet(placement, gen, ref, pol, critic, rm, reward_fn, cfg.cluster.call_timeout_s, version,

@@ -25,7 +25,8 @@ def start_generators(cfg: Config, policy: str, slots: list, version: int = 0, ad
     m = cfg.model
     lora = {"lora": m.lora, "adapter": adapter} if adapters else {}
     return ActorGroup(Generator, "generator", (policy, m.dtype, cfg.rollout.kv_cache_mb, cfg.seed, m.max_seq_len),
-                      {"version": version, "engine": to_dict(cfg.rollout.engine), **lora}, slots=slots,
+                      {"version": version, "engine": to_dict(cfg.rollout.engine), **lora,
+                       "trust_remote_code": m.trust_remote_code}, slots=slots,
                       distributed=False, threads=cfg.cluster.roles["generator"].threads)
 
 

@@ -1,13 +1,19 @@
-"""Every input a run reads, checked before Ray starts (`rlhf-ray run` calls `check` first, `pipeline.run` again):
-each stage's datasets are set (or made by an earlier stage), exist, open, and their first rows pass the row checks
-(held-out `eval_path` datasets too); each reward function, labeler and gold judge imports, takes
-`(prompts, responses, ...)` and finds the keyword arguments it requires; each model folder is one. Every problem
-comes back at once, each naming its config key.
+"""Every input a run reads, checked before Ray starts (`rlhf-ray run`, `validate` and `submit` call `before_ray`
+first, `pipeline.run` calls `check` again): each stage's datasets are set (or made by an earlier stage), exist,
+open, and their first rows pass the row checks (held-out `eval_path` datasets too); each reward function, labeler
+and gold judge imports, takes `(prompts, responses, ...)` and finds the keyword arguments it requires; each model
+folder is one, and runs no code of its own unless model.trust_remote_code. Every problem comes back at once, each
+naming its config key.
+
+Nothing is built or converted here (a built-in model not yet in the cache is not made), so `validate` stays fast:
+the checks that need a model's tokenizer or modules run when its folder exists, and a note says which were
+skipped.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from rlhf_ray.config import Config, ConfigError, for_stage
@@ -29,8 +35,16 @@ def get(cfg: Config, dotted: str):
     return obj
 
 
-def check(cfg: Config, source: str = "") -> None:
-    """Raise one ConfigError listing every problem with the inputs of `cfg`'s stages (see the module docstring)."""
+def before_ray(cfg: Config, source: str = "") -> None:
+    """What `rlhf-ray run`, `validate` and `submit` do first, with the same messages: `check`, its notes on
+    stderr."""
+    for note in check(cfg, source):
+        print(f"note: {note}", file=sys.stderr, flush=True)
+
+
+def check(cfg: Config, source: str = "") -> list[str]:
+    """Raise one ConfigError listing every problem with the inputs of `cfg`'s stages (see the module docstring);
+    return notes on the checks skipped."""
     problems, made, where = [], set(), f"{source}: " if source else ""
     base = cfg
     for stage in base.stages:
@@ -53,9 +67,10 @@ def check(cfg: Config, source: str = "") -> None:
         if stage in ("ppo", "label"):
             problems += _function_problems(cfg, stage, where, datasets_ok=len(problems) == before)
         made.update(MAKES[stage])
-    problems += _model_problems(base, where)
-    if problems:
-        raise ConfigError(problems)
+    model_problems, notes = _model_problems(base, where)
+    if problems + model_problems:
+        raise ConfigError(problems + model_problems)
+    return notes
 
 
 def _looks_local(path: str) -> bool:
@@ -154,32 +169,53 @@ def _function_problems(cfg: Config, stage: str, where: str, datasets_ok: bool) -
     return problems
 
 
-def _model_problems(cfg: Config, where: str) -> list[str]:
-    """Model folders that do not exist or are not model folders, and a tokenizer with more tokens than the
-    policy's embedding has rows (its ids would index past it), told before anything loads. Hub names pass."""
+def _model_problems(cfg: Config, where: str) -> tuple[list[str], list[str]]:
+    """(problems, notes): model folders that do not exist, are not model folders, or would run their own code
+    without model.trust_remote_code; a tokenizer with more tokens than the policy's embedding has rows (its ids
+    would index past it); LoRA targets the policy does not have. Told before anything loads; hub names pass."""
     from rlhf_ray import models
 
-    problems, folders = [], {}
+    problems, folders, trust = [], {}, cfg.model.trust_remote_code
     for key in MODEL_KEYS:
         value = get(cfg, key)
         if value is None:
             continue
         try:
-            folders[key] = models.resolve_model(value)
+            folders[key] = models.resolve_model(value, build=False)
         except (ValueError, OSError) as e:
             problems.append(f"{where}{key}: {e}")
-    tok, policy = folders.get("model.tokenizer"), folders.get("model.policy")
-    if tok and policy and Path(tok).is_dir() and Path(policy).is_dir():
-        n_tokens = len(models.load_tokenizer(tok))
+            continue
+        why = None if trust else models.custom_code(folders[key])
+        if why:
+            problems.append(f"{where}{key}: {why}; {models.TRUST_HINT}")
+            folders.pop(key)
+    ready = {k for k, v in folders.items() if Path(v).is_dir()}  # a local folder, or a built-in already built
+    cache = str(models.cache_dir())
+
+    def unbuilt(*keys: str) -> str:  # the built-in names among `keys` not built yet (hub names: never checked)
+        names = list(dict.fromkeys(get(cfg, k) for k in keys
+                                   if k in folders and k not in ready and folders[k].startswith(cache)))
+        if not names:
+            return ""
+        return f"until {' and '.join(names)} {'is' if len(names) == 1 else 'are'} built (the run builds them)"
+
+    tok, policy, notes = folders.get("model.tokenizer"), folders.get("model.policy"), []
+    if tok and policy and {"model.tokenizer", "model.policy"} <= ready:
+        n_tokens = len(models.load_tokenizer(tok, trust))
         rows = json.loads((Path(policy) / "config.json").read_text()).get("vocab_size")
         if rows is not None and n_tokens > rows:
             problems.append(f"{where}model.tokenizer: {tok} has {n_tokens} tokens but model.policy ({policy}) "
                             f"embeds {rows}: this tokenizer does not belong to this model")
-    if cfg.model.lora is not None and policy and Path(policy).is_dir():
+    elif tok and policy and unbuilt("model.policy", "model.tokenizer"):
+        notes.append(f"model.tokenizer: not checked against model.policy's embedding "
+                     f"{unbuilt('model.policy', 'model.tokenizer')}")
+    if cfg.model.lora is not None and "model.policy" in ready:
         from rlhf_ray import lora
 
-        missing = lora.missing_targets(policy, cfg.model.lora)
+        missing = lora.missing_targets(policy, cfg.model.lora, trust)
         if missing:
             problems.append(f"{where}model.lora.target_modules: {', '.join(missing)} match no module of "
                             f"model.policy ({policy})")
-    return problems
+    elif cfg.model.lora is not None and unbuilt("model.policy"):
+        notes.append(f"model.lora.target_modules: not checked against model.policy's modules {unbuilt('model.policy')}")
+    return problems, notes

@@ -29,6 +29,7 @@ from actors.reward_function import RewardFunction
 from cluster import pools
 from rlhf_ray import data, models, rollout
 from rlhf_ray.config import Config
+from rlhf_ray.engines import scoring
 from rlhf_ray.engines.scoring import RewardFunctionError
 from rlhf_ray.runtime.run_dir import RunDir
 from rlhf_ray.stages.result import StageResult
@@ -37,9 +38,10 @@ ROLE = "generator"
 
 
 def load_labeler(spec: str) -> RewardFunction:
-    """The labeler, loaded from what label.labeler names (before any actor starts, so a bad spec costs nothing)."""
+    """The labeler, loaded from what label.labeler names as the checks before Ray read it (`scoring.resolve`),
+    before any actor starts, so a bad spec costs nothing."""
     try:
-        return RewardFunction([spec])
+        return RewardFunction([scoring.resolve(spec)])
     except RewardFunctionError as e:
         raise RewardFunctionError(f"label.labeler: {e}") from None
 
@@ -148,7 +150,7 @@ def run(cfg: Config, run_dir: RunDir) -> StageResult:
     spec = cfg.label.labeler
     labeler = load_labeler(spec)
     policy = models.resolve_model(cfg.model.policy)
-    tokenizer = models.load_tokenizer(cfg.model.tokenizer or policy)
+    tokenizer = models.load_tokenizer(cfg.model.tokenizer or policy, cfg.model.trust_remote_code)
     prompts = load_prompts(cfg, tokenizer)
 
     table, seconds = sample(cfg, policy, prompts)

@@ -42,7 +42,7 @@ class PPOTrainer:
     def __init__(self, cfg: Config, run_dir: RunDir, policy: Optional[str] = None):
         self.cfg, self.run_dir = cfg, run_dir
         self.policy = models.resolve_model(policy or cfg.model.policy)
-        self.tokenizer = models.load_tokenizer(cfg.model.tokenizer or self.policy)
+        self.tokenizer = models.load_tokenizer(cfg.model.tokenizer or self.policy, cfg.model.trust_remote_code)
         self.prompts = self._load_prompts()
         p, r, t = cfg.ppo, cfg.rollout, cfg.train
         self.samples = r.batch_size * r.n_samples

@@ -50,7 +50,9 @@ def build_job(cfg: Config) -> supervised.Job:
     """Load, check and tokenize the preference pairs (no actors yet)."""
     policy = models.resolve_model(cfg.model.policy)
     backbone = models.resolve_model(cfg.model.reward or policy)
-    policy_tok, rm_tok = models.load_tokenizer(cfg.model.tokenizer or policy), models.load_tokenizer(backbone)
+    trust = cfg.model.trust_remote_code
+    policy_tok = models.load_tokenizer(cfg.model.tokenizer or policy, trust)
+    rm_tok = models.load_tokenizer(backbone, trust)
     d = cfg.data
     if rm_tok.get_vocab() == policy_tok.get_vocab():
         encode = partial(_policy_token_pairs, policy_tok, data.Limits(d.max_prompt_len, d.max_response_len,

@@ -16,7 +16,7 @@ from rlhf_ray.stages.result import StageResult
 def build_job(cfg: Config) -> supervised.Job:
     """Load, check and tokenize the demonstrations (no actors yet)."""
     policy = models.resolve_model(cfg.model.policy)
-    tok = models.load_tokenizer(cfg.model.tokenizer or policy)
+    tok = models.load_tokenizer(cfg.model.tokenizer or policy, cfg.model.trust_remote_code)
     d = cfg.data
     limits = data.Limits(d.max_prompt_len, d.max_response_len, d.truncation)
     train, held_out = supervised.load_split(

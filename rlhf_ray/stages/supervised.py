@@ -81,7 +81,8 @@ def run(cfg: Config, run_dir: RunDir, job: Job, roles: tuple[str, ...] = (LEARNE
         if before_learners is not None:
             before_learners(placement)
         group = ActorGroup(Learner, f"{job.stage}-learner", (job.model, job.kind, t, cfg.model.dtype, cfg.seed,
-                                                             len(schedule), None, cfg.model.lora),
+                                                             len(schedule), None, cfg.model.lora,
+                                                             cfg.model.trust_remote_code),
                            slots=placement.slots(LEARNER_ROLE),
                              threads=cfg.cluster.roles[LEARNER_ROLE].threads)
         try:

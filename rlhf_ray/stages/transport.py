@@ -97,7 +97,7 @@ def store_mb(cfg) -> int:
         return cfg.cluster.object_store_mb
     if "ppo" not in cfg.stages:
         return 512
-    version = models.weight_bytes(cfg.model.policy, cfg.model.dtype)
+    version = models.weight_bytes(cfg.model.policy, cfg.model.dtype, cfg.model.trust_remote_code)
     need = max(512, -(-2 * version // MB) + 128)
     shm = shutil.disk_usage("/dev/shm").free // MB if os.path.isdir("/dev/shm") else None
     if shm is not None and need > shm:
@@ -113,7 +113,7 @@ def check_store(cfg) -> None:
     versions of the policy: it would spill to disk every step."""
     if "ppo" not in cfg.stages or resolve(cfg.cluster.weight_sync, *gpus(cfg)) != "object_store":
         return
-    version = models.weight_bytes(cfg.model.policy, cfg.model.dtype)
+    version = models.weight_bytes(cfg.model.policy, cfg.model.dtype, cfg.model.trust_remote_code)
     have = ray.cluster_resources().get("object_store_memory", 0)
     if have < 2 * version:
         raise ConfigError([f"cluster.weight_sync: the cluster's object store ({int(have) // MB} MiB) cannot hold "

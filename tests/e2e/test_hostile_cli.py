@@ -3,8 +3,11 @@ through the real `rlhf-ray` executable. Each ends with exit 1 and one line on st
 wrong and where; none prints a traceback, and none writes or deletes anything in the run directory."""
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -13,17 +16,40 @@ ROOT = Path(__file__).resolve().parents[2]
 EXE = str(Path(sys.executable).with_name("rlhf-ray"))
 PROMPTS = "configs/data/warm_prompts.jsonl"
 REWARD = "reward.functions=[{function: configs/tiny/rewards.py:target_token_frac}]"
+MAX_RSS = 2 << 30  # a refusal is made before anything big is read or allocated: under 2 GB, the issue's bound
 
 
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([EXE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def cli(*args: str, timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """The executable's exit, output and peak memory (`maxrss`, bytes: the largest of it and the processes it
+    waited for, from wait4's rusage; Popen.wait would reap it without). Standard input is closed unless `stdin`
+    feeds it (a "y" to a prompt)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as feed:
+        feed.write((stdin or "").encode())
+        feed.seek(0)
+        proc = subprocess.Popen([EXE, *args], cwd=ROOT, stdout=out, stderr=err,
+                                stdin=subprocess.DEVNULL if stdin is None else feed)
+        deadline = time.monotonic() + timeout
+        while (waited := os.wait4(proc.pid, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                raise subprocess.TimeoutExpired(proc.args, timeout)
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(waited[1])  # reaped here: Popen must not wait again
+        out.seek(0)
+        err.seek(0)
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, out.read().decode(errors="replace"),
+                                           err.read().decode(errors="replace"))
+    done.maxrss = waited[2].ru_maxrss << 10  # Linux reports KiB
+    return done
 
 
 def refused(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    """The one stderr line of a refusal (library warnings aside), checked for each needle."""
+    """The one stderr line of a refusal (library warnings aside), checked for each needle, made in bounded memory."""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
     assert proc.returncode == 1, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert proc.maxrss < MAX_RSS, f"peak memory {proc.maxrss >> 20} MiB"
     assert "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr[-3000:]
     for needle in needles:
         assert needle in errors[0], (needle, errors[0])
@@ -95,7 +121,7 @@ def test_a_reward_function_returning_bools_stops_the_run_with_one_line(tmp_path)
     function and rows, with no traceback."""
     (tmp_path / "verdict.py").write_text("def verdict(prompts, responses):\n    return [True] * len(responses)\n")
     proc = cli("run", "configs/tiny/ppo.yaml", f"reward.functions=[{{function: '{tmp_path}/verdict.py:verdict'}}]",
-               "ppo.steps=1", "rollout.batch_size=4", "ppo.mini_batch_size=16", "train.batch_size=16",
+               "ppo.steps=1", "rollout.batch_size=4", "ppo.mini_batch_size=16",
                "train.micro_batch_size=16", "ppo.advantage=rloo", "--run-dir", str(tmp_path / "run"), timeout=900)
     refused(proc, "score: reward functions: raised RewardFunctionError: reward function verdict must return a real "
                   "number for every response (not a string, bool or None); got row 0: True")
@@ -159,3 +185,83 @@ def test_a_metrics_file_cut_short_or_corrupt(files):
     assert f"{run_dir / 'metrics.jsonl'}:3: last line cut short" in proc.stderr
     (run_dir / "metrics.jsonl").write_text(rows[0] + "\nnot json\n" + rows[1] + "\n")
     refused(cli("report", str(run_dir)), f"{run_dir / 'metrics.jsonl'}:2: ")
+
+
+# Addresses (issue 26, finding 1) and Ray's temp dir (finding 7): refused before anything connects or is written.
+ATTACK = "http://10.1.2.3:8265\\@127.0.0.1:8265"  # urlsplit reads 127.0.0.1, requests connects to 10.1.2.3
+ADDRESS_CASES = [
+    ("job api attack", ["status", "raysubmit_x", "--address", ATTACK], ["--address http://10.1.2.3:8265\\@127.0.0.1",
+                                                                        "a user name or password ('@')"]),
+    ("logs attack", ["logs", "raysubmit_x", "--follow", "--address", ATTACK, "--insecure-http"],
+     ["a user name or password ('@')"]),
+    ("run gcs", ["run", "configs/tiny/sft.yaml", "--address", "10.1.2.3:6379"],
+     ["--address 10.1.2.3:6379: Ray's protocol to another host without TLS (RAY_USE_TLS is not 1) carries the "
+      "cluster token", "--insecure-http"]),
+    ("run client", ["run", "configs/tiny/sft.yaml", "--address", "ray://10.1.2.3:10001"],
+     ["--address ray://10.1.2.3:10001: Ray's protocol to another host"]),
+    ("run config address", ["run", "configs/tiny/sft.yaml", "cluster.address=10.1.2.3:6379"],
+     ["cluster.address 10.1.2.3:6379: Ray's protocol to another host"]),
+    ("run attack", ["run", "configs/tiny/sft.yaml", "--address", "127.0.0.1:6379\\@10.1.2.3:6379"],
+     ["a user name or password ('@')"]),
+    ("run dotted name", ["run", "configs/tiny/sft.yaml", "--address", "127.0.0.1.evil:6379"],
+     ["--address 127.0.0.1.evil:6379: Ray's protocol to another host"]),
+]
+
+
+@pytest.mark.parametrize("name,argv,needles", ADDRESS_CASES, ids=[c[0] for c in ADDRESS_CASES])
+def test_addresses_are_refused_before_anything_connects(tmp_path, monkeypatch, name, argv, needles):
+    for key in ("RAY_ADDRESS", "RAY_USE_TLS", "RLHF_RAY_INSECURE_HTTP"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    run_dir = tmp_path / "run"
+    refused(cli(*argv, *(["--run-dir", str(run_dir)] if argv[0] == "run" else []), timeout=120), *needles)
+    assert not run_dir.exists()
+
+
+def test_a_shared_ray_temp_dir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RLHF_RAY_TMP", str(shared))
+    refused(cli("run", "configs/tiny/sft.yaml", "--run-dir", str(tmp_path / "run"), timeout=120),
+            f"RLHF_RAY_TMP {shared} is writable by group or others (mode 777)")
+    assert not (tmp_path / "run").exists() and list(shared.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["data.prompts.eval_fraction=0.2", REWARD, "ppo.gold=FILES/syntax.py:judge"],
+     "ppo.gold: importing FILES/syntax.py:judge raised SyntaxError: "),
+    (["stages=[label]", "label.labeler=rlhf_ray_no_such_module:judge"],
+     "label.labeler: reward function 'rlhf_ray_no_such_module:judge': cannot import 'rlhf_ray_no_such_module'"),
+], ids=["gold-syntax-error", "labeler-missing-module"])
+def test_validate_and_submit_refuse_what_run_refuses(files, extra, message):
+    """`validate` passed these and `submit` sent them off (the job failed on the cluster); now all three make the
+    same checks before Ray, with the same line. `submit`'s address is a closed port: it never gets that far."""
+    (files / "syntax.py").write_text("def judge(prompts, responses:\n    return []\n")
+    args = [a.replace("FILES", str(files)) for a in extra]
+    lines = {command: refused(cli(command, str(files / "ok.yaml"), *args, *flags, timeout=120),
+                              message.replace("FILES", str(files)))
+             for command, flags in [("run", ["--run-dir", str(files / "run")]), ("validate", []),
+                                    ("submit", ["--address", "http://127.0.0.1:9"])]}
+    assert lines["run"] == lines["validate"] == lines["submit"]
+    assert not (files / "run").exists()
+
+
+def test_a_model_folder_with_its_own_code_is_refused_though_stdin_says_yes(files):
+    """transformers asks "Do you wish to run the custom code? [y/N]" for a folder whose config.json maps auto
+    classes to its own modules for a model type it does not know; a "y" on stdin ran the folder's Python. Every
+    command refuses it before loading anything, and reads no answer."""
+    folder = files / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "rlhf_ray_evil", "auto_map": {
+        "AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}}))
+    (folder / "evil.py").write_text(f"open({str(files / 'ran')!r}, 'w').close()\n")
+    message = (f"model.policy: {folder} asks to run its own code (auto_map AutoConfig, AutoModelForCausalLM; "
+               f"model_type 'rlhf_ray_evil'); set model.trust_remote_code=true if you trust it")
+    for command, config, flags in [("validate", "sft", []), ("run", "sft", ["--run-dir", str(files / "run")]),
+                                   ("sample", "sample", ["--run-dir", str(files / "run")])]:
+        proc = cli(command, f"configs/tiny/{config}.yaml", f"model.policy={folder}", *flags, stdin="y\n",
+                   timeout=120)
+        refused(proc, message if command != "sample" else f"{folder} asks to run its own code")
+        assert "[y/N]" not in proc.stdout + proc.stderr and not (files / "ran").exists()

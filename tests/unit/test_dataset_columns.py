@@ -11,7 +11,7 @@ from actors.reward_function import RewardFunction, arguments
 from rlhf_ray import data, rollout
 from rlhf_ray.config import ConfigError, load_config
 from rlhf_ray.data import DataError
-from rlhf_ray.engines.scoring import RewardFunctionError, call_reward_function, required_keywords
+from rlhf_ray.engines.scoring import RewardFunctionError, call_reward_function, required_keywords, resolve
 from rlhf_ray.stages import inputs, label, pipeline
 
 SYSTEM = {"role": "system", "content": "answer with a number"}
@@ -254,7 +254,7 @@ def test_reward_functions_get_the_columns_they_declare_aligned_with_the_samples(
     table = _rollouts(prompts)
     table = table.set_column(table.schema.get_field_index("response"), "response",
                              pa.array(["it is 4", "5", "6", "it is 6"]))
-    fns = RewardFunction([f"{rewards}:{n}" for n in ("exact", "echo", "everything", "plain")])
+    fns = RewardFunction([resolve(f"{rewards}:{n}") for n in ("exact", "echo", "everything", "plain")])
     out = fns.scores(table)
     assert out[f"{rewards}:exact"] == [1.0, 0.0, 1.0, 1.0]
     assert out[f"{rewards}:echo"] == [2.0, 2.0, 10.0, 10.0]
@@ -265,23 +265,24 @@ def test_reward_functions_get_the_columns_they_declare_aligned_with_the_samples(
     assert kwargs["answer"] == ["4", "4", 6, 6] and kwargs["tests"] == [[1, 2], [1, 2], [], []]
     assert arguments(table)[2]["group"] == [0, 0, 1, 1]
     # A function written for TRL is called TRL's way: everything by keyword, the responses as `completions`.
-    trl = RewardFunction([f"{rewards}:trl_style"])
+    trl = RewardFunction([resolve(f"{rewards}:trl_style")])
     assert trl.scores(table)[f"{rewards}:trl_style"] == [2.0, 1.0, 2.0, 2.0]
     assert trl.functions[f"{rewards}:trl_style"].__globals__["TRL_SEEN"] == [
         "finish_reason", "group", "policy_version", "prompts", "response_ids", "tests"]
 
 
 def test_a_checker_that_returns_non_numbers_is_told_which_rows(rewards):
-    fn = RewardFunction([f"{rewards}:verdicts"]).functions[f"{rewards}:verdicts"]
+    fn = RewardFunction([resolve(f"{rewards}:verdicts")]).functions[f"{rewards}:verdicts"]
     with pytest.raises(RewardFunctionError, match=r"verdicts must return a real number for every response \(not a "
                                                   r"string, bool or None\); got row 0: True, row 1: None"):
         call_reward_function(fn, ["p", "q"], ["r", "s"], answer=["1", None])
 
 
 def test_required_keywords(rewards):
-    fns = RewardFunction([f"{rewards}:{n}" for n in ("exact", "echo", "everything")]).functions.values()
+    fns = RewardFunction([resolve(f"{rewards}:{n}") for n in ("exact", "echo", "everything")]).functions.values()
     assert [required_keywords(f) for f in fns] == [["answer"], ["answer", "group"], []]
-    assert required_keywords(RewardFunction([f"{rewards}:trl_style"]).functions[f"{rewards}:trl_style"]) == ["answer"]
+    trl = RewardFunction([resolve(f"{rewards}:trl_style")]).functions[f"{rewards}:trl_style"]
+    assert required_keywords(trl) == ["answer"]
 
 
 def test_a_function_requiring_a_missing_column_is_refused_before_ray(tmp_path, rewards):

@@ -134,3 +134,48 @@ def test_an_empty_dataset_path_is_a_missing_dataset(files, empty):
     (err,) = _problems(f"data.demonstrations.path={empty}", "stages=[sft]")
     assert err == "c.yaml: data.demonstrations.path: the `sft` stage needs this dataset; set it (or run a stage " \
                   "that makes it first)"
+
+
+@pytest.mark.parametrize("spec,problem", [
+    ("rlhf_ray_no_such_module:judge", "reward.functions[0].function: reward function "
+                                      "'rlhf_ray_no_such_module:judge': cannot import 'rlhf_ray_no_such_module'"),
+    ("syntax.py:judge", "reward.functions[0].function: importing syntax.py:judge raised SyntaxError: "),
+])
+def test_validate_and_submit_refuse_what_run_refuses_with_its_message(files, monkeypatch, capsys, spec, problem):
+    """`validate` and `submit` make the checks `run` makes before Ray (one function, inputs.before_ray), so a
+    reward function that does not import is refused by all three alike; `submit` before any connection. None
+    builds a model: the built-in policy's cache folder is never made."""
+    from rlhf_ray.cli import main
+    from rlhf_ray.runtime import jobs
+
+    monkeypatch.chdir(files)
+    monkeypatch.setenv("RLHF_RAY_CACHE", str(files / "cache"))
+    monkeypatch.setattr(jobs, "client", lambda *a, **k: pytest.fail("submit connected before checking its inputs"))
+    (files / "syntax.py").write_text("def judge(prompts, responses:\n    return []\n")
+    (files / "c.yaml").write_text(f"stages: [ppo]\ndata: {{prompts: {{path: prompts.jsonl}}}}\n"
+                                  f"reward: {{functions: [{{function: '{spec}'}}]}}\n")
+    errors = {}
+    for command, flags in [("run", ["--run-dir", "run"]), ("validate", []),
+                           ("submit", ["--address", "http://127.0.0.1:9"])]:
+        assert main([command, "c.yaml", *flags]) == 1, command
+        errors[command] = capsys.readouterr().err
+    assert errors["validate"] == errors["run"] == errors["submit"], errors
+    assert errors["run"].startswith(f"error: invalid config: c.yaml: {problem}")
+    assert not (files / "cache").exists() and not (files / "run").exists()
+
+
+def test_validate_builds_no_model_and_notes_the_checks_it_skipped(files, monkeypatch, capsys):
+    """A fresh cache: the SmolLM2 conversion (~40 s) and the tiny build are left to the run; the checks that need
+    their tokenizers or modules say they were skipped."""
+    from rlhf_ray.cli import main
+
+    monkeypatch.setenv("RLHF_RAY_CACHE", str(files / "cache"))
+    (files / "c.yaml").write_text(f"stages: [sft]\ndata: {{demonstrations: {{path: {files}/demos.jsonl}}}}\n"
+                                  "model: {policy: smollm2-135m-instruct, tokenizer: tiny, lora: {rank: 8}}\n")
+    assert main(["validate", str(files / "c.yaml")]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]
+    assert notes == ["note: model.tokenizer: not checked against model.policy's embedding until "
+                     "smollm2-135m-instruct and tiny are built (the run builds them)",
+                     "note: model.lora.target_modules: not checked against model.policy's modules until "
+                     "smollm2-135m-instruct is built (the run builds them)"]
+    assert not (files / "cache").exists()

@@ -1,6 +1,10 @@
 """models.py on the tiny model and the packaged MiniLM encoder: building, resolving, value heads, padding."""
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub, even by mistake
 
@@ -199,3 +203,75 @@ def test_critic_starts_from_the_reward_model_only_when_it_reads_the_policy_token
     assert M.critic_start(str(rm), "minilm-l6", tiny) == str(rm)
     with pytest.raises(M.ConfigError, match="model.critic: .* does not read the policy's tokens"):
         M.critic_start("minilm-l6", None, tiny)
+
+
+# ---------------------------------------------------------------- a folder that ships its own code
+
+CUSTOM_CODE = '''import pathlib
+pathlib.Path(MARKER).write_text("ran")  # transformers imported this file (from a copy in its modules cache)
+from transformers import LlamaConfig, LlamaForCausalLM
+
+class EvilConfig(LlamaConfig):
+    model_type = "rlhf_ray_evil"
+
+class EvilModel(LlamaForCausalLM):
+    config_class = EvilConfig
+'''
+
+# Each way the driver reads a model folder before Ray: the tokenizer, its config (weight_bytes), the input checks.
+LOADS = '''
+import sys
+from pathlib import Path
+from rlhf_ray import models
+from rlhf_ray.config import load_config
+from rlhf_ray.stages import inputs
+
+folder, demos, marker = sys.argv[1:4]
+only_sft = ["stages=[sft]", f"data.demonstrations.path={demos}", f"model.policy={folder}"]
+for name, load in [("tokenizer", lambda: models.load_tokenizer(folder)),
+                   ("weight_bytes", lambda: models.weight_bytes(folder)),
+                   ("inputs", lambda: inputs.check(load_config(None, only_sft)))]:
+    try:
+        load()
+        print(name, "loaded")
+    except models.ConfigError as e:
+        print(name, "refused:", e)
+print("ran before trust:", Path(marker).exists())
+if sys.argv[4:] == ["trust"]:
+    inputs.check(load_config(None, [*only_sft, "model.trust_remote_code=true"]))
+    models.meta_model(folder, trust_remote_code=True)
+    print("ran with trust:", Path(marker).exists())
+'''
+
+
+@pytest.mark.parametrize("stdin", ["", "y\n"], ids=["stdin-closed", "stdin-says-yes"])
+def test_a_folder_with_its_own_code_is_refused_and_never_prompts(tiny, tmp_path, stdin):
+    """A config.json with an `auto_map` and a model_type transformers does not know makes transformers ask on the
+    terminal whether to run the folder's Python; one "y" ran it. Every load refuses with one message instead, the
+    answer never read; model.trust_remote_code=true (and only it) lets the code run."""
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    marker = tmp_path / "ran.txt"
+    (folder / "evil.py").write_text(CUSTOM_CODE.replace("MARKER", repr(str(marker))))
+    config = json.loads((Path(tiny) / "config.json").read_text())
+    config.update(model_type="rlhf_ray_evil", architectures=["EvilModel"],
+                  auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"})
+    (folder / "config.json").write_text(json.dumps(config))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((Path(tiny) / name).read_bytes())
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text('{"prompt": "hi", "response": "hello"}\n')
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf-modules")}  # where transformers copies the code
+    args = [sys.executable, "-c", LOADS, str(folder), str(demos), str(marker)] + (["trust"] if stdin else [])
+    out = subprocess.run(args, input=stdin, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    refusal = (f"{folder} asks to run its own code (auto_map AutoConfig, AutoModelForCausalLM; model_type "
+               f"'rlhf_ray_evil'); set model.trust_remote_code=true if you trust it")
+    lines = out.stdout.splitlines()
+    assert lines[:4] == [f"tokenizer refused: invalid config: {refusal}",
+                         f"weight_bytes refused: invalid config: {refusal}",
+                         f"inputs refused: invalid config: model.policy: {refusal}",
+                         "ran before trust: False"], out.stdout + out.stderr
+    assert "[y/N]" not in out.stdout + out.stderr
+    if stdin:
+        assert lines[4:] == ["ran with trust: True"], out.stdout + out.stderr

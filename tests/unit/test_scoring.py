@@ -1,7 +1,10 @@
 """User reward functions: loading by spec, and every way a function can misbehave."""
 
+import sys
+
 import pytest
 
+from rlhf_ray.engines import scoring
 from rlhf_ray.engines.scoring import RewardFunctionError, call_reward_function, load_reward_function
 
 USER_FILE = '''
@@ -106,3 +109,33 @@ def test_misbehaving_functions(user_file, name, match):
 
 def test_numpy_and_torch_reals_are_numbers(user_file):
     assert call_reward_function(load_reward_function(f"{user_file}:fine"), ["p", "q"], ["r", "s"]) == [0.5, 2.0]
+
+
+def test_a_file_spec_runs_the_bytes_the_driver_read_even_when_the_file_changes_or_goes(tmp_path, monkeypatch):
+    """A `file.py:function` spec is read once on the driver (relative to the current directory) and actors run
+    those bytes: the file edited or removed afterwards (or different on another node) changes nothing."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "judge.py").write_text("def judge(prompts, responses):\n    return [1.0] * len(responses)\n")
+    code = scoring.resolve("judge.py:judge")
+    assert code.origin == str(tmp_path / "judge.py") and code.source.startswith(b"def judge")
+    (tmp_path / "judge.py").write_text("def judge(prompts, responses):\n    return [-1.0] * len(responses)\n")
+    assert call_reward_function(scoring.load(code), ["p"], ["r"]) == [1.0]
+    assert scoring.resolve("judge.py:judge") is code  # read once: the checks before Ray and the stages agree
+    (tmp_path / "judge.py").unlink()
+    assert call_reward_function(scoring.load(code), ["p"], ["r"]) == [1.0]
+
+
+def test_a_module_spec_is_refused_where_its_source_differs_from_the_drivers(tmp_path, monkeypatch):
+    """A `module:function` spec is imported by name on each node; a node whose module file is not the one the
+    driver imported (another version installed) refuses it, naming the module, instead of running other code."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "rlhf_ray_test_judges", raising=False)  # imported here, dropped after
+    module = tmp_path / "rlhf_ray_test_judges.py"
+    module.write_text("def judge(prompts, responses):\n    return [1.0] * len(responses)\n")
+    code = scoring.resolve("rlhf_ray_test_judges:judge")
+    assert call_reward_function(scoring.load(code), ["p"], ["r"]) == [1.0]
+    module.write_text("def judge(prompts, responses):\n    return [-1.0] * len(responses)\n")  # this node's copy
+    with pytest.raises(RewardFunctionError, match=r"'rlhf_ray_test_judges:judge': module rlhf_ray_test_judges on "
+                                                  r"this node \(.*rlhf_ray_test_judges.py\) is not the code the "
+                                                  r"driver checked .*install the same version on every node"):
+        scoring.load(code)
