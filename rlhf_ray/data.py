@@ -80,9 +80,7 @@ def iter_raw_rows(path: str, split: str = "train", subset: Optional[str] = None)
     p = Path(path)
     if p.suffix in (".jsonl", ".json") and p.is_file():
         with p.open("rb") as f:
-            for i, line in enumerate(f, 1):
-                if line.strip():
-                    yield i, _json_row(line)
+            yield from _jsonl_rows(f)
     elif p.suffix == ".parquet" and p.is_file():
         yield from _parquet_rows(p)
     elif _is_saved_dataset(p):
@@ -100,6 +98,23 @@ def iter_raw_rows(path: str, split: str = "train", subset: Optional[str] = None)
         yield from _iter_hub(path, split, subset)
     else:
         raise DataError(f"{path}: no such file or folder")
+
+
+MAX_ROW_BYTES = 16 << 20  # one line of a JSONL file: far past any real row, and what one row may cost in memory
+
+
+def _jsonl_rows(f) -> Iterator[tuple[int, Any]]:
+    """(row number, row or the DataError that says why it is not one) of a JSONL file, each line read capped: a
+    file of one endless line (a sparse file, a log) is refused at its first 16 MiB, not read whole into memory."""
+    i = 0
+    while line := f.readline(MAX_ROW_BYTES + 1):
+        i += 1
+        if len(line) > MAX_ROW_BYTES:
+            yield i, DataError(f"longer than {MAX_ROW_BYTES:,} bytes")
+            while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass  # skip_malformed went on: the rest of the line, read and dropped a MiB at a time
+        elif line.strip():
+            yield i, _json_row(line)
 
 
 def _json_row(line: bytes) -> Any:

@@ -265,3 +265,52 @@ def test_a_model_folder_with_its_own_code_is_refused_though_stdin_says_yes(files
                    timeout=120)
         refused(proc, message if command != "sample" else f"{folder} asks to run its own code")
         assert "[y/N]" not in proc.stdout + proc.stderr and not (files / "ran").exists()
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def _sparse(path: Path, size: int, head: bytes = b"") -> Path:
+    path.write_bytes(head)
+    os.truncate(path, size)  # no disk used: the file system reads zeros back
+    return path
+
+
+def _link(path: Path, target: str) -> Path:
+    path.symlink_to(target)
+    return path
+
+
+# Files that exhaust memory or hang a reader, each where a run reads one: (name, what to plant in the test's folder
+# F and the config it returns, extra arguments, what the one line must say). FILES in a needle is F.
+FILE_CASES = [
+    ("config fifo", lambda f: _fifo(f / "c.yaml"), [], "FILES/c.yaml: not a regular file (a FIFO)"),
+    ("config device", lambda f: Path("/dev/zero"), [], "/dev/zero: not a regular file (a character device)"),
+    ("config 600 MB", lambda f: _sparse(f / "c.yaml", 600 << 20, b"name: x\n"), [],
+     "FILES/c.yaml: 629,145,600 bytes; a config is at most 1,048,576"),
+    ("name of a million characters", lambda f: _sparse(f / "c.yaml", 1_000_007, b"name: " + b"n" * 1_000_000 + b"\n"), [],
+     "name: 1,000,000 characters; at most 100"),
+    ("dataset of one endless line", lambda f: _sparse(f / "p.jsonl", 3 << 30) and f / "ok.yaml",
+     [REWARD, "data.prompts.path=FILES/p.jsonl"], "data.prompts.path: FILES/p.jsonl: row 1: longer than 16,777,216"),
+    ("lock fifo", lambda f: _fifo(f / "run" / ".lock") and f / "ok.yaml", [REWARD],
+     "FILES/run/.lock is not a regular file, not a lock this program writes"),
+    ("lock device", lambda f: _link(f / "run" / ".lock", "/dev/zero") and f / "ok.yaml", [REWARD],
+     "FILES/run/.lock is a symbolic link, not a lock this program writes"),
+    ("lock 3 GB", lambda f: _sparse(f / "run" / ".lock", 3 << 30) and f / "ok.yaml", [REWARD],
+     "FILES/run/.lock is more than 4096 bytes, not a lock this program writes"),
+]
+
+
+@pytest.mark.parametrize("name,plant,extra,needle", FILE_CASES, ids=[c[0] for c in FILE_CASES])
+def test_files_that_hang_or_exhaust_a_reader_are_refused_in_bounded_memory(files, name, plant, extra, needle):
+    """Each refused in one line, in under 2 GB (cli's maxrss) and without waiting on a writer (the timeout), with
+    the run directory as it was."""
+    (files / "run").mkdir()
+    config = plant(files)
+    before = sorted(p.name for p in (files / "run").iterdir())
+    args = [a.replace("FILES", str(files)) for a in extra]
+    refused(cli("run", str(config), *args, "--run-dir", str(files / "run"), timeout=120),
+            needle.replace("FILES", str(files)))
+    assert sorted(p.name for p in (files / "run").iterdir()) == before

@@ -65,6 +65,19 @@ def test_skip_malformed_counts_what_it_skips(tmp_path):
     assert "skipped" in str(report)
 
 
+def test_an_endless_line_is_refused_at_its_cap_not_read_whole(tmp_path, monkeypatch):
+    """A sparse file of one 3 GiB line of NULs was read whole: 6.7 GB of memory and 53 s before "not valid JSON".
+    Now the first line stops at data.MAX_ROW_BYTES (made small here: the file need not be large to show it); with
+    skip_malformed the rest of the line is read and dropped, and the rows after it are kept."""
+    monkeypatch.setattr(data, "MAX_ROW_BYTES", 1000)
+    src = tmp_path / "endless.jsonl"
+    src.write_bytes(b"\0" * 50_000 + b"\n" + json.dumps({"prompt": "after"}).encode() + b"\n")
+    with pytest.raises(DataError, match=r"endless\.jsonl: row 1: longer than 1,000 bytes"):
+        data.load_rows(str(src), "prompts")
+    rows, report = data.load_rows(str(src), "prompts", skip_malformed=True)
+    assert [r["prompt"] for r in rows] == ["after"] and report.kept == 1
+
+
 def test_fields_no_stage_reads_are_named_in_the_report(tmp_path):
     src = _jsonl(tmp_path / "prefs.jsonl", [{**r, "id": i, "source": "web"} for i, r in enumerate(PREFS)])
     rows, report = data.load_rows(src, "preferences")
