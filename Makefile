@@ -1,8 +1,8 @@
 # make run   : the main job, the quickstart: SFT -> labeling -> reward model -> PPO on SmolLM2-135M-Instruct
 #              (about 15 minutes on 2 CPU cores; a rerun continues: finished stages are skipped; see README)
 # make test  : the whole test suite, inside a loopback-only network namespace when ../shared/tools has one
-# make test-fast : the inner loop, tests/unit: the tests that start no Ray (about 25 s on 2 CPU cores, measured;
-#              60 s while other jobs kept both cores busy)
+# make test-fast : the inner loop, tests/unit: the tests that start no Ray (about 63 s on 2 CPU cores, measured:
+#              the checkpoint memory test, the lock races and the docs' python blocks run subprocesses)
 # make bench : rlhf-ray beside raw vLLM, plain torch and TRL on SmolLM2-135M (runs/bench-smollm2/bench.md)
 # All create .venv and install what is missing first (deploy/install.sh; a second run changes nothing).
 VENV ?= .venv
