@@ -4,7 +4,8 @@ YAML files hold overrides only; `load_config(path, ["ppo.kl_coef=0.05"])` merges
 checks every key, type and range (declared beside each number: `rlhf_ray.bounds`), then combinations
 (`Config.check`), and raises every problem as one `ConfigError` naming the key and where it was set (file and
 line, or the command line). Nothing is silently rewritten: a value is accepted as given or rejected. Strings are
-bounded too: names (run, stage, pool, role, column, module) at 128 characters, paths, specs and addresses at 4096;
+bounded too: names (stage, pool, role, column, module) at 128 characters, a run's at 100, paths, specs and
+addresses at 4096;
 a config file is a regular file of at most 1 MiB, checked before it is read.
 
 A key set where no stage reads it is refused, naming what does its job there: PPO runs `ppo.steps` steps of
@@ -24,8 +25,8 @@ its source differs from the driver's).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -479,12 +480,13 @@ def _given(cfg: Config, layers: list[tuple[dict, Any]]) -> list[str]:
     keys = [k for values, _ in layers for k in _leaves({s: v for s, v in values.items() if s != "stage_overrides"})
             if any(config_checks.unread_by(s, k) for s in config_checks.STAGES)]
     default = Config()
-    return [k for k in dict.fromkeys(keys) if _value(cfg, k) != _value(default, k)]
+    return [k for k in dict.fromkeys(keys) if get(cfg, k) != get(default, k)]
 
 
-def _value(cfg: Config, key: str) -> Any:
+def get(cfg: Config, dotted: str) -> Any:
+    """The value at a dotted key: `get(cfg, "ppo.kl_coef")`."""
     obj: Any = cfg
-    for part in key.split("."):
+    for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
 

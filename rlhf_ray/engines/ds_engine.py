@@ -33,9 +33,7 @@ import importlib
 import json
 import logging
 import math
-import os
 import random
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
@@ -438,22 +436,19 @@ def load_rng_state(folder: str | Path) -> Optional[Path]:
     before they were saved). A file that is not a small regular file holding such a state is refused
     (safe_checkpoint.UnsafeCheckpoint, naming it) before anything is read or restored."""
     path = rng_file(folder, dist.get_rank() if dist.is_initialized() else 0)
+
+    def refuse(why: str) -> safe_checkpoint.UnsafeCheckpoint:
+        return safe_checkpoint.UnsafeCheckpoint(f"refused {path}: {why}")
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO must not block, a link not lead away
+        text = safe_checkpoint.read_capped(path, RNG_FILE_MAX_BYTES, refuse)  # no FIFO wait, no link followed
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise safe_checkpoint.UnsafeCheckpoint(f"refused {path}: cannot open it ({e.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_size > RNG_FILE_MAX_BYTES:
-            raise safe_checkpoint.UnsafeCheckpoint(
-                f"refused {path}: not a regular file of at most {RNG_FILE_MAX_BYTES} bytes (a random state)")
-        text = f.read(RNG_FILE_MAX_BYTES + 1)
+        raise refuse(f"cannot open it ({e.strerror})") from None
     try:
         set_rng_state(json.loads(text))
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, RuntimeError) as e:
         first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise safe_checkpoint.UnsafeCheckpoint(
-            f"refused {path}: not a random state this version writes ({type(e).__name__}: {first})") from None
+        raise refuse(f"not a random state this version writes ({type(e).__name__}: {first})") from None
     return path

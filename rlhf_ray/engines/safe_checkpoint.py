@@ -173,6 +173,16 @@ def _open(path: Path, refuse: Callable[[str], UnsafeCheckpoint]) -> io.BufferedR
     return f
 
 
+def read_capped(path: Path, cap: int, refuse: Callable[[str], UnsafeCheckpoint]) -> bytes:
+    """The bytes of a small file beside the checkpoint's pickles (`latest`, a rank's random state), opened as `_open`
+    opens them and read to `cap` at most; `refuse(why)` for a link, anything but a regular file, or more bytes."""
+    with _open(path, refuse) as f:
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise refuse(f"it holds more than {cap} bytes")
+    return data
+
+
 def _archive(path: Path, f: io.BufferedReader) -> tuple[bytes, dict[str, int]]:
     """data.pkl's bytes and each member's size (by name inside the archive folder), once the zip directory shows
     what torch.save writes: one folder of stored members (never compressed), each within the file and none
@@ -517,12 +527,9 @@ def latest_tag(folder: Path) -> str:
         return UnsafeCheckpoint(f"refused {latest}: {why}")
 
     try:
-        with _open(latest, refuse) as f:
-            data = f.read(LATEST_CAP + 1)
+        data = read_capped(latest, LATEST_CAP, refuse)
     except FileNotFoundError:
         raise FileNotFoundError(f"no DeepSpeed checkpoint in {folder} (no `latest` file)") from None
-    if len(data) > LATEST_CAP:
-        raise refuse(f"it holds more than {LATEST_CAP} bytes")
     tag = data.decode("utf-8", "replace").strip()
     if tag in ("", ".", "..") or "/" in tag or "\\" in tag or "\0" in tag:
         raise refuse(f"it names {tag[:80]!r}, not a checkpoint folder beside it")

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from rlhf_ray.config import Config, ConfigError, for_stage
+from rlhf_ray.config import Config, ConfigError, for_stage, get
 
 # Where each output goes in the config of the stages after it.
 OUTPUT_KEYS = {"policy": "model.policy", "reward": "model.reward", "preferences": "data.preferences.path"}
@@ -26,13 +26,6 @@ NEEDS = {"sft": ["data.demonstrations.path"], "label": ["data.prompts.path"], "r
 MAKES = {"sft": ["policy"], "label": ["preferences"], "rm": ["reward"], "dpo": ["policy"], "ppo": ["policy"]}
 FIRST_ROWS = 16  # rows of each dataset read and checked up front: a wrong format shows in the first
 MODEL_KEYS = ("model.policy", "model.reference", "model.reward", "model.critic", "model.tokenizer")
-
-
-def get(cfg: Config, dotted: str):
-    obj = cfg
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def before_ray(cfg: Config, source: str = "") -> None:
@@ -206,9 +199,8 @@ def _model_problems(cfg: Config, where: str) -> tuple[list[str], list[str]]:
         if rows is not None and n_tokens > rows:
             problems.append(f"{where}model.tokenizer: {tok} has {n_tokens} tokens but model.policy ({policy}) "
                             f"embeds {rows}: this tokenizer does not belong to this model")
-    elif tok and policy and unbuilt("model.policy", "model.tokenizer"):
-        notes.append(f"model.tokenizer: not checked against model.policy's embedding "
-                     f"{unbuilt('model.policy', 'model.tokenizer')}")
+    elif tok and policy and (when := unbuilt("model.policy", "model.tokenizer")):
+        notes.append(f"model.tokenizer: not checked against model.policy's embedding {when}")
     if cfg.model.lora is not None and "model.policy" in ready:
         from rlhf_ray import lora
 
@@ -216,6 +208,6 @@ def _model_problems(cfg: Config, where: str) -> tuple[list[str], list[str]]:
         if missing:
             problems.append(f"{where}model.lora.target_modules: {', '.join(missing)} match no module of "
                             f"model.policy ({policy})")
-    elif cfg.model.lora is not None and unbuilt("model.policy"):
-        notes.append(f"model.lora.target_modules: not checked against model.policy's modules {unbuilt('model.policy')}")
+    elif cfg.model.lora is not None and (when := unbuilt("model.policy")):
+        notes.append(f"model.lora.target_modules: not checked against model.policy's modules {when}")
     return problems, notes

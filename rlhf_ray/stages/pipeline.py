@@ -21,7 +21,7 @@ import shutil
 import time
 from typing import Callable, Optional
 
-from rlhf_ray.config import Config, for_stage, to_dict
+from rlhf_ray.config import Config, for_stage, get, to_dict
 from rlhf_ray.runtime import checkpoint
 from rlhf_ray.runtime.run_dir import RunDir
 from rlhf_ray.stages import inputs
@@ -97,7 +97,7 @@ def _mark_done(run_dir: RunDir, stage: str, cfg: Config, result: StageResult) ->
     folder = run_dir.final(stage)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{MARKER}.tmp"
-    started_from = {key: inputs.get(cfg, key) for key in (*OUTPUT_KEYS.values(), "model.reference")}
+    started_from = {key: get(cfg, key) for key in (*OUTPUT_KEYS.values(), "model.reference")}
     tmp.write_text(json.dumps({"stage": stage, "inputs": started_from, "outputs": result.outputs,
                                "summary": result.summary, "metrics": result.metrics,
                                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
