@@ -1,6 +1,6 @@
-"""A careless or hostile user at the command line: each case of the threat model (README, "What a run trusts")
-through the real `rlhf-ray` executable. Each ends with exit 1 and one line on stderr, `error: ...`, naming what is
-wrong and where; none prints a traceback, and none writes or deletes anything in the run directory."""
+"""A careless or hostile user at the command line: each case of the threat model (docs/reliability.md, "Hostile
+inputs") through the real `rlhf-ray` executable. Each ends with exit 1 and one line on stderr, `error: ...`, naming
+what is wrong and where; none prints a traceback, and none writes or deletes anything in the run directory."""
 
 import json
 import os
