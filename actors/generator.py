@@ -1,9 +1,10 @@
 """Generator actor: one vLLM engine; samples rollouts and takes new weights in place.
 
 The engine lives in the actor's process (CPU: in-process vLLM; GPU: the bundle's GPUs, tensor parallel over
-them when `rollout.engine.tensor_parallel_size > 1`). Weights arrive as versioned, checksummed buckets
-(cluster/weight_sync.py), through the object store or a broadcast group: every bucket of a version is fetched and
-verified before any is loaded, so a failed sync leaves the engine on its old weights and its old version.
+them when `rollout.engine.tensor_parallel_size > 1`). New weights go straight into the engine's workers through
+vLLM's weight-transfer API (rlhf_ray/engines/vllm_worker.py): this actor only calls the phases. Every bucket of a
+version is received and checked before any is loaded, so a failed sync leaves the engine on its old weights and
+its old version.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import ray
 import torch
 
 from cluster import quiet, weight_sync
-from rlhf_ray import lora, rollout
+from rlhf_ray import rollout
 from rlhf_ray.config import LoraConfig
 from rlhf_ray.engines import vllm_engine
 
@@ -71,10 +72,8 @@ class Generator:
         return rollout.with_seconds(table, time.perf_counter() - t0)  # busy time, for idle stats
 
     def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
-        """The engine's log p of each given response token (teacher-forced, via prompt logprobs).
-
-        Test and debugging hook: the CPU tests compare it with the learner's log-probs to show a weight sync
-        landed; not called by the drivers (PPO's log-probs come from `generate` and the learners)."""
+        """The engine's log p of each given response token at T = 1 (teacher-forced, via prompt logprobs): the
+        sync probe compares it with policy rank 0's after every sync (stages/push.py)."""
         return vllm_engine.response_logprobs(self.llm, prompt_ids, response_ids, self.adapter)
 
     def worker_pids(self) -> tuple[int, list[int]]:
@@ -82,42 +81,47 @@ class Generator:
         the workers run in processes of their own)."""
         return os.getpid(), self.llm.collective_rpc("rlhf_pid")
 
-    def update_weights(self, version: int, bucket_refs: list, timeout_s: float = 60.0) -> dict:
-        """Object-store transport: fetch every bucket of `version` (zero-copy views of shared memory on the
-        learner's node), verify all, then load them in place.
+    def open_weight_transfer(self, init: dict) -> None:
+        """vLLM's `init_weight_transfer_engine` on every worker of the engine (vllm_worker.TransferInit: for the
+        broadcast transport the workers join policy rank 0's group now, all members at the same time)."""
+        if init["transport"] == "object_store" and self.worker_pids()[1] != [os.getpid()]:
+            raise weight_sync.WeightSyncError(
+                f"{self.name}: the engine's workers run in processes of their own (tensor parallelism, or "
+                "VLLM_ENABLE_V1_MULTIPROCESSING=1), which cannot read Ray's object store: use cluster.weight_sync: "
+                "broadcast")
+        adapters = {"rank": self.lora.rank, "alpha": self.lora.alpha} if self.lora is not None else None
+        self._phase("init_weight_transfer_engine", init_info={**init, "adapters": adapters, "reader_pid": os.getpid()})
 
-        Raises WeightSyncError (naming this generator) on a stale version, a timeout or a bad bucket."""
-        self._check_newer(version)
-        t0 = time.perf_counter()
-        buckets = []
-        for i, ref in enumerate(bucket_refs):
-            try:
-                buckets.append(ray.get(ref, timeout=max(0.0, timeout_s - (time.perf_counter() - t0))))
-            except ray.exceptions.GetTimeoutError:
-                raise weight_sync.WeightSyncError(
-                    f"{self.name}: version {version}: bucket {i} of {len(bucket_refs)} not received in {timeout_s} s"
-                ) from None
-        return self._apply(version, buckets, time.perf_counter() - t0)
+    def update_weights(self, version: int, layout: list, refs: Optional[list] = None) -> dict:
+        """Weights `version` into the engine's workers through vLLM's phases (start → update → finish): the workers
+        receive the buckets of `layout` (the broadcast group's, or `refs` from the object store), check every one,
+        then load them all. The actor never holds the bytes. Returns the workers' report (version, bytes, seconds).
 
-    def join_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str = "gloo",
-                          timeout_s: float = 60.0) -> None:
-        """Broadcast transport: join learner rank 0's group as `rank` (all members join at the same time; a group
-        joined before is left)."""
-        self.group = None
-        self.group = weight_sync.BroadcastGroup(host, port, rank, world_size, backend, timeout_s)
+        Raises WeightSyncError (naming this generator) on a stale version, a timeout or a bad bucket; the engine
+        then keeps its old weights and version."""
+        if version <= self.version:
+            raise weight_sync.WeightSyncError(f"{self.name}: offered version {version}, already at {self.version}")
+        folder = tempfile.mkdtemp(prefix=f"{self.name}-v{version}-") if self.lora is not None else None
+        self._phase("start_weight_update")
+        self._phase("update_weights", update_info={"version": version, "layout": layout, "refs": refs,
+                                                   "adapter_dir": folder})
+        self._phase("finish_weight_update")
+        report = dict(self.llm.collective_rpc("rlhf_transfer_report")[0])
+        self.llm.reset_prefix_cache()  # its KV came from the old weights
+        if folder is not None:
+            self._serve_adapter(folder)
+        missed = list(range(self.version + 1, version))
+        if missed:
+            log.warning("%s: jumped from version %d to %d, missing %s", self.name, self.version, version, missed)
+        self.version = version
+        return {**report, "missed": missed}
 
-    def receive_weights(self, plan: weight_sync.Plan) -> dict:
-        """Broadcast transport: receive the buckets of `plan` (their version comes in each bucket's header),
-        verify all, then load them in place."""
-        t0 = time.perf_counter()
+    def _phase(self, method: str, **kwargs) -> None:
+        """One phase of vLLM's weight-transfer API on every worker; a failure names this generator."""
         try:
-            buckets = [self.group.receive(entries, i) for i, entries in enumerate(plan)]
-        except weight_sync.WeightSyncError as e:
-            self.group = None  # a broken group is left (closing its connections); the fleet forms a new one
-            raise weight_sync.WeightSyncError(f"{self.name}: {e}") from None
-        version = buckets[0].version if buckets else -1
-        self._check_newer(version)
-        return self._apply(version, buckets, time.perf_counter() - t0)
+            self.llm.collective_rpc(method, kwargs=kwargs, timeout=None)
+        except Exception as e:  # in-process the worker's own error, from worker processes vLLM's RuntimeError
+            raise weight_sync.WeightSyncError(f"{self.name}: {method}: {e}") from None
 
     def _serve_adapter(self, folder: str) -> None:
         """Sample with the adapter in `folder` from now on: vLLM replaces the one it serves in place (same id); the
@@ -132,23 +136,3 @@ class Generator:
     def _check_newer(self, version: int) -> None:
         if version <= self.version:
             raise weight_sync.WeightSyncError(f"{self.name}: offered version {version}, already at {self.version}")
-
-    def _apply(self, version: int, buckets: list[weight_sync.Bucket], fetch_s: float) -> dict:
-        t0 = time.perf_counter()
-        try:
-            buckets = weight_sync.checked(buckets, version)
-        except weight_sync.WeightSyncError as e:
-            raise weight_sync.WeightSyncError(f"{self.name}: {e}") from None
-        t1 = time.perf_counter()
-        if self.lora is not None:  # adapters: written as an adapter folder that vLLM loads for the next request
-            folder = Path(tempfile.mkdtemp(prefix=f"{self.name}-v{version}-"))
-            lora.write_adapter(folder, [pair for b in buckets for pair in b.named()], self.lora)
-            self._serve_adapter(str(folder))
-        else:
-            vllm_engine.load_buckets(self.llm, buckets)
-        missed = list(range(self.version + 1, version))
-        if missed:
-            log.warning("%s: jumped from version %d to %d, missing %s", self.name, self.version, version, missed)
-        self.version = version
-        return {"version": version, "missed": missed, "fetch_s": fetch_s, "check_s": t1 - t0,
-                "load_s": time.perf_counter() - t1, "bytes": sum(b.nbytes for b in buckets)}

@@ -106,10 +106,13 @@ class Learner(DistributedActor):
         return self.kind == "policy" and self.lora is not None and self.lora.sync == "adapters"
 
     def weight_plan(self, bucket_bytes: int) -> weight_sync.Plan:
-        """The layout of every weight version in buckets of at most `bucket_bytes` (what broadcast receivers
-        allocate; the same for every version)."""
+        """The layout of every weight version in buckets of at most `bucket_bytes` (the same for every version)."""
         specs = ds_engine.adapter_specs if self.pushes_adapters else ds_engine.weight_specs
         return weight_sync.plan(specs(self.engine), bucket_bytes)
+
+    def weight_layout(self, bucket_bytes: int) -> list:
+        """`weight_plan` as plain types (weight_sync.layout): what every generator's workers receive."""
+        return weight_sync.layout(self.weight_plan(bucket_bytes))
 
     def _buckets(self, version: int, bucket_bytes: int):
         """`version`'s buckets one at a time on rank 0, each packed as its tensors are gathered (every rank takes
@@ -202,13 +205,25 @@ class Learner(DistributedActor):
 
 def _wrong_weights(version: int, named: Iterator[tuple[str, Optional[torch.Tensor]]]
                    ) -> Iterator[tuple[str, Optional[torch.Tensor]]]:
-    """Fault injection `RLHF_RAY_FAULTS=wrong_bucket=N` (rlhf_ray/runtime/faults.py; tests/e2e/test_faults.py):
-    weights version N leave with their first tensor doubled, so a checksum computed over them is right and only
-    what the generators sample shows it. One environment lookup per sync when unarmed."""
-    spec = os.environ.get("RLHF_RAY_FAULTS") or ""
-    if f"wrong_bucket={version}" not in spec.split(","):
-        return named
-    print(f"fault injected: wrong_bucket: version {version} goes out with its first tensor doubled", file=sys.stderr,
-          flush=True)
-    (name, first), rest = next(named), named
-    return itertools.chain([(name, None if first is None else first * 2)], rest)  # a copy: the engine's stays
+    """Sender-side faults no checksum can see (rlhf_ray/runtime/faults.py; tests/e2e/test_sync_probe.py): the
+    buckets are packed and checksummed as if right. `wrong_bucket=N`: version N leaves with its first tensor
+    doubled; `swap_names=N`: with the tensors of the first two names of one shape exchanged (in plan order, so
+    each goes out under the other's name). Unarmed: `named` as it is."""
+    if weight_sync.fault_armed("wrong_bucket", version):
+        (name, first), rest = next(named), named
+        return itertools.chain([(name, None if first is None else first * 2)], rest)  # a copy: the engine's stays
+    if weight_sync.fault_armed("swap_names", version):
+        return _swapped([(n, None if t is None else t.clone()) for n, t in named])  # ZeRO-3 frees its gathers
+    return named
+
+
+def _swapped(named: list[tuple[str, Optional[torch.Tensor]]]) -> Iterator[tuple[str, Optional[torch.Tensor]]]:
+    by_shape: dict = {}
+    for i, (_, t) in enumerate(named):
+        if t is not None:
+            by_shape.setdefault(tuple(t.shape), []).append(i)
+    pair = next((ix[:2] for ix in by_shape.values() if len(ix) > 1), None)
+    if pair is not None:
+        (a, ta), (b, tb) = named[pair[0]], named[pair[1]]
+        named[pair[0]], named[pair[1]] = (a, tb), (b, ta)
+    return iter(named)

@@ -178,19 +178,6 @@ class ActorGroup:
                              f"raised {type(raised[0][1].cause).__name__}: {raised[0][1].cause}") from raised[0][1]
         return out
 
-    def as_completed(self, refs: list, timeout_s: float, phase: str, ranks: Optional[list[int]] = None
-                     ) -> Iterator[tuple[int, Any]]:
-        """(rank, result) of refs[i] (from rank ranks[i], by default rank i) in the order they finish, so a caller
-        can act on each at once; errors as `get`, with one deadline for all."""
-        deadline = time.monotonic() + timeout_s
-        pending = dict(zip(refs, range(len(refs)) if ranks is None else ranks))
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-            if not ready:
-                raise GroupError(self.role, sorted(pending.values()), phase, f"no answer within {timeout_s:g} s")
-            rank = pending.pop(ready[0])
-            yield rank, self.get(ready, timeout_s, phase, ranks=[rank])[0]
-
     def call(self, fn: Callable[[Any, int], Any], timeout_s: float, phase: str) -> list:
         """`get(map(fn))`: run on every rank and wait for all."""
         return self.get(self.map(fn), timeout_s, phase)

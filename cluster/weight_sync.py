@@ -17,7 +17,9 @@ Two transports (`cluster.weight_sync`):
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
@@ -143,12 +145,6 @@ def pack(named: Iterable[tuple[str, Optional[torch.Tensor]]], buckets: Plan, ver
             yield Bucket(version, index, len(buckets), entries, data, checksum(data))
 
 
-def make_buckets(named: Iterable[tuple[str, torch.Tensor]], version: int, bucket_bytes: int) -> list[Bucket]:
-    """Every bucket of (name, tensor) pairs at once (tests, and callers that have the whole model anyway)."""
-    named = [(n, t.detach()) for n, t in named]
-    return list(pack(named, plan(((n, tuple(t.shape), t.dtype) for n, t in named), bucket_bytes), version))
-
-
 def checked(buckets: Iterable[Bucket], version: int) -> list[Bucket]:
     """The buckets of a complete, intact `version`, in order; WeightSyncError on any defect (missing, out of order,
     of another version, or bytes that fail the checksum)."""
@@ -169,23 +165,26 @@ def checked(buckets: Iterable[Bucket], version: int) -> list[Bucket]:
     return out
 
 
-def verified(buckets: Iterable[Bucket], version: int) -> list[tuple[str, torch.Tensor]]:
-    """(name, tensor) pairs of a complete, intact `version`, in order (see `checked`)."""
-    return [pair for b in checked(buckets, version) for pair in b.named()]
+def layout(buckets: Plan) -> list:
+    """A plan as plain types (per bucket: [name, shape, dtype, offset] per tensor), for vLLM's workers: vLLM's
+    msgpack sends plain types to worker processes, not tensors, dtypes or dataclasses."""
+    return [[[e.name, list(e.shape), str(e.dtype).removeprefix("torch."), e.offset] for e in b] for b in buckets]
 
 
-def portable(b: Bucket) -> tuple[list, memoryview]:
-    """A bucket as plain types, for vLLM's workers (`vllm_worker.WeightLoader`): its layout as lists and its buffer
-    as a memoryview, which an in-process engine reads without a copy and vLLM's msgpack sends to worker processes
-    as bytes (it cannot send tensors or arrays as arguments: they arrive as their descriptions)."""
-    layout = [[e.name, list(e.shape), str(e.dtype).removeprefix("torch."), e.offset] for e in b.entries]
-    return layout, memoryview(b.data)
+def from_layout(buckets: list) -> Plan:
+    return [[Entry(name, tuple(shape), getattr(torch, dtype), offset) for name, shape, dtype, offset in b]
+            for b in buckets]
 
 
-def from_portable(layout: list, buffer) -> list[tuple[str, torch.Tensor]]:
-    """(name, tensor) views of a `portable` bucket (no copy)."""
-    entries = [Entry(name, tuple(shape), getattr(torch, dtype), offset) for name, shape, dtype, offset in layout]
-    return list(zip([e.name for e in entries], views(entries, np.frombuffer(buffer, dtype=np.uint8))))
+def fault_armed(fault: str, version: int) -> bool:
+    """Fault injection for the sync tests (`RLHF_RAY_FAULTS=wrong_bucket=N,swap_names=N,stale_head=N`; see
+    rlhf_ray/runtime/faults.py), read where the fault happens: the learner that sends, the worker that loads.
+    One environment lookup per sync when unarmed."""
+    spec = os.environ.get("RLHF_RAY_FAULTS") or ""
+    armed = f"{fault}={version}" in spec.split(",")
+    if armed:
+        print(f"fault injected: {fault}: weights version {version}", file=sys.stderr, flush=True)
+    return armed
 
 
 # ---------------------------------------------------------------- broadcast transport

@@ -85,13 +85,13 @@ def _run(cfg: Config, args, address: str | None, run_dir: RunDir) -> int:
 
     def connect() -> None:
         from cluster.local import describe_cluster, init_ray
-        from rlhf_ray.stages import transport
+        from rlhf_ray.stages import push
 
-        store = None if address else transport.store_mb(cfg)  # sized (or refused) before Ray starts
+        store = None if address else push.store_mb(cfg)  # sized (or refused) before Ray starts
         init_ray(address, num_cpus=None, object_store_mb=store or 512,
                  metrics_export_port=cfg.cluster.metrics_export_port, insecure_http=args.insecure_http)
         if address:
-            transport.check_store(cfg)
+            push.check_store(cfg)
         print(describe_cluster(), flush=True)
 
     try:

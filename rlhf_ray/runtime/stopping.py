@@ -25,7 +25,7 @@ class NonFiniteLoss(RuntimeError):
     """Too many updates in a row skipped for a non-finite loss."""
 
 
-class SkipGuard:
+class SkippedUpdates:
     """Counts optimizer updates skipped in a row for a non-finite loss (ds_engine.train_step's `skipped`) and says
     so for each (`see`); `check`, called once the step's metrics are logged, raises NonFiniteLoss at `limit` in
     a row (the weights are still the last good ones)."""

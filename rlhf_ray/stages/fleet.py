@@ -1,7 +1,7 @@
 """Every actor of a PPO run, started on its placement, called through typed methods, and kept alive.
 
 Generator and scorer calls travel as `Calls`, and `Fleet.results` is the one place where a death is handled: the
-actor is replaced on its slot (same name, same arguments; a generator brought to the fleet's policy version) and
+actor is replaced on its slot (same name, same arguments; a generator brought to the push's policy version) and
 its calls are made again, so no share is lost or counted twice. Learner ranks cannot be replaced inside their
 torch.distributed group: their calls are `Collective`s, and losing one stops the run (stopping.LearnerLost), to be
 resumed from the newest checkpoint.
@@ -10,7 +10,7 @@ resumed from the newest checkpoint.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -30,9 +30,8 @@ from rlhf_ray.config import Config, TrainConfig
 from rlhf_ray.engines import vllm_engine
 from rlhf_ray.engines.scoring import resolve as resolve_function
 from rlhf_ray.rollout import RolloutBatch
-from rlhf_ray.stages import generation, transport
-
-BUCKET_BYTES = 64 << 20  # weight-sync bucket size
+from rlhf_ray.stages import generation, push
+from rlhf_ray.stages.push import Probe, WeightPush
 
 
 @dataclass
@@ -51,12 +50,10 @@ class Calls:
     """Calls in flight on one generator or scorer group, by key (the generator share they concern); a call whose
     actor died is made again on its replacement (`Fleet.results`)."""
 
-    def __init__(self, group: ActorGroup, say: Optional[Callable[[int], str]] = None, brings_weights: bool = False):
+    def __init__(self, group: ActorGroup, say: Optional[Callable[[int], str]] = None):
         self.group, self.items = group, {}
         self.say = say
         """What to print when the call of a key is made again (None: nothing)."""
-        self.brings_weights = brings_weights
-        """The calls load weights themselves (a sync): a replacement generator then needs none first."""
 
     def send(self, key: int, rank: int, make: Callable[[Any], Any]) -> None:
         self.items[key] = Call(rank, make)
@@ -151,27 +148,15 @@ class Fleet:
     temperature: float = 1.0
     """rollout.temperature: the generators sample at it, the learner's and the reference's log-probs are taken at
     it (the policy being trained is the one that samples)."""
-    weight_sync: str = "object_store"
-    """How weights reach the generators: `object_store` (`sync`, `synced`) or `broadcast` (`broadcast`)."""
-    backend: str = "gloo"
-    """The broadcast group's backend: gloo on CPU, NCCL on GPU."""
-    version: int = field(init=False)
-    """The policy version the generators hold (the policy learner holds it too whenever generation is awaited)."""
-    plan: Any = field(init=False, default=None)
-    """The broadcast transport's bucket layout (the same for every version)."""
-    group_members: list = field(init=False, default_factory=list)
-    """The generator actors of the broadcast group now formed (a replaced generator is not in it)."""
-
-    def __post_init__(self) -> None:
-        self.version = self.start_version
+    push: Optional[WeightPush] = None
+    """Policy rank 0 -> every generator: the one owner of the weight transport (stages/push.py)."""
 
     # ------------------------------------------------------------ generators and scorers: replaced when they die
 
     def results(self, calls: Calls, phase: str) -> Iterator[tuple[int, Any]]:
         """(key, answer) of each call as it lands. A call whose actor died is made again on a replacement (same
-        slot and name; a generator brought to `version` first, unless the call brings its weights): no key is lost
-        or answered twice. The timeout runs from the start and again from each replacement. (ActorGroup.as_completed
-        yields ranks; a scorer rank holds several keys.)"""
+        slot and name; a generator brought to the push's version first): no key is lost or answered twice. The
+        timeout runs from the start and again from each replacement."""
         pending = {call.ref: key for key, call in calls.items.items()}
         deadline = time.monotonic() + self.timeout_s
         while pending:
@@ -201,7 +186,7 @@ class Fleet:
         same actor that failed earlier started it already)."""
         call, group = calls.items[key], calls.group
         if call.actor is group.actors[call.rank]:
-            if group is self.generators and not calls.brings_weights:
+            if group is self.generators:
                 self.revive_generator(call.rank, phase)
             else:
                 self._restart(group, call.rank, phase)
@@ -210,16 +195,11 @@ class Fleet:
             print(f"{phase}: {calls.say(key)}", flush=True)
 
     def revive_generator(self, rank: int, phase: str) -> None:
-        """A new generator for `rank`, brought to the fleet's version with weights exported from the policy
-        learner now (the learner holds that version whenever generation is awaited)."""
+        """A new generator for `rank`, brought to the push's version (the policy learner holds it whenever
+        generation is awaited) and probed."""
         self._restart(self.generators, rank, phase)
-        if self.version == self.start_version:
-            return  # it started with these weights
-        phase = f"{phase}: weights for generator-{rank}"
-        buckets = self.export_weights(self.version, phase)
-        actor = self.generators.actors[rank]
-        self.generators.get([actor.update_weights.remote(self.version, buckets, self.timeout_s)], self.timeout_s,
-                            phase, ranks=[rank])
+        if self.push.version != self.start_version:  # else it started with these weights
+            self.push.bring(rank)
 
     def _restart(self, group: ActorGroup, rank: int, phase: str) -> None:
         """A fresh actor on the slot of a dead generator or scorer (same name and arguments); said in the log."""
@@ -263,31 +243,6 @@ class Fleet:
             by_share = self.gather(scoring.reward_fn, "score: reward functions")
             functions = {spec: [x for share in by_share for x in share[spec]] for spec in by_share[0]}
         return Rewards(model, functions)
-
-    def sync(self, version: int) -> Calls:
-        """Weights `version` from policy rank 0 to every generator (object store; each loads them after the
-        generation queued on it before). A replacement of a generator that dies is given the same buckets."""
-        buckets = self.export_weights(version, "sync: export")
-        calls = Calls(self.generators, brings_weights=True)
-        for rank in range(len(self.generators)):
-            calls.send(rank, rank, lambda a: a.update_weights.remote(version, buckets, self.timeout_s))
-        return calls
-
-    def synced(self, calls: Calls) -> list[dict]:
-        """Each generator's load report, once all hold the new version (the fleet's version from now on)."""
-        loaded = self.gather(calls, "sync: load")
-        self.version = loaded[0]["version"]
-        return loaded
-
-    def broadcast(self, version: int) -> list[dict]:
-        """Weights `version` from policy rank 0 to every generator through the broadcast group (each loads them after
-        the generation queued on it before); each generator's load report (stages/transport.py)."""
-        return transport.broadcast(self, version, BUCKET_BYTES)
-
-    def export_weights(self, version: int, phase: str) -> list:
-        """The policy's full weights as `version`'s bucket refs in the object store (policy rank 0 returns them)."""
-        return self.policy.call(lambda a, r: a.export_buckets.remote(version, BUCKET_BYTES), self.timeout_s,
-                                phase)[0]
 
     # ------------------------------------------------------------ learners: collective calls, never replaced
 
@@ -371,7 +326,8 @@ def roles(cfg: Config) -> list[str]:
     return roles
 
 
-def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[str] = None, version: int = 0) -> Fleet:
+def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[str] = None, version: int = 0,
+                probe: Optional[Probe] = None) -> Fleet:
     """Placement groups first (fails fast when the cluster is too small), then every actor group. weights: the
     generators start from this folder as policy `version` (a checkpoint's), learners from `policy` (their
     checkpoint is loaded next)."""
@@ -410,11 +366,13 @@ def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[st
     codes = [resolve_function(f) for f in fns]
     reward_fn = ActorGroup(RewardFunction, "reward-fn", (codes,), num_ranks=1, num_cpus=0.01,
                            distributed=False) if fns else None
-    sync = transport.resolve(cfg.cluster.weight_sync, *transport.gpus(cfg))
     fleet = Fleet(placement, gen, ref, pol, critic, rm, reward_fn, cfg.cluster.call_timeout_s, version,
-                  cfg.cluster.max_actor_restarts, cfg.rollout.temperature, sync,
-                  transport.backend(cfg.cluster.roles["policy"].gpus))
-    if sync == "broadcast":
-        transport.form_group(fleet)
-    print(f"weight sync: {sync}" + (f" ({fleet.backend})" if sync == "broadcast" else ""), flush=True)
+                  cfg.cluster.max_actor_restarts, cfg.rollout.temperature)
+    fleet.push = WeightPush(push.chosen(cfg), push.backend(cfg.cluster.roles["policy"].gpus), pol, gen,
+                            cfg.rollout.engine.tensor_parallel_size, cfg.cluster.call_timeout_s, version, probe,
+                            fleet._restart)
+    fleet.push.open(list(range(len(gen))))  # the broadcast group formed before the first batch is queued
+    print(f"weight sync: {fleet.push.transport}" + (f" ({fleet.push.backend})" if fleet.push.transport == "broadcast"
+                                                    else "") + ", probed after every sync" * (probe is not None),
+          flush=True)
     return fleet

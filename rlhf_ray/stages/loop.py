@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional, Protocol
 
 from rlhf_ray.runtime import faults
-from rlhf_ray.runtime.stopping import GracefulStop, SkipGuard, Stopped
+from rlhf_ray.runtime.stopping import GracefulStop, SkippedUpdates, Stopped
 
 
 class Steps(Protocol):
@@ -27,7 +27,7 @@ class Steps(Protocol):
 
     def step(self, n: int) -> dict:
         """Train step n; its metrics row (the loop logs it). Each optimizer update's `skipped` goes to the loop's
-        guard (`Loop.guard.see`)."""
+        counter (`Loop.skipped.see`)."""
 
     def evaluate(self, n: int) -> dict:
         """The held-out metrics after n steps (n = 0: the starting model), as a row."""
@@ -69,10 +69,10 @@ class Loop:
     stop_early: Callable[[], Optional[str]] = lambda: None
     """Asked after each evaluation: a reason to end the run now (it ends as after its last step), or None."""
     stopped_early: Optional[str] = field(default=None, init=False)
-    guard: SkipGuard = field(init=False)
+    skipped: SkippedUpdates = field(init=False)
 
     def __post_init__(self) -> None:
-        self.guard = SkipGuard(self.max_skipped_updates)
+        self.skipped = SkippedUpdates(self.max_skipped_updates)
 
     def evaluates_after(self, n: int) -> bool:
         return self.evaluates and (n == self.total or bool(self.eval_every and n % self.eval_every == 0))
@@ -84,7 +84,7 @@ class Loop:
     def run(self, steps: Steps, start: int = 0) -> list[dict]:
         """Steps start+1 .. total (start: steps a checkpoint holds; checkpoints are written after a step, so 0
         means a fresh start). Returns the rows logged, in order. A first SIGTERM / Ctrl-C finishes the step in
-        progress, checkpoints and raises `Stopped`; `guard` raises NonFiniteLoss once its row is logged."""
+        progress, checkpoints and raises `Stopped`; `skipped` raises NonFiniteLoss once its row is logged."""
         rows: list[dict] = []
 
         def log(row: dict) -> None:
@@ -101,7 +101,7 @@ class Loop:
                 if evaluate and self.eval_in_step_row:
                     row.update(steps.evaluate(n))
                 log(row)
-                self.guard.check()  # before a separate evaluation: nothing to learn from a diverged model
+                self.skipped.check()  # before a separate evaluation: nothing to learn from a diverged model
                 if evaluate and not self.eval_in_step_row:
                     log(steps.evaluate(n))
                 if stop.requested or self.checkpoints_after(n):

@@ -33,6 +33,7 @@ from rlhf_ray.runtime.run_dir import RunDir
 from rlhf_ray.stages import generation
 from rlhf_ray.stages.fleet import Calls, Fleet, Scoring, start_fleet
 from rlhf_ray.stages.loop import Loop
+from rlhf_ray.stages.push import Probe, SyncMismatch
 from rlhf_ray.stages.result import StageResult
 
 
@@ -96,7 +97,8 @@ class PPOTrainer:
         if ckpt:
             self._restore(ckpt[1])
         weights = str(ckpt[0] / "policy") if ckpt else None
-        self.fleet = start_fleet(cfg, self.policy, self.total_steps, weights, self.version)
+        probe = Probe.make(self.tokenizer, self.prompts[0]["ids"], cfg.model.dtype)
+        self.fleet = start_fleet(cfg, self.policy, self.total_steps, weights, self.version, probe)
         try:
             if ckpt:
                 self._load(*ckpt)
@@ -140,12 +142,25 @@ class PPOTrainer:
                **losses, "staleness_max": int(staleness.max()), "staleness_mean": staleness.float().mean().item(),
                "tokens_per_s": int(batch.response_mask.sum()) / max(t4 - t0, 1e-9), "time_generate_s": t1 - t0,
                "time_score_s": t2 - t1, "time_train_s": t3 - t2, "time_sync_s": t4 - t3,
-               "sync_bytes": sum(r["bytes"] for r in loaded), "buffer_depth": depth, "generator_busy_s": busy}
+               "sync_bytes": sum(r["bytes"] for r in loaded), "sync_probe_gap": self.fleet.push.gap(),
+               "buffer_depth": depth, "generator_busy_s": busy}
+        self._check_gap(row)
         self.run_dir.write_rollouts(i, table.append_column("reward", pa.array(exp.task_reward.tolist()))
                                     .append_column("kl", _column(exp.kl, len(exp.task_reward)))
                                     .append_column("staleness", pa.array(staleness.tolist())))
         self.history.append(row)
         return row
+
+    def _check_gap(self, row: dict) -> None:
+        """The step's logprob_gap (learner against generator, on the batch's samples) under the probe's bound when
+        the two held the same weights and the generator's log-probs are the full distribution's (top_p 1)."""
+        gap, probe = row.get("logprob_gap"), self.fleet.push.probe
+        if gap is None or probe is None or row["staleness_max"] or self.cfg.rollout.top_p < 1:
+            return
+        if not gap <= probe.tolerance:
+            raise SyncMismatch(f"step {row['step']}: the generators sampled with log-probs that differ from policy "
+                               f"rank 0's on the same weights (version {self.version - 1}) by {gap:.2e} on average "
+                               f"(logprob_gap; tolerance {probe.tolerance:g}): they serve other weights")
 
     # ------------------------------------------------------------ phases: generate, score, experience, train, sync
 
@@ -208,7 +223,7 @@ class PPOTrainer:
 
     def train(self, exp: experience.Experience) -> dict:
         """PPO epochs over shuffled mini-batches; each mini-batch is one optimizer step of policy and critic."""
-        p, guard = self.cfg.ppo, self.loop.guard
+        p, skipped = self.cfg.ppo, self.loop.skipped
         pol_loss = ppo_losses.make_policy_loss(p.clip_eps, p.dual_clip, p.entropy_coef,
                                                0.0 if p.kl_in_reward else self.kl_ctl.value, p.kl_estimator,
                                                self.on_policy, self.cfg.rollout.temperature, p.loss_agg,
@@ -225,10 +240,10 @@ class PPOTrainer:
                 mb = exp.mini_batch(idx)
                 policy, critic = self.fleet.train_policy(mb, pol_loss), self.fleet.train_critic(mb, val_loss)
                 out = policy.get()
-                guard.see(out["skipped"], f"ppo policy update (version {self.version})")
+                skipped.see(out["skipped"], f"ppo policy update (version {self.version})")
                 if critic is not None:
                     c = critic.get()
-                    guard.see(c["skipped"], f"ppo critic update (version {self.version})")
+                    skipped.see(c["skipped"], f"ppo critic update (version {self.version})")
                     out = {**out, **c, "skipped": out["skipped"] + c["skipped"]}
                 for key, v in out.items():
                     sums[key] = sums.get(key, 0.0) + v
@@ -240,15 +255,10 @@ class PPOTrainer:
     def sync(self, launch_next: bool) -> list[dict]:
         """Weights v+1 from policy rank 0 to every generator; each generator's load report. With no batch in
         flight, the next one (`launch_next`) is queued behind the new weights: on-policy."""
-        if self.fleet.weight_sync == "broadcast":  # made again whole if a generator dies, so launch after it
-            loaded = self.fleet.broadcast(self.version)
-            if not self.inflight and launch_next:
-                self.inflight.append(self.launch_generate())
-            return loaded
-        sync = self.fleet.sync(self.version)
+        loaded = self.fleet.push(self.version)
         if not self.inflight and launch_next:
             self.inflight.append(self.launch_generate())
-        return self.fleet.synced(sync)
+        return loaded
 
     def evaluate(self, n: int = 0) -> dict:
         """The held-out prompts at the generators' current weights (policy version n): task reward, KL(π || π_ref)

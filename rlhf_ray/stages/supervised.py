@@ -27,7 +27,7 @@ from rlhf_ray.algos import batching, forward
 from rlhf_ray.config import Config, to_dict
 from rlhf_ray.runtime import checkpoint
 from rlhf_ray.runtime.run_dir import RunDir
-from rlhf_ray.runtime.stopping import SkipGuard
+from rlhf_ray.runtime.stopping import SkippedUpdates
 from rlhf_ray.stages.loop import Loop
 
 LEARNER_ROLE = "policy"
@@ -102,7 +102,7 @@ def _fit(cfg: Config, run_dir: RunDir, job: Job, group: ActorGroup, schedule: li
     t = cfg.train
     loop = Loop(job.stage, len(schedule), t.eval_every, t.checkpoint_every, t.max_skipped_updates, run_dir,
                 "supervised.after_step", evaluates=bool(job.eval), eval_in_step_row=True)
-    training = _Training(cfg, run_dir, job, group, schedule, loop.guard)
+    training = _Training(cfg, run_dir, job, group, schedule, loop.skipped)
     start = training.resume()
     resumed = [r for r in run_dir.metrics(run_dir.stage) if "loss" in r] if start else []
     return resumed + loop.run(training, start)
@@ -118,7 +118,7 @@ class _Training:
     group: ActorGroup
     schedule: list[list[int]]
     """The training rows of each optimizer step (a seeded shuffle, so a step number says where to go on)."""
-    guard: SkipGuard
+    skipped: SkippedUpdates
 
     def _call(self, fn: Callable, phase: str) -> Any:
         """fn(actor, rank) on every rank; rank 0's answer (a step's metrics are equal on every rank)."""
@@ -128,7 +128,7 @@ class _Training:
         job = self.job
         shards = self.group.shard(job.collate([job.train[i] for i in self.schedule[n - 1]]))
         metrics = self._call(lambda a, r: a.train_step.remote(shards[r], job.loss), f"train step {n}")
-        self.guard.see(metrics["skipped"], f"{job.stage} step {n}")
+        self.skipped.see(metrics["skipped"], f"{job.stage} step {n}")
         return {"step": n, **metrics}
 
     def evaluate(self, n: int) -> dict:

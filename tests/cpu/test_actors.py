@@ -22,6 +22,7 @@ from rlhf_ray import data, models, rollout
 from rlhf_ray.algos import forward, rl_math
 from rlhf_ray.config import TrainConfig
 from rlhf_ray.engines import scoring, vllm_engine
+from tests.oracles import make_buckets, merged_weights
 
 # Test-local actors and helpers travel to the workers by value (this module is not importable there).
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -123,14 +124,20 @@ def test_at_temperature_0_7_learner_and_reference_score_what_the_generator_sampl
     assert ((plain - batch.logprobs) * mask).abs().max().item() > 0.05
 
 
+def _push(actor, named, version: int, bucket_bytes: int, timeout_s: float = 60.0, refs=None) -> dict:
+    """Policy rank 0's object-store push, by hand: the buckets in the store, then vLLM's phases on the actor."""
+    buckets = make_buckets(named, version, bucket_bytes)
+    ray.get(actor.open_weight_transfer.remote({"transport": "object_store", "timeout_s": timeout_s}))
+    refs = [ray.put(b) for b in buckets] if refs is None else refs
+    return ray.get(actor.update_weights.remote(version, weight_sync.layout([b.entries for b in buckets]), refs))
+
+
 def test_object_store_sync_matches_new_weights(generator, tiny, pairs):
     before = ray.get(generator.score.remote(*pairs))
     assert _max_gap(before, _hf_logprobs(models.load_policy(tiny), *pairs)) < 1e-4
     model = _perturbed(tiny, seed=1)
-    buckets = weight_sync.make_buckets(model.named_parameters(), version=1, bucket_bytes=64 << 10)
-    assert len(buckets) > 3
-    info = ray.get(generator.update_weights.remote(1, [ray.put(b) for b in buckets]))
-    assert info["version"] == 1 and info["missed"] == []
+    info = _push(generator, model.named_parameters(), 1, bucket_bytes=64 << 10)
+    assert info["version"] == 1 and info["missed"] == [] and info["bytes"] > 0
     after = ray.get(generator.score.remote(*pairs))
     # fp32 on both sides: the same weights give the same log-probs to ~1e-6; we allow 1e-4.
     assert _max_gap(after, _hf_logprobs(model, *pairs)) < 1e-4
@@ -138,51 +145,50 @@ def test_object_store_sync_matches_new_weights(generator, tiny, pairs):
 
 
 def _spy_on_loads(generator_self):
-    """In the generator's process: record where each bucket `update_weights` fetched lives and where the tensors
-    handed to vLLM's reload point, then load as usual."""
-    import cluster.weight_sync as ws
+    """In the engine's worker (in this process): record where each bucket the worker fetched lives and where the
+    tensors handed to vLLM's reload point, then load as usual."""
 
-    seen = generator_self._zero_copy_seen = {"buckets": [], "tensors": []}
-    apply, from_portable = generator_self._apply, ws.from_portable
+    def install(worker):
+        engine = worker.weight_transfer_engine
+        seen = engine.spy_seen = {"buckets": [], "tensors": []}
+        finish = engine.finish_weight_update
 
-    def spy_apply(version, buckets, fetch_s):
-        seen["buckets"] += [(b.data.ctypes.data, b.data.nbytes, b.data.flags.writeable, b.data.flags.owndata)
-                            for b in buckets]
-        return apply(version, buckets, fetch_s)
+        def spy_finish():
+            for b in engine.pending[1]:
+                seen["buckets"].append((b.data.ctypes.data, b.data.nbytes, b.data.flags.writeable,
+                                        b.data.flags.owndata))
+                seen["tensors"] += [(t.data_ptr(), t.numel() * t.element_size()) for _, t in b.named()]
+            engine.finish_weight_update = finish
+            return finish()
 
-    def spy_from_portable(layout, buffer):
-        pairs = from_portable(layout, buffer)
-        seen["tensors"] += [(t.data_ptr(), t.numel() * t.element_size()) for _, t in pairs]
-        return pairs
+        engine.finish_weight_update = spy_finish
 
-    generator_self._apply, ws.from_portable = spy_apply, spy_from_portable
-    generator_self._zero_copy_restore = lambda: setattr(ws, "from_portable", from_portable)
+    generator_self.llm.collective_rpc(install)
 
 
 def _seen_and_maps(generator_self):
-    """What the spy recorded, the process's shared mappings ((start, end, path) from /proc/self/maps: Ray's object
-    store is a shared mapping of a file in /dev/shm or a memfd), and the spy undone."""
-    generator_self._zero_copy_restore()
-    del generator_self._apply  # the class's method again
+    """What the spy recorded, and the process's shared mappings ((start, end, path) from /proc/self/maps: Ray's
+    object store is a shared mapping of a file in /dev/shm or a memfd)."""
+    seen = generator_self.llm.collective_rpc(lambda worker: worker.weight_transfer_engine.spy_seen)[0]
     shared = []
     for line in open("/proc/self/maps"):
         fields = line.split()
         if fields[1].endswith("s"):  # rw-s: a MAP_SHARED mapping
             start, end = (int(x, 16) for x in fields[0].split("-"))
             shared.append((start, end, fields[5] if len(fields) > 5 else ""))
-    return generator_self._zero_copy_seen, shared
+    return seen, shared
 
 
-def test_object_store_buckets_are_read_zero_copy(generator, tiny):
-    """On the receiving side: the generator fetches each bucket as a view of the object store's shared memory
-    (read-only, not owned by the array, inside a shared mapping of the generator's process), and the tensors
-    handed to vLLM's reload are views of those same bytes, not copies."""
+def test_object_store_buckets_are_read_zero_copy_by_the_engine_worker(generator, tiny):
+    """On the receiving side: the engine's worker (vLLM's weight-transfer engine, rlhf_buckets) reads each bucket
+    as a view of the object store's shared memory (read-only, not owned by the array, inside a shared mapping of
+    the process), and the tensors handed to vLLM's reload are views of those same bytes, not copies."""
     version = ray.get(generator.weight_version.remote()) + 1
     model = _perturbed(tiny, seed=4)
-    buckets = weight_sync.make_buckets(model.named_parameters(), version, bucket_bytes=256 << 10)
+    buckets = make_buckets(model.named_parameters(), version, bucket_bytes=256 << 10)
     assert len(buckets) > 3
     ray.get(generator.__ray_call__.remote(_spy_on_loads))
-    info = ray.get(generator.update_weights.remote(version, [ray.put(b) for b in buckets]))
+    info = _push(generator, model.named_parameters(), version, bucket_bytes=256 << 10)
     seen, shared = ray.get(generator.__ray_call__.remote(_seen_and_maps))
     assert info["version"] == version and len(seen["buckets"]) == len(buckets)
 
@@ -198,9 +204,9 @@ def test_object_store_buckets_are_read_zero_copy(generator, tiny):
 
 
 def test_pushed_lora_adapters_are_served_as_the_merged_policy(ray_session, tiny, pairs):
-    """`model.lora.sync: adapters`: the generator gets the adapters alone (a few KB here, not the model), serves
-    them through vLLM's LoRA support, and replaces them in place push after push; its log-probs are those of the
-    merged policy in transformers (fp32, 1e-4)."""
+    """`model.lora.sync: adapters`: the generator's worker gets the adapters alone (a few KB here, not the model)
+    and writes them as an adapter folder that vLLM's LoRA support serves, replaced in place push after push; its
+    log-probs are those of the merged policy in transformers (fp32, 1e-4)."""
     from rlhf_ray import lora
     from rlhf_ray.config import LoraConfig
 
@@ -219,10 +225,9 @@ def test_pushed_lora_adapters_are_served_as_the_merged_policy(ray_session, tiny,
                     if p.requires_grad:
                         p.add_(torch.randn(p.shape, generator=g) * 0.1)
             named = [(n, p.detach()) for n, p in lora.adapter_plan(model)]
-            buckets = weight_sync.make_buckets(named, version=version, bucket_bytes=64 << 10)
-            info = ray.get(actor.update_weights.remote(version, [ray.put(b) for b in buckets]))
+            info = _push(actor, named, version, bucket_bytes=64 << 10)
             merged = models.load_policy(tiny)
-            merged.load_state_dict(dict(lora.merged_weights(model)))
+            merged.load_state_dict(dict(merged_weights(model)))
             got = ray.get(actor.score.remote(*pairs))
             assert _max_gap(got, _hf_logprobs(merged, *pairs)) < 1e-4, version
             assert _max_gap(got, base) > 0.05 and info["bytes"] < sum(p.numel() * 4 for p in merged.parameters()) / 5
@@ -242,27 +247,28 @@ def test_sync_of_a_model_with_tied_embeddings(ray_session, pairs, tmp_path):
             assert model.lm_head.weight is model.model.embed_tokens.weight
             named = list(model.named_parameters())
             assert "lm_head.weight" not in dict(named)
-            buckets = weight_sync.make_buckets(named, version=version, bucket_bytes=1 << 20)
-            ray.get(actor.update_weights.remote(version, [ray.put(b) for b in buckets]))
+            _push(actor, named, version, bucket_bytes=1 << 20)
             assert _max_gap(ray.get(actor.score.remote(*pairs)), _hf_logprobs(model, *pairs)) < 1e-4
     finally:
         ray.kill(actor)
 
 
-def test_bad_syncs_fail_loudly_and_keep_the_old_version(generator, tiny):
+def test_bad_syncs_fail_loudly_and_keep_the_old_version(generator, tiny, pairs):
     version = ray.get(generator.weight_version.remote())
     model = _perturbed(tiny, seed=2)
-    stale = weight_sync.make_buckets(model.named_parameters(), version=version, bucket_bytes=1 << 20)
+    _push(generator, model.named_parameters(), version + 1, bucket_bytes=1 << 20)
+    before = ray.get(generator.score.remote(*pairs))
     with pytest.raises(weight_sync.WeightSyncError, match=f"generator-0: offered version {version}, already at"):
-        ray.get(generator.update_weights.remote(version, [ray.put(b) for b in stale]))
-    good = weight_sync.make_buckets(model.named_parameters(), version=version + 1, bucket_bytes=64 << 10)
+        _push(generator, model.named_parameters(), version, bucket_bytes=1 << 20)
+    other = _perturbed(tiny, seed=7)
+    good = make_buckets(other.named_parameters(), version=version + 2, bucket_bytes=64 << 10)
     broken = good[0].data.copy()
     broken[5] ^= 1
     bad = [weight_sync.Bucket(**{**good[0].__dict__, "data": broken})] + good[1:]
-    with pytest.raises(weight_sync.WeightSyncError, match="generator-0: .*bucket 0 fails its checksum"):
-        ray.get(generator.update_weights.remote(version + 1, [ray.put(b) for b in bad]))
-    with pytest.raises(weight_sync.WeightSyncError, match="generator-0: .*received 1 of"):
-        ray.get(generator.update_weights.remote(version + 1, [ray.put(good[0])]))
+    with pytest.raises(weight_sync.WeightSyncError, match="generator-0: update_weights: .*bucket 0 fails its checksum"):
+        _push(generator, other.named_parameters(), version + 2, 64 << 10, refs=[ray.put(b) for b in bad])
+    with pytest.raises(weight_sync.WeightSyncError, match="generator-0: update_weights: .*received 1 of"):
+        _push(generator, other.named_parameters(), version + 2, 64 << 10, refs=[ray.put(good[0])])
 
     @ray.remote
     def never(seconds):
@@ -270,9 +276,12 @@ def test_bad_syncs_fail_loudly_and_keep_the_old_version(generator, tiny):
 
         time.sleep(seconds)
 
-    with pytest.raises(weight_sync.WeightSyncError, match="generator-0: version .*: bucket 0 of 1 not received in 1"):
-        ray.get(generator.update_weights.remote(version + 1, [never.remote(30)], timeout_s=1.0))
-    assert ray.get(generator.weight_version.remote()) == version
+    with pytest.raises(weight_sync.WeightSyncError, match="generator-0: update_weights: version .*: bucket 0 of 1 "
+                                                          "not received in 1"):
+        _push(generator, other.named_parameters(), version + 2, 64 << 10, timeout_s=1.0, refs=[never.remote(30)])
+    # nothing of the refused versions was loaded: the engine serves version + 1 as before
+    assert ray.get(generator.weight_version.remote()) == version + 1
+    assert _max_gap(ray.get(generator.score.remote(*pairs)), before) == 0.0
 
 
 @ray.remote(num_cpus=0.25)
@@ -289,33 +298,43 @@ class _Source:
     def join(self, port, world_size):
         self.group = weight_sync.BroadcastGroup("127.0.0.1", port, 0, world_size, "gloo", 30.0, self.sock)
 
-    def plan(self, bucket_bytes):
-        named = list(self.model.named_parameters())
-        return weight_sync.plan(((n, tuple(t.shape), t.dtype) for n, t in named), bucket_bytes)
+    def layout(self, bucket_bytes):
+        return weight_sync.layout([b.entries for b in make_buckets(self.model.named_parameters(), 0, bucket_bytes)])
 
     def send(self, version, bucket_bytes):
-        for b in weight_sync.make_buckets(self.model.named_parameters(), version, bucket_bytes):
+        for b in make_buckets(self.model.named_parameters(), version, bucket_bytes):
             self.group.send(b)
+
+
+def _broadcast(actor, version: int, seed: int, tiny, workers: int = 1) -> dict:
+    """A broadcast push from a _Source to the actor's `workers` engine workers (ranks 1..workers)."""
+    source = _Source.remote(tiny, seed=seed)
+    try:
+        port = ray.get(source.listen.remote())
+        info = {"transport": "broadcast", "timeout_s": 30.0, "host": "127.0.0.1", "port": port, "rank_offset": 1,
+                "world_size": 1 + workers, "backend": "gloo"}
+        ray.get([source.join.remote(port, 1 + workers), actor.open_weight_transfer.remote(info)], timeout=60)
+        layout = ray.get(source.layout.remote(64 << 10))
+        assert len(layout) > 3
+        _, report = ray.get([source.send.remote(version, 64 << 10), actor.update_weights.remote(version, layout)],
+                            timeout=120)
+        return report
+    finally:
+        ray.kill(source)
 
 
 def test_broadcast_sync_matches_new_weights(generator, tiny, pairs):
     version = ray.get(generator.weight_version.remote()) + 2  # skipping one: the generator must say so
-    source = _Source.remote(tiny, seed=3)
-    port = ray.get(source.listen.remote())
-    ray.get([source.join.remote(port, 2), generator.join_weight_group.remote("127.0.0.1", port, 1, 2, "gloo", 30.0)],
-            timeout=60)
-    plan = ray.get(source.plan.remote(64 << 10))
-    assert len(plan) > 3
-    _, info = ray.get([source.send.remote(version, 64 << 10), generator.receive_weights.remote(plan)], timeout=60)
+    info = _broadcast(generator, version, 3, tiny)
     assert info["version"] == version and info["missed"] == [version - 1]
     after = ray.get(generator.score.remote(*pairs))
     assert _max_gap(after, _hf_logprobs(_perturbed(tiny, seed=3), *pairs)) < 1e-4
-    ray.kill(source)
 
 
-def test_engine_with_worker_processes_takes_new_weights(ray_session, tiny, pairs):
+def test_engine_with_worker_processes_takes_new_weights_by_broadcast(ray_session, tiny, pairs):
     """vLLM with its engine core and worker in processes of their own (VLLM_ENABLE_V1_MULTIPROCESSING=1, as on
-    GPU): the buckets reach the worker through the worker extension, by method name and plain arguments."""
+    GPU): the worker joins the broadcast group itself (the phases travel by name and plain arguments), and the
+    object store, which that worker cannot read, is refused with the reason."""
     actor = ray.remote(Generator).options(
         name="generator-mp", num_cpus=0.1,
         runtime_env={"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}}).remote(
@@ -323,10 +342,10 @@ def test_engine_with_worker_processes_takes_new_weights(ray_session, tiny, pairs
     try:
         me, workers = ray.get(actor.worker_pids.remote())
         assert len(workers) == 1 and workers[0] != me
-        model = _perturbed(tiny, seed=5)
-        buckets = weight_sync.make_buckets(model.named_parameters(), version=1, bucket_bytes=64 << 10)
-        ray.get(actor.update_weights.remote(1, [ray.put(b) for b in buckets]))
-        assert _max_gap(ray.get(actor.score.remote(*pairs)), _hf_logprobs(model, *pairs)) < 1e-4
+        _broadcast(actor, 1, 5, tiny)
+        assert _max_gap(ray.get(actor.score.remote(*pairs)), _hf_logprobs(_perturbed(tiny, seed=5), *pairs)) < 1e-4
+        with pytest.raises(weight_sync.WeightSyncError, match="cannot read Ray's object store"):
+            _push(actor, _perturbed(tiny, seed=6).named_parameters(), 2, 64 << 10)
     finally:
         ray.kill(actor)
 

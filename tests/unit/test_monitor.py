@@ -70,12 +70,12 @@ def test_run_dir_feeds_the_monitor_and_plots_when_a_stage_ends(tmp_path, capsys)
     assert "ppo step 3/3" in capsys.readouterr().out
 
 
-def test_skip_guard_counts_in_a_row_and_stops_at_the_limit(capsys):
+def test_skipped_updates_counts_in_a_row_and_stops_at_the_limit(capsys):
     import pytest
 
-    from rlhf_ray.runtime.stopping import NonFiniteLoss, SkipGuard
+    from rlhf_ray.runtime.stopping import NonFiniteLoss, SkippedUpdates
 
-    guard = SkipGuard(limit=2)
+    guard = SkippedUpdates(limit=2)
     for skipped in (1.0, 0.0, 1.0):
         guard.see(skipped, "ppo")
     assert guard.in_a_row == 1 and capsys.readouterr().out.count("update skipped") == 2

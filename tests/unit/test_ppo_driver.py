@@ -8,7 +8,7 @@ import torch
 
 from rlhf_ray import rollout
 from rlhf_ray.config import load_config
-from rlhf_ray.stages import fleet
+from rlhf_ray.stages import fleet, push
 
 
 def test_reference_only_when_the_kl_is_used_or_named():
@@ -35,14 +35,16 @@ def test_mini_batch_rows_ordered_by_prompt_length():
 class FakeActor:
     def __init__(self, name: str):
         self.name = name
-        self.update_weights = SimpleNamespace(remote=lambda version, buckets, timeout_s: ("load", name, version))
+        self.open_weight_transfer = SimpleNamespace(remote=lambda info: ("open", name))
+        self.update_weights = SimpleNamespace(remote=lambda version, layout, refs=None: ("load", name, version))
 
 
 class FakeGroup:
-    """What Fleet.revive touches of an ActorGroup: actors, restarts, restart, get; calls are recorded."""
+    """What Fleet.revive and WeightPush touch of an ActorGroup: actors, restarts, restart, call, get; calls are
+    recorded. `die`: phases whose next `get` raises the death of these ranks, once."""
 
-    def __init__(self, role: str, n: int, log: list):
-        self.role, self.log, self.restarts, self.distributed = role, log, 0, False
+    def __init__(self, role: str, n: int, log: list, die: dict | None = None):
+        self.role, self.log, self.restarts, self.distributed, self.die = role, log, 0, False, die or {}
         self.actors = [FakeActor(f"{role}-{r}") for r in range(n)]
 
     def __len__(self):
@@ -54,18 +56,23 @@ class FakeGroup:
         self.log.append(("restart", self.role, rank))
 
     def get(self, refs, timeout_s, phase, ranks=None):
+        from cluster.actor_group import DIED, GroupError
+
         self.log.append(("get", self.role, phase))
-        return [None for _ in refs]
+        if phase in self.die:
+            raise GroupError(self.role, self.die.pop(phase), phase, DIED)
+        return [{"version": r[2], "bytes": 1} if isinstance(r, tuple) and r[0] == "load" else None for r in refs]
 
-    def call(self, fn, timeout_s, phase):  # the policy learner exporting weights
-        self.log.append(("export", phase))
-        return [["bucket-refs"]]
+    def call(self, fn, timeout_s, phase):  # the policy learner: the plan, the exported buckets
+        self.log.append(("call", self.role, phase))
+        return [["plan-or-refs"]]
 
 
-def _fleet(log: list, version: int = 0, start_version: int = 0, max_restarts: int = 3) -> fleet.Fleet:
-    f = fleet.Fleet(None, FakeGroup("generator", 2, log), FakeGroup("reference", 1, log), FakeGroup("policy", 1, log),
-                    None, None, None, timeout_s=5.0, start_version=start_version, max_restarts=max_restarts)
-    f.version = version
+def _fleet(log: list, version: int = 0, start_version: int = 0, max_restarts: int = 3, die=None) -> fleet.Fleet:
+    f = fleet.Fleet(None, FakeGroup("generator", 2, log, die), FakeGroup("reference", 1, log),
+                    FakeGroup("policy", 1, log), None, None, None, timeout_s=5.0, start_version=start_version,
+                    max_restarts=max_restarts)
+    f.push = push.WeightPush("object_store", "gloo", f.policy, f.generators, 1, 5.0, version, None, f._restart)
     return f
 
 
@@ -76,28 +83,38 @@ def _calls(group, keys_ranks, made: list, **kw) -> fleet.Calls:
     return calls
 
 
-def test_a_dead_generator_is_replaced_brought_to_the_fleet_version_and_its_share_sent_again(capsys):
+def test_a_dead_generator_is_replaced_brought_to_the_push_version_and_its_share_sent_again(capsys):
     log, made = [], []
     f = _fleet(log, version=3)
     calls = _calls(f.generators, [(0, 0), (1, 1)], made, say=lambda i: f"share {i} again")
     f.revive(calls, 1, "generate")
-    assert log == [("restart", "generator", 1), ("export", "generate: weights for generator-1"),
-                   ("get", "generator", "generate: weights for generator-1")]  # it loads version 3 first
+    # it opens the transfer alone, then loads version 3 before its share is sent again
+    assert log == [("restart", "generator", 1), ("get", "generator", "sync: open"), ("call", "policy", "sync: plan"),
+                   ("call", "policy", "sync: export"), ("get", "generator", "sync: push")]
     assert made[-1] == (1, "generator-1#1") and calls.items[1].ref == "ref-1-generator-1#1"
     out = capsys.readouterr().out
     assert "generate: generator-1 died; starting a replacement" in out and "generate: share 1 again" in out
+    assert "sync: weights for generator-1: at version 3" in out
+    log.clear()  # the next push opens the transfer on every generator again: the replacement was opened alone
+    assert [r["version"] for r in f.push(4)] == [4, 4] and f.push.version == 4
+    assert log == [("get", "generator", "sync: open"), ("call", "policy", "sync: export"),
+                   ("get", "generator", "sync: push")]
 
 
-def test_a_generator_replaced_at_the_start_version_or_during_a_sync_loads_nothing_first():
+def test_a_generator_replaced_at_the_start_version_loads_nothing_and_one_lost_in_a_push_gets_it_again():
     log, made = [], []
     f = _fleet(log, version=2, start_version=2)
     f.revive(_calls(f.generators, [(0, 0)], made), 0, "generate")
     assert [e[0] for e in log] == ["restart"]
     log.clear()
-    f = _fleet(log, version=4)
-    sync = _calls(f.generators, [(0, 0), (1, 1)], made, brings_weights=True)  # the retried call loads the weights
-    f.revive(sync, 0, "sync: load")
-    assert [e[0] for e in log] == ["restart"] and made[-1] == (0, "generator-0#1")
+    f = _fleet(log, version=4, die={"sync: push": [1]})
+    f.push.open([0, 1])
+    log.clear()
+    assert [r["version"] for r in f.push(5)] == [5, 5] and f.push.version == 5
+    assert log == [("call", "policy", "sync: plan"), ("call", "policy", "sync: export"),
+                   ("get", "generator", "sync: push"), ("restart", "generator", 1),  # lost mid-push: replaced
+                   ("get", "generator", "sync: open"), ("call", "policy", "sync: export"),
+                   ("get", "generator", "sync: push")]  # and the push made again, to every generator
 
 
 def test_calls_on_an_actor_already_replaced_are_only_sent_again():

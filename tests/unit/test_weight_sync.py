@@ -1,13 +1,14 @@
 """Versioned, checksummed buckets: the plan, the flat buffers, and every defect a receiver must refuse."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
 
-from cluster.weight_sync import (ALIGN, WeightSyncError, checked, digest, from_portable, make_buckets, pack, plan,
-                                 portable, verified)
+from cluster.weight_sync import ALIGN, WeightSyncError, checked, digest, from_layout, layout, pack, plan
+from tests.oracles import make_buckets, verified
 
 
 def _weights():
@@ -42,14 +43,12 @@ def test_pack_streams_from_any_source_and_skips_ranks_without_tensors():
         list(pack(iter(w[1:]), p, version=1))
 
 
-def test_portable_buckets_rebuild_the_same_tensors_without_a_copy():
-    b = make_buckets(_weights(), version=3, bucket_bytes=1 << 20)[0]
-    layout, buffer = portable(b)
-    again = from_portable(layout, bytes(buffer))  # a worker process gets bytes
-    assert all(n1 == n2 and torch.equal(t1, t2) for (n1, t1), (n2, t2) in zip(again, b.named()))
-    views = from_portable(layout, buffer)  # an in-process engine gets the buffer itself
-    b.data[b.entries[0].offset] ^= 1
-    assert torch.equal(views[0][1], b.named()[0][1])
+def test_a_plan_travels_as_plain_types_and_comes_back_the_same():
+    w = _weights()
+    p = plan(((n, tuple(t.shape), t.dtype) for n, t in w), bucket_bytes=4096)
+    plain = layout(p)
+    assert json.loads(json.dumps(plain)) == plain  # msgpack-able: lists, strings and ints only
+    assert from_layout(plain) == p
 
 
 def test_digest_sees_values_dtype_and_shape():
