@@ -81,6 +81,15 @@ class Generator:
         the workers run in processes of their own)."""
         return os.getpid(), self.llm.collective_rpc("rlhf_pid")
 
+    def sleep(self, level: int) -> None:
+        """vLLM's sleep mode (GPU, a generator colocated with the policy): 1 frees the KV cache and moves the
+        weights to host memory, 2 frees both. Nothing may be generating."""
+        self.llm.sleep(level=level)
+
+    def wake(self, tags: list[str]) -> None:
+        """vLLM's `wake_up` for `tags`: ["weights"] before a sync, ["kv_cache"] before the next batch."""
+        self.llm.wake_up(tags=tags)
+
     def open_weight_transfer(self, init: dict) -> None:
         """vLLM's `init_weight_transfer_engine` on every worker of the engine (vllm_worker.TransferInit: for the
         broadcast transport the workers join policy rank 0's group now, all members at the same time)."""

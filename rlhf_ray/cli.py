@@ -200,10 +200,22 @@ def cmd_report(args) -> int:
     return report.main([args.run_dir])
 
 
+def _sections(text: str) -> list[str]:
+    """`bench --only`: known section names, comma-separated."""
+    from rlhf_ray.bench.table import SECTIONS
+
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {', '.join(unknown) or '(none)'}; choose from "
+                                         f"{', '.join(SECTIONS)}")
+    return names
+
+
 def cmd_bench(args) -> int:
     from rlhf_ray.bench import cli as bench
 
-    bench.run(args.model, args.out, fast=args.quick, with_peer=not args.no_peer, dtype=args.dtype)
+    bench.run(args.model, args.out, fast=args.quick, with_peer=not args.no_peer, dtype=args.dtype, only=args.only)
     return 0
 
 
@@ -264,7 +276,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.set_defaults(fn=cmd_report)
     s = sub.add_parser("bench", help="measure rlhf-ray beside raw vLLM, plain torch and TRL on the embedded cluster")
-    s.add_argument("--model", choices=["tiny", "smollm2"], default="tiny", help="the workload (default tiny)")
+    s.add_argument("--model", choices=["tiny", "smollm2", "random-0.5b"], default="tiny",
+                   help="the workload (default tiny; random-0.5b: Qwen2.5-0.5B's shape with random weights, for "
+                        "--only sync)")
+    s.add_argument("--only", type=_sections, help="comma-separated sections to measure (default all): "
+                   "engines, sync, memory, steps, peer")
     s.add_argument("--out", help="folder for bench.json and bench.md (default runs/bench-<model>)")
     s.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: proves it runs (CI)")
     s.add_argument("--no-peer", action="store_true", help="skip TRL (its venv needs the package index once)")

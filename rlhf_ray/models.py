@@ -64,7 +64,8 @@ def resolve_model(name_or_path: str, build: bool = True) -> str:
     build=False: a built-in's folder whether or not it is built yet; nothing is built or converted (the checks
     before a run, which must stay fast on a fresh cache)."""
     # Built-in names come first, so a stray folder named "tiny" in the working directory cannot shadow one.
-    builders = {"tiny": ("tiny-llama", make_tiny_model), "smollm2-135m-instruct": (name_or_path, convert_smollm2)}
+    builders = {"tiny": ("tiny-llama", make_tiny_model), "smollm2-135m-instruct": (name_or_path, convert_smollm2),
+                "random-0.5b": (name_or_path, lambda out: make_tiny_model(out, 0, True, SHAPE_0_5B))}
     if name_or_path in builders:
         folder, make = builders[name_or_path]
         out = cache_dir() / "models" / folder
@@ -171,22 +172,28 @@ def _tiny_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def make_tiny_model(out_dir: str | Path, seed: int = 0, tie_word_embeddings: bool = False) -> Path:
+TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=2, head_dim=32)
+SHAPE_0_5B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                  num_key_value_heads=2, head_dim=64, vocab_size=151936)
+"""Qwen2.5-0.5B's shape (494 M parameters, tied embeddings) as a Llama: the bench's larger sync workload."""
+
+
+def make_tiny_model(out_dir: str | Path, seed: int = 0, tie_word_embeddings: bool = False,
+                    shape: Optional[dict] = None) -> Path:
     """Build the tiny test Llama and its tokenizer into `out_dir` (safetensors).
 
     Weights depend only on `seed`; the tokenizer is the same for every seed, so tiny policies and reward
     models built with different seeds read the same token ids. tie_word_embeddings: one matrix for the input
-    embedding and the LM head, as SmolLM2 and most small models have."""
+    embedding and the LM head, as SmolLM2 and most small models have. shape: other dimensions (random weights
+    at that size, e.g. SHAPE_0_5B; the tokenizer's ids stay within any larger vocabulary)."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     tokenizer = _tiny_tokenizer()
     ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
            "eos_token_id": tokenizer.eos_token_id}
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024,
-        tie_word_embeddings=tie_word_embeddings, **ids,
-    )
+    dims = {"vocab_size": len(tokenizer), **TINY_SHAPE, **(shape or {})}
+    config = LlamaConfig(max_position_embeddings=1024, tie_word_embeddings=tie_word_embeddings, **dims, **ids)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(**ids)

@@ -29,7 +29,7 @@ from rlhf_ray.bench.workload import WORKLOADS, Workload, quick
 
 
 def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with_peer: bool = True,
-        dtype: Optional[str] = None) -> dict:
+        dtype: Optional[str] = None, only: Optional[list[str]] = None) -> dict:
     import ray
 
     from cluster.local import init_ray
@@ -45,15 +45,16 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
     prompts_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     prompt_ids = wl.encode_prompts(w, rows[: w.prompts])
     batch = wl.train_batch(w, prompt_ids)
+    sections = [s for s in table.SECTIONS if (only is None or s in only) and (with_peer or s != "peer")]
     result: dict = {"machine": table.machine(), "workload": dataclasses.asdict(w), "fast": fast,
-                    "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S"), "sections": sections}
 
     def say(what: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {what}", flush=True)
 
-    rm = steps.reward_model(w, out_dir) if with_peer else None
+    rm = steps.reward_model(w, out_dir) if "peer" in sections else None
     trl = {}
-    if with_peer:
+    if "peer" in sections:
         from rlhf_ray.bench import peer
 
         say("peer: TRL (its own venv)")
@@ -68,24 +69,28 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
     # Room for two versions of the policy (a sync never spills) and the rollouts, as `rlhf-ray run` sizes it.
     init_ray(None, num_cpus=None, object_store_mb=max(512, 2 * models.weight_bytes(w.model, w.dtype) // 2**20 + 128))
     try:
-        say("generator and learner actors, beside raw vLLM and plain torch (no Ray)")
-        gen, learner = engines.start_actors(w, w.samples)
-        result["generation"] = engines.generation(w, gen, prompt_ids)
-        result["learning"] = engines.learning(w, learner, batch)
-        say(f"generation {result['generation']['ratio']:.2f} of raw vLLM, learning "
-            f"{result['learning']['ratio']:.2f} of plain torch")
-        say("weight sync")
-        result["weight_sync"] = engines.weight_sync(w, gen, learner)
-        gen.kill()
-        learner.kill()
-        say("learner memory settings")
-        result["learner_memory"] = memory.learner_memory(w, batch)
+        if {"engines", "sync"} & set(sections):
+            gen, learner = engines.start_actors(w, w.samples)
+            if "engines" in sections:
+                say("generator and learner actors, beside raw vLLM and plain torch (no Ray)")
+                result["generation"] = engines.generation(w, gen, prompt_ids)
+                result["learning"] = engines.learning(w, learner, batch)
+                say(f"generation {result['generation']['ratio']:.2f} of raw vLLM, learning "
+                    f"{result['learning']['ratio']:.2f} of plain torch")
+            if "sync" in sections:
+                say("weight sync")
+                result["weight_sync"] = engines.weight_sync(w, gen, learner)
+            gen.kill()
+            learner.kill()
+        if "memory" in sections:
+            say("learner memory settings")
+            result["learner_memory"] = memory.learner_memory(w, batch)
         result["ppo_steps"] = []
-        for k in (0, 1):
+        for k in (0, 1) if "steps" in sections else ():
             say(f"GRPO steps, max_staleness {k}")
             result["ppo_steps"].append(steps.run(w, prompts_file, out_dir, "grpo", k))
             say(f"GRPO, max_staleness {k}: {result['ppo_steps'][-1]['step_s']:.1f} s per step")
-        if with_peer:
+        if "peer" in sections and result["ppo_steps"]:
             say("PPO with a critic, max_staleness 0")
             ours_ppo = steps.run(w, prompts_file, out_dir, "gae", 0, rm)
             say(f"PPO with a critic: {ours_ppo['step_s']:.1f} s per step")

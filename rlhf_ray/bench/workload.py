@@ -64,6 +64,10 @@ WORKLOADS = {
                         bucket_bytes=(4 * MB, 16 * MB, 64 * MB, 256 * MB), steps=2, repeats=5),
     "tiny": Workload("tiny", prompts=8, group=4, response_len=64, micro_batch=16,
                      bucket_bytes=(64 << 10, 256 << 10, 1 * MB)),
+    # The larger sync: Qwen2.5-0.5B's shape (494 M parameters, 1.98 GB in fp32), random weights; meant for
+    # `--only sync` (its samples are noise).
+    "random-0.5b": Workload("random-0.5b", prompts=4, group=2, response_len=16, micro_batch=4,
+                            bucket_bytes=(64 * MB, 256 * MB), steps=1, repeats=3),
 }
 
 

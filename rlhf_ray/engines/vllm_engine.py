@@ -71,6 +71,8 @@ def engine_kwargs(model_path: str, dtype: str, seed: int, max_model_len: int, kv
                   worker_extension_cls=EXTENSION, trust_remote_code=trust_remote_code,
                   weight_transfer_config={"backend": TRANSFER_BACKEND})
     kwargs.update({k: e[k] for k in ("max_num_seqs", "enable_prefix_caching", "enforce_eager") if k in e})
+    if e.get("sleep_level"):  # vLLM's sleep mode (GPU): the colocated generator sleeps while the policy trains
+        kwargs["enable_sleep_mode"] = True
     if lora_rank is not None:
         kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=next(r for r in LORA_RANKS if r >= lora_rank))
     kwargs["tensor_parallel_size"] = tp

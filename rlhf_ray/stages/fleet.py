@@ -370,7 +370,7 @@ def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[st
                   cfg.cluster.max_actor_restarts, cfg.rollout.temperature)
     fleet.push = WeightPush(push.chosen(cfg), push.backend(cfg.cluster.roles["policy"].gpus), pol, gen,
                             cfg.rollout.engine.tensor_parallel_size, cfg.cluster.call_timeout_s, version, probe,
-                            fleet._restart)
+                            fleet._restart, cfg.rollout.engine.sleep_level)
     fleet.push.open(list(range(len(gen))))  # the broadcast group formed before the first batch is queued
     print(f"weight sync: {fleet.push.transport}" + (f" ({fleet.push.backend})" if fleet.push.transport == "broadcast"
                                                     else "") + ", probed after every sync" * (probe is not None),

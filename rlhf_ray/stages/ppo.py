@@ -122,6 +122,8 @@ class PPOTrainer:
         faults.kill_actors("kill", i)
         t0 = time.perf_counter()
         table, scoring = self.collect(self.inflight.popleft())
+        if not self.inflight:
+            self.fleet.push.rest()  # colocated generators free the GPU while the policy trains (sleep_level)
         busy = rollout.seconds(table)  # the generators' sampling seconds for this batch (partly in earlier steps)
         while len(self.inflight) < k and i + len(self.inflight) + 1 < steps:
             self.inflight.append(self.launch_generate())  # overlap with training

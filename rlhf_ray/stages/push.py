@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -93,11 +94,16 @@ class WeightPush:
     probe: Optional[Probe] = None
     restart: object = None
     """fleet's replacement of a dead generator: restart(group, rank, phase)."""
+    sleep_level: Optional[int] = None
+    """rollout.engine.sleep_level: the generators sleep while the policy trains (`rest`), wake for the push."""
+    bucket_bytes: int = BUCKET_BYTES
     plan: list = field(init=False, default=None)
     members: list = field(init=False, default_factory=list)
     """The generator actors whose workers opened the transfer now set up (a replacement is not among them)."""
     gaps: list = field(init=False, default_factory=list)
     """The last probe's gap per generator."""
+    seconds: dict = field(init=False, default_factory=dict)
+    """The last push's export (object store: gather, pack, checksum, put) and probe seconds (the bench)."""
 
     # ------------------------------------------------------------ the push
 
@@ -106,6 +112,7 @@ class WeightPush:
         the probe; each generator's load report. A generator that dies meanwhile is replaced, the push made again."""
         phase = "sync: push"
         ranks = list(range(len(self.generators)))
+        self._wake(["weights"])  # level 2 freed them: the push writes into fresh memory
         for attempt in itertools.count():
             try:
                 loaded = self._send(version, ranks, kill_at=version if attempt == 0 else None)
@@ -116,8 +123,21 @@ class WeightPush:
                     self.restart(self.generators, rank, phase)  # started on the run's first weights: pushed below
                 continue
             self.version = version
+            self._wake(["kv_cache"])  # before the probe and the next batch
+            t0 = time.perf_counter()
             self.check(ranks)
+            self.seconds["probe_s"] = time.perf_counter() - t0
             return loaded
+
+    def rest(self) -> None:
+        """Colocated generators sleep while the policy trains (rollout.engine.sleep_level; nothing is generating:
+        validate refuses sleep with max_staleness > 0)."""
+        if self.sleep_level:
+            self.generators.call(lambda a, r: a.sleep.remote(self.sleep_level), self.timeout_s, "sleep")
+
+    def _wake(self, tags: list[str]) -> None:
+        if self.sleep_level:
+            self.generators.call(lambda a, r: a.wake.remote(tags), self.timeout_s, f"wake: {tags[0]}")
 
     def bring(self, rank: int) -> None:
         """A replaced generator brought to the run's version, then probed (the others keep theirs)."""
@@ -133,13 +153,16 @@ class WeightPush:
         if self.members != actors:
             self.open(ranks)
         if self.plan is None:
-            self.plan = self.policy.call(lambda a, r: a.weight_layout.remote(BUCKET_BYTES), t, "sync: plan")[0]
+            self.plan = self.policy.call(lambda a, r: a.weight_layout.remote(self.bucket_bytes), t, "sync: plan")[0]
+        t0, self.seconds["export_s"] = time.perf_counter(), 0.0  # broadcast: the export overlaps the receive
         if self.transport == "object_store":
-            refs = self.policy.call(lambda a, r: a.export_buckets.remote(version, BUCKET_BYTES), t, "sync: export")[0]
+            refs = self.policy.call(lambda a, r: a.export_buckets.remote(version, self.bucket_bytes), t,
+                                    "sync: export")[0]
+            self.seconds["export_s"] = time.perf_counter() - t0
             received = [a.update_weights.remote(version, self.plan, refs) for a in actors]
             return gens.get(received, t, phase, ranks=ranks)
         received = [a.update_weights.remote(version, self.plan) for a in actors]
-        sent = self.policy.map(lambda a, r: a.broadcast_weights.remote(version, BUCKET_BYTES))
+        sent = self.policy.map(lambda a, r: a.broadcast_weights.remote(version, self.bucket_bytes))
         if kill_at is not None:
             faults.kill_actors("kill_in_sync", kill_at)
         try:

@@ -85,7 +85,10 @@ def test_render_has_every_section():
     assert "| learning, tokens/s | 300 (learner actor, DeepSpeed) | 310 (plain torch AdamW) | 0.97 | >= 0.85 |" in md
     assert ("raw vLLM 6.00 s; in the actor, the engine 5.97 s and the call around it (Ray, rollout table, object "
             "store) 0.20 s") in md
-    assert "| 4 MiB | 136 | 538.0 | 2.000 | 1.000 | 0.500 | 0.500 | 0.0500 | 269 |" in md
+    assert "| object_store | 1 | 4 MiB | 136 | 538.0 | 2.000 ± 0.000 | 1.000 | 0.500 | 0.500 | 0.000 | 0.0500 | 269 | " \
+           "missed |" in md  # 2.0 s against a 0.5 s load: more than 0.3 s over
+    r["weight_sync"].append({"transport": "broadcast", "tensor_parallel": 2, "skipped": "9 attention heads"})
+    assert "| broadcast | 2 | skipped: 9 attention heads |" in table.render(r)
     assert "| 1 | 6.00 | 1.00 | 12.00 | 1.00 | 14.00 | 1.60 | 102 | 70% |" in md
     assert "| GRPO, β = 0 | TRL 0.99 | 34.00 | 15.00 | 1 | 14.00 | 6.00 | 2.43x | >= 2x |" in md
     assert "| PPO + critic, β = 0.05 | TRL 0.99 | 60.00 | 20.00 | 0 | 30.00 | 7.00 | 2.00x | >= 2x |" in md

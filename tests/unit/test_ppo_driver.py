@@ -156,3 +156,35 @@ def test_the_reference_and_the_policy_learner_score_at_the_sampling_temperature(
     f.old_logprobs(SimpleNamespace(response_mask=torch.ones(2, 3), input_ids=None, attention_mask=None))
     assert asked == [("reference", 0.7), ("policy", 3, 0.7)]
     assert fleet.Fleet(None, *[None] * 6, timeout_s=1.0).temperature == 1.0  # the default: as before
+
+
+class Recorder:
+    """A generator's methods that a colocated push calls, each recording (method, args) in one shared log."""
+
+    def __init__(self, name: str, log: list):
+        for method in ("sleep", "wake", "open_weight_transfer", "update_weights", "score"):
+            setattr(self, method, SimpleNamespace(remote=lambda *a, m=method: log.append((name, m, a)) or (m, a)))
+
+
+def test_a_colocated_generator_sleeps_while_the_policy_trains_and_wakes_weights_then_kv_cache_for_the_sync():
+    """rollout.engine.sleep_level: the engine's calls in order, as vLLM's sleep mode needs them: sleep after the
+    batch is generated, weights back before the push writes into them, the KV cache back before the probe scores
+    and the next batch samples."""
+    log = []
+    gens, pol = FakeGroup("generator", 1, []), FakeGroup("policy", 1, [])
+    gens.actors = [Recorder("generator-0", log)]
+    gens.get = gens.call = lambda refs_or_fn, *a, **k: (
+        [refs_or_fn(gens.actors[0], 0)] if callable(refs_or_fn) else
+        [{"version": r[1][0], "bytes": 1} if r[0] == "update_weights" else [[0.0]] for r in refs_or_fn])
+    pol.call = lambda fn, *a: [["plan"]] if "plan" in a[-1] or "export" in a[-1] else [torch.zeros(1, 1)]
+    probe = push.Probe([1, 2], [3], 1e-3)
+    owner = push.WeightPush("object_store", "gloo", pol, gens, 1, 5.0, 0, probe, sleep_level=2)
+    owner.open([0])
+    owner.rest()  # the batch is collected: the policy trains now
+    owner(1)
+    assert [(m, a) for _, m, a in log if m != "open_weight_transfer"] == [
+        ("sleep", (2,)), ("wake", (["weights"],)), ("update_weights", (1, ["plan"], ["plan"])),
+        ("wake", (["kv_cache"],)), ("score", ([[1, 2]], [[3]]))]
+    log.clear()
+    push.WeightPush("object_store", "gloo", pol, gens, 1, 5.0, 1, None).rest()  # awake generators: no call
+    assert log == []
