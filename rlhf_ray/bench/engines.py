@@ -200,7 +200,7 @@ def _sync_rows(w: Workload, gen: ActorGroup, learner: ActorGroup, tp: int, trans
     rows = []
     version = gen.get([gen.actors[0].weight_version.remote()], TIMEOUT_S, "bench: version")[0]
     tok = models.load_tokenizer(models.resolve_model(w.model))
-    probe = Probe.make(tok, tok("a probe prompt")["input_ids"], w.dtype)
+    probe = Probe.make(tok, tok("a probe prompt")["input_ids"], w.dtype, w.response_len)
     for transport in transports:
         for bucket in buckets:
             owner = WeightPush(transport, "gloo", learner, gen, tp, TIMEOUT_S, version, probe, bucket_bytes=bucket)

@@ -97,7 +97,7 @@ class PPOTrainer:
         if ckpt:
             self._restore(ckpt[1])
         weights = str(ckpt[0] / "policy") if ckpt else None
-        probe = Probe.make(self.tokenizer, self.prompts[0]["ids"], cfg.model.dtype)
+        probe = Probe.make(self.tokenizer, self.prompts[0]["ids"], cfg.model.dtype, cfg.data.max_response_len)
         self.fleet = start_fleet(cfg, self.policy, self.total_steps, weights, self.version, probe)
         try:
             if ckpt:

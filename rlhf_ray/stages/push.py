@@ -63,16 +63,17 @@ def backend(policy_gpus: float) -> str:
 
 @dataclass
 class Probe:
-    """One fixed sequence: the first training prompt and PROBE_TEXT."""
+    """One fixed sequence: the first training prompt and PROBE_TEXT (cut to the run's response length, so the
+    sequence fits the engine's max_model_len as any prompt and response do)."""
 
     prompt_ids: list[int]
     response_ids: list[int]
     tolerance: float
 
     @classmethod
-    def make(cls, tokenizer, prompt_ids: list[int], dtype: str) -> "Probe":
-        return cls(list(prompt_ids), tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"],
-                   PROBE_TOLERANCE[dtype])
+    def make(cls, tokenizer, prompt_ids: list[int], dtype: str, max_response_len: int) -> "Probe":
+        text = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+        return cls(list(prompt_ids), text[:max_response_len], PROBE_TOLERANCE[dtype])
 
     def batch(self) -> dict:
         ids = torch.tensor([self.prompt_ids + self.response_ids])

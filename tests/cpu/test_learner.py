@@ -329,32 +329,6 @@ def test_group_errors_name_role_ranks_and_phase(ray_session):
         group.kill()
 
 
-def test_as_completed_yields_in_finish_order_and_names_the_late_rank(ray_session):
-    class Napper:
-        def nap(self, seconds: float) -> float:
-            time.sleep(seconds)
-            return seconds
-
-        def threads(self) -> tuple[str, int, dict]:
-            import os
-
-            import torch
-
-            return os.environ["OMP_NUM_THREADS"], torch.get_num_threads(), dict(os.environ)
-
-    group = ActorGroup(Napper, "napper", num_ranks=2, num_cpus=0.1, distributed=False, threads=2)
-    try:
-        probes = group.call(lambda a, r: a.threads.remote(), 30, "probe")
-        assert [p[:2] for p in probes] == [("2", 2)] * 2  # Ray's default: 1
-        assert all(quiet.actor_env().items() <= p[2].items() for p in probes), "library log levels reach the actors"
-        done = list(group.as_completed(group.map(lambda a, r: a.nap.remote(0.8 - 0.8 * r)), 30, "generate"))
-        assert done == [(1, 0.0), (0, 0.8)]
-        with pytest.raises(GroupError, match=r"generate: no answer within 0.5 s on napper-0$"):
-            list(group.as_completed(group.map(lambda a, r: a.nap.remote(1.5 - 1.5 * r)), 0.5, "generate"))
-    finally:
-        group.kill()
-
-
 def test_group_places_ranks_on_placement_group_slots(ray_session):
     pg = ray.util.placement_group([{"CPU": 0.2}, {"CPU": 0.2}])
     ray.get(pg.ready(), timeout=60)

@@ -87,7 +87,7 @@ def _setup(tiny, dtype, ranks, zero):
 def _push(group, generators, transport, version, tiny, dtype) -> push.WeightPush:
     """The run's push owner (stages/push.py) on these actors, probe included, at `version`."""
     probe = push.Probe.make(models.load_tokenizer(tiny), data.prompt_ids(models.load_tokenizer(tiny), PROMPTS[0]),
-                            dtype)
+                            dtype, 16)
     owner = push.WeightPush(transport, "gloo", group, generators, 1, 120.0, version, probe)
     owner.open([0])
     return owner

@@ -100,7 +100,7 @@ def test_peer_ran_the_same_terms(bench):
         assert ran["completions_per_step"] == w.samples and ran["completion_lengths"] == [w.response_len]
         assert ran["completions_seen"] == w.samples * (w.steps + 1)
     assert not r["peer"][0]["peer_run"]["ref_model_loaded"]  # GRPO at β = 0: TRL loads no reference either
-    for header in ("| section | rlhf-ray | limit |", "| transport | bucket |", "| setting | tokens/s |",
+    for header in ("| section | rlhf-ray | limit |", "| transport | TP | bucket |", "| setting | tokens/s |",
                    "| max_staleness |", "| algorithm | peer |"):
         assert header in md
 

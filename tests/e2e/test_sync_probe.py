@@ -17,6 +17,10 @@ from rlhf_ray import models
 
 ROOT = Path(__file__).resolve().parents[2]
 EXE = str(Path(sys.executable).with_name("rlhf-ray"))
+# The fewest actors a PPO run has (a generator, a policy learner, the reward function: GRPO without the KL needs no
+# critic and no reference) and a small batch: each run is its start-up and two syncs.
+LEAN = ("ppo.advantage=grpo", "ppo.kl_coef=0", "rollout.batch_size=8", "ppo.mini_batch_size=32",
+        "train.micro_batch_size=16")
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +32,7 @@ def tied(tmp_path_factory) -> str:
 @pytest.mark.parametrize("fault", ["wrong_bucket", "swap_names", "stale_head"])
 def test_the_probe_stops_a_run_whose_generator_serves_other_weights(fault, tied, tmp_path):
     run_dir = tmp_path / "run"
-    args = ["ppo.steps=4", "cluster.call_timeout_s=120"]
+    args = ["ppo.steps=4", "cluster.call_timeout_s=120", *LEAN]
     if fault == "stale_head":
         args.append(f"model.policy={tied}")
     proc = subprocess.run([EXE, "run", "configs/tiny/ppo.yaml", *args, "--run-dir", str(run_dir)], cwd=ROOT,
