@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
-import sys
 from pathlib import Path
 from typing import Iterator, Literal, Optional
 
+import numpy as np
 import ray
 import torch
 
@@ -45,6 +44,7 @@ class Learner(DistributedActor):
         self.model_path, self.kind, self.train = resolve_model(model), kind, train
         self.dtype, self.seed, self.total_steps, self.batch_size = dtype, seed, total_steps, batch_size
         self.rank, self.engine, self.lora, self.trust_remote_code = 0, None, lora_cfg, trust_remote_code
+        self._scratch: Optional[np.ndarray] = None  # rank 0's packing buffer for weight syncs (`_buckets`)
 
     def setup_distributed(self, master_addr: str, master_port: int, rank: int, world_size: int, local_rank: int,
                           backend: str = "gloo", timeout_s: float = 300.0) -> None:
@@ -119,7 +119,11 @@ class Learner(DistributedActor):
         part in the ZeRO-3 gathers; the others yield nothing)."""
         named = (ds_engine.named_adapter_weights if self.pushes_adapters else ds_engine.named_full_weights)
         named = _wrong_weights(version, named(self.engine, copy=False))  # tests only: unarmed, `named` as it is
-        return weight_sync.pack(named, self.weight_plan(bucket_bytes), version)
+        plan = self.weight_plan(bucket_bytes)
+        need = max(weight_sync.plan_bytes(b) for b in plan)
+        if self.rank == 0 and (self._scratch is None or self._scratch.nbytes < need):
+            self._scratch = np.zeros(need, dtype=np.uint8)  # every bucket of every version is packed into it in turn
+        return weight_sync.pack(named, plan, version, self._scratch)
 
     def export_buckets(self, version: int, bucket_bytes: int) -> Optional[list[ray.ObjectRef]]:
         """Object-store transport: the full weights as checksummed buckets, each put as soon as it is packed; rank 0
