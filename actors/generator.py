@@ -106,10 +106,10 @@ class Generator:
         receive the buckets of `layout` (the broadcast group's, or `refs` from the object store), check every one,
         then load them all. The actor never holds the bytes. Returns the workers' report (version, bytes, seconds).
 
-        Raises WeightSyncError (naming this generator) on a stale version, a timeout or a bad bucket; the engine
-        then keeps its old weights and version."""
-        if version <= self.version:
-            raise weight_sync.WeightSyncError(f"{self.name}: offered version {version}, already at {self.version}")
+        Raises WeightSyncError (naming this generator) on an older version, a timeout or a bad bucket; the engine
+        then keeps its old weights and version. The version it holds is taken again: a push made again after
+        another generator died mid-push reaches the ones that loaded it already."""
+        self._check_newer(version)
         folder = tempfile.mkdtemp(prefix=f"{self.name}-v{version}-") if self.lora is not None else None
         self._phase("start_weight_update")
         self._phase("update_weights", update_info={"version": version, "layout": layout, "refs": refs,
@@ -143,5 +143,5 @@ class Generator:
             shutil.rmtree(old.lora_path, ignore_errors=True)
 
     def _check_newer(self, version: int) -> None:
-        if version <= self.version:
+        if version < self.version:
             raise weight_sync.WeightSyncError(f"{self.name}: offered version {version}, already at {self.version}")

@@ -112,17 +112,16 @@ def _sync(r: dict, w: dict) -> list[str]:
 
 def _memory(r: dict, w: dict) -> list[str]:
     lines: list[str] = []
-    if r.get("learner_memory"):
-        base = r["learner_memory"][0]
-        lines += ["", "Learner memory settings (one learner, the batch above; peak: GPU allocated, or on CPU the "
-                  "process's peak resident size, loading included):", "",
-                  "| setting | tokens/s | vs default | first loss | trained params | push MB | peak MB |",
-                  "|---|---|---|---|---|---|---|"]
-        for m in r["learner_memory"]:
-            lines.append(f"| {m['setting']} | {_f(m['tokens_per_s'], 0)} | "
-                         f"{_f(m['tokens_per_s'] / base['tokens_per_s'])} | {m['first_loss']:.6f} | "
-                         f"{m['trained_params'] / 1e6:.2f} M of {m['params'] / 1e6:.1f} M | "
-                         f"{_f(m.get('push_bytes', 0) / 1e6, 2)} | {_f(m['peak_mb'], 0)} |")
+    base = r["learner_memory"][0]
+    lines += ["", "Learner memory settings (one learner, the batch above; peak: GPU allocated, or on CPU the "
+              "process's peak resident size, loading included):", "",
+              "| setting | tokens/s | vs default | first loss | trained params | push MB | peak MB |",
+              "|---|---|---|---|---|---|---|"]
+    for m in r["learner_memory"]:
+        lines.append(f"| {m['setting']} | {_f(m['tokens_per_s'], 0)} | "
+                     f"{_f(m['tokens_per_s'] / base['tokens_per_s'])} | {m['first_loss']:.6f} | "
+                     f"{m['trained_params'] / 1e6:.2f} M of {m['params'] / 1e6:.1f} M | "
+                     f"{_f(m.get('push_bytes', 0) / 1e6, 2)} | {_f(m['peak_mb'], 0)} |")
     return lines
 
 
@@ -141,17 +140,16 @@ def _steps(r: dict, w: dict) -> list[str]:
 
 def _peer(r: dict, w: dict) -> list[str]:
     lines: list[str] = []
-    if r.get("peer"):
-        lines += ["", "Peer, seconds per step (same model, prompts, group, batch, length, dtype, β):", "",
-                  "| algorithm | peer | peer s/step | of it generate | rlhf-ray max_staleness | rlhf-ray s/step | "
-                  "of it generate | speed-up | target |", "|---|---|---|---|---|---|---|---|---|"]
-        for p in r["peer"]:
-            name = f"GRPO, β = {w['beta']:g}" if p["algo"] == "grpo" else f"PPO + critic, β = {w['ppo_beta']:g}"
-            lines.append(f"| {name} | {p['peer']} | {_f(p['peer_s'])} | {_f(p['peer_generate_s'])} | "
-                         f"{p['max_staleness']} | {_f(p['rlhf_ray_s'])} | {_f(p['rlhf_ray_generate_s'])} | "
-                         f"{_f(p['speedup'])}x | >= 2x |")
-        lines += ["", "\"of it generate\": TRL's seconds inside the policy's `generate()`; rlhf-ray's generate "
-                  "phase (the learner waiting for rollouts: near 0 when generation overlaps training). 2x needs "
-                  "rlhf-ray's whole step under half the peer's; the rest of the step (scoring, training, sync) "
-                  "is the same work on the same cores on both sides."]
+    lines += ["", "Peer, seconds per step (same model, prompts, group, batch, length, dtype, β):", "",
+              "| algorithm | peer | peer s/step | of it generate | rlhf-ray max_staleness | rlhf-ray s/step | "
+              "of it generate | speed-up | target |", "|---|---|---|---|---|---|---|---|---|"]
+    for p in r["peer"]:
+        name = f"GRPO, β = {w['beta']:g}" if p["algo"] == "grpo" else f"PPO + critic, β = {w['ppo_beta']:g}"
+        lines.append(f"| {name} | {p['peer']} | {_f(p['peer_s'])} | {_f(p['peer_generate_s'])} | "
+                     f"{p['max_staleness']} | {_f(p['rlhf_ray_s'])} | {_f(p['rlhf_ray_generate_s'])} | "
+                     f"{_f(p['speedup'])}x | >= 2x |")
+    lines += ["", "\"of it generate\": TRL's seconds inside the policy's `generate()`; rlhf-ray's generate "
+              "phase (the learner waiting for rollouts: near 0 when generation overlaps training). 2x needs "
+              "rlhf-ray's whole step under half the peer's; the rest of the step (scoring, training, sync) "
+              "is the same work on the same cores on both sides."]
     return lines

@@ -35,7 +35,6 @@ from cluster import weight_sync
 from rlhf_ray.engines import vllm_engine
 
 
-
 @dataclass
 class TransferInit(WeightTransferInitInfo):
     """`init_weight_transfer_engine`'s info (plain types: it travels to worker processes by msgpack)."""
@@ -73,7 +72,6 @@ class BucketEngine(WeightTransferEngine[TransferInit, TransferUpdate]):
         self.init: Optional[TransferInit] = None
         self.group: Optional[weight_sync.BroadcastGroup] = None
         self.pending: Optional[tuple[TransferUpdate, list[weight_sync.Bucket]]] = None
-        self.version = -1  # no pushed version yet (the actor keeps the version it started with)
         self.report: dict = {}
 
     def init_transfer_engine(self, init: TransferInit) -> None:
@@ -91,25 +89,23 @@ class BucketEngine(WeightTransferEngine[TransferInit, TransferUpdate]):
 
     def receive_weights(self, update: TransferUpdate) -> None:
         t0 = time.perf_counter()
-        plan = [[weight_sync.Entry(n, tuple(s), getattr(torch, d), o) for n, s, d, o in b] for b in update.layout]
         if self.init is None:
             raise weight_sync.WeightSyncError("the weight transfer was never initialised")
         if self.init.transport == "broadcast":
             try:
-                buckets = [self.group.receive(entries, i) for i, entries in enumerate(plan)]
+                buckets = [self.group.receive(entries, i)
+                           for i, entries in enumerate(weight_sync.from_layout(update.layout))]
             except weight_sync.WeightSyncError:
                 self.group = None  # a broken group is left (closing its connections); the fleet forms a new one
                 raise
         else:
-            buckets = self._fetch(update, plan)
+            buckets = self._fetch(update)
         t1 = time.perf_counter()
-        if update.version <= self.version:
-            raise weight_sync.WeightSyncError(f"offered version {update.version}, already at {self.version}")
         self.pending = (update, weight_sync.checked(buckets, update.version))
         self.report = {"version": update.version, "fetch_s": t1 - t0, "check_s": time.perf_counter() - t1,
                        "bytes": sum(b.nbytes for b in buckets)}
 
-    def _fetch(self, update: TransferUpdate, plan: weight_sync.Plan) -> list[weight_sync.Bucket]:
+    def _fetch(self, update: TransferUpdate) -> list[weight_sync.Bucket]:
         import ray
 
         if os.getpid() != self.init.reader_pid:  # the generator refuses this first (Generator.open_weight_transfer)
@@ -141,7 +137,6 @@ class BucketEngine(WeightTransferEngine[TransferInit, TransferUpdate]):
             finalize_layerwise_reload(self.model, self.model_config)
             if not weight_sync.fault_armed("stale_head", update.version):  # tests: the probe must see a stale head
                 _retie_lm_head(self.model)
-        self.version = update.version
         self.report["load_s"] = time.perf_counter() - t0
 
     def _write_adapter(self, folder: str, named: list) -> None:
@@ -159,7 +154,8 @@ class BucketEngine(WeightTransferEngine[TransferInit, TransferUpdate]):
         self.group = None
 
 
-WeightTransferEngineFactory.register_engine(vllm_engine.TRANSFER_BACKEND, BucketEngine)  # on import, in every process that builds a worker
+# On import: in every process that builds a worker (vLLM imports this module by its worker_extension_cls name).
+WeightTransferEngineFactory.register_engine(vllm_engine.TRANSFER_BACKEND, BucketEngine)
 
 
 class WeightLoader:

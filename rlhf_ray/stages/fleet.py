@@ -372,7 +372,6 @@ def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[st
                             cfg.rollout.engine.tensor_parallel_size, cfg.cluster.call_timeout_s, version, probe,
                             fleet._restart, cfg.rollout.engine.sleep_level)
     fleet.push.open(list(range(len(gen))))  # the broadcast group formed before the first batch is queued
-    print(f"weight sync: {fleet.push.transport}" + (f" ({fleet.push.backend})" if fleet.push.transport == "broadcast"
-                                                    else "") + ", probed after every sync" * (probe is not None),
-          flush=True)
+    how = fleet.push.transport + (f" ({fleet.push.backend})" if fleet.push.transport == "broadcast" else "")
+    print(f"weight sync: {how}" + (", probed after every sync" if probe is not None else ""), flush=True)
     return fleet
