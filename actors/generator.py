@@ -2,9 +2,9 @@
 
 The engine lives in the actor's process (CPU: in-process vLLM; GPU: the bundle's GPUs, tensor parallel over
 them when `rollout.engine.tensor_parallel_size > 1`). New weights go straight into the engine's workers through
-vLLM's weight-transfer API (rlhf_ray/engines/vllm_worker.py): this actor only calls the phases. Every bucket of a
-version is received and checked before any is loaded, so a failed sync leaves the engine on its old weights and
-its old version.
+vLLM's weight-transfer API (rlhf_ray/engines/vllm_worker.py): this actor only calls the phases. Each bucket is
+checked before it is loaded; a sync that fails after loading some leaves parts of two versions, and the actor then
+serves nothing until a whole version lands.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class Generator:
         if adapter is not None:
             self._serve_adapter(adapter)
         self.version = version  # a generator started from a checkpoint's weights holds that policy version
+        self.torn: Optional[tuple[int, str]] = None  # (version, why): a sync failed after loading part of it
 
     def weight_version(self) -> int:
         return self.version
@@ -64,6 +65,7 @@ class Generator:
         seed: reseed the sampler (torch's generator, which vLLM's CPU and GPU samplers draw from when requests
         carry no seed of their own) with seed + rank first, so a batch's samples depend on its seed, weights and
         prompts only, not on what the engine sampled before: a resumed run draws what the unbroken run drew."""
+        self._check_whole()
         if seed is not None:
             torch.manual_seed(seed + self.rank)
         t0 = time.perf_counter()
@@ -74,6 +76,7 @@ class Generator:
     def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
         """The engine's log p of each given response token at T = 1 (teacher-forced, via prompt logprobs): the
         sync probe compares it with policy rank 0's after every sync (stages/push.py)."""
+        self._check_whole()
         return vllm_engine.response_logprobs(self.llm, prompt_ids, response_ids, self.adapter)
 
     def worker_pids(self) -> tuple[int, list[int]]:
@@ -103,18 +106,30 @@ class Generator:
 
     def update_weights(self, version: int, layout: list, refs: Optional[list] = None) -> dict:
         """Weights `version` into the engine's workers through vLLM's phases (start → update → finish): the workers
-        receive the buckets of `layout` (the broadcast group's, or `refs` from the object store), check every one,
-        then load them all. The actor never holds the bytes. Returns the workers' report (version, bytes, seconds).
+        receive the buckets of `layout` (the broadcast group's, or `refs` from the object store) and load each once
+        it has passed its check. The actor never holds the bytes. Returns the workers' report (version, bytes,
+        seconds).
 
-        Raises WeightSyncError (naming this generator) on an older version, a timeout or a bad bucket; the engine
-        then keeps its old weights and version. The version it holds is taken again: a push made again after
-        another generator died mid-push reaches the ones that loaded it already."""
+        Raises WeightSyncError (naming this generator) on an older version, a timeout or a bad bucket. A failure
+        before the first bucket was loaded leaves the engine on its old weights and version; after, the engine
+        holds parts of two versions and serves nothing (`_check_whole`) until a whole version lands. The version
+        it holds is taken again: a push made again after another generator died mid-push reaches the ones that
+        loaded it already."""
         self._check_newer(version)
         folder = tempfile.mkdtemp(prefix=f"{self.name}-v{version}-") if self.lora is not None else None
         self._phase("start_weight_update")
-        self._phase("update_weights", update_info={"version": version, "layout": layout, "refs": refs,
-                                                   "adapter_dir": folder})
-        self._phase("finish_weight_update")
+        try:
+            self._phase("update_weights", update_info={"version": version, "layout": layout, "refs": refs,
+                                                       "adapter_dir": folder})
+            self._phase("finish_weight_update")
+        except weight_sync.WeightSyncError as e:
+            try:
+                loaded = [r["loaded"] for r in self.llm.collective_rpc("rlhf_transfer_report")]
+            except Exception:  # noqa: BLE001 (a worker gone: what it loaded is unknown, so assume some)
+                loaded = ["some"]
+            if any(loaded):
+                self.torn = (version, f"a sync failed after loading {max(loaded)} of {len(layout)} buckets ({e})")
+            raise
         report = dict(self.llm.collective_rpc("rlhf_transfer_report")[0])
         self.llm.reset_prefix_cache()  # its KV came from the old weights
         if folder is not None:
@@ -122,7 +137,7 @@ class Generator:
         missed = list(range(self.version + 1, version))
         if missed:
             log.warning("%s: jumped from version %d to %d, missing %s", self.name, self.version, version, missed)
-        self.version = version
+        self.version, self.torn = version, None
         return {**report, "missed": missed}
 
     def _phase(self, method: str, **kwargs) -> None:
@@ -141,6 +156,13 @@ class Generator:
         self.adapter = LoRARequest("policy", 1, folder, load_inplace=True)
         if old is not None and Path(old.lora_path).name.startswith(f"{self.name}-v"):
             shutil.rmtree(old.lora_path, ignore_errors=True)
+
+    def _check_whole(self) -> None:
+        if self.torn is not None:
+            version, why = self.torn
+            raise weight_sync.WeightSyncError(
+                f"{self.name} holds parts of versions {self.version} and {version}: {why}; it serves nothing until "
+                "a whole version is pushed")
 
     def _check_newer(self, version: int) -> None:
         if version < self.version:

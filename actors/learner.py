@@ -44,7 +44,7 @@ class Learner(DistributedActor):
         self.model_path, self.kind, self.train = resolve_model(model), kind, train
         self.dtype, self.seed, self.total_steps, self.batch_size = dtype, seed, total_steps, batch_size
         self.rank, self.engine, self.lora, self.trust_remote_code = 0, None, lora_cfg, trust_remote_code
-        self._scratch: Optional[np.ndarray] = None  # rank 0's packing buffer for weight syncs (`_buckets`)
+        self._scratch: list[np.ndarray] = []  # rank 0's packing buffers for weight syncs (`_buckets`)
 
     def setup_distributed(self, master_addr: str, master_port: int, rank: int, world_size: int, local_rank: int,
                           backend: str = "gloo", timeout_s: float = 300.0) -> None:
@@ -114,16 +114,17 @@ class Learner(DistributedActor):
         """`weight_plan` as plain types (weight_sync.layout): what every generator's workers receive."""
         return weight_sync.layout(self.weight_plan(bucket_bytes))
 
-    def _buckets(self, version: int, bucket_bytes: int):
+    def _buckets(self, version: int, bucket_bytes: int, ring: int = 1):
         """`version`'s buckets one at a time on rank 0, each packed as its tensors are gathered (every rank takes
-        part in the ZeRO-3 gathers; the others yield nothing)."""
+        part in the ZeRO-3 gathers; the others yield nothing), into a ring of `ring` buffers kept from sync to sync
+        (weight_sync.pack)."""
         named = (ds_engine.named_adapter_weights if self.pushes_adapters else ds_engine.named_full_weights)
         named = _wrong_weights(version, named(self.engine, copy=False))  # tests only: unarmed, `named` as it is
         plan = self.weight_plan(bucket_bytes)
         need = max(weight_sync.plan_bytes(b) for b in plan)
-        if self.rank == 0 and (self._scratch is None or self._scratch.nbytes < need):
-            self._scratch = np.zeros(need, dtype=np.uint8)  # every bucket of every version is packed into it in turn
-        return weight_sync.pack(named, plan, version, self._scratch)
+        if self.rank == 0 and (len(self._scratch) < ring or self._scratch[0].nbytes < need):
+            self._scratch = [np.zeros(need, dtype=np.uint8) for _ in range(ring)]
+        return weight_sync.pack(named, plan, version, self._scratch[:ring] if self.rank == 0 else None)
 
     def export_buckets(self, version: int, bucket_bytes: int) -> Optional[list[ray.ObjectRef]]:
         """Object-store transport: the full weights as checksummed buckets, each put as soon as it is packed; rank 0
@@ -152,17 +153,16 @@ class Learner(DistributedActor):
 
     def broadcast_weights(self, version: int, bucket_bytes: int) -> int:
         """Stream `version` to the generators (receiving `weight_plan(bucket_bytes)`): every rank gathers, rank 0
-        packs and sends each bucket before gathering the next, so no rank ever holds the whole model. Returns the
-        bytes sent (0 on other ranks)."""
-        sent = 0
+        packs each bucket and sends it while it gathers and packs the next (weight_sync.IN_FLIGHT buffers), so no
+        rank ever holds the whole model. Returns the bytes sent (0 on other ranks, which take part in the gathers)."""
+        buckets = self._buckets(version, bucket_bytes, ring=weight_sync.IN_FLIGHT)
+        if self.rank != 0:
+            return sum(b.nbytes for b in buckets)  # nothing is yielded: the gathers alone
         try:
-            for b in self._buckets(version, bucket_bytes):
-                self.sync_group.send(b)
-                sent += b.nbytes
+            return self.sync_group.send(buckets)
         except weight_sync.WeightSyncError:
             self.sync_group = None  # closes its connections: the generators still waiting fail now, not at timeout
             raise
-        return sent
 
     def save(self, out_dir: str, checkpoint: bool = True) -> Optional[str]:
         """An HF folder at out_dir (rank 0 writes it, with the tokenizer) and, with checkpoint, the DeepSpeed

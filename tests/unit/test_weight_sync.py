@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import time
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -79,3 +81,71 @@ def test_defective_versions_are_refused():
         checked([buckets[0], short] + buckets[2:], 2)
     with pytest.raises(WeightSyncError, match="received 0"):
         checked([], 2)
+
+
+# ---------------------------------------------------------------- the broadcast, two ranks in two threads (gloo)
+
+
+def _listen():
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    return sock
+
+
+def _broadcast(send, timeout_s: float = 30.0, waited: Optional[list] = None):
+    """Rank 0 runs `send(group)` in a thread while rank 1 receives the plan of `_weights()` (64-byte buckets: one
+    tensor each); returns what rank 1 received, or raises what it raised (`waited` gets its seconds)."""
+    import threading
+
+    from cluster.weight_sync import BroadcastGroup
+
+    sock = _listen()
+    port = sock.getsockname()[1]
+    the_plan = plan(((n, tuple(t.shape), t.dtype) for n, t in _weights()), 64)
+    errors = []
+
+    def source():
+        group = BroadcastGroup("127.0.0.1", port, 0, 2, "gloo", timeout_s, sock)
+        try:
+            send(group, the_plan)
+        except Exception as e:  # noqa: BLE001 (the receiver's error is the one asserted)
+            errors.append(e)
+
+    thread = threading.Thread(target=source, daemon=True)
+    thread.start()
+    group = BroadcastGroup("127.0.0.1", port, 1, 2, "gloo", timeout_s)
+    t0 = time.monotonic()
+    try:
+        return list(group.receive(the_plan))
+    finally:
+        (waited if waited is not None else []).append(time.monotonic() - t0)
+        thread.join(timeout_s + 5)
+
+
+def test_broadcast_carries_every_bucket_through_the_packing_ring():
+    """The source packs into two buffers and keeps a bucket on the wire while it packs the next: a buffer reused
+    before its bucket left would reach the receiver with the next bucket's bytes and fail its checksum."""
+    w = _weights()
+    ring = [np.zeros(64 * 64 * 8, dtype=np.uint8) for _ in range(2)]
+    received = _broadcast(lambda group, p: group.send(pack(iter(w), p, 3, ring)))
+    assert len(received) == len(plan(((n, tuple(t.shape), t.dtype) for n, t in w), 64)) > 6
+    got = dict(pair for b in checked(received, 3) for pair in b.named())
+    for name, t in w:
+        assert torch.equal(got[name], t), name
+
+
+def test_broadcast_refuses_flipped_bytes_and_times_out_on_a_silent_source():
+    def flipped(group, p):
+        buckets = make_buckets(_weights(), 3, 64)
+        buckets[2].data[1] ^= 8  # after its checksum was taken: corrupted in transit
+        group.send(buckets)
+
+    with pytest.raises(WeightSyncError, match="version 3: bucket 2 fails its checksum"):
+        checked(_broadcast(flipped), 3)
+    waited = []
+    with pytest.raises(WeightSyncError, match="rank 1: broadcast of bucket 0 failed or timed out"):
+        _broadcast(lambda group, p: time.sleep(2.5), timeout_s=1.0, waited=waited)  # joins the group, sends nothing
+    assert 1.0 <= waited[0] < 2.5
