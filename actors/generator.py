@@ -124,11 +124,11 @@ class Generator:
             self._phase("finish_weight_update")
         except weight_sync.WeightSyncError as e:
             try:
-                loaded = [r["loaded"] for r in self.llm.collective_rpc("rlhf_transfer_report")]
+                loaded = max(r["loaded"] for r in self.llm.collective_rpc("rlhf_transfer_report"))
             except Exception:  # noqa: BLE001 (a worker gone: what it loaded is unknown, so assume some)
-                loaded = ["some"]
-            if any(loaded):
-                self.torn = (version, f"a sync failed after loading {max(loaded)} of {len(layout)} buckets ({e})")
+                loaded = "an unknown number"
+            if loaded:
+                self.torn = (version, f"a sync failed after loading {loaded} of {len(layout)} buckets ({e})")
             raise
         report = dict(self.llm.collective_rpc("rlhf_transfer_report")[0])
         self.llm.reset_prefix_cache()  # its KV came from the old weights

@@ -175,11 +175,6 @@ def intact(buckets: Iterable[Bucket], version: int) -> Iterator[Bucket]:
         raise WeightSyncError(f"version {version}: received {seen} of {total if seen else '?'} buckets")
 
 
-def checked(buckets: Iterable[Bucket], version: int) -> list[Bucket]:
-    """The buckets of a complete, intact `version`, in order (`intact`, all at once)."""
-    return list(intact(buckets, version))
-
-
 def layout(buckets: Plan) -> list:
     """A plan as plain types (per bucket: [name, shape, dtype, offset] per tensor), for vLLM's workers: vLLM's
     msgpack sends plain types to worker processes, not tensors, dtypes or dataclasses."""

@@ -4,7 +4,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from cluster.weight_sync import Bucket, checked, pack, plan
+from cluster.weight_sync import Bucket, intact, pack, plan
 from rlhf_ray import lora
 
 
@@ -12,6 +12,11 @@ def make_buckets(named: Iterable[tuple[str, torch.Tensor]], version: int, bucket
     """Every bucket of (name, tensor) pairs at once."""
     named = [(n, t.detach()) for n, t in named]
     return list(pack(named, plan(((n, tuple(t.shape), t.dtype) for n, t in named), bucket_bytes), version))
+
+
+def checked(buckets: Iterable[Bucket], version: int) -> list[Bucket]:
+    """The buckets of a complete, intact `version`, in order (`intact`, all at once)."""
+    return list(intact(buckets, version))
 
 
 def verified(buckets: Iterable[Bucket], version: int) -> list[tuple[str, torch.Tensor]]:

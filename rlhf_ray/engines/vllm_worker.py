@@ -6,7 +6,7 @@ and again whenever the sending group is re-formed), then per version `start_weig
 `LLM(weight_transfer_config=...)`; `BucketEngine` below is ours, registered as `rlhf_buckets`, because the
 built-in engines move bare tensors: ours moves the versioned, checksummed buckets of cluster/weight_sync.py and
 checks each where its bytes land, in the worker, before it is loaded; a bucket is loaded while the next ones
-arrive, so the transfer hides behind vLLM's own reload. Two transports:
+arrive (not for the broadcast on CPU: see `receive_weights`). Two transports:
 
 - `broadcast`: the worker joins policy rank 0's process group (gloo on CPU, NCCL on GPU) as rank
   `rank_offset + its tensor-parallel rank` and receives every bucket of the plan;
@@ -170,7 +170,8 @@ class BucketEngine(WeightTransferEngine[TransferInit, TransferUpdate]):
 
             logger = logging.getLogger(layerwise.__name__)
             level = logger.level
-            logger.setLevel(logging.ERROR if failed else level)
+            if failed:
+                logger.setLevel(logging.ERROR)
             try:
                 finalize_layerwise_reload(self.model, self.model_config)
             finally:
@@ -200,7 +201,8 @@ class WeightLoader:
     """Mixed into vLLM's worker class (`LLM(worker_extension_cls=...)`): `self` is the worker."""
 
     def rlhf_transfer_report(self) -> dict:
-        """What the last update received: its version, bytes and the seconds spent fetching, checking, loading."""
+        """What the last update received: its version, bytes, buckets loaded, and the seconds spent waiting for
+        bytes and checking them (`fetch_s`) and loading them (`load_s`)."""
         return self.weight_transfer_engine.report
 
     def rlhf_pid(self) -> int:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.weight_sync import ALIGN, WeightSyncError, checked, digest, from_layout, layout, pack, plan
-from tests.oracles import make_buckets, verified
+from cluster.weight_sync import ALIGN, WeightSyncError, digest, from_layout, layout, pack, plan
+from tests.oracles import checked, make_buckets, verified
 
 
 def _weights():
