@@ -429,6 +429,19 @@ class Config:
         switched off (as OpenRLHF and TRL do): no reference actor is started."""
         return self.model.lora is not None and self.model.reference is None
 
+    def reward_functions(self) -> list[str]:
+        """The reward functions a PPO run calls: reward.functions, then the gold judge (ppo.gold), each once."""
+        return list(dict.fromkeys([f.function for f in self.reward.functions] + ([self.ppo.gold] if self.ppo.gold
+                                                                                  else [])))
+
+    def stage_roles(self, stage: str) -> list[str]:
+        """The roles (cluster.roles) a stage places, in the order it starts them."""
+        if stage == "ppo":
+            roles = ["generator"] + (["reference"] if self.uses_reference() and not self.reference_in_policy() else [])
+            roles += ["policy"] + (["critic"] if self.ppo.advantage == "gae" else [])
+            return roles + (["reward"] if self.model.reward else []) + (["reward_fn"] if self.reward_functions() else [])
+        return {"label": ["generator"], "dpo": ["reference", "policy"]}.get(stage, ["policy"])
+
     def check(self, stages: Optional[list[str]] = None) -> list[tuple[str, str]]:
         """Combinations that cannot work, as (key, message) pairs, for `stages` (None: self.stages)."""
         return config_checks.check(self, stages)

@@ -70,12 +70,12 @@ def check(cfg, stages: list[str] | None = None) -> list[tuple[str, str]]:
     if "label" in stages:
         need(bool(cfg.label.labeler), "label.labeler", "the label stage needs a labeler (`module:function` "
              "or `path/to/file.py:function`)")
-    errs += _cluster(cfg)
+    errs += _cluster(cfg, stages)
     errs += _engine(cfg)
     errs += _batches(cfg, stages)
     return errs
 
-def _cluster(cfg) -> list[tuple[str, str]]:
+def _cluster(cfg, stages: list[str]) -> list[tuple[str, str]]:
     errs = []
     roles = cfg.cluster.roles
     for name, role in roles.items():
@@ -104,13 +104,15 @@ def _cluster(cfg) -> list[tuple[str, str]]:
         errs.append(("cluster.weight_sync", "object_store: the generators' vLLM workers run in processes of their "
                      f"own (generator gpus={gen:g}, tensor_parallel_size={tp}), which cannot read Ray's object store; "
                      "use broadcast (or auto)"))
-    if not errs:  # the roles must also pack onto their pools' nodes
+    if not errs:  # the roles each stage places must also pack onto their pools' nodes
         from cluster.pools import PlacementError, plan
 
-        try:
-            plan(cfg.cluster)
-        except PlacementError as e:
-            errs.append(("cluster.roles", str(e)))
+        for stage in stages:
+            try:
+                plan(cfg.cluster, cfg.stage_roles(stage))
+            except PlacementError as e:
+                errs.append(("cluster.roles", f"{stage}: {e}"))
+                break
     return errs
 
 def _batches(cfg, stages: list[str]) -> list[tuple[str, str]]:

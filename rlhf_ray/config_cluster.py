@@ -47,7 +47,7 @@ def _default_pools() -> dict[str, PoolConfig]:
     return {"default": PoolConfig()}
 
 
-ROLES = ("generator", "reference", "reward", "critic", "policy")
+ROLES = ("generator", "reference", "reward", "reward_fn", "critic", "policy")
 
 
 def _default_roles() -> dict[str, RoleConfig]:
@@ -63,7 +63,8 @@ class ClusterConfig:
     pools: dict[Name, PoolConfig] = field(default_factory=_default_pools)
     """Named pools of nodes."""
     roles: dict[Name, RoleConfig] = field(default_factory=_default_roles)
-    """Placement per role: generator, reference, reward, critic, policy."""
+    """Placement per role: generator, reference, reward (the reward model), reward_fn (the reward functions' actors,
+    when `reward.functions` or `ppo.gold` name any), critic, policy."""
     weight_sync: Literal["auto", "object_store", "broadcast"] = "auto"
     """How new policy weights reach the generators' vLLM workers: `object_store` (policy rank 0 puts them in Ray's
     shared memory and each worker reads them; only a worker in the generator's own process can, so not with

@@ -34,23 +34,28 @@ ROLLOUT_SCHEMA = pa.schema(
 )
 
 
+PROMPT_INDEX = "prompt_index"
+"""The prompt's position among the run's training prompts (as loaded, 0-based): PPO's rollouts carry it, so a batch
+can be counted per prompt (each drawn prompt sampled n times: none lost or sampled twice when an actor or a node
+is lost, or the fleet changes size). Null where a stage samples prompts of no dataset (the probe, the bench)."""
 MESSAGES = "prompt_messages"
 """A chat prompt's message list as JSON (null for a text prompt, whose `prompt` column is the whole prompt)."""
 ADDED = ("reward", "kl", "staleness", "score")
 """Columns the drivers add before writing rollouts (PPO: reward, kl, staleness; the label stage: score)."""
-RESERVED = frozenset([*ROLLOUT_SCHEMA.names, MESSAGES, *ADDED, "prompts", "responses", "messages", "completions",
+RESERVED = frozenset([*ROLLOUT_SCHEMA.names, PROMPT_INDEX, MESSAGES, *ADDED, "prompts", "responses", "messages", "completions",
                       "completion_ids"])
 """Names no dataset column may take: the rollout's own fields (a reward function's metadata among them) and the
 reward functions' arguments for prompts and responses (ours, and TRL's names); a clash would override one
 silently."""
 
 
-def to_table(rows: list[dict], text_columns: Sequence[str] = ()) -> pa.Table:
+def to_table(rows: list[dict], extra_columns: Sequence[str] = ()) -> pa.Table:
     """Rows (dicts with at least the schema's fields) -> Table; extra fields (reward, kl, ...) are kept.
-    text_columns: extra fields that are strings (JSON), typed so even where every value is null, so the shares of
-    a batch concatenate."""
+    extra_columns: the fields `encode_columns` adds (JSON text, and the prompt index), typed so even where every
+    value is null, so the shares of a batch concatenate."""
     table = pa.Table.from_pylist(rows)
-    for f in [*ROLLOUT_SCHEMA, *(pa.field(name, pa.string()) for name in text_columns)]:
+    extra = [pa.field(name, pa.int64() if name == PROMPT_INDEX else pa.string()) for name in extra_columns]
+    for f in [*ROLLOUT_SCHEMA, *extra]:
         if f.name not in table.column_names:
             raise KeyError(f"rollout rows lack field {f.name!r}")
         i = table.schema.get_field_index(f.name)
@@ -58,11 +63,12 @@ def to_table(rows: list[dict], text_columns: Sequence[str] = ()) -> pa.Table:
     return table
 
 
-def encode_columns(prompt: Any, columns: dict[str, Any]) -> dict[str, Optional[str]]:
+def encode_columns(prompt: Any, columns: dict[str, Any], index: Optional[int] = None) -> dict[str, Any]:
     """The extra fields a prompt's rollouts carry (see the module docstring): its message list and its dataset
-    columns, as JSON text."""
+    columns, as JSON text, and its PROMPT_INDEX when it has one."""
     return {MESSAGES: None if isinstance(prompt, str) else json.dumps(prompt),
-            **{name: json.dumps(value) for name, value in columns.items()}}
+            **{name: json.dumps(value) for name, value in columns.items()},
+            **({PROMPT_INDEX: index} if index is not None else {})}
 
 
 def prompts(table: pa.Table) -> list:

@@ -318,14 +318,6 @@ def _first(answers: list) -> Any:  # metrics of an update: equal on every rank
     return answers[0]
 
 
-def roles(cfg: Config) -> list[str]:
-    roles = ["generator"] + (["reference"] if cfg.uses_reference() and not cfg.reference_in_policy() else [])
-    roles += ["policy"]
-    roles += ["critic"] if cfg.ppo.advantage == "gae" else []
-    roles += ["reward"] if cfg.model.reward else []
-    return roles
-
-
 def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[str] = None, version: int = 0,
                 probe: Optional[Probe] = None) -> Fleet:
     """Placement groups first (fails fast when the cluster is too small), then every actor group. weights: the
@@ -334,7 +326,7 @@ def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[st
     # The critic values each policy token (GAE): it starts from the RM only when the RM reads the policy's tokens.
     critic_start = (models.critic_start(cfg.model.critic, cfg.model.reward, policy, cfg.model.trust_remote_code)
                     if cfg.ppo.advantage == "gae" else None)
-    placement = pools.create(pools.plan(cfg.cluster, roles(cfg)), timeout_s=cfg.cluster.call_timeout_s)
+    placement = pools.create(pools.plan(cfg.cluster, cfg.stage_roles("ppo")), timeout_s=cfg.cluster.call_timeout_s)
     print(pools.describe(placement), flush=True)
     slots, p, m = placement.slots, cfg.ppo, cfg.model
 
@@ -347,7 +339,7 @@ def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[st
                                       adapters, str(Path(weights) / "adapter") if weights and adapters else None)
     ref = ActorGroup(Reference, "reference", (m.reference or policy, m.dtype, cfg.train.micro_batch_size,
                                               m.trust_remote_code),
-                     distributed=False, **on("reference")) if "reference" in roles(cfg) else None
+                     distributed=False, **on("reference")) if "reference" in cfg.stage_roles("ppo") else None
     learner = (cfg.train, m.dtype, cfg.seed, total_steps, p.mini_batch_size, m.lora, m.trust_remote_code)
     pol = ActorGroup(Learner, "policy-learner", (policy, "policy", *learner), **on("policy"))
     critic = None
@@ -361,11 +353,10 @@ def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[st
         rm = ActorGroup(RewardModel, "reward", (models.resolve_model(m.reward), policy, m.dtype,
                                                 cfg.train.micro_batch_size, m.trust_remote_code),
                           distributed=False, **on("reward"))
-    fns = list(dict.fromkeys([f.function for f in cfg.reward.functions] + ([p.gold] if p.gold else [])))
     # Shipped as the driver read them (the checks before Ray did): every node runs the code that was checked.
-    codes = [resolve_function(f) for f in fns]
-    reward_fn = ActorGroup(RewardFunction, "reward-fn", (codes,), num_ranks=1, num_cpus=0.01,
-                           distributed=False) if fns else None
+    codes = [resolve_function(f) for f in cfg.reward_functions()]
+    reward_fn = ActorGroup(RewardFunction, "reward-fn", (codes,), distributed=False,
+                           **on("reward_fn")) if codes else None
     fleet = Fleet(placement, gen, ref, pol, critic, rm, reward_fn, cfg.cluster.call_timeout_s, version,
                   cfg.cluster.max_actor_restarts, cfg.rollout.temperature)
     fleet.push = WeightPush(push.chosen(cfg), push.backend(cfg.cluster.roles["policy"].gpus), pol, gen,

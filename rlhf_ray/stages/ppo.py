@@ -85,7 +85,7 @@ class PPOTrainer:
 
         train, self.eval_prompts, reports = data.load_held_out(ds, "prompts", d.skip_malformed, self.cfg.seed, encode)
         print("; ".join(map(str, reports)) + f"; {len(self.eval_prompts)} prompts held out", flush=True)
-        return train
+        return [{**p, "index": i} for i, p in enumerate(train)]  # rollout.PROMPT_INDEX
 
     # ------------------------------------------------------------ the run
 

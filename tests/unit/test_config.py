@@ -109,7 +109,7 @@ def test_impossible_combinations(tmp_path):
     errs = _errors(None, ["cluster.roles.critic.pool=gpus"])
     assert errs == ["command line: cluster.roles.critic.pool: unknown pool 'gpus'; pools: default"]
     errs = _errors(None, ["cluster.roles.generator.gpus=1"])
-    assert errs[0].startswith("command line: cluster.roles: pool 'default' has 1 node x 0 GPUs")
+    assert errs[0].startswith("command line: cluster.roles: ppo: pool 'default' has 1 node x 0 GPUs")
     errs = _errors(None, ["data.max_prompt_len=400", "data.max_response_len=200"])
     assert "exceeds model.max_seq_len = 512" in errs[0]
 

@@ -108,7 +108,7 @@ def cfg():
 
 def used_pools(cfg) -> dict:
     """The pools that hold this run's roles; the built-in `default` pool stays in the config, empty and unplaced."""
-    return {name: cfg.cluster.pools[name] for name in pools.plan(cfg.cluster).pools}
+    return {name: cfg.cluster.pools[name] for name in pools.plan(cfg.cluster, cfg.stage_roles("ppo")).pools}
 
 
 # ---------------------------------------------------------------- the cluster config
@@ -182,7 +182,7 @@ def test_the_kuberay_pods_can_hold_the_configs_placement(cfg):
 
     def check(nodes: list[dict]) -> None:
         total = {k: sum(n[k] for n in nodes) for k in ("CPU", "GPU")}
-        pools.check_resources(pools.plan(cfg.cluster), total, [{"Resources": n} for n in nodes])
+        pools.check_resources(pools.plan(cfg.cluster, cfg.stage_roles("ppo")), total, [{"Resources": n} for n in nodes])
 
     check(nodes)
     biggest = max(nodes, key=lambda n: n["GPU"])

@@ -11,14 +11,18 @@ from rlhf_ray.config import load_config
 from rlhf_ray.stages import fleet, push
 
 
-def test_reference_only_when_the_kl_is_used_or_named():
-    assert "reference" in fleet.roles(load_config(None, []))  # default β 0.05
+def test_roles_a_ppo_run_places():
+    roles = lambda *over: load_config(None, list(over)).stage_roles("ppo")  # noqa: E731
+    assert "reference" in roles()  # default β 0.05
     grpo = ["ppo.advantage=grpo", "rollout.n_samples=2"]
-    assert fleet.roles(load_config(None, ["ppo.kl_coef=0", *grpo])) == ["generator", "policy"]
-    assert "reference" in fleet.roles(load_config(None, ["ppo.kl_coef=0", "ppo.kl_target=6"]))
-    assert "reference" in fleet.roles(load_config(None, ["ppo.kl_coef=0", "model.reference=some/ref"]))
-    assert fleet.roles(load_config(None, ["ppo.kl_coef=0", "ppo.advantage=gae", "model.reward=rm"])) == [
-        "generator", "policy", "critic", "reward"]
+    assert roles("ppo.kl_coef=0", *grpo) == ["generator", "policy"]
+    assert "reference" in roles("ppo.kl_coef=0", "ppo.kl_target=6")
+    assert "reference" in roles("ppo.kl_coef=0", "model.reference=some/ref")
+    assert roles("ppo.kl_coef=0", "ppo.advantage=gae", "model.reward=rm") == ["generator", "policy", "critic", "reward"]
+    # Reward functions (and the gold judge) run in actors of their own role, placed like the others.
+    fn = "reward.functions=[{function: rlhf_ray.rewards:exact_answer}]"
+    assert roles("ppo.kl_coef=0", *grpo, fn)[-1] == "reward_fn"
+    assert load_config(None, []).stage_roles("dpo") == ["reference", "policy"]
 
 
 def test_mini_batch_rows_ordered_by_prompt_length():
