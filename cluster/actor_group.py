@@ -34,10 +34,19 @@ DIED = "actor died"
 class GroupError(RuntimeError):
     """A group call that timed out, whose actor died, or that raised; names the role, ranks and phase."""
 
+    node_lost = False
+    """True for a NodeLost: the run stops and resumes from its newest checkpoint (runtime/checkpoint.py)."""
+
     def __init__(self, role: str, ranks: list[int], phase: str, what: str):
         self.role, self.ranks, self.phase, self.died = role, ranks, phase, what == DIED
         names = ", ".join(f"{role}-{r}" for r in ranks)
         super().__init__(f"{phase}: {what} on {names}")
+
+
+class NodeLost(GroupError):
+    """An actor lost with its node, and no node with room came to take its place in time."""
+
+    node_lost = True
 
 
 class DistributedActor:
@@ -186,9 +195,10 @@ class ActorGroup:
         """Split items (a list, or a dict of equal-length tensors) into one equal part per rank (or n parts)."""
         return shard(items, len(self) if n is None else n)
 
-    def restart(self, rank: int, timeout_s: float = 60.0) -> None:
-        """A fresh actor for `rank` (dead, or killed here) on the same slot, with the same name and arguments.
-        Not for distributed groups: a torch.distributed group cannot take in a new member."""
+    def restart(self, rank: int, timeout_s: float = 60.0, counted: bool = True) -> None:
+        """A fresh actor for `rank` (dead, or killed here) on the same slot, with the same name and arguments;
+        counted in `restarts` unless the one it replaces never ran. Not for distributed groups: a torch.distributed
+        group cannot take in a new member."""
         if self.distributed:
             raise RuntimeError(f"{self.role}-{rank}: ranks of a distributed group cannot be restarted")
         ray.kill(self.actors[rank], no_restart=True)
@@ -201,7 +211,7 @@ class ActorGroup:
                 if time.monotonic() > deadline:
                     raise GroupError(self.role, [rank], "restart", f"name still taken after {timeout_s:g} s")
                 time.sleep(0.2)
-        self.restarts += 1
+        self.restarts += counted
 
     def kill(self) -> None:
         for actor in self.actors:

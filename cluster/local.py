@@ -159,6 +159,70 @@ def _remove_own_dir(pid: int, path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+POOL_RESOURCE = "rlhf_pool_{}"
+"""The custom resource a node of a pool advertises (`cluster.pools.<pool>.node_resource`), as deploy/ does."""
+FAST_NODE_LOSS = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3,
+                  "health_check_initial_delay_ms": 1000}
+"""The GCS marks a silent node dead after ~3 s, not Ray's default ~15 s (period 3 s x 5 misses)."""
+
+
+class LocalNodes:
+    """A Ray cluster of several nodes on this machine, for the tests and benchmark scripts: a head that runs no
+    actors (0 CPUs; the drivers join it) and worker nodes, each its own raylet and object store, bound to
+    127.0.0.1, each advertising `rlhf_pool_<pool>` (1000 units), so `cluster.pools.<pool>.node_resource` pins a
+    pool to its nodes as on a real cluster.
+
+    Built on `ray.cluster_utils.Cluster` rather than `ray start` processes: the nodes are real raylets all the same,
+    but they start in ~7 s instead of ~25 s, need no `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1` (several `ray start`
+    nodes on one machine refuse to start without it), and one is removed by killing its raylet and every worker on
+    it (a node lost), where `ray stop` stops every Ray on the machine, a neighbouring test's too. Runs join with
+    `--address` (`address`)."""
+
+    def __init__(self, pools: dict[str, float], object_store_mb: int = 200, fast_node_loss: bool = True):
+        """pools: pool name -> CPUs of its one node (more nodes: `add`)."""
+        from ray.cluster_utils import Cluster
+
+        for key, value in LOOPBACK_ENV.items():  # every raylet and worker inherits them
+            os.environ.setdefault(key, value)
+        temp_dir, before = ray_temp_dir(), os.environ.get("RAY_TMPDIR")
+        os.makedirs(temp_dir, exist_ok=True)
+        os.environ["RAY_TMPDIR"] = os.path.dirname(temp_dir)  # where Cluster writes the address: a private dir
+        try:
+            self.cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": 0, "object_store_memory": object_store_mb << 20, "node_ip_address": "127.0.0.1",
+                "include_dashboard": False, "_system_config": FAST_NODE_LOSS if fast_node_loss else {}})
+        finally:
+            os.environ.pop("RAY_TMPDIR") if before is None else os.environ.update(RAY_TMPDIR=before)
+        self.object_store_mb, self.nodes = object_store_mb, {}
+        for pool, cpus in pools.items():
+            self.add(pool, cpus)
+
+    @property
+    def address(self) -> str:
+        """The head's GCS address (127.0.0.1:PORT), for `rlhf-ray run --address`."""
+        return self.cluster.address
+
+    def add(self, pool: str, cpus: float = 1) -> str:
+        """A new node of `pool`; its node id once it has joined."""
+        node = self.cluster.add_node(num_cpus=cpus, resources={POOL_RESOURCE.format(pool): 1000},
+                                     object_store_memory=self.object_store_mb << 20, node_ip_address="127.0.0.1")
+        self.cluster.wait_for_nodes()
+        self.nodes.setdefault(pool, []).append(node)
+        return node.node_id
+
+    def remove(self, pool: str) -> str:
+        """Kill the oldest node of `pool` (its raylet, object store and every worker on it, no warning); its id."""
+        node = self.nodes[pool].pop(0)
+        self.cluster.remove_node(node, allow_graceful=False)
+        return node.node_id
+
+    def node_ids(self, pool: str) -> list[str]:
+        return [n.node_id for n in self.nodes.get(pool, [])]
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
+
+
 def describe_cluster() -> str:
     """Where to watch the run: the dashboard (and how to sign in), Prometheus metrics, the cluster's size."""
     import ray

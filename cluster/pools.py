@@ -300,9 +300,22 @@ def create(p: PoolPlan, timeout_s: float = 60.0) -> Placement:
         remove(Placement(p, groups, {}))
         raise PlacementError(f"placement groups not ready after {timeout_s:g} s for pools {', '.join(pending)}; "
                              f"the cluster has {_fmt(free)} free; asked:\n{_asked(p)}")
+    return Placement(p, groups, {name: _nodes_now(pg) for name, pg in groups.items()})
+
+
+def _nodes_now(pg) -> list[tuple[str, str]]:
+    """(node id, node IP) of each bundle of `pg`, where Ray holds it now."""
+    import ray
+    from ray.util import placement_group_table
+
     ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
-    where = {name: placement_group_table(pg)["bundles_to_node_id"] for name, pg in groups.items()}
-    return Placement(p, groups, {name: [(w[b], ips.get(w[b], "?")) for b in sorted(w)] for name, w in where.items()})
+    where = placement_group_table(pg)["bundles_to_node_id"]
+    return [(where[b], ips.get(where[b], "?")) for b in sorted(where)]
+
+
+def refresh(placement: Placement, pool: str) -> None:
+    """Note where `pool`'s bundles are now (Ray places a lost node's bundles again on a node that joins)."""
+    placement.nodes[pool] = _nodes_now(placement.groups[pool])
 
 
 def remove(placement: Placement) -> None:
@@ -312,6 +325,14 @@ def remove(placement: Placement) -> None:
     for pg in placement.groups.values():
         remove_placement_group(pg)
     placement.groups.clear()
+
+
+def records(placement: Placement, roles: Optional[list[str]] = None) -> list[dict]:
+    """Where each rank of `roles` (default: all) is: role, rank, pool, bundle, node id and IP (run_dir's
+    placement.jsonl)."""
+    return [{"role": role, "rank": rank, "pool": placement.plan.roles[role].pool, "bundle": s.bundle_index,
+             "node_id": s.node_id, "node_ip": s.node_ip}
+            for role in roles or placement.plan.roles for rank, s in enumerate(placement.slots(role))]
 
 
 def describe(placement: Placement) -> str:

@@ -119,14 +119,17 @@ def ensure_same_config(saved: dict, now: dict) -> None:
 
 
 def learner_lost(err, run_dir: Path, stage: str) -> Optional[Exception]:
-    """For a GroupError from a learner that died: the LearnerLost to raise, saying where the run can resume."""
-    if not (getattr(err, "died", False) and err.role.endswith("learner")):
+    """For a GroupError from a learner that died, or from an actor whose node was lost with no node to take its
+    place (actor_group.NodeLost): the LearnerLost to raise, saying where the run can resume."""
+    learner = getattr(err, "died", False) and err.role.endswith("learner")
+    if not (learner or getattr(err, "node_lost", False)):
         return None
     newest = latest(run_dir, stage)
     where = (f"the same command resumes from {newest[0]}" if newest else
              "no checkpoint yet (train.checkpoint_every = 0), so the same command starts the stage over")
-    return LearnerLost(f"{err}: a learner rank cannot be replaced inside its process group, so the run stopped; "
-                       f"{where}")
+    why = ("a learner rank cannot be replaced inside its process group" if learner else
+           "the cluster has no room for it")
+    return LearnerLost(f"{err}: {why}, so the run stopped; {where}")
 
 
 def rng_state(rng) -> list[Any]:

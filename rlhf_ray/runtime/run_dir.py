@@ -87,6 +87,13 @@ class RunDir:
         if self.monitor is not None:
             self.monitor.log(self.stage, row)
 
+    def log_placement(self, event: str, step: int, records: list[dict]) -> None:
+        """Append where actors are to placement.jsonl, one line per actor: `event` is `start` (every actor, when
+        the stage starts or resumes) or `replaced` (a replacement, after its actor or node was lost)."""
+        with (self.path / "placement.jsonl").open("a") as f:
+            for r in records:
+                f.write(json.dumps({"stage": self.stage, "event": event, "step": step, **r}) + "\n")
+
     def metrics(self, stage: str | None = None) -> list[dict]:
         """The rows of metrics.jsonl (only `stage`'s, when given); see `read_metrics`."""
         return [r for r in read_metrics(self.path / "metrics.jsonl") if stage is None or r.get("stage") == stage]

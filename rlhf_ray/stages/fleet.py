@@ -23,7 +23,7 @@ from actors.reference import Reference
 from actors.reward_function import RewardFunction
 from actors.reward_model import RewardModel
 from cluster import pools
-from cluster.actor_group import ActorGroup, GroupError
+from cluster.actor_group import ActorGroup, GroupError, NodeLost
 from rlhf_ray import models
 from rlhf_ray.algos import forward
 from rlhf_ray.config import Config, TrainConfig
@@ -150,6 +150,9 @@ class Fleet:
     it (the policy being trained is the one that samples)."""
     push: Optional[WeightPush] = None
     """Policy rank 0 -> every generator: the one owner of the weight transport (stages/push.py)."""
+    moved: Optional[Callable[[list[dict]], None]] = None
+    """Told where a replacement was placed (`pools.records` of its rank): the PPO driver appends it to the run
+    directory's placement.jsonl."""
 
     # ------------------------------------------------------------ generators and scorers: replaced when they die
 
@@ -208,6 +211,32 @@ class Fleet:
                                                         f"(cluster.max_actor_restarts = {self.max_restarts})")
         print(f"{phase}: {group.role}-{rank} died; starting a replacement", flush=True)
         group.restart(rank, self.timeout_s)
+        self._placed_again(group, rank, phase)
+
+    def _placed_again(self, group: ActorGroup, rank: int, phase: str) -> None:
+        """Wait until a replacement has started, and note its node. A lost node takes its bundles with it: Ray
+        places them again once a node with room (and the pool's node_resource) is alive, and the replacement starts
+        there; one started before Ray declared the node dead is cancelled with it (it never ran) and is started
+        again, not counted as a restart. Bounded, so a node that never comes back stops the run with one message
+        (and the newest checkpoint to resume from) instead of a silent wait."""
+        role = {id(self.generators): "generator", id(self.reference): "reference", id(self.reward_model): "reward",
+                id(self.reward_fn): "reward_fn"}[id(group)]
+        pool, deadline = self.placement.plan.roles[role].pool, time.monotonic() + self.timeout_s
+        while True:
+            ready = group.actors[rank].__ray_ready__.remote()
+            if not ray.wait([ready], timeout=max(0.0, deadline - time.monotonic()))[0]:
+                raise NodeLost(group.role, [rank], phase, f"its node was lost and pool {pool!r} has no node to "
+                                                          f"place it again on within {self.timeout_s:g} s")
+            try:
+                ray.get(ready)
+                break
+            except ray.exceptions.RayActorError as e:
+                if e.actor_init_failed:
+                    raise GroupError(group.role, [rank], phase, f"its replacement failed to start: {e}") from e
+                group.restart(rank, self.timeout_s, counted=False)
+        pools.refresh(self.placement, pool)
+        if self.moved is not None:
+            self.moved([r for r in pools.records(self.placement, [role]) if r["rank"] == rank])
 
     def restarts(self) -> int:
         """Generators and scorers replaced so far."""

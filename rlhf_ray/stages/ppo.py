@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from cluster import pools
 from cluster.actor_group import GroupError
 from rlhf_ray import data, models, rollout
 from rlhf_ray.algos import experience, ppo_losses, rl_math
@@ -99,6 +100,9 @@ class PPOTrainer:
         weights = str(ckpt[0] / "policy") if ckpt else None
         probe = Probe.make(self.tokenizer, self.prompts[0]["ids"], cfg.model.dtype, cfg.data.max_response_len)
         self.fleet = start_fleet(cfg, self.policy, self.total_steps, weights, self.version, probe)
+        # Where every actor is (the node of each), and of each replacement: the steps done when it was placed.
+        self.run_dir.log_placement("start", len(self.history), pools.records(self.fleet.placement))
+        self.fleet.moved = lambda records: self.run_dir.log_placement("replaced", len(self.history), records)
         try:
             if ckpt:
                 self._load(*ckpt)

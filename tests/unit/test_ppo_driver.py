@@ -77,6 +77,7 @@ def _fleet(log: list, version: int = 0, start_version: int = 0, max_restarts: in
                     FakeGroup("policy", 1, log), None, None, None, timeout_s=5.0, start_version=start_version,
                     max_restarts=max_restarts)
     f.push = push.WeightPush("object_store", "gloo", f.policy, f.generators, 1, 5.0, version, None, f._restart)
+    f._placed_again = lambda group, rank, phase: None  # no placement groups here (tests/e2e/test_nodes.py has them)
     return f
 
 
@@ -192,3 +193,19 @@ def test_a_colocated_generator_sleeps_while_the_policy_trains_and_wakes_weights_
     log.clear()
     push.WeightPush("object_store", "gloo", pol, gens, 1, 5.0, 1, None).rest()  # awake generators: no call
     assert log == []
+
+
+def test_a_lost_learner_or_an_unplaceable_node_stops_naming_the_checkpoint(tmp_path):
+    from cluster.actor_group import DIED, GroupError, NodeLost
+    from rlhf_ray.runtime import checkpoint
+
+    (tmp_path / "checkpoints" / "ppo" / "step_000004").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "ppo" / "step_000004" / "state.json").write_text("{}")
+    learner = checkpoint.learner_lost(GroupError("policy-learner", [0], "train: policy", DIED), tmp_path, "ppo")
+    assert "cannot be replaced inside its process group" in str(learner) and "step_000004" in str(learner)
+    lost = NodeLost("generator", [1], "generate", "its node was lost and pool 'rollout' has no node to place it again on")
+    stop = checkpoint.learner_lost(lost, tmp_path, "ppo")
+    assert str(stop).startswith("generate: its node was lost") and "the cluster has no room for it" in str(stop)
+    assert f"the same command resumes from {tmp_path / 'checkpoints' / 'ppo' / 'step_000004'}" in str(stop)
+    # a generator that died is replaced, not stopped for
+    assert checkpoint.learner_lost(GroupError("generator", [0], "generate", DIED), tmp_path, "ppo") is None
