@@ -116,24 +116,10 @@ class ActorGroup:
                  setup_timeout_s: float = 300.0, threads: int = 0):
         if (slots is None) == (num_ranks is None):
             raise ValueError("give either slots or num_ranks")
-        self.role = role
+        self.role, self.namespace, self.threads = role, namespace, threads
         remote_cls = actor_cls if isinstance(actor_cls, ray.actor.ActorClass) else ray.remote(actor_cls)
-        options = []
-        for rank in range(len(slots) if slots is not None else num_ranks):
-            opts: dict = {"name": f"{role}-{rank}", "max_restarts": 0}
-            if namespace is not None:
-                opts["namespace"] = namespace
-            # Merged with the job's env vars: library log levels (cluster/quiet.py) and, with threads, OMP_NUM_THREADS
-            # (Ray only sets it when it is unset).
-            env = quiet.actor_env() | ({"OMP_NUM_THREADS": str(threads)} if threads > 0 else {})
-            opts["runtime_env"] = {"env_vars": env}
-            if slots is None:
-                opts.update(num_cpus=num_cpus, num_gpus=num_gpus)
-            else:
-                s = slots[rank]
-                where = PlacementGroupSchedulingStrategy(s.pg, placement_group_bundle_index=s.bundle_index)
-                opts.update(num_cpus=s.num_cpus, num_gpus=s.num_gpus, scheduling_strategy=where)
-            options.append(opts)
+        ranks = range(len(slots) if slots is not None else num_ranks)
+        options = [self._options_of(rank, None if slots is None else slots[rank], num_cpus, num_gpus) for rank in ranks]
         self.gpus = any(o["num_gpus"] > 0 for o in options)
         self._make = lambda o: remote_cls.options(**o).remote(*args, **(kwargs or {}))
         self._options, self.distributed, self.restarts = options, distributed, 0
@@ -144,6 +130,33 @@ class ActorGroup:
             except BaseException:
                 self.kill()
                 raise
+
+    def _options_of(self, rank: int, slot: Any = None, num_cpus: float = 1.0, num_gpus: float = 0.0) -> dict:
+        """Ray options of rank `rank`: its name, and its slot's placement (or num_cpus / num_gpus without one)."""
+        opts: dict = {"name": f"{self.role}-{rank}", "max_restarts": 0}
+        if self.namespace is not None:
+            opts["namespace"] = self.namespace
+        # Merged with the job's env vars: library log levels (cluster/quiet.py) and, with threads, OMP_NUM_THREADS
+        # (Ray only sets it when it is unset).
+        env = quiet.actor_env() | ({"OMP_NUM_THREADS": str(self.threads)} if self.threads > 0 else {})
+        opts["runtime_env"] = {"env_vars": env}
+        if slot is None:
+            return opts | {"num_cpus": num_cpus, "num_gpus": num_gpus}
+        where = PlacementGroupSchedulingStrategy(slot.pg, placement_group_bundle_index=slot.bundle_index)
+        return opts | {"num_cpus": slot.num_cpus, "num_gpus": slot.num_gpus, "scheduling_strategy": where}
+
+    def add(self, slot: Any, timeout_s: float = 60.0) -> None:
+        """One more rank, on `slot`, with the same arguments (a fleet that grows; not for distributed groups)."""
+        if self.distributed:
+            raise RuntimeError(f"{self.role}: a torch.distributed group cannot take in a new member")
+        self._options.append(self._options_of(len(self.actors), slot))
+        self.actors.append(None)
+        self._start(len(self.actors) - 1, timeout_s)
+
+    def remove(self) -> None:
+        """Stop the last rank (a fleet that shrinks)."""
+        ray.kill(self.actors.pop(), no_restart=True)
+        self._options.pop()
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -202,16 +215,20 @@ class ActorGroup:
         if self.distributed:
             raise RuntimeError(f"{self.role}-{rank}: ranks of a distributed group cannot be restarted")
         ray.kill(self.actors[rank], no_restart=True)
+        self._start(rank, timeout_s)
+        self.restarts += counted
+
+    def _start(self, rank: int, timeout_s: float) -> None:
+        """Start rank `rank`'s actor, once its name is free (Ray frees a killed actor's name asynchronously)."""
         deadline = time.monotonic() + timeout_s
-        while True:  # the name is free once Ray has marked the old actor dead (ray.kill is asynchronous)
+        while True:
             try:
                 self.actors[rank] = self._make(self._options[rank])
-                break
+                return
             except ValueError:
                 if time.monotonic() > deadline:
                     raise GroupError(self.role, [rank], "restart", f"name still taken after {timeout_s:g} s")
                 time.sleep(0.2)
-        self.restarts += counted
 
     def kill(self) -> None:
         for actor in self.actors:

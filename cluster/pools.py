@@ -17,7 +17,9 @@ it); other pools go wherever they fit, biggest pool first.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -90,11 +92,14 @@ class Placement:
     """Placement group per pool."""
     nodes: dict[str, list[tuple[str, str]]]
     """(node id, node IP) of each bundle, per pool, as Ray placed it."""
+    grown: dict[str, list[Slot]] = field(default_factory=dict)
+    """Slots of the ranks a fleet grew by beyond the planned count, per role (`grow`): a group of their own each."""
 
     def slots(self, role: str) -> list[Slot]:
-        """One slot per rank of `role`."""
+        """One slot per rank of `role`: the planned ones, then those it grew by."""
         rp = self.plan.roles[role]
-        return [Slot(self.groups[rp.pool], b, rp.num_cpus, rp.num_gpus, *self.nodes[rp.pool][b]) for b in rp.bundles]
+        planned = [Slot(self.groups[rp.pool], b, rp.num_cpus, rp.num_gpus, *self.nodes[rp.pool][b]) for b in rp.bundles]
+        return planned + self.grown.get(role, [])
 
 
 # ---------------------------------------------------------------- planning (no Ray)
@@ -316,15 +321,74 @@ def _nodes_now(pg) -> list[tuple[str, str]]:
 def refresh(placement: Placement, pool: str) -> None:
     """Note where `pool`'s bundles are now (Ray places a lost node's bundles again on a node that joins)."""
     placement.nodes[pool] = _nodes_now(placement.groups[pool])
+    for role, slots in placement.grown.items():
+        if placement.plan.roles[role].pool == pool:
+            placement.grown[role] = [dataclasses.replace(s, node_id=where[0], node_ip=where[1])
+                                     for s in slots for where in _nodes_now(s.pg)]
 
 
 def remove(placement: Placement) -> None:
     """Free the placement groups (Ray kills actors still inside them)."""
     from ray.util import remove_placement_group
 
-    for pg in placement.groups.values():
+    for pg in [*placement.groups.values(), *(s.pg for slots in placement.grown.values() for s in slots)]:
         remove_placement_group(pg)
     placement.groups.clear()
+    placement.grown.clear()
+
+
+class NoCapacity(PlacementError):
+    """A fleet could not grow: no node had room for one more rank within the wait."""
+
+
+ASK_AFTER_S = 5.0
+"""A rank that is not placed within this long is asked of Ray's autoscaler."""
+
+
+def grow(placement: Placement, role: str, rank: int, timeout_s: float) -> Slot:
+    """The slot of rank `rank` of `role`, one more than the fleet has: a planned one it shrank from, else a
+    placement group of one bundle (the role's CPUs and GPUs, pinned to its
+    pool's nodes by node_resource). Not placed within ASK_AFTER_S, the bundle is asked of Ray's autoscaler
+    (`request_resources`, which adds nodes where one runs) and the wait goes on to `timeout_s`; then NoCapacity,
+    with the group removed. Either way the request is withdrawn after the wait (a placed rank keeps its node)."""
+    import ray
+    from ray.autoscaler.sdk import request_resources
+    from ray.util import placement_group, remove_placement_group
+
+    slots = placement.slots(role)
+    if rank < len(slots):
+        return slots[rank]
+    rp = placement.plan.roles[role]
+    pin = placement.plan.pools[rp.pool].node_resource
+    bundle = {k: v for k, v in {"CPU": rp.num_cpus, "GPU": rp.num_gpus, pin: PIN_UNITS}.items() if k and v > 0}
+    pg = placement_group([bundle], strategy="STRICT_PACK", name=f"rlhf-ray-pool-{rp.pool}-{role}-{rank}")
+    t0 = time.monotonic()
+    placed = bool(ray.wait([pg.ready()], timeout=min(ASK_AFTER_S, timeout_s))[0])
+    if not placed:
+        print(f"scale: {role}-{rank} needs {_fmt(bundle)} in pool {rp.pool!r}, which no node has free: asked Ray's "
+              f"autoscaler (request_resources), waiting up to {timeout_s:g} s", flush=True)
+        request_resources(bundles=[bundle])
+        placed = bool(ray.wait([pg.ready()], timeout=max(0.0, timeout_s - ASK_AFTER_S))[0])
+        request_resources(bundles=[])
+    if not placed:
+        remove_placement_group(pg)
+        raise NoCapacity(f"{role}-{rank}: no node with {_fmt(bundle)} free in pool {rp.pool!r}"
+                         + (f" (nodes advertising {pin})" if pin else "") + f" within {timeout_s:g} s, Ray's "
+                         f"autoscaler asked (on a cluster without one, nothing joins); {role} stays at {rank}")
+    (node_id, ip), = _nodes_now(pg)
+    slot = Slot(pg, 0, rp.num_cpus, rp.num_gpus, node_id, ip)
+    placement.grown.setdefault(role, []).append(slot)
+    print(f"scale: {role}-{rank} placed on node {node_id[:8]} after {time.monotonic() - t0:.1f} s", flush=True)
+    return slot
+
+
+def shrink(placement: Placement, role: str, rank: int) -> None:
+    """Rank `rank`, the last of `role`, is gone: free its slot's group if the fleet grew it (a planned bundle
+    stays, for the fleet to grow into again)."""
+    from ray.util import remove_placement_group
+
+    if rank >= len(placement.plan.roles[role].bundles):
+        remove_placement_group(placement.grown[role].pop().pg)
 
 
 def records(placement: Placement, roles: Optional[list[str]] = None) -> list[dict]:

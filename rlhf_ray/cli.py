@@ -7,6 +7,7 @@
   rlhf-ray submit CONFIG [key=value ...] --address http://127.0.0.1:8265 [--follow]   the run as a Ray Job
   rlhf-ray status|logs|stop JOB_ID [--address ...]     follow a submitted job (`logs --follow` streams)
                                                        (plain http to another host needs --insecure-http)
+  rlhf-ray scale RUN_DIR|JOB_ID ROLE=N ... [--address ...]   a running PPO run's generator / scorer count
   rlhf-ray report RUN_DIR                              redraw RUN_DIR/plots/*.png from metrics.jsonl
   rlhf-ray bench [--model tiny|smollm2] [--out DIR]    rlhf-ray beside raw vLLM, plain torch and TRL
 """
@@ -194,6 +195,25 @@ def cmd_stop(args) -> int:
     return 0
 
 
+def cmd_scale(args) -> int:
+    """The generator or scorer count a running PPO run should have, from its next step boundary on."""
+    from rlhf_ray.runtime import control, jobs
+
+    counts = control.parse(args.counts)  # refused before anything is written or submitted
+    if args.address or not Path(args.target).is_dir():
+        job, run_dir = jobs.scale(args.target, args.counts, args.address, args.insecure_http)
+        print(f"{args.target}: asked {' '.join(args.counts)} through job {job} (it writes {run_dir}/{control.FILE} on "
+              f"the driver's node); the run applies it at its next step boundary: `rlhf-ray logs {args.target}`")
+        return 0
+    run_dir = Path(args.target)
+    if not (run_dir / "config.yaml").exists():
+        raise control.ControlError(f"{run_dir}: not a run directory (no config.yaml)")
+    wanted = control.ask(run_dir, counts)
+    print(f"{run_dir}: asks {' '.join(f'{r}={n}' for r, n in wanted.items())}; the run applies it at its next step "
+          f"boundary (its log says `scale: ...`, placement.jsonl where each new actor went)")
+    return 0
+
+
 def cmd_report(args) -> int:
     from rlhf_ray.runtime import report
 
@@ -270,6 +290,12 @@ def _parser() -> argparse.ArgumentParser:
         if name == "logs":
             s.add_argument("--follow", action="store_true", help="stream until the job ends")
         s.set_defaults(fn=fn)
+    s = sub.add_parser("scale", help="change a running PPO run's generator or scorer count at its next step")
+    s.add_argument("target", help="the run directory, or a submitted job's id (with --address)")
+    s.add_argument("counts", nargs="+", metavar="ROLE=N", help="generator, reference, reward or reward_fn")
+    s.add_argument("--address", help="dashboard address of a submitted job, http://HOST:8265")
+    s.add_argument("--insecure-http", action="store_true", help=insecure)
+    s.set_defaults(fn=cmd_scale)
     sub.add_parser("doctor", help="versions of torch, vLLM, Ray, DeepSpeed and transformers, the devices, and "
                    "whether this is the tested set").set_defaults(fn=cmd_doctor)
     s = sub.add_parser("report", help="redraw the plots of a run directory from its metrics.jsonl")

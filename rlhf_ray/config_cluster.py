@@ -77,6 +77,9 @@ class ClusterConfig:
     object-store weight sync then never spills to disk), at least 512."""
     call_timeout_s: Annotated[float, Range(0, 10**7, open_lo=True)] = 600.0
     """Longest wait for any remote call before it fails naming the actor and phase."""
+    scale_wait_s: Annotated[float, Range(0, 10**7)] = 300.0
+    """`rlhf-ray scale`: how long one more generator or scorer may wait for a node with room (Ray's autoscaler is
+    asked after 5 s, where one runs); then the fleet stays at the size it reached, said in the log."""
     max_actor_restarts: NonNegative[int] = 3
     """A generator or scorer that dies is replaced on its slot; more than this many per role fail the run."""
     metrics_export_port: Optional[Port] = None

@@ -2,7 +2,8 @@
 (`os._exit`, no cleanup, as on a pre-emption or an OOM kill) when it reaches `point` with that value.
 
 Points: `ppo.after_step=N` / `supervised.after_step=N` (after step N is logged and, when due, checkpointed),
-`checkpoint.before_commit=N` (a checkpoint of N steps written but not yet renamed into place). And actor
+`checkpoint.before_commit=N` (a checkpoint of N steps written but not yet renamed into place), `ppo.pause=S` (each
+PPO step starts S seconds late: time for a test to act between steps). And actor
 deaths: `kill.<actor name>=N` kills that actor (`ray.kill`, no restart) as PPO step N starts;
 `kill_after_launch.<actor name>=N` right after the Nth generation batch is queued (so it dies mid-sampling);
 `kill_in_sync.<actor name>=N` right after the broadcast of weights version N begins (so it dies mid-sync).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 EXIT_CODE = 3
 
@@ -42,6 +44,14 @@ def kill_actors(when: str, value: int) -> None:
             name = key.removeprefix(when + ".")
             print(f"fault injected: {when} {name} at {value}", file=sys.stderr, flush=True)
             ray.kill(ray.get_actor(name), no_restart=True)
+
+
+def pause(point: str) -> None:
+    """Sleep the seconds armed for `point` (`ppo.pause=S`, as each PPO step starts: a tiny run's steps last long
+    enough for a test to act between them, e.g. `rlhf-ray scale`)."""
+    seconds = _armed().get(point)
+    if seconds:
+        time.sleep(float(seconds))
 
 
 def maybe(point: str, value: int) -> None:

@@ -189,6 +189,23 @@ def describe(job_id: str, address: Optional[str], insecure_http: bool = False) -
     return info.status.value, "\n".join(lines)
 
 
+def scale(job_id: str, asked: list[str], address: Optional[str], insecure_http: bool = False) -> tuple[str, str]:
+    """`rlhf-ray scale JOB_ID ROLE=N`: a job of its own runs `rlhf-ray scale RUN_DIR ROLE=N` on the head node, where
+    the job's driver and run directory are (the job API has no channel into a running job); (its id, the run
+    directory)."""
+    c = client(address, insecure_http)
+    with answers(c.get_address()):
+        info = c.get_job_info(job_id)
+        run_dir = (info.metadata or {}).get("run_dir")
+        if not run_dir:
+            raise JobAPIError(f"job {job_id} was not submitted by `rlhf-ray submit` (no run_dir in its metadata)")
+        if info.status.is_terminal():
+            raise JobAPIError(f"job {job_id} has ended ({info.status.value}): there is no run to scale")
+        entry = shlex.join(["python", "-m", "rlhf_ray.cli", "scale", run_dir, *asked])
+        return c.submit_job(entrypoint=entry, runtime_env={"working_dir": ".", "excludes": EXCLUDES},
+                            metadata={"scales": job_id}), run_dir
+
+
 def logs(job_id: str, address: Optional[str], follow: bool = False, insecure_http: bool = False) -> str:
     """The job's driver log so far; with `follow`, stream it to stdout until the job ends and return its status."""
     c = client(address, insecure_http)

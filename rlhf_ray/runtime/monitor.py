@@ -1,7 +1,8 @@
 """What a run shows while it runs, fed by every metrics row (`RunDir.log_metrics`):
 
-- Ray gauges: every numeric key becomes `rlhf_<key>` with tags `run` and `stage`; Ray's Prometheus endpoint
-  (the metrics export port) serves them as `ray_rlhf_<key>{run=..., stage=...}` (deploy/grafana charts them);
+- Ray gauges: every numeric key becomes `rlhf_<key>` with tags `run` and `stage` (fleet_size_<role> keys: one
+  gauge `rlhf_fleet_size` with a `role` tag too); Ray's Prometheus endpoint (the metrics export port) serves them
+  as `ray_rlhf_<key>{run=..., stage=...}` (deploy/grafana charts them);
 - a progress bar per stage on a terminal (step, ETA, reward, KL), else a concise line every few seconds;
 - plots/*.png redrawn during the run (`rlhf_ray.runtime.report`); TensorBoard and W&B when the config asks.
 """
@@ -30,6 +31,18 @@ SHOWN = {
 }
 
 
+FLEET_SIZE = "fleet_size_"
+"""PPO's rows hold fleet_size_<role> (actors of each generator and scorer role): `ray_rlhf_fleet_size{role=...}`."""
+
+
+def gauge_of(key: str) -> tuple[str, dict[str, str]]:
+    """(gauge name, tags beyond run and stage) of a metrics key: `rlhf_<key>`; fleet_size_<role> keys are one
+    gauge, `rlhf_fleet_size`, with a `role` tag."""
+    if key.startswith(FLEET_SIZE):
+        return "rlhf_fleet_size", {"role": key[len(FLEET_SIZE):]}
+    return "rlhf_" + re.sub(r"[^a-zA-Z0-9_]", "_", key), {}
+
+
 def _numbers(row: dict) -> dict[str, float]:
     return {k: float(v) for k, v in row.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
@@ -48,11 +61,12 @@ class RayGauges:
         if not ray.is_initialized():
             return
         for key, value in _numbers(row).items():
-            name = "rlhf_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
+            name, role = gauge_of(key)
+            tags = {"run": self.run, "stage": stage, **role}
             if name not in self.gauges:
                 self.gauges[name] = Gauge(name, description=f"rlhf-ray metrics.jsonl key `{key}`",
-                                          tag_keys=("run", "stage"))
-            self.gauges[name].set(value, tags={"run": self.run, "stage": stage})
+                                          tag_keys=tuple(tags))
+            self.gauges[name].set(value, tags=tags)
 
 
 class Progress:

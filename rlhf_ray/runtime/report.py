@@ -162,6 +162,17 @@ def _ppo_phases(fig, rows):
     return "PPO step time by phase, and throughput"
 
 
+def _ppo_fleet(fig, rows):
+    """Actors per generator and scorer role (`rlhf-ray scale` changes them between steps), throughput beside."""
+    ax = fig.subplots()
+    roles = sorted({k for r in rows for k in r if k.startswith("fleet_size_")})
+    _lines(ax, rows, tuple(roles), "actors", counts=True)
+    ax.set_xlabel("PPO step")
+    if _has(rows, ("tokens_per_s",)):
+        _lines(ax.twinx(), rows, ("tokens_per_s",), "generated tokens/s (over the whole step)", color="black")
+    return "PPO fleet size per role, and throughput"
+
+
 KL, LENGTH = ("kl_mean", "eval_kl_mean"), ("response_length_mean", "eval_response_length_mean")
 # (file name, keys of which at least one must hold a number, draw)
 PPO_PLOTS: list[tuple[str, tuple[str, ...], Callable]] = [
@@ -173,6 +184,7 @@ PPO_PLOTS: list[tuple[str, tuple[str, ...], Callable]] = [
     ("ppo_losses.png", ("policy_loss", "value_loss", "entropy", "clip_frac"), _ppo_losses),
     ("ppo_staleness.png", ("staleness_max", "staleness_mean", "buffer_depth"), _ppo_staleness),
     ("ppo_phase_times.png", PHASES, _ppo_phases),
+    ("ppo_fleet.png", ("fleet_size_generator",), _ppo_fleet),
 ]
 
 # SFT / RM / DPO (and any other stage): (name, keys, y label); train and eval_ lines on one axis.

@@ -44,6 +44,8 @@ class Call:
     actor: Any = None
     """The actor it went to. If it died and the rank holds another actor already (replaced when another of its
     calls failed), the call is only sent again."""
+    kept: bool = False
+    """Its answer is in the object store (`Calls.keep`): never asked of an actor again."""
 
 
 class Calls:
@@ -68,16 +70,24 @@ class Calls:
     def keep(self, key: int, answer: Any) -> None:
         """`answer` is the call's result: from now on it is read from the object store, never asked again."""
         ref = ray.put(answer)
-        self.items[key].ref, self.items[key].make = ref, lambda actor: ref
+        self.items[key].ref, self.items[key].make, self.items[key].kept = ref, lambda actor: ref, True
 
     @classmethod
     def answered(cls, group: ActorGroup, answers: list) -> "Calls":
-        """Calls whose answers are in already, one per rank (a checkpoint's batches in flight)."""
+        """Calls whose answers are in already, one per share (a checkpoint's batches in flight: split over as many
+        generators as the run had then, which need not be as many as it has now)."""
         calls = cls(group)
-        for rank, answer in enumerate(answers):
-            calls.items[rank] = Call(rank, None, None, group.actors[rank])
-            calls.keep(rank, answer)
+        for key, answer in enumerate(answers):
+            rank = key % len(group)
+            calls.items[key] = Call(rank, None, None, group.actors[rank])
+            calls.keep(key, answer)
         return calls
+
+    def on(self, rank: int) -> "Calls":
+        """The calls not answered yet that went to `rank` (the same Call objects)."""
+        mine = Calls(self.group, self.say)
+        mine.items = {key: call for key, call in self.items.items() if call.rank == rank and not call.kept}
+        return mine
 
 
 @dataclass
@@ -150,9 +160,11 @@ class Fleet:
     it (the policy being trained is the one that samples)."""
     push: Optional[WeightPush] = None
     """Policy rank 0 -> every generator: the one owner of the weight transport (stages/push.py)."""
-    moved: Optional[Callable[[list[dict]], None]] = None
-    """Told where a replacement was placed (`pools.records` of its rank): the PPO driver appends it to the run
-    directory's placement.jsonl."""
+    moved: Optional[Callable[[str, list[dict]], None]] = None
+    """Told (event, `pools.records` of the rank) where a replacement (`replaced`) or a rank the fleet grew by
+    (`added`) was placed, and of a rank removed (`removed`): the PPO driver appends it to placement.jsonl."""
+    scale_wait_s: float = 300.0
+    """cluster.scale_wait_s: how long a rank the fleet grows by may wait for room (`pools.grow`)."""
 
     # ------------------------------------------------------------ generators and scorers: replaced when they die
 
@@ -213,14 +225,22 @@ class Fleet:
         group.restart(rank, self.timeout_s)
         self._placed_again(group, rank, phase)
 
-    def _placed_again(self, group: ActorGroup, rank: int, phase: str) -> None:
+    def _role(self, group: ActorGroup) -> str:
+        """The cluster.roles key of a generator or scorer group."""
+        return {id(self.generators): "generator", id(self.reference): "reference", id(self.reward_model): "reward",
+                id(self.reward_fn): "reward_fn"}[id(group)]
+
+    def _tell(self, event: str, role: str, rank: int) -> None:
+        if self.moved is not None:
+            self.moved(event, [r for r in pools.records(self.placement, [role]) if r["rank"] == rank])
+
+    def _placed_again(self, group: ActorGroup, rank: int, phase: str, event: str = "replaced") -> None:
         """Wait until a replacement has started, and note its node. A lost node takes its bundles with it: Ray
         places them again once a node with room (and the pool's node_resource) is alive, and the replacement starts
         there; one started before Ray declared the node dead is cancelled with it (it never ran) and is started
         again, not counted as a restart. Bounded, so a node that never comes back stops the run with one message
         (and the newest checkpoint to resume from) instead of a silent wait."""
-        role = {id(self.generators): "generator", id(self.reference): "reference", id(self.reward_model): "reward",
-                id(self.reward_fn): "reward_fn"}[id(group)]
+        role = self._role(group)
         pool, deadline = self.placement.plan.roles[role].pool, time.monotonic() + self.timeout_s
         while True:
             ready = group.actors[rank].__ray_ready__.remote()
@@ -235,8 +255,38 @@ class Fleet:
                     raise GroupError(group.role, [rank], phase, f"its replacement failed to start: {e}") from e
                 group.restart(rank, self.timeout_s, counted=False)
         pools.refresh(self.placement, pool)
-        if self.moved is not None:
-            self.moved([r for r in pools.records(self.placement, [role]) if r["rank"] == rank])
+        self._tell(event, role, rank)
+
+    # ------------------------------------------------------------ the fleet's size: generators and scorers
+
+    def sizes(self) -> dict[str, int]:
+        """Actors per generator or scorer role of this run."""
+        groups = {"generator": self.generators, "reference": self.reference, "reward": self.reward_model,
+                  "reward_fn": self.reward_fn}
+        return {role: len(g) for role, g in groups.items() if g is not None}
+
+    def scale(self, role: str, n: int, inflight: list[Calls]) -> None:
+        """`role`'s actors to n, between steps. A removed generator first answers what is queued on it (kept in
+        the object store: its share of a batch in flight stays sampled by it, once); an added one is placed
+        (`pools.grow`: NoCapacity when no node has room in time), started, and brought to the push's version and
+        probed before it is dealt a share. Learners cannot change size: their process group cannot take in
+        members."""
+        group = {"generator": self.generators, "reference": self.reference, "reward": self.reward_model,
+                 "reward_fn": self.reward_fn}[role]
+        while len(group) > n:
+            rank = len(group) - 1
+            for calls in inflight if group is self.generators else []:
+                for key, answer in self.results(calls.on(rank), f"scale: drain generator-{rank}"):
+                    calls.keep(key, answer)
+            self._tell("removed", role, rank)
+            group.remove()
+            pools.shrink(self.placement, role, rank)
+        while len(group) < n:
+            rank = len(group)
+            group.add(pools.grow(self.placement, role, rank, self.scale_wait_s), self.timeout_s)
+            self._placed_again(group, rank, f"scale: {role}-{rank}", "added")
+            if group is self.generators and self.push.version != self.start_version:
+                self.push.bring(rank)
 
     def restarts(self) -> int:
         """Generators and scorers replaced so far."""
@@ -387,7 +437,7 @@ def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[st
     reward_fn = ActorGroup(RewardFunction, "reward-fn", (codes,), distributed=False,
                            **on("reward_fn")) if codes else None
     fleet = Fleet(placement, gen, ref, pol, critic, rm, reward_fn, cfg.cluster.call_timeout_s, version,
-                  cfg.cluster.max_actor_restarts, cfg.rollout.temperature)
+                  cfg.cluster.max_actor_restarts, cfg.rollout.temperature, scale_wait_s=cfg.cluster.scale_wait_s)
     fleet.push = WeightPush(push.chosen(cfg), push.backend(cfg.cluster.roles["policy"].gpus), pol, gen,
                             cfg.rollout.engine.tensor_parallel_size, cfg.cluster.call_timeout_s, version, probe,
                             fleet._restart, cfg.rollout.engine.sleep_level)

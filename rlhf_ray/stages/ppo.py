@@ -26,8 +26,8 @@ from cluster import pools
 from cluster.actor_group import GroupError
 from rlhf_ray import data, models, rollout
 from rlhf_ray.algos import experience, ppo_losses, rl_math
-from rlhf_ray.config import Config, ConfigError, to_dict
-from rlhf_ray.runtime import checkpoint, faults
+from rlhf_ray.config import Config, to_dict
+from rlhf_ray.runtime import checkpoint, control, faults
 from rlhf_ray.rewards import distinct_2
 from rlhf_ray.runtime.guard import Guard, GuardSettings
 from rlhf_ray.runtime.run_dir import RunDir
@@ -68,6 +68,7 @@ class PPOTrainer:
         self.history: list[dict] = []
         self.fleet: Optional[Fleet] = None  # while `fit` runs
         self.inflight: deque[Calls] = deque()  # batches generating, oldest first
+        self.said: set = set()  # scale lines said once (and asks that found no room)
 
     @property
     def evals(self) -> list[dict]:
@@ -102,7 +103,7 @@ class PPOTrainer:
         self.fleet = start_fleet(cfg, self.policy, self.total_steps, weights, self.version, probe)
         # Where every actor is (the node of each), and of each replacement: the steps done when it was placed.
         self.run_dir.log_placement("start", len(self.history), pools.records(self.fleet.placement))
-        self.fleet.moved = lambda records: self.run_dir.log_placement("replaced", len(self.history), records)
+        self.fleet.moved = lambda event, records: self.run_dir.log_placement(event, len(self.history), records)
         try:
             if ckpt:
                 self._load(*ckpt)
@@ -121,6 +122,8 @@ class PPOTrainer:
         """PPO step n on the oldest batch in flight, keeping up to max_staleness batches generating ahead; its
         metrics row (rows and rollouts files number steps from 0: step n - 1)."""
         i, k, steps = n - 1, self.cfg.rollout.max_staleness, self.cfg.ppo.steps
+        faults.pause("ppo.pause")
+        self._scale()
         if not self.inflight:  # the run's first batch; later ones are launched ahead, below
             self.inflight.append(self.launch_generate())
         faults.kill_actors("kill", i)
@@ -149,13 +152,40 @@ class PPOTrainer:
                "tokens_per_s": int(batch.response_mask.sum()) / max(t4 - t0, 1e-9), "time_generate_s": t1 - t0,
                "time_score_s": t2 - t1, "time_train_s": t3 - t2, "time_sync_s": t4 - t3,
                "sync_bytes": sum(r["bytes"] for r in loaded), "sync_probe_gap": self.fleet.push.gap(),
-               "buffer_depth": depth, "generator_busy_s": busy}
+               "buffer_depth": depth, "generator_busy_s": busy,
+               **{f"fleet_size_{role}": n for role, n in self.fleet.sizes().items()}}
         self._check_gap(row)
         self.run_dir.write_rollouts(i, table.append_column("reward", pa.array(exp.task_reward.tolist()))
                                     .append_column("kl", _column(exp.kl, len(exp.task_reward)))
                                     .append_column("staleness", pa.array(staleness.tolist())))
         self.history.append(row)
         return row
+
+    def _scale(self) -> None:
+        """The fleet to the size `rlhf-ray scale` asks (runtime/control.py), between steps. An ask that found no
+        room is not tried again until it is asked again."""
+        path = self.run_dir.path / control.FILE
+        try:
+            wanted = control.read(self.run_dir.path)
+        except control.ControlError as e:
+            wanted = {}
+            self._say_once(f"scale: {e}")
+        sizes = self.fleet.sizes()
+        for role, n in wanted.items():
+            ask = (role, n, path.stat().st_mtime_ns)
+            if role not in sizes:
+                self._say_once(f"scale: {role}: this run has no {role} actors")
+            elif sizes[role] != n and ask not in self.said:
+                print(f"scale: {role} {sizes[role]} -> {n}", flush=True)
+                try:
+                    self.fleet.scale(role, n, list(self.inflight))
+                except pools.NoCapacity as e:
+                    self._say_once(f"scale: {e}", ask)
+
+    def _say_once(self, line: str, key=None) -> None:
+        if (key or line) not in self.said:
+            self.said.add(key or line)
+            print(line, flush=True)
 
     def _check_gap(self, row: dict) -> None:
         """The step's logprob_gap (learner against generator, on the batch's samples) under the probe's bound when
@@ -347,13 +377,11 @@ class PPOTrainer:
     def _load(self, path: Path, state: dict) -> None:
         """Learner states into the fresh actors; the saved batches back in flight, in order."""
         self.fleet.load_checkpoint(path)
-        gens = self.fleet.generators
-        if state["buffer"] and state["shares"] != len(gens):
-            raise ConfigError([f"resume: the checkpoint holds batches split over {state['shares']} generators, "
-                               f"the run now has {len(gens)}; resume with "
-                               f"cluster.roles.generator.count={state['shares']}"])
-        self.inflight = deque(Calls.answered(gens, [pq.read_table(path / "buffer" / f"batch_{j}_share_{i}.parquet")
-                                                    for i in range(state["shares"])])
+        # The batches were split over state["shares"] generators; the run may have another count now (answered
+        # calls need no generator).
+        self.inflight = deque(Calls.answered(self.fleet.generators,
+                                             [pq.read_table(path / "buffer" / f"batch_{j}_share_{i}.parquet")
+                                              for i in range(state["shares"])])
                               for j in range(state["buffer"]))
 
 

@@ -8,6 +8,7 @@ every step samples the prompts the unbroken run sampled, each n times.
 One cluster for the module (~7 s to start); each run joins it with --address."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ PLACED = ["cluster.roles.generator.pool=rollout", "cluster.roles.generator.count
           "cluster.roles.policy.pool=train", "cluster.roles.critic.pool=train"]
 STEPS, N_SAMPLES = 6, 4  # ppo.steps here; rollout.n_samples in configs/tiny/ppo.yaml
 SIX = ["configs/tiny/ppo.yaml", f"ppo.steps={STEPS}", "train.checkpoint_every=2", *PINNED, *PLACED]
+PAUSE = "ppo.pause=3"  # each step starts 3 s late: time to scale between tiny steps
 TIMING = ("time_", "tokens_per_s", "generator_busy_s", "actor_restarts")
 
 
@@ -37,9 +39,10 @@ def nodes():
     cluster.shutdown()
 
 
-def start(nodes: LocalNodes, run_dir: Path, *args: str) -> subprocess.Popen:
+def start(nodes: LocalNodes, run_dir: Path, *args: str, faults: str = "") -> subprocess.Popen:
     return subprocess.Popen([EXE, "run", *SIX, *args, "--address", nodes.address, "--run-dir", str(run_dir)],
-                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, RLHF_RAY_FAULTS=faults))
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
@@ -131,3 +134,49 @@ def test_a_lost_node_heals_and_a_lost_learner_node_resumes(nodes, straight, tmp_
     assert prompts_per_step(run_dir) == prompts_per_step(straight)
     same = [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows(run_dir)]
     assert same == [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows(straight)]
+
+
+def scale(run_dir: Path, *counts: str) -> None:
+    proc = subprocess.run([EXE, "scale", str(run_dir), *counts], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_fleet_grows_onto_a_new_node_shrinks_and_resumes_onto_another_count(nodes, straight, tmp_path):
+    """One generator (0.75 CPU: one per 1-CPU rollout node), one batch generated ahead. After step 1 a second
+    rollout node joins and `rlhf-ray scale` asks 3 generators: the second is placed on the new node, the third
+    finds no room (no autoscaler here) and the run goes on with 2. SIGTERM then checkpoints with a batch in flight
+    split over 2 generators, which resumes onto the 1 the config starts with; the run grows to 2 again, and
+    `scale generator=1` drains the second's queued share before removing it."""
+    run_dir = tmp_path / "run"
+    args = ("rollout.max_staleness=1", "cluster.roles.generator.count=1", "cluster.roles.generator.cpus=0.75",
+            "cluster.roles.reward_fn.pool=score", "cluster.scale_wait_s=8")
+    proc = start(nodes, run_dir, *args, faults=PAUSE)
+    wait_for(lambda: len(rows(run_dir)) >= 1, proc, "step 1")
+    second = nodes.add("rollout")
+    scale(run_dir, "generator=3")
+    wait_for(lambda: any(r.get("fleet_size_generator") == 2 for r in rows(run_dir)), proc, "2 generators")
+    proc.send_signal(subprocess.signal.SIGTERM)
+    out = finish(proc)
+    stopped_at = len(rows(run_dir))
+    print(f"\ntried: scale generator=3 after step 1 -> {[r['fleet_size_generator'] for r in rows(run_dir)]} per "
+          f"step; SIGTERM -> exit {proc.returncode} after step {stopped_at}")
+    assert proc.returncode == 130 and "scale: generator 1 -> 3" in out, out[-4000:]
+    assert "generator-2: no node with" in out and "generator stays at 2" in out, out[-4000:]
+    added = [r for r in placement(run_dir) if r["event"] == "added"]
+    assert [(r["role"], r["rank"], r["node_id"]) for r in added] == [("generator", 1, second)], added
+    state = json.loads(next((run_dir / "checkpoints" / "ppo").glob("step_*/state.json")).read_text())
+    assert state["buffer"] == 1 and state["shares"] == 2  # a batch in flight, split over 2 generators
+
+    proc = start(nodes, run_dir, *args, faults=PAUSE)  # 1 generator, the checkpoint's batch split over 2
+    wait_for(lambda: len(rows(run_dir)) > stopped_at and rows(run_dir)[-1]["fleet_size_generator"] == 2, proc,
+             "2 generators again")
+    scale(run_dir, "generator=1")
+    out = finish(proc)
+    sizes = [r["fleet_size_generator"] for r in rows(run_dir)]
+    print(f"tried: resumed, grew to 2 again, scale generator=1 -> {sizes} per step")
+    assert proc.returncode == 0 and f"resuming after step {stopped_at}" in out, out[-4000:]
+    assert "scale: generator 2 -> 1" in out and sizes[-1] == 1 and 2 in sizes[stopped_at:], out[-4000:]
+    assert any(r["event"] == "removed" and r["rank"] == 1 for r in placement(run_dir))
+    # Nothing lost or sampled twice, whatever the fleet's size: each step's prompts are the unbroken run's.
+    assert prompts_per_step(run_dir) == prompts_per_step(straight)
+    assert all(r["staleness_max"] <= 1 for r in rows(run_dir))

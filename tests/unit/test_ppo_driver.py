@@ -209,3 +209,18 @@ def test_a_lost_learner_or_an_unplaceable_node_stops_naming_the_checkpoint(tmp_p
     assert f"the same command resumes from {tmp_path / 'checkpoints' / 'ppo' / 'step_000004'}" in str(stop)
     # a generator that died is replaced, not stopped for
     assert checkpoint.learner_lost(GroupError("generator", [0], "generate", DIED), tmp_path, "ppo") is None
+
+
+def test_batches_in_flight_resume_onto_another_generator_count_and_a_removed_rank_is_drained(monkeypatch):
+    monkeypatch.setattr(fleet.ray, "put", lambda answer: f"stored {answer}")  # no object store in unit tests
+    log = []
+    group = FakeGroup("generator", 1, log)
+    calls = fleet.Calls.answered(group, ["share 0", "share 1", "share 2"])  # split over 3, resumed onto 1
+    assert [c.rank for c in calls.items.values()] == [0, 0, 0] and all(c.kept for c in calls.items.values())
+    assert calls.on(0).items == {}  # answered already: nothing to drain
+    two = FakeGroup("generator", 2, log)
+    calls = fleet.Calls(two)
+    for key in range(4):
+        calls.send(key, key % 2, lambda actor: f"ref of {actor}")
+    calls.keep(3, "answer 3")
+    assert sorted(calls.on(1).items) == [1]  # what generator-1 still owes, before it is removed
