@@ -35,7 +35,7 @@ class RoleConfig:
     gpus: Annotated[float, Range(0, 1024)] = 0.0
     """GPUs per actor; a fraction lets roles share a GPU."""
     cpus: Annotated[float, Range(0, SIZE)] = 0.25
-    """CPUs per actor (Ray's logical CPUs); fractions let all five roles share a 2-core machine."""
+    """CPUs per actor (Ray's logical CPUs); fractions let all six roles share a 2-core machine."""
     colocate_with: Optional[Name] = None
     """Another role whose bundles this role shares (same count)."""
     threads: Annotated[int, Range(0, 1024)] = 0
