@@ -439,7 +439,8 @@ class Config:
         if stage == "ppo":
             roles = ["generator"] + (["reference"] if self.uses_reference() and not self.reference_in_policy() else [])
             roles += ["policy"] + (["critic"] if self.ppo.advantage == "gae" else [])
-            return roles + (["reward"] if self.model.reward else []) + (["reward_fn"] if self.reward_functions() else [])
+            roles += ["reward"] if self.model.reward else []
+            return roles + (["reward_fn"] if self.reward_functions() else [])
         return {"label": ["generator"], "dpo": ["reference", "policy"]}.get(stage, ["policy"])
 
     def check(self, stages: Optional[list[str]] = None) -> list[tuple[str, str]]:

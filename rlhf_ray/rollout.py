@@ -42,8 +42,8 @@ MESSAGES = "prompt_messages"
 """A chat prompt's message list as JSON (null for a text prompt, whose `prompt` column is the whole prompt)."""
 ADDED = ("reward", "kl", "staleness", "score")
 """Columns the drivers add before writing rollouts (PPO: reward, kl, staleness; the label stage: score)."""
-RESERVED = frozenset([*ROLLOUT_SCHEMA.names, PROMPT_INDEX, MESSAGES, *ADDED, "prompts", "responses", "messages", "completions",
-                      "completion_ids"])
+RESERVED = frozenset([*ROLLOUT_SCHEMA.names, PROMPT_INDEX, MESSAGES, *ADDED, "prompts", "responses", "messages",
+                      "completions", "completion_ids"])
 """Names no dataset column may take: the rollout's own fields (a reward function's metadata among them) and the
 reward functions' arguments for prompts and responses (ours, and TRL's names); a clash would override one
 silently."""

@@ -47,8 +47,9 @@ def deal(prompts: list[dict], n: int) -> list[list[dict]]:
 def generate_call(share: list[dict], params: vllm_engine.Sampling, seed: Optional[int] = None
                   ) -> Callable[[Any], ray.ObjectRef]:
     """actor -> the ref of its rollouts of `share` ({prompt, ids, columns, index}: a text or chat prompt, its
-    dataset columns and its index among the run's prompts, which every sample of it carries). seed: the batch's sampling seed (each rank reseeds with seed + rank;
-    see Generator.generate), so the same call made again samples the same."""
+    dataset columns and its index among the run's prompts, which every sample of it carries). seed: the batch's
+    sampling seed (each rank reseeds with seed + rank; see Generator.generate), so the same call made again samples
+    the same."""
     ids, texts = [p["ids"] for p in share], [data.prompt_text(p["prompt"]) for p in share]
     columns = [rollout.encode_columns(p["prompt"], p.get("columns", {}), p.get("index")) for p in share]
     return lambda actor: actor.generate.remote(ids, params, texts, seed, columns)

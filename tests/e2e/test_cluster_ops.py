@@ -115,12 +115,25 @@ def test_submit_watch_and_read_back_a_tiny_ppo_job(cluster, tmp_path):
     assert again.returncode == 0 and (run_dir / "plots" / "ppo_reward.png").stat().st_size > 5000, again.stderr
 
 
-def test_stop_ends_the_job_and_its_actors(cluster, tmp_path):
+def test_scale_a_running_job_then_stop_it_and_its_actors_end(cluster, tmp_path):
     proc = cli("submit", "configs/tiny/ppo.yaml", "ppo.steps=200", "--address", cluster["dashboard"],
                "--run-dir", str(tmp_path / "run"))
     job = re.search(r"submitted (\S+)", proc.stdout)[1]
     metrics = tmp_path / "run" / "metrics.jsonl"
     wait_for("the first step", lambda: metrics.exists() and metrics.read_text().strip(), timeout=300)
+    # `scale JOB_ID` reaches the run directory on the driver's node through a job of its own.
+    scale = cli("scale", job, "generator=2", "--address", cluster["dashboard"])
+    assert scale.returncode == 0 and "through job" in scale.stdout, scale.stdout + scale.stderr
+
+    def sizes() -> list:
+        return [json.loads(line).get("fleet_size_generator") for line in metrics.read_text().splitlines()]
+
+    wait_for("a second generator", lambda: 2 in sizes(), timeout=300)
+    assert "generator-1" in wait_for("generator-1 alive", lambda: alive_actors(cluster), timeout=30)
+    served = wait_for("the fleet-size gauge at 2", lambda: max(
+        gauges(cluster["metrics"]).get("ray_rlhf_fleet_size", {"": 0}).values()) == 2 and gauges(cluster["metrics"]),
+        timeout=60)
+    assert any('role="generator"' in labels for labels in served["ray_rlhf_fleet_size"]), served["ray_rlhf_fleet_size"]
     stop = cli("stop", job, "--address", cluster["dashboard"])
     assert stop.returncode == 0 and "stopping" in stop.stdout, stop.stdout + stop.stderr
     wait_for("STOPPED", lambda: "STOPPED" in cli("status", job, "--address", cluster["dashboard"]).stdout,
@@ -129,7 +142,8 @@ def test_stop_ends_the_job_and_its_actors(cluster, tmp_path):
     log = cli("logs", job, "--address", cluster["dashboard"]).stdout
     assert "stopped by SIGTERM after step" in log, log[-3000:]
     assert list((tmp_path / "run" / "checkpoints" / "ppo").glob("step_*/state.json"))
-    wait_for("its actors to go", lambda: not (ACTORS & alive_actors(cluster)), timeout=120, every=2)
+    wait_for("its actors to go", lambda: not ((ACTORS | {"generator-1"}) & alive_actors(cluster)), timeout=120,
+             every=2)
 
 
 def test_run_joins_an_existing_cluster_by_address(cluster, tmp_path):

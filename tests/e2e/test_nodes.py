@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 EXE = str(Path(sys.executable).with_name("rlhf-ray"))
 POOLS = ("rollout", "score", "train")
 PINNED = [f"cluster.pools.{p}.{k}" for p in POOLS for k in (f"node_resource=rlhf_pool_{p}", "cpus_per_node=1")]
-PLACED = ["cluster.roles.generator.pool=rollout", "cluster.roles.generator.count=2", "cluster.roles.reference.pool=score",
-          "cluster.roles.policy.pool=train", "cluster.roles.critic.pool=train"]
+PLACED = ["cluster.roles.generator.pool=rollout", "cluster.roles.generator.count=2",
+          "cluster.roles.reference.pool=score", "cluster.roles.policy.pool=train", "cluster.roles.critic.pool=train"]
 STEPS, N_SAMPLES = 6, 4  # ppo.steps here; rollout.n_samples in configs/tiny/ppo.yaml
 SIX = ["configs/tiny/ppo.yaml", f"ppo.steps={STEPS}", "train.checkpoint_every=2", *PINNED, *PLACED]
 PAUSE = "ppo.pause=3"  # each step starts 3 s late: time to scale between tiny steps

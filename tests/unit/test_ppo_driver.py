@@ -203,7 +203,7 @@ def test_a_lost_learner_or_an_unplaceable_node_stops_naming_the_checkpoint(tmp_p
     (tmp_path / "checkpoints" / "ppo" / "step_000004" / "state.json").write_text("{}")
     learner = checkpoint.learner_lost(GroupError("policy-learner", [0], "train: policy", DIED), tmp_path, "ppo")
     assert "cannot be replaced inside its process group" in str(learner) and "step_000004" in str(learner)
-    lost = NodeLost("generator", [1], "generate", "its node was lost and pool 'rollout' has no node to place it again on")
+    lost = NodeLost("generator", [1], "generate", "its node was lost and pool 'rollout' has no node for it")
     stop = checkpoint.learner_lost(lost, tmp_path, "ppo")
     assert str(stop).startswith("generate: its node was lost") and "the cluster has no room for it" in str(stop)
     assert f"the same command resumes from {tmp_path / 'checkpoints' / 'ppo' / 'step_000004'}" in str(stop)
