@@ -225,10 +225,14 @@ class Fleet:
         group.restart(rank, self.timeout_s)
         self._placed_again(group, rank, phase)
 
+    def groups(self) -> dict[str, ActorGroup]:
+        """The generator and scorer groups of this run, by their cluster.roles key."""
+        groups = {"generator": self.generators, "reference": self.reference, "reward": self.reward_model,
+                  "reward_fn": self.reward_fn}
+        return {role: g for role, g in groups.items() if g is not None}
+
     def _role(self, group: ActorGroup) -> str:
-        """The cluster.roles key of a generator or scorer group."""
-        return {id(self.generators): "generator", id(self.reference): "reference", id(self.reward_model): "reward",
-                id(self.reward_fn): "reward_fn"}[id(group)]
+        return next(role for role, g in self.groups().items() if g is group)
 
     def _tell(self, event: str, role: str, rank: int) -> None:
         if self.moved is not None:
@@ -261,9 +265,7 @@ class Fleet:
 
     def sizes(self) -> dict[str, int]:
         """Actors per generator or scorer role of this run."""
-        groups = {"generator": self.generators, "reference": self.reference, "reward": self.reward_model,
-                  "reward_fn": self.reward_fn}
-        return {role: len(g) for role, g in groups.items() if g is not None}
+        return {role: len(g) for role, g in self.groups().items()}
 
     def scale(self, role: str, n: int, inflight: list[Calls]) -> None:
         """`role`'s actors to n, between steps. A removed generator first answers what is queued on it (kept in
@@ -271,8 +273,7 @@ class Fleet:
         (`pools.grow`: NoCapacity when no node has room in time), started, and brought to the push's version and
         probed before it is dealt a share. Learners cannot change size: their process group cannot take in
         members."""
-        group = {"generator": self.generators, "reference": self.reference, "reward": self.reward_model,
-                 "reward_fn": self.reward_fn}[role]
+        group = self.groups()[role]
         while len(group) > n:
             rank = len(group) - 1
             for calls in inflight if group is self.generators else []:
