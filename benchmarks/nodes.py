@@ -61,7 +61,7 @@ def run(nodes: LocalNodes, run_dir: Path, args: list[str], between=None) -> list
 
 def sync(out: Path) -> list[dict]:
     """Sync seconds per step, generator on the learner's node or on another, per transport; medians of steps 2+."""
-    nodes = LocalNodes({"train": 2, "rollout": 2})
+    nodes = LocalNodes({"train": 2, "rollout": 2}, object_store_mb=1200)  # two SmolLM2 versions a node
     results = []
     try:
         for transport in ("object_store", "broadcast"):
@@ -81,7 +81,7 @@ def sync(out: Path) -> list[dict]:
 
 def throughput(out: Path) -> list[dict]:
     """One run, 9 steps: 1 generator, scaled to 2 (on a second rollout node) after step 3, back to 1 after 6."""
-    nodes = LocalNodes({"train": 2, "rollout": 1})
+    nodes = LocalNodes({"train": 2, "rollout": 1}, object_store_mb=1200)
     run_dir = out / "throughput"
     asked: set[int] = set()
 
@@ -103,15 +103,20 @@ def throughput(out: Path) -> list[dict]:
                                     "cluster.pools.rollout.cpus_per_node=1"], between)
     finally:
         nodes.shutdown()
+    rows = [r for r in rows if "fleet_size_generator" in r]
     tokens = lambda r: r["response_length_mean"] * 8 * 4  # noqa: E731 (batch_size x n_samples responses)
-    return [{"step": r["step"] + 1, "generators": r["fleet_size_generator"], "generate_s": r["time_generate_s"],
-             "tokens": tokens(r), "generation_tokens_per_s": tokens(r) / r["time_generate_s"],
-             "step_tokens_per_s": r["tokens_per_s"]} for r in rows if "fleet_size_generator" in r]
+    # A step's batch is queued at the end of the step before (max_staleness 0), by the fleet of then; at a step
+    # where the fleet changed, it was sampled while the new generator started (time_scale_s), so no rate is given.
+    return [{"step": r["step"] + 1, "generators": r["fleet_size_generator"], "sampled_by": before,
+             "scale_s": r["time_scale_s"], "generate_s": r["time_generate_s"], "tokens": tokens(r),
+             "generation_tokens_per_s": tokens(r) / r["time_generate_s"] if before == r["fleet_size_generator"]
+             else None, "step_tokens_per_s": r["tokens_per_s"]}
+            for r, before in zip(rows, [1] + [r["fleet_size_generator"] for r in rows])]
 
 
 def table(rows: list[dict]) -> str:
     keys = list(rows[0])
-    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else "-" if v is None else str(v)  # noqa: E731
     return "\n".join(["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
                      + ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows])
 

@@ -22,7 +22,7 @@ from rlhf_ray.runtime.run_dir import read_metrics
 # A train row at step s updates version s -> s+1 (from samples of version s - staleness); an eval row at step v
 # evaluates version v. So one x axis serves both, read as a policy version.
 X_VERSION = "policy version (train: version updated; eval: version evaluated)"
-PHASES = ("time_generate_s", "time_score_s", "time_train_s", "time_sync_s")
+PHASES = ("time_scale_s", "time_generate_s", "time_score_s", "time_train_s", "time_sync_s")
 
 
 class ReportError(ValueError):

@@ -123,11 +123,12 @@ class PPOTrainer:
         metrics row (rows and rollouts files number steps from 0: step n - 1)."""
         i, k, steps = n - 1, self.cfg.rollout.max_staleness, self.cfg.ppo.steps
         faults.pause("ppo.pause")
+        t_scale = time.perf_counter()
         self._scale()
         if not self.inflight:  # the run's first batch; later ones are launched ahead, below
             self.inflight.append(self.launch_generate())
         faults.kill_actors("kill", i)
-        t0 = time.perf_counter()
+        t0 = time.perf_counter()  # a batch queued before a scale was sampled (partly) during it: see time_scale_s
         table, scoring = self.collect(self.inflight.popleft())
         if not self.inflight:
             self.fleet.push.rest()  # colocated generators free the GPU while the policy trains (sleep_level)
@@ -150,7 +151,7 @@ class PPOTrainer:
         row = {"step": i, "policy_version": self.version, **stats, "actor_restarts": self.fleet.restarts(),
                **losses, "staleness_max": int(staleness.max()), "staleness_mean": staleness.float().mean().item(),
                "tokens_per_s": int(batch.response_mask.sum()) / max(t4 - t0, 1e-9), "time_generate_s": t1 - t0,
-               "time_score_s": t2 - t1, "time_train_s": t3 - t2, "time_sync_s": t4 - t3,
+               "time_score_s": t2 - t1, "time_train_s": t3 - t2, "time_sync_s": t4 - t3, "time_scale_s": t0 - t_scale,
                "sync_bytes": sum(r["bytes"] for r in loaded), "sync_probe_gap": self.fleet.push.gap(),
                "buffer_depth": depth, "generator_busy_s": busy,
                **{f"fleet_size_{role}": n for role, n in self.fleet.sizes().items()}}
