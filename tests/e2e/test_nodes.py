@@ -131,7 +131,9 @@ def test_a_lost_node_heals_and_a_lost_learner_node_resumes(nodes, straight, tmp_
     assert proc.returncode == 0 and "resuming after step 4" in out, out[-4000:]
     print(f"tried: a new train node, the same command -> exit 0, {len(rows(run_dir))} steps")
     # Nothing lost or sampled twice: the prompts of every step are the unbroken run's, each N_SAMPLES times.
-    assert prompts_per_step(run_dir) == prompts_per_step(straight)
+    counts = prompts_per_step(run_dir)
+    print("samples per step, distinct prompts:", [(sum(c.values()), len(c)) for c in counts])
+    assert counts == prompts_per_step(straight)
     same = [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows(run_dir)]
     assert same == [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows(straight)]
 
