@@ -144,14 +144,15 @@ def scale(run_dir: Path, *counts: str) -> None:
 
 
 def test_the_fleet_grows_onto_a_new_node_shrinks_and_resumes_onto_another_count(nodes, straight, tmp_path):
-    """One generator (0.75 CPU: one per 1-CPU rollout node), one batch generated ahead. After step 1 a second
+    """One generator (0.75 CPU: one per 1-CPU rollout node), one batch generated ahead, weights by broadcast (the
+    group is formed again with each generator added or removed, every sync probed). After step 1 a second
     rollout node joins and `rlhf-ray scale` asks 3 generators: the second is placed on the new node, the third
     finds no room (no autoscaler here) and the run goes on with 2. SIGTERM then checkpoints with a batch in flight
     split over 2 generators, which resumes onto the 1 the config starts with; the run grows to 2 again, and
     `scale generator=1` drains the second's queued share before removing it."""
     run_dir = tmp_path / "run"
     args = ("rollout.max_staleness=1", "cluster.roles.generator.count=1", "cluster.roles.generator.cpus=0.75",
-            "cluster.roles.reward_fn.pool=score", "cluster.scale_wait_s=8")
+            "cluster.roles.reward_fn.pool=score", "cluster.scale_wait_s=8", "cluster.weight_sync=broadcast")
     proc = start(nodes, run_dir, *args, faults=PAUSE)
     wait_for(lambda: len(rows(run_dir)) >= 1, proc, "step 1")
     second = nodes.add("rollout")
@@ -181,4 +182,4 @@ def test_the_fleet_grows_onto_a_new_node_shrinks_and_resumes_onto_another_count(
     assert any(r["event"] == "removed" and r["rank"] == 1 for r in placement(run_dir))
     # Nothing lost or sampled twice, whatever the fleet's size: each step's prompts are the unbroken run's.
     assert prompts_per_step(run_dir) == prompts_per_step(straight)
-    assert all(r["staleness_max"] <= 1 for r in rows(run_dir))
+    assert all(r["staleness_max"] <= 1 and r["sync_probe_gap"] < 1e-3 for r in rows(run_dir))
