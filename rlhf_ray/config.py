@@ -34,8 +34,11 @@ from rlhf_ray import config_checks
 from rlhf_ray.bounds import (SIZE, Finite, Fraction, Mib, Name, NonNegative, Positive,  # noqa: F401
                              PositiveFraction, ProperFraction, Range, RunName, Seed, Size, Text)
 from rlhf_ray.config_cluster import ClusterConfig, PoolConfig, RoleConfig  # noqa: F401 (part of the tree)
+from rlhf_ray import peer_names, yaml_tree
 from rlhf_ray.yaml_tree import (ConfigError, build, build_tree, dump_yaml, field_docs, parse_overrides, read_yaml,
                                 to_dict, where_set)
+
+yaml_tree.UNKNOWN_KEY_HINT = peer_names.hint  # "TRL's `beta` is `ppo.kl_coef` here"
 
 __all__ = ["Config", "ConfigError", "load_config", "dump_yaml", "to_dict", "field_docs", "parse_overrides"]
 

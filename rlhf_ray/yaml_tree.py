@@ -22,7 +22,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Optional
 
 import yaml
 
@@ -302,6 +302,11 @@ def _convert(value: Any, tp: Any, key: str, errs: list[str], where: Any) -> Any:
     return value
 
 
+UNKNOWN_KEY_HINT: Optional[Callable[[str, Any], Optional[str]]] = None
+"""What an unknown key (dotted, with its value) is called in this tree, or None: set by the tree's owner
+(rlhf_ray/config.py: the peers' names, rlhf_ray/peer_names.py); spelling hints are given only without one."""
+
+
 def build_tree(cls: type, values: dict, prefix: str, errs: list[str], where: Any) -> Any:
     """Check a tree (the whole config, or a partial one: a stage's own settings) against `cls` and build it, errors
     keyed under `prefix`."""
@@ -314,8 +319,10 @@ def build_tree(cls: type, values: dict, prefix: str, errs: list[str], where: Any
             errs.append(f"{_loc(where, key)}: {key}: no longer a setting: {cls.REMOVED[k]}")
             continue
         if k not in names:
+            peer = UNKNOWN_KEY_HINT(key, v) if UNKNOWN_KEY_HINT else None  # another framework's name for a key
             near = difflib.get_close_matches(str(k), names, n=1, cutoff=0.5)
-            hint = f"; did you mean {prefix}{near[0]}?" if near else f"; valid keys: {', '.join(names)}"
+            hint = (f"; {peer}" if peer else f"; did you mean {prefix}{near[0]}?" if near else
+                    f"; valid keys: {', '.join(names)}")
             errs.append(f"{_loc(where, key)}: {key}: unknown key{hint}")
             continue
         kwargs[k] = _convert(v, hints[k], key, errs, where)

@@ -14,7 +14,7 @@ LAYERS = [
     ("algos", ["rlhf_ray.algos"]),  # pure torch: the RL math, losses, forward helpers, batches
     ("cluster", ["cluster"]),  # Ray plumbing that knows nothing of RLHF: pools, actor groups, weight sync
     ("core", ["rlhf_ray.errors", "rlhf_ray.bounds", "rlhf_ray.yaml_tree", "rlhf_ray.config", "rlhf_ray.config_cluster", "rlhf_ray.config_checks",
-              "rlhf_ray.data", "rlhf_ray.rows", "rlhf_ray.models", "rlhf_ray.lora", "rlhf_ray.rollout",
+              "rlhf_ray.peer_names", "rlhf_ray.data", "rlhf_ray.rows", "rlhf_ray.models", "rlhf_ray.lora", "rlhf_ray.rollout",
               "rlhf_ray.rewards"]),
     ("engines", ["rlhf_ray.engines"]),  # DeepSpeed and vLLM wrappers, scorers' functions: no Ray
     ("actors", ["actors"]),  # thin Ray actors, one engine each
