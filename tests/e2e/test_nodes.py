@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster.local import LocalNodes
+from rlhf_ray.runtime import control
 
 ROOT = Path(__file__).resolve().parents[2]
 EXE = str(Path(sys.executable).with_name("rlhf-ray"))
@@ -28,7 +29,7 @@ PLACED = ["cluster.roles.generator.pool=rollout", "cluster.roles.generator.count
           "cluster.roles.reference.pool=score", "cluster.roles.policy.pool=train", "cluster.roles.critic.pool=train"]
 STEPS, N_SAMPLES = 6, 4  # ppo.steps here; rollout.n_samples in configs/tiny/ppo.yaml
 SIX = ["configs/tiny/ppo.yaml", f"ppo.steps={STEPS}", "train.checkpoint_every=2", *PINNED, *PLACED]
-PAUSE = "ppo.pause=3"  # each step starts 3 s late: time to scale between tiny steps
+PAUSE = "ppo.pause=3"  # each step starts 3 s late: time to act between tiny steps (scale, kill a node)
 TIMING = ("time_", "tokens_per_s", "generator_busy_s", "actor_restarts")
 
 
@@ -107,7 +108,7 @@ def test_a_lost_node_heals_and_a_lost_learner_node_resumes(nodes, straight, tmp_
     checkpoint, and the same command resumes once a new one has joined."""
     run_dir = tmp_path / "run"
     args = ("cluster.weight_sync=object_store", "cluster.roles.reward_fn.pool=rollout")
-    proc = start(nodes, run_dir, *args)
+    proc = start(nodes, run_dir, *args, faults=PAUSE)  # the kills land between steps, not after the last
     wait_for(lambda: len(rows(run_dir)) >= 2, proc, "step 2")
     lost = nodes.remove("rollout")
     time.sleep(2)
@@ -126,7 +127,7 @@ def test_a_lost_node_heals_and_a_lost_learner_node_resumes(nodes, straight, tmp_
     assert {r["node_id"] for r in replaced} == {new}, replaced
 
     nodes.add("train")
-    proc = start(nodes, run_dir, *args)
+    proc = start(nodes, run_dir, *args, faults=PAUSE)
     out = finish(proc)
     assert proc.returncode == 0 and "resuming after step 4" in out, out[-4000:]
     print(f"tried: a new train node, the same command -> exit 0, {len(rows(run_dir))} steps")
@@ -173,7 +174,7 @@ def test_the_fleet_grows_onto_a_new_node_shrinks_and_resumes_onto_another_count(
     proc = start(nodes, run_dir, *args, faults=PAUSE)  # 1 generator, the checkpoint's batch split over 2
     wait_for(lambda: len(rows(run_dir)) > stopped_at and rows(run_dir)[-1]["fleet_size_generator"] == 2, proc,
              "2 generators again")
-    scale(run_dir, "generator=1")
+    control.ask(run_dir, {"generator": 1})  # as `rlhf-ray scale` does (tested above), without a process start
     out = finish(proc)
     sizes = [r["fleet_size_generator"] for r in rows(run_dir)]
     print(f"tried: resumed, grew to 2 again, scale generator=1 -> {sizes} per step")
