@@ -334,10 +334,13 @@ class DPOConfig:
 
     beta: Positive[float] = 0.1
     """β: strength of the implicit KL constraint."""
-    loss: Literal["sigmoid", "ipo"] = "sigmoid"
-    """`sigmoid`: DPO; `ipo`: Azar et al. 2023."""
+    loss: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    """`sigmoid`: DPO; `ipo`: Azar et al. 2023; `hinge`: SLiC's max(0, 1 - βh); `robust`: rDPO (Chowdhury et al.
+    2024), unbiased under labels flipped at rate `label_smoothing`. TRL's `loss_type` names, same formulas
+    (docs/algorithms.md)."""
     label_smoothing: Annotated[float, Range(0, 0.5, open_hi=True)] = 0.0
-    """ε of conservative DPO: the assumed rate of flipped labels, in [0, 0.5)."""
+    """ε: the assumed rate of flipped labels, in [0, 0.5): conservative DPO's with `sigmoid`, rDPO's with
+    `robust`."""
 
 
 @dataclass

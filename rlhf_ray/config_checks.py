@@ -67,6 +67,9 @@ def check(cfg, stages: list[str] | None = None) -> list[tuple[str, str]]:
     need(p.kl_budget is None or cfg.uses_reference(), "ppo.kl_budget",
          "needs the KL to a reference: set ppo.kl_coef > 0, ppo.kl_target or model.reference")
     need(p.keep_best != "gold" or bool(p.gold), "ppo.keep_best", "keep_best: gold needs a gold judge (ppo.gold)")
+    d = cfg.dpo
+    need(not d.label_smoothing or d.loss in ("sigmoid", "robust"), "dpo.label_smoothing",
+         f"dpo.loss {d.loss!r} does not read it (sigmoid and robust do): leave it 0, or choose one of those")
     if "label" in stages:
         need(bool(cfg.label.labeler), "label.labeler", "the label stage needs a labeler (`module:function` "
              "or `path/to/file.py:function`)")

@@ -137,6 +137,9 @@ def dpo_loss(
     h = (log π(y_c) - log π_ref(y_c)) - (log π(y_r) - log π_ref(y_r)).
     sigmoid: -(1-ε) log σ(βh) - ε log σ(-βh)   (ε = label_smoothing: conservative DPO; ε = 0: DPO).
     ipo:     (h - 1/(2β))²                       (Azar et al. 2023, eq. 17).
+    hinge:   max(0, 1 - βh)                      (SLiC, Zhao et al. 2023).
+    robust:  (-(1-ε) log σ(βh) + ε log σ(-βh)) / (1 - 2ε)   (rDPO, Chowdhury et al. 2024: unbiased under labels
+             flipped at rate ε; ε = 0 is DPO).
     Returns (losses (B,), chosen_rewards (B,), rejected_rewards (B,)), rewards = β · log-ratio, detached.
     """
     chosen_ratio = policy_chosen_logps - ref_chosen_logps
@@ -146,8 +149,13 @@ def dpo_loss(
         losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
     elif loss_type == "ipo":
         losses = (h - 1 / (2 * beta)) ** 2
+    elif loss_type == "hinge":
+        losses = F.relu(1 - beta * h)
+    elif loss_type == "robust":
+        eps = label_smoothing
+        losses = (-(1 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1 - 2 * eps)
     else:
-        raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose sigmoid or ipo")
+        raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose sigmoid, ipo, hinge or robust")
     return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
 
 

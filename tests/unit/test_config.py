@@ -591,3 +591,10 @@ def test_sleep_mode_only_for_a_gpu_generator_colocated_with_the_policy_and_sampl
     assert "a sleeping generator cannot sample ahead: rollout.max_staleness must be 0, not 1" in err
     (err,) = _errors(None, [*gpu, "rollout.engine.sleep_level=3"])
     assert err.startswith("command line: rollout.engine.sleep_level"), err
+
+
+def test_label_smoothing_only_with_a_dpo_loss_that_reads_it():
+    assert load_config(None, ["dpo.loss=robust", "dpo.label_smoothing=0.1"]).dpo.loss == "robust"
+    errs = _errors(None, ["dpo.loss=hinge", "dpo.label_smoothing=0.1"])
+    assert errs == ["command line: dpo.label_smoothing: dpo.loss 'hinge' does not read it (sigmoid and robust do): "
+                    "leave it 0, or choose one of those"], errs

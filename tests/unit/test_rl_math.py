@@ -77,11 +77,19 @@ def _dpo_reference(pc, pr, rc, rr, beta, kind, eps):
     sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
     if kind == "ipo":
         return (h - 1 / (2 * beta)) ** 2
+    if kind == "hinge":
+        return max(0.0, 1 - beta * h)
+    if kind == "robust":
+        return (-(1 - eps) * math.log(sig(beta * h)) + eps * math.log(sig(-beta * h))) / (1 - 2 * eps)
     return -(1 - eps) * math.log(sig(beta * h)) - eps * math.log(sig(-beta * h))
 
 
-@pytest.mark.parametrize("kind,eps", [("sigmoid", 0.0), ("sigmoid", 0.1), ("ipo", 0.0)])
+@pytest.mark.parametrize("kind,eps", [("sigmoid", 0.0), ("sigmoid", 0.1), ("ipo", 0.0), ("hinge", 0.0),
+                                      ("robust", 0.0), ("robust", 0.2)])
 def test_dpo_losses_match_formulas(kind, eps):
+    """hinge and robust as TRL computes them (huggingface/trl at f2cd577, 1.10.0.dev0, trl/trainer/dpo_trainer.py
+    lines 1437-1438: relu(1 - beta * delta_score); lines 1475-1478: (-(1 - ε) logσ(β delta) + ε logσ(-β delta)) /
+    (1 - 2ε), delta_score being h with the default reverse-KL divergence)."""
     pc, pr, rc, rr = (torch.randn(4) for _ in range(4))
     losses, cr, rj = M.dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type=kind, label_smoothing=eps)
     for i in range(4):
@@ -97,7 +105,7 @@ def test_dpo_gradient_raises_chosen_lowers_rejected():
     losses.sum().backward()
     assert pc.grad.item() < 0 < pr.grad.item()
     with pytest.raises(ValueError, match="unknown DPO loss_type"):
-        M.dpo_loss(pc, pr, pc, pr, beta=0.1, loss_type="hinge")
+        M.dpo_loss(pc, pr, pc, pr, beta=0.1, loss_type="kto")
 
 
 # ---------------------------------------------------------------- KL
