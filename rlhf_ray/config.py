@@ -279,8 +279,9 @@ class PPOConfig:
     kl_coef: NonNegative[float] = 0.05
     """β: initial weight of the KL penalty. 0 (and no kl_target): no reference is loaded unless model.reference
     names one, and the KL metrics are null."""
-    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    """Per-token KL estimator (Schulman, "Approximating KL divergence")."""
+    kl_estimator: Literal["k1", "k2", "k3", "low_var_kl"] = "k1"
+    """Per-token KL estimator (Schulman, "Approximating KL divergence"); `low_var_kl` is veRL's name for the
+    clamped k3, the same function."""
     kl_target: Optional[Positive[float]] = None
     """Adaptive KL controller target (per sequence). None: fixed β."""
     kl_horizon: Positive[int] = 10000

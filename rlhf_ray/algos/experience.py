@@ -48,7 +48,7 @@ class Settings:
     """How scores become experience (config: ppo.*, reward.*, rollout.n_samples)."""
 
     advantage: str  # ppo.advantage: gae | grpo | rloo | reinforce++
-    kl_estimator: str  # ppo.kl_estimator: k1 | k2 | k3
+    kl_estimator: str  # ppo.kl_estimator: k1 | k2 | k3 | low_var_kl (k3)
     kl_in_reward: bool  # ppo.kl_in_reward: -β·KL in the rewards (else a loss term)
     gamma: float
     lam: float

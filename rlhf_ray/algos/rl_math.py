@@ -170,17 +170,17 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") -
     OpenRLHF guard it: log r clamped to ±LOG_RATIO_CLAMP before exp (no inf, and no inf·0 = NaN gradient), the
     estimate to at most K3_CLAMP (one token far out of the reference's support would otherwise dominate the
     batch). The cap binds where π_ref/π > 13.6 (or π/π_ref > e^11) on the sampled token, the log-ratio clamp
-    only at a factor e^20.
+    only at a factor e^20. `low_var_kl` is veRL's name for this k3, clamps included.
     """
     log_ratio = logprobs.float() - ref_logprobs.float()
     if estimator == "k1":
         return log_ratio
     if estimator == "k2":
         return 0.5 * log_ratio**2
-    if estimator == "k3":
+    if estimator in ("k3", "low_var_kl"):
         log_ratio = log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
         return (torch.expm1(-log_ratio) + log_ratio).clamp(max=K3_CLAMP)
-    raise ValueError(f"unknown KL estimator {estimator!r}; choose k1, k2 or k3")
+    raise ValueError(f"unknown KL estimator {estimator!r}; choose k1, k2, k3 or low_var_kl (k3)")
 
 
 def last_token_index(mask: Tensor) -> Tensor:

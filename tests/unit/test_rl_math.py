@@ -366,3 +366,14 @@ def test_k3_and_the_ppo_ratio_are_clamped_as_verl_and_openrlhf_do():
     assert loss[0].item() == pytest.approx(math.exp(M.LOG_RATIO_CLAMP), rel=1e-6)
     (g,) = torch.autograd.grad(loss.sum(), new)
     assert torch.isfinite(g).all() and g[0].item() == 0.0
+
+
+def test_low_var_kl_is_verls_name_for_the_clamped_k3():
+    """veRL's `low_var_kl` (volcengine/verl at b178a3c, verl/trainer/ppo/core_algos.py lines 1890-1895:
+    kl = ref - logp clamped to ±20, then clamp(exp(kl) - kl - 1, -10, 10)), written out here, against ours."""
+    logp = torch.tensor([[-16.0, -100.0, -1.0, -3.0, -0.5]])
+    ref = torch.tensor([[-1.0, -1.0, -1.2, 30.0, -0.7]])
+    kl = (ref - logp).clamp(-20, 20)
+    verl = (torch.exp(kl) - kl - 1).clamp(-10, 10)
+    assert torch.allclose(M.kl_estimate(logp, ref, "low_var_kl"), verl, atol=1e-6)
+    assert torch.equal(M.kl_estimate(logp, ref, "low_var_kl"), M.kl_estimate(logp, ref, "k3"))
