@@ -289,7 +289,10 @@ class PPOConfig:
     kl_in_reward: bool = True
     """Apply the KL penalty as a per-token reward (True) or as a loss term (False)."""
     clip_eps: Positive[float] = 0.2
-    """ε of the clipped surrogate objective."""
+    """ε of the clipped surrogate objective: the ratio is clipped to [1 - ε, 1 + ε]."""
+    clip_eps_high: Optional[Positive[float]] = None
+    """The upper clip 1 + ε_high instead of 1 + ε (DAPO's clip-higher, e.g. 0.28 with ε 0.2; TRL's `epsilon_high`,
+    veRL's `clip_ratio_high`). None: ε."""
     dual_clip: Optional[Annotated[float, Range(1, open_lo=True)]] = None
     """c of dual-clip PPO (Ye et al. 2020), > 1. None: off."""
     value_clip_eps: Positive[float] = 0.2

@@ -29,8 +29,8 @@ def response_count(mb: forward.Batch, loss_agg: str) -> float:
 
 def policy_loss(model, mb: forward.Batch, n_global: float, clip_eps: float, dual_clip: Optional[float],
                 entropy_coef: float, kl_coef: float, kl_estimator: str, on_policy: bool = False,
-                temperature: float = 1.0, loss_agg: str = "token-mean", max_response_len: Optional[int] = None
-                ) -> tuple[torch.Tensor, dict[str, float]]:
+                temperature: float = 1.0, loss_agg: str = "token-mean", max_response_len: Optional[int] = None,
+                clip_eps_high: Optional[float] = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate on the proximal policy π_θold, each token weighted by its truncated importance weight
     π_θold/μ against the behaviour policy μ that sampled it (1 for on-policy samples); minus the entropy bonus;
     plus β·KL(π || π_ref) when the KL is a loss term (kl_coef > 0 here). π, its entropy and its KL are those of the
@@ -57,7 +57,7 @@ def policy_loss(model, mb: forward.Batch, n_global: float, clip_eps: float, dual
     logits = forward.response_logits(model, mb["input_ids"], mb["attention_mask"], T, temperature)
     logp = rl_math.logprobs_from_logits(logits, mb["input_ids"][:, -T:])
     old = logp.detach() if on_policy else mb["old_logprobs"]
-    pg, clipped = rl_math.ppo_policy_loss(logp, old, mb["advantages"], clip_eps, dual_clip)
+    pg, clipped = rl_math.ppo_policy_loss(logp, old, mb["advantages"], clip_eps, dual_clip, clip_eps_high)
     per_token = pg * mb["is_weights"]
     if entropy_coef:
         entropy = rl_math.entropy_from_logits(logits)
@@ -92,12 +92,13 @@ def value_loss(model, mb: forward.Batch, n_global: float, clip_eps: Optional[flo
 
 def make_policy_loss(clip_eps: float, dual_clip: Optional[float], entropy_coef: float, kl_coef: float,
                      kl_estimator: str, on_policy: bool = False, temperature: float = 1.0,
-                     loss_agg: str = "token-mean", max_response_len: Optional[int] = None) -> forward.Loss:
+                     loss_agg: str = "token-mean", max_response_len: Optional[int] = None,
+                     clip_eps_high: Optional[float] = None) -> forward.Loss:
     if loss_agg not in rl_math.LOSS_AGGS:
         raise ValueError(f"unknown loss aggregation {loss_agg!r}; choose {', '.join(rl_math.LOSS_AGGS)}")
     fn = partial(policy_loss, clip_eps=clip_eps, dual_clip=dual_clip, entropy_coef=entropy_coef, kl_coef=kl_coef,
                  kl_estimator=kl_estimator, on_policy=on_policy, temperature=temperature, loss_agg=loss_agg,
-                 max_response_len=max_response_len)
+                 max_response_len=max_response_len, clip_eps_high=clip_eps_high)
     return forward.Loss(fn, partial(response_count, loss_agg=loss_agg))
 
 

@@ -268,17 +268,20 @@ def rloo_advantages(scores: Tensor, group_size: int) -> Tensor:
 
 
 def ppo_policy_loss(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, clip_eps: float, dual_clip: Optional[float] = None
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, clip_eps: float, dual_clip: Optional[float] = None,
+    clip_eps_high: Optional[float] = None,
 ) -> tuple[Tensor, Tensor]:
     """Clipped surrogate, per token. All (B, T) -> (loss (B, T), clipped (B, T) bool).
 
-    pg_loss = max(-A·ρ, -A·clip(ρ, 1-ε, 1+ε)), ρ = π/π_old. With dual clip c > 1 the loss of negative-advantage
+    pg_loss = max(-A·ρ, -A·clip(ρ, 1-ε, 1+ε_high)), ρ = π/π_old, ε_high = ε unless given (DAPO's clip-higher, Yu
+    et al. 2025: a larger ε_high lets low-probability tokens with A > 0 rise further). With dual clip c > 1 the
+    loss of negative-advantage
     tokens is further capped at -c·A (Ye et al. 2020), so one huge ratio cannot dominate the batch. log ρ is
     clamped to ±LOG_RATIO_CLAMP before exp (verl's guard): ρ stays finite, and such a token gets no gradient.
     """
     ratio = torch.exp((logprobs - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     pg_loss1 = -advantages * ratio
-    pg_loss2 = -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps)
+    pg_loss2 = -advantages * ratio.clamp(1 - clip_eps, 1 + (clip_eps if clip_eps_high is None else clip_eps_high))
     loss = torch.max(pg_loss1, pg_loss2)
     clipped = pg_loss2 > pg_loss1
     if dual_clip is not None:

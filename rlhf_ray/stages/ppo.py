@@ -264,7 +264,7 @@ class PPOTrainer:
         pol_loss = ppo_losses.make_policy_loss(p.clip_eps, p.dual_clip, p.entropy_coef,
                                                0.0 if p.kl_in_reward else self.kl_ctl.value, p.kl_estimator,
                                                self.on_policy, self.cfg.rollout.temperature, p.loss_agg,
-                                               self.cfg.data.max_response_len)
+                                               self.cfg.data.max_response_len, p.clip_eps_high)
         val_loss = ppo_losses.make_value_loss(p.value_clip_eps)
         sums: dict[str, float] = {}
         n = 0

@@ -377,3 +377,20 @@ def test_low_var_kl_is_verls_name_for_the_clamped_k3():
     verl = (torch.exp(kl) - kl - 1).clamp(-10, 10)
     assert torch.allclose(M.kl_estimate(logp, ref, "low_var_kl"), verl, atol=1e-6)
     assert torch.equal(M.kl_estimate(logp, ref, "low_var_kl"), M.kl_estimate(logp, ref, "k3"))
+
+
+def test_clip_higher_moves_only_the_upper_bound_as_verl_and_trl_do():
+    """DAPO's clip-higher as veRL computes it (volcengine/verl at b178a3c, verl/trainer/ppo/core_algos.py lines
+    1134-1145: max(-A·ρ, -A·clamp(ρ, 1 - cliprange_low, 1 + cliprange_high))) and TRL (huggingface/trl at f2cd577,
+    trl/trainer/grpo_trainer.py line 3084: clamp(ρ, 1 - epsilon_low, 1 + epsilon_high)), written out here."""
+    old = torch.zeros(6)
+    new = torch.log(torch.tensor([0.5, 0.85, 1.1, 1.25, 1.4, 2.0]))
+    adv = torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0, 1.0])
+    ratio = torch.exp(new - old)
+    want = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - 0.2, 1 + 0.28))
+    loss, clipped = M.ppo_policy_loss(new, old, adv, 0.2, clip_eps_high=0.28)
+    assert torch.allclose(loss, want)
+    assert clipped.tolist() == [False, False, False, False, False, True]  # 1.25 is inside 1.28 now, 2.0 is not
+    same, _ = M.ppo_policy_loss(new, old, adv, 0.2)
+    assert torch.equal(M.ppo_policy_loss(new, old, adv, 0.2, clip_eps_high=0.2)[0], same)
+    assert same[3].item() == pytest.approx(-1.2)  # ε alone clips the A > 0 token at 1.2
