@@ -276,6 +276,9 @@ class PPOConfig:
     advantage: Literal["gae", "grpo", "rloo", "reinforce++"] = "gae"
     """Advantage estimator: GAE with a critic (InstructGPT), or critic-free: GRPO / RLOO group baselines,
     REINFORCE++ (batch-whitened returns)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """GRPO's advantage, r minus its group's mean, divided by the group's std (`group`), the batch's (`batch`) or
+    not at all (`none`: Dr. GRPO). TRL's `scale_rewards`; veRL's `norm_adv_by_std_in_grpo: false` is `none`."""
     kl_coef: NonNegative[float] = 0.05
     """β: initial weight of the KL penalty. 0 (and no kl_target): no reference is loaded unless model.reference
     names one, and the KL metrics are null."""

@@ -58,6 +58,7 @@ class Settings:
     normalize: bool  # reward.normalize
     on_policy: bool
     """One update per batch, sampled by the weights being trained: π_θold is μ, importance weights are 1."""
+    scale_rewards: str = "group"  # ppo.scale_rewards: GRPO's std: group | batch | none
 
 
 @dataclass
@@ -127,7 +128,7 @@ def make_experience(scored: ScoredBatch, s: Settings, kl_coef: float) -> Experie
     kl = (torch.zeros_like(mask) if scored.ref_logprobs is None
           else rl_math.kl_estimate(scored.old_logprobs, scored.ref_logprobs, s.kl_estimator) * mask)
     adv, ret = advantages(s.advantage, reward, kl, mask, kl_coef, s.kl_in_reward, scored.old_values, s.gamma,
-                          s.lam, s.group_size)
+                          s.lam, s.group_size, s.scale_rewards)
     # Behaviour correction: samples came from μ (the generator, possibly some versions old). On-policy the
     # weight is 1 and old_logprobs carries μ, for the gap the loss reports.
     gap = scored.old_logprobs - batch.logprobs
@@ -155,7 +156,8 @@ def shape_task_reward(task: Tensor, ended: Tensor, clip: Optional[float], no_eos
 
 
 def advantages(estimator: str, reward: Tensor, kl: Tensor, mask: Tensor, kl_coef: float, kl_in_reward: bool,
-               values: Optional[Tensor], gamma: float, lam: float, group_size: int) -> tuple[Tensor, Tensor]:
+               values: Optional[Tensor], gamma: float, lam: float, group_size: int, scale_rewards: str = "group"
+               ) -> tuple[Tensor, Tensor]:
     """(advantages (B, T), returns (B, T)); advantages whitened over the batch's response tokens.
 
     gae: per-token rewards -β·KL (when the KL is in the reward) plus the task reward at the last token, then GAE
@@ -176,7 +178,7 @@ def advantages(estimator: str, reward: Tensor, kl: Tensor, mask: Tensor, kl_coef
         return rl_math.masked_whiten(ret, mask) * mask, ret
     seq_reward = reward - coef * rl_math.masked_sum(kl, mask, dim=1)
     if estimator == "grpo":
-        seq_adv = rl_math.group_advantages(seq_reward, group_size)
+        seq_adv = rl_math.group_advantages(seq_reward, group_size, scale_rewards)
     elif estimator == "rloo":
         seq_adv = rl_math.rloo_advantages(seq_reward, group_size)
     else:

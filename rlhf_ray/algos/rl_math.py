@@ -246,12 +246,23 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     return adv, (adv + values) * mask
 
 
-def group_advantages(scores: Tensor, group_size: int, normalize_std: bool = True, eps: float = 1e-6) -> Tensor:
-    """GRPO: (r - mean_group) / (std_group + eps); groups are consecutive runs of `group_size`. (B,) -> (B,)."""
+SCALES = ("group", "batch", "none")
+
+
+def group_advantages(scores: Tensor, group_size: int, scale: str = "group", eps: float = 1e-6) -> Tensor:
+    """GRPO: (r - mean_group) / (std + eps); groups are consecutive runs of `group_size`. (B,) -> (B,).
+
+    scale (TRL's `scale_rewards`): `group` divides by the group's std (GRPO), `batch` by the whole batch's (more
+    robust to groups of near-equal rewards: Hu et al. 2025), `none` not at all (Dr. GRPO, Liu et al. 2025: the
+    std's division favours easy and hard prompts). Stds unbiased, as torch.std."""
     g = scores.float().view(-1, group_size)
     adv = g - g.mean(1, keepdim=True)
-    if normalize_std:
+    if scale == "group":
         adv = adv / (g.std(1, keepdim=True) + eps)
+    elif scale == "batch":
+        adv = adv / (g.std() + eps)
+    elif scale != "none":
+        raise ValueError(f"unknown reward scale {scale!r}; choose {', '.join(SCALES)}")
     return adv.view(-1)
 
 

@@ -57,7 +57,7 @@ class PPOTrainer:
         self.on_policy = r.max_staleness == 0 and p.epochs == 1 and p.mini_batch_size == self.samples
         self.settings = experience.Settings(p.advantage, p.kl_estimator, p.kl_in_reward, p.gamma, p.lam,
                                             r.n_samples, cfg.reward.clip, cfg.reward.no_eos_penalty,
-                                            cfg.reward.normalize, self.on_policy)
+                                            cfg.reward.normalize, self.on_policy, p.scale_rewards)
         self.guard_settings = GuardSettings(p.kl_budget, p.keep_best, p.hack_window, cfg.data.max_response_len,
                                             p.length_collapse, p.distinct2_floor)
         self.guard = Guard(self.guard_settings)

@@ -195,7 +195,7 @@ def test_group_advantages_grpo_and_rloo():
         mu = sum(s) / 3
         sd = math.sqrt(sum((v - mu) ** 2 for v in s) / 2)
         assert adv[3 * g : 3 * g + 3].tolist() == pytest.approx([(v - mu) / (sd + 1e-6) for v in s], abs=1e-5)
-    assert M.group_advantages(scores, 3, normalize_std=False).tolist() == pytest.approx([-1, 0, 1, -2, -2, 4])
+    assert M.group_advantages(scores, 3, "none").tolist() == pytest.approx([-1, 0, 1, -2, -2, 4])
     loo = M.rloo_advantages(scores, group_size=3)
     assert loo.tolist() == pytest.approx([1 - 2.5, 2 - 2.0, 3 - 1.5, 0 - 3, 0 - 3, 6 - 0])
     with pytest.raises(ValueError):
@@ -394,3 +394,16 @@ def test_clip_higher_moves_only_the_upper_bound_as_verl_and_trl_do():
     same, _ = M.ppo_policy_loss(new, old, adv, 0.2)
     assert torch.equal(M.ppo_policy_loss(new, old, adv, 0.2, clip_eps_high=0.2)[0], same)
     assert same[3].item() == pytest.approx(-1.2)  # ε alone clips the A > 0 token at 1.2
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_scale_rewards_as_trl_scales_them(scale):
+    """TRL's GRPO advantages (huggingface/trl at f2cd577, trl/trainer/grpo_trainer.py lines 2684-2707: r minus the
+    group mean, divided by the group's std (`group`), the batch's (`batch`) or nothing (`none`), + 1e-4), written
+    out here; ours adds 1e-6, so the test gives both the same eps."""
+    scores, G = torch.tensor([1.0, 2.0, 4.0, 0.0, 0.5, 3.0, 2.0, 2.0, 2.0]), 3
+    mean = scores.view(-1, G).mean(1).repeat_interleave(G)
+    std = scores.view(-1, G).std(1).repeat_interleave(G) if scale == "group" else scores.std().expand(9)
+    trl = scores - mean if scale == "none" else (scores - mean) / (std + 1e-4)
+    assert torch.allclose(M.group_advantages(scores, G, scale, eps=1e-4), trl, atol=1e-6)
+    assert M.group_advantages(scores, G, scale)[6:].tolist() == [0.0, 0.0, 0.0]  # equal rewards: no signal
