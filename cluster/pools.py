@@ -347,8 +347,7 @@ ASK_AFTER_S = 5.0
 
 def grow(placement: Placement, role: str, rank: int, timeout_s: float) -> Slot:
     """The slot of rank `rank` of `role`, one more than the fleet has: a planned one it shrank from, else a
-    placement group of one bundle (the role's CPUs and GPUs, pinned to its
-    pool's nodes by node_resource). Not placed within ASK_AFTER_S, the bundle is asked of Ray's autoscaler
+    placement group of one bundle (the role's CPUs and GPUs, pinned to its pool's nodes by node_resource). Not placed within ASK_AFTER_S, the bundle is asked of Ray's autoscaler
     (`request_resources`, which adds nodes where one runs) and the wait goes on to `timeout_s`; then NoCapacity,
     with the group removed. Either way the request is withdrawn after the wait (a placed rank keeps its node)."""
     import ray

@@ -165,15 +165,15 @@ class PPOTrainer:
     def _scale(self) -> None:
         """The fleet to the size `rlhf-ray scale` asks (runtime/control.py), between steps. An ask that found no
         room is not tried again until it is asked again."""
-        path = self.run_dir.path / control.FILE
         try:
             wanted = control.read(self.run_dir.path)
         except control.ControlError as e:
             wanted = {}
             self._say_once(f"scale: {e}")
         sizes = self.fleet.sizes()
+        asked_at = (self.run_dir.path / control.FILE).stat().st_mtime_ns if wanted else None
         for role, n in wanted.items():
-            ask = (role, n, path.stat().st_mtime_ns)
+            ask = (role, n, asked_at)
             if role not in sizes:
                 self._say_once(f"scale: {role}: this run has no {role} actors")
             elif sizes[role] != n and ask not in self.said:
