@@ -227,6 +227,9 @@ class RolloutConfig:
     log-probs of the distribution they sampled from (after T and top_p)."""
     top_p: PositiveFraction = 1.0
     """Nucleus sampling mass."""
+    top_k: Optional[Positive[int]] = None
+    """Sample from the k most likely tokens only. None: all. As with top_p, the generators record the log-probs of
+    the truncated, renormalised distribution they sampled from (docs/algorithms.md, Temperature)."""
     max_staleness: NonNegative[int] = 0
     """k: no sample used in an update is more than k policy versions old (0: synchronous on-policy)."""
     kv_cache_mb: Mib = 256
@@ -296,6 +299,13 @@ class PPOConfig:
     clip_eps_high: Optional[Positive[float]] = None
     """The upper clip 1 + ε_high instead of 1 + ε (DAPO's clip-higher, e.g. 0.28 with ε 0.2; TRL's `epsilon_high`,
     veRL's `clip_ratio_high`). None: ε."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling: drop the groups whose samples' rewards are all equal (they carry no group-baseline
+    signal) and sample more prompts until rollout.batch_size groups have varied rewards, within refill_rounds.
+    veRL's `algorithm.filter_groups`, on the task reward."""
+    refill_rounds: Positive[int] = 3
+    """With dynamic_sampling, at most this many more batches of rollout.batch_size prompts per step; a step still
+    short then trains on equal-reward groups too, counted in `groups_short`."""
     dual_clip: Optional[Annotated[float, Range(1, open_lo=True)]] = None
     """c of dual-clip PPO (Ye et al. 2020), > 1. None: off."""
     value_clip_eps: Positive[float] = 0.2

@@ -60,6 +60,8 @@ def check(cfg, stages: list[str] | None = None) -> list[tuple[str, str]]:
         need(all(ds.columns) and all(theirs), f"data.{name}.columns", "a name is empty")
     if p.advantage in ("grpo", "rloo"):
         need(r.n_samples >= 2, "rollout.n_samples", f"advantage {p.advantage!r} needs a group of >= 2 samples per prompt")
+    need(not p.dynamic_sampling or r.n_samples >= 2, "ppo.dynamic_sampling",
+         "drops groups whose samples' rewards are all equal: needs rollout.n_samples >= 2")
     held_out = cfg.data.prompts.eval_fraction > 0 or bool(cfg.data.prompts.eval_path)
     for key, on in [("ppo.gold", p.gold), ("ppo.kl_budget", p.kl_budget is not None), ("ppo.keep_best", p.keep_best)]:
         if on:

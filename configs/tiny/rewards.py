@@ -13,3 +13,9 @@ def contains_answer(prompts, responses, *, answer):
     keyword argument, one per response. 1 when the response names the answer; plus len(answer) / 100, so the
     recorded reward also shows which answer each response was checked against (the e2e test reads it back)."""
     return [float(a in r) + len(a) / 100 for r, a in zip(responses, answer)]
+
+
+def first_token_odd(prompts, responses, response_ids):
+    """1 when a response's first token id is odd: a coin flip per sample for the random-init model, so about half
+    the groups of two have equal rewards (the dynamic-sampling test drops them)."""
+    return [float(bool(ids) and ids[0] % 2 == 1) for ids in response_ids]

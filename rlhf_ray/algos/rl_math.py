@@ -266,6 +266,13 @@ def group_advantages(scores: Tensor, group_size: int, scale: str = "group", eps:
     return adv.view(-1)
 
 
+def varied_groups(scores: Tensor, group_size: int) -> Tensor:
+    """(G,) True where a group's rewards are not all equal; groups are consecutive runs of `group_size`. A group of
+    equal rewards has zero advantage under any group baseline: DAPO's dynamic sampling trains on the others."""
+    g = scores.view(-1, group_size)
+    return (g != g[:, :1]).any(1)
+
+
 def rloo_advantages(scores: Tensor, group_size: int) -> Tensor:
     """RLOO: r_i minus the mean of the other k-1 rewards in its group. (B,) -> (B,)."""
     if group_size < 2:

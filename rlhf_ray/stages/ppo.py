@@ -31,7 +31,7 @@ from rlhf_ray.runtime import checkpoint, control, faults
 from rlhf_ray.rewards import distinct_2
 from rlhf_ray.runtime.guard import Guard, GuardSettings
 from rlhf_ray.runtime.run_dir import RunDir
-from rlhf_ray.stages import generation
+from rlhf_ray.stages import dynamic_sampling, generation
 from rlhf_ray.stages.fleet import Calls, Fleet, Scoring, start_fleet
 from rlhf_ray.stages.loop import Loop
 from rlhf_ray.stages.push import Probe, SyncMismatch
@@ -132,14 +132,17 @@ class PPOTrainer:
         table, scoring = self.collect(self.inflight.popleft())
         if not self.inflight:
             self.fleet.push.rest()  # colocated generators free the GPU while the policy trains (sleep_level)
-        busy = rollout.seconds(table)  # the generators' sampling seconds for this batch (partly in earlier steps)
         while len(self.inflight) < k and i + len(self.inflight) + 1 < steps:
             self.inflight.append(self.launch_generate())  # overlap with training
+        chosen = self.fill(table, scoring) if self.cfg.ppo.dynamic_sampling else None
+        if chosen:
+            table = chosen.answers.table
+        busy = rollout.seconds(table)  # the generators' sampling seconds for this batch (partly in earlier steps)
         t1, depth = time.perf_counter(), len(self.inflight)  # batches generating while this one trains
         batch = rollout.collate(table, self.tokenizer.pad_token_id)
         staleness = self.version - batch.policy_version
         assert int(staleness.max()) <= k, f"sample {int(staleness.max())} versions old, bound {k}"
-        exp = self.make_experience(self.score(table, batch, scoring))
+        exp = self.make_experience(self.score(table, batch, scoring, chosen and chosen.answers))
         t2 = time.perf_counter()
         losses = self.train(exp)
         self.version += 1
@@ -154,7 +157,8 @@ class PPOTrainer:
                "time_score_s": t2 - t1, "time_train_s": t3 - t2, "time_sync_s": t4 - t3, "time_scale_s": t0 - t_scale,
                "sync_bytes": sum(r["bytes"] for r in loaded), "sync_probe_gap": self.fleet.push.gap(),
                "buffer_depth": depth, "generator_busy_s": busy,
-               **{f"fleet_size_{role}": n for role, n in self.fleet.sizes().items()}}
+               **{f"fleet_size_{role}": n for role, n in self.fleet.sizes().items()},
+               **(chosen.stats if chosen else {})}
         self._check_gap(row)
         self.run_dir.write_rollouts(i, table.append_column("reward", pa.array(exp.task_reward.tolist()))
                                     .append_column("kl", _column(exp.kl, len(exp.task_reward)))
@@ -190,9 +194,10 @@ class PPOTrainer:
 
     def _check_gap(self, row: dict) -> None:
         """The step's logprob_gap (learner against generator, on the batch's samples) under the probe's bound when
-        the two held the same weights and the generator's log-probs are the full distribution's (top_p 1)."""
+        the two held the same weights and the generator's log-probs are the full distribution's (no top_k, top_p 1)."""
         gap, probe = row.get("logprob_gap"), self.fleet.push.probe
-        if gap is None or probe is None or row["staleness_max"] or self.cfg.rollout.top_p < 1:
+        truncated = self.cfg.rollout.top_p < 1 or self.cfg.rollout.top_k
+        if gap is None or probe is None or row["staleness_max"] or truncated:
             return
         if not gap <= probe.tolerance:
             raise SyncMismatch(f"step {row['step']}: the generators sampled with log-probs that differ from policy "
@@ -223,14 +228,33 @@ class PPOTrainer:
             scoring.send(i, share)
         return generation.join([shares[i] for i in sorted(shares)]), scoring
 
-    def score(self, table: pa.Table, batch: rollout.RolloutBatch, scoring: Scoring) -> experience.ScoredBatch:
+    def fill(self, table: pa.Table, scoring: Scoring) -> dynamic_sampling.Choice:
+        """DAPO's dynamic sampling (stages/dynamic_sampling.py): refill rounds of rollout.batch_size new prompts,
+        each sampled and scored at once, until enough groups have varied rewards or ppo.refill_rounds ran out."""
+        n, want, bound = self.cfg.rollout.n_samples, self.cfg.rollout.batch_size, self.cfg.ppo.refill_rounds
+        rounds = [self._answers(table, scoring)]
+        while not dynamic_sampling.enough(rounds, n, want) and len(rounds) <= bound:
+            rounds.append(self._answers(*self.collect(self.launch_generate())))
+        chosen = dynamic_sampling.choose(rounds, n, want)
+        if chosen.stats["groups_short"]:
+            print(f"dynamic sampling: step {self.version + 1} trains on {chosen.stats['groups_short']} of {want} "
+                  f"groups with equal rewards: {bound} refill rounds found too few varied ones (ppo.refill_rounds)",
+                  flush=True)
+        return chosen
+
+    def _answers(self, table: pa.Table, scoring: Scoring) -> dynamic_sampling.Answers:
+        ref = None if self._reference_in_policy() else self.fleet.ref_logprobs(scoring, "score: reference")
+        return dynamic_sampling.Answers(table, self.task_rewards(scoring)[0], ref)
+
+    def score(self, table: pa.Table, batch: rollout.RolloutBatch, scoring: Scoring,
+              answers: Optional[dynamic_sampling.Answers] = None) -> experience.ScoredBatch:
         """Old log-probs and values from the learners (the whole batch, one equal shard per rank: ZeRO-3 forwards
-        are collective), sent first so they run while the scorers' answers are awaited. On-policy, μ stands in
-        for π_θold (see __init__)."""
+        are collective), sent first so they run while the scorers' answers are awaited (or taken from `answers`,
+        dynamic sampling's, already awaited). On-policy, μ stands in for π_θold (see __init__)."""
         old = None if self.on_policy else self.fleet.old_logprobs(batch)
         values = self.fleet.old_values(batch)
-        ref_lp = self._ref_logprobs(scoring, batch, "score: reference")
-        task, _ = self.task_rewards(scoring)
+        ref_lp = self._ref_logprobs(scoring, batch, "score: reference", answers)
+        task = answers.task if answers else self.task_rewards(scoring)[0]
         old_lp = batch.logprobs if old is None else old.get()
         values = None if values is None else values.get()
         ended = torch.tensor([f == "stop" for f in table.column("finish_reason").to_pylist()])
@@ -239,13 +263,17 @@ class PPOTrainer:
         return experience.ScoredBatch(rollouts=batch, task_reward=task, ref_logprobs=ref_lp, old_logprobs=old_lp * mask,
                                       old_values=values, ended=ended)
 
-    def _ref_logprobs(self, scoring: Scoring, batch: rollout.RolloutBatch, phase: str) -> Optional[torch.Tensor]:
+    def _ref_logprobs(self, scoring: Scoring, batch: rollout.RolloutBatch, phase: str,
+                      answers: Optional[dynamic_sampling.Answers] = None) -> Optional[torch.Tensor]:
         """The reference's log-probs as one (B, T) batch; None without a reference. With LoRA and no reference
         model of its own, the policy learner's with its adapters off."""
-        if self.cfg.uses_reference() and self.cfg.reference_in_policy():
+        if self._reference_in_policy():
             return self.fleet.base_logprobs(batch).get()
-        rows = self.fleet.ref_logprobs(scoring, phase)
+        rows = answers.ref_rows if answers else self.fleet.ref_logprobs(scoring, phase)
         return None if rows is None else _pad(rows, batch.response_mask.shape[1])
+
+    def _reference_in_policy(self) -> bool:
+        return self.cfg.uses_reference() and self.cfg.reference_in_policy()
 
     def task_rewards(self, scoring: Scoring) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Reward model scores and reward functions, weighted and summed: (B,); and each function's own (B,)."""

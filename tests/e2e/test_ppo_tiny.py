@@ -264,3 +264,27 @@ def test_lora_grpo_raises_its_reward_with_the_reference_inside_the_policy(sync, 
         adapted = PeftModel.from_pretrained(models.load_policy("tiny"), str(final / "adapter")).eval()(ids).logits
         base = models.load_policy("tiny").eval()(ids).logits
     assert (merged - adapted).abs().max() < 1e-4 and (merged - base).abs().max() > 0.1
+
+
+def test_dynamic_sampling_trains_on_groups_of_varied_rewards(tmp_path):
+    """DAPO's dynamic sampling on GRPO, one batch generated ahead: a coin-flip reward (the first token's parity)
+    gives about half the groups of two equal rewards. Each step trains on 8 groups; every one of them has varied
+    rewards, but for the `groups_short` a step reports when its 2 refill rounds found too few."""
+    run_dir = tmp_path / "run"
+    proc = run_ppo(run_dir, "ppo.steps=3", "rollout.batch_size=8", "rollout.n_samples=2", "ppo.mini_batch_size=16",
+                   "ppo.advantage=grpo", "ppo.kl_coef=0", "rollout.max_staleness=1", "ppo.dynamic_sampling=true",
+                   "ppo.refill_rounds=2", "reward.functions=[{function: configs/tiny/rewards.py:first_token_odd}]")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    print("\nper step (refill rounds, groups sampled, dropped, short):",
+          [(r["refill_rounds"], r["groups_sampled"], r["groups_dropped"], r["groups_short"]) for r in rows])
+    for r in rows:
+        table = pq.read_table(run_dir / "rollouts" / f"step_{r['step']:06d}.parquet")
+        rewards = table.column("reward").to_pylist()
+        assert table.column("group").to_pylist() == [i // 2 for i in range(16)]
+        equal = sum(rewards[g] == rewards[g + 1] for g in range(0, 16, 2))
+        assert equal == r["groups_short"], (r, rewards)
+        assert r["groups_sampled"] == 8 * (r["refill_rounds"] + 1) and r["refill_rounds"] <= 2
+        assert r["groups_dropped"] > 0 or r["refill_rounds"] == 0
+    assert sum(r["groups_dropped"] for r in rows) > 0 and sum(r["refill_rounds"] for r in rows) > 0
+    assert ("dynamic sampling:" in proc.stdout) == any(r["groups_short"] for r in rows)  # a short step says so
+    assert max(r["staleness_max"] for r in rows) <= 1
