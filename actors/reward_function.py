@@ -2,7 +2,9 @@
 place of or beside a reward model. Keyword arguments passed (each a list aligned with the responses), as far as
 the function declares them or takes **kwargs: the metadata finish_reason, policy_version, group, response_ids,
 and every column of the prompts dataset by its name (`answer`, `tests`, ...), repeated for each sample of a
-prompt, the convention of TRL's reward functions. A chat prompt arrives as its message list."""
+prompt, the convention of TRL's reward functions. A chat prompt arrives as its message list. A function written
+TRL's way (it names `completions`) or veRL's (`compute_score(data_source, solution_str, ground_truth, ...)`) is
+called theirs (`scoring.call_reward_function`)."""
 
 from __future__ import annotations
 

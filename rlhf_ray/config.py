@@ -104,7 +104,9 @@ class DatasetConfig:
     """Subset (configuration name) of a hub dataset, e.g. `main` of `openai/gsm8k`. None: its default."""
     columns: dict[Name, Name] = field(default_factory=dict)
     """Our field names -> the dataset's, applied before the rows are checked: `{prompt: question}` reads the
-    prompt from `question`; any other column can be renamed the same way (`{task_name: group}`)."""
+    prompt from `question`; any other column can be renamed the same way (`{task_name: group}`). A dotted path
+    reads a field of a nested column (`{ground_truth: reward_model.ground_truth}`); a row without it is an error
+    naming its file and row."""
     eval_fraction: ProperFraction = 0.0
     """Fraction of rows held out for evaluation (a seeded shuffle decides which)."""
     max_rows: Optional[Positive[int]] = None

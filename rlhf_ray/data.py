@@ -10,10 +10,10 @@ Three kinds, each a list of plain dicts after loading:
                  two whole conversations that differ only in their last assistant reply)
 
 Sources: JSONL, Parquet, a `datasets.save_to_disk` folder, or a hub name (only when online; a subset and a
-split), one or several (a list, a glob). `columns` maps a dataset's field names onto ours before the checks. A
-malformed row stops the load with its file and row number, or is skipped and counted when `skip_malformed` is
-set. Rows over the token limits follow the truncation policy (`error`, `drop` and count, or `truncate`). The row
-checks live in `rows`.
+split), one or several (a list, a glob). `columns` maps a dataset's field names onto ours before the checks (a
+dotted path, `reward_model.ground_truth`, reads a field of a nested column). A malformed row stops the load with
+its file and row number, or is skipped and counted when `skip_malformed` is set. Rows over the token limits follow
+the truncation policy (`error`, `drop` and count, or `truncate`). The row checks live in `rows`.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def load_rows(
             if max_rows is not None and len(rows) >= max_rows:
                 break  # this source; the next ones are not read either (below)
             try:
-                row = rename(raw, columns, kind)
+                row = rename(read_paths(raw, columns, kind), columns, kind)
                 rows.append(check_row(row, kind))
                 if kind != "prompts":  # a prompts row keeps every other field as a column
                     report.unused.update(k for k in row if k not in FIELDS[kind])
@@ -185,6 +185,38 @@ def load_rows(
             r["columns"] = {k: r["columns"].get(k) for k in names}
     report.kept = len(rows)
     return rows, report
+
+
+def read_paths(row: Any, columns: Optional[dict[str, str]], kind: str) -> Any:
+    """The row with each dotted path `columns` names (`reward_model.ground_truth`: a field of a nested column, an
+    object in JSON, a struct in Parquet) read out under that name, for `rename` to map like any field; the nested
+    column itself stays. A field whose own name has the dot is read as it is. A path the row lacks is a DataError
+    naming the config key and the path (the loader adds the file and row)."""
+    if not columns or not isinstance(row, dict):
+        return row
+    out = row
+    for ours, theirs in columns.items():
+        if "." not in theirs or theirs in row or (ours == "prompt" and "messages" in row):
+            continue  # a plain field (rename's), or a row giving its prompt as messages (it needs no prompt field)
+        out = {**out, theirs: _follow(row, theirs, f"data.{kind}.columns.{ours}")}
+    return out
+
+
+def _follow(row: dict, path: str, key: str) -> Any:
+    value, parts = row, path.split(".")
+    for n, part in enumerate(parts):
+        if not isinstance(value, dict) or part not in value:
+            raise DataError(f"{key}: no {path!r} in this row: {_why_not(value, '.'.join(parts[:n]), part)}")
+        value = value[part]
+    return value
+
+
+def _why_not(value: Any, above: str, part: str) -> str:
+    if not above:
+        return f"the row has no field {part!r}"
+    if isinstance(value, dict):
+        return f"{above!r} has no field {part!r} (its fields: {', '.join(map(str, value)) or 'none'})"
+    return f"{above!r} is null" if value is None else f"{above!r} is a {type(value).__name__}, not an object"
 
 
 def column_names(rows: list[dict]) -> list[str]:

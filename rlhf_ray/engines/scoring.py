@@ -22,7 +22,7 @@ import torch
 
 from rlhf_ray.algos import forward
 from rlhf_ray.errors import UserError
-from rlhf_ray.rollout import RolloutBatch
+from rlhf_ray.rollout import RESERVED, RolloutBatch
 
 
 def _micro_batches(n: int, size: int):
@@ -155,56 +155,171 @@ TRL_ARGUMENTS = ("prompts", "completions", "completion_ids")
 """What TRL passes a reward function by keyword besides the dataset's columns; a function that names `completions`
 is called TRL's way (`call_reward_function`)."""
 
+VERL_ARGUMENTS = ("data_source", "solution_str", "ground_truth", "extra_info")
+"""What veRL's reward manager passes `compute_score(data_source, solution_str, ground_truth, extra_info=None)` by
+keyword, one sample at a time; a function that names `solution_str` is called veRL's way (`call_reward_function`)."""
 
-def _trl_style(params: list[inspect.Parameter]) -> bool:
-    return any(p.name == "completions" for p in params)
+VERL_COLUMNS = {"data_source": ("data_source",), "ground_truth": ("ground_truth", "reward_model.ground_truth"),
+                "extra_info": ("extra_info",)}
+"""Where each veRL argument is read from a prompts row: the first of its paths whose column the dataset has. veRL's
+datasets hold the answer as `reward_model: {style, ground_truth}`; a `ground_truth` column (one the dataset has, or
+one data.prompts.columns maps, e.g. `{ground_truth: answer}`) is the explicit choice and comes first."""
+
+
+def convention(fn: Callable) -> str:
+    """How `fn` is called: "trl" (it names `completions`), "verl" (it names `solution_str`), else "ours"
+    (`fn(prompts, responses, **columns)`)."""
+    try:
+        names = {p.name for p in inspect.signature(fn).parameters.values()}
+    except (TypeError, ValueError):  # a builtin without a signature: called our way
+        return "ours"
+    return "trl" if "completions" in names else "verl" if "solution_str" in names else "ours"
 
 
 def required_keywords(fn: Callable) -> list[str]:
-    """The arguments `fn` needs besides prompts and responses (its first two, or TRL's `prompts` / `completions` /
-    `completion_ids`) and has no default for: each must be a metadata field or a dataset column (what
-    `call_reward_function` passes by keyword)."""
+    """The arguments `fn` needs besides prompts and responses (its first two, TRL's `prompts` / `completions` /
+    `completion_ids`, or veRL's four) and has no default for: each must be a metadata field or a dataset column
+    (what `call_reward_function` passes by keyword). veRL's own arguments are read by `verl_arguments`."""
     params = list(inspect.signature(fn).parameters.values())
-    given = ([p for p in params if p.name in TRL_ARGUMENTS] if _trl_style(params) else
-             [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:2])
-    return [p.name for p in params if p not in given and p.default is p.empty
+    given = {"trl": [p for p in params if p.name in TRL_ARGUMENTS],
+             "verl": [p for p in params if p.name in VERL_ARGUMENTS],
+             "ours": [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:2]}
+    return [p.name for p in params if p not in given[convention(fn)] and p.default is p.empty
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def check_signature(fn: Callable, spec: str) -> None:
-    """Refuse a function that cannot be called as `fn(prompts, responses, **columns)` (or TRL's way, by keyword
-    with `completions`): told when it is loaded, not on the first batch."""
+    """Refuse a function that cannot be called as `fn(prompts, responses, **columns)`, TRL's way (by keyword, with
+    `completions`) or veRL's (by keyword, with `solution_str`): told when it is loaded, not on the first batch."""
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # a builtin without a signature: its first call tells
         return
-    if _trl_style(params):
-        if any(p.name == "completions" and p.kind is p.POSITIONAL_ONLY for p in params):
-            raise RewardFunctionError(f"reward function {spec}: `completions` is positional-only; TRL's way passes "
-                                      "it by keyword")
+    names = {p.name for p in params}
+    if {"completions", "solution_str"} <= names:
+        raise RewardFunctionError(f"reward function {spec}: it names both `completions` (TRL's way) and "
+                                  "`solution_str` (veRL's way); which call it expects is unclear")
+    style = convention(fn)
+    if style in ("trl", "verl"):
+        _check_keyword_call(params, spec, style)
         return
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     stuck = [p.name for p in positional[2:] if p.kind is p.POSITIONAL_ONLY and p.default is p.empty]
     if len(positional) < 2 and not any(p.kind is p.VAR_POSITIONAL for p in params) or stuck:
         raise RewardFunctionError(
             f"reward function {spec}: its signature {inspect.signature(fn)} cannot take the call "
-            "fn(prompts, responses, **columns) (a TRL function names `completions`)"
+            "fn(prompts, responses, **columns) (a TRL function names `completions`, a veRL one `solution_str`)"
             + (f"; positional-only without a default: {', '.join(stuck)}" if stuck else ""))
 
 
-def _call(fn: Callable, prompts: list, responses: list[str], metadata: dict):
+def _check_keyword_call(params: list[inspect.Parameter], spec: str, style: str) -> None:
+    """TRL and veRL pass every argument by keyword; veRL passes nothing but its four."""
+    ours = TRL_ARGUMENTS if style == "trl" else VERL_ARGUMENTS
+    peer = "TRL" if style == "trl" else "veRL"
+    stuck = [p.name for p in params if p.kind is p.POSITIONAL_ONLY and (p.name in ours or p.default is p.empty)]
+    if stuck:
+        raise RewardFunctionError(f"reward function {spec}: {', '.join(f'`{n}`' for n in stuck)} "
+                                  f"{'is' if len(stuck) == 1 else 'are'} positional-only; {peer}'s way passes every "
+                                  "argument by keyword")
+    extra = [p.name for p in params if style == "verl" and p.name not in VERL_ARGUMENTS and p.default is p.empty
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if extra:
+        raise RewardFunctionError(f"reward function {spec}: veRL's way passes only {', '.join(VERL_ARGUMENTS)}; "
+                                  f"it also requires {', '.join(extra)}")
+
+
+def _completions(prompts: list, responses: list[str]) -> list:
+    """TRL's `completions`: for a conversational prompt (a message list) the response as one assistant message,
+    `[{"role": "assistant", "content": text}]`, else the text."""
+    return [[{"role": "assistant", "content": r}] if isinstance(p, list) else r
+            for p, r in zip(prompts, responses, strict=True)]
+
+
+def _call(fn: Callable, prompts: list, responses: list[str], metadata: dict, label: str):
     """`fn(prompts, responses, **metadata)`; or, for a function written for TRL (it names `completions`), all by
-    keyword as TRL calls it: prompts=, completions= (the response texts), completion_ids= (their token ids). Keys
-    the function does not declare are not passed, unless it takes **kwargs."""
+    keyword as TRL calls it: prompts=, completions= (`_completions`), completion_ids= (the responses' token ids);
+    or, for one written for veRL (it names `solution_str`), once per response (`_call_verl`). Keys the function
+    does not declare are not passed, unless it takes **kwargs."""
     params = list(inspect.signature(fn).parameters.values())
+    style = convention(fn)
+    if style == "verl":
+        return _call_verl(fn, params, prompts, responses, metadata, label)
     args: tuple = (prompts, responses)
-    if _trl_style(params):
-        args, metadata = (), {"prompts": prompts, "completions": responses, **metadata}
+    if style == "trl":
+        args, metadata = (), {"prompts": prompts, "completions": _completions(prompts, responses), **metadata}
         if "response_ids" in metadata:
             metadata["completion_ids"] = metadata["response_ids"]
-    if not any(p.kind is p.VAR_KEYWORD for p in params):
-        metadata = {k: v for k, v in metadata.items() if k in {p.name for p in params}}
-    return fn(*args, **metadata)
+    return fn(*args, **_declared(params, metadata))
+
+
+def _declared(params: list[inspect.Parameter], kwargs: dict) -> dict:
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in {p.name for p in params}}
+
+
+def _call_verl(fn: Callable, params: list[inspect.Parameter], prompts: list, responses: list[str], columns: dict,
+               label: str) -> list:
+    """veRL's reward manager's call: one response at a time, by keyword, solution_str= its text and the rest read
+    from its prompt's columns (`verl_arguments`); a dict result gives its `score`, as veRL reads it."""
+    read = verl_arguments(fn, label, prompts, columns)
+    out = []
+    for i, text in enumerate(responses):
+        kwargs = {"solution_str": text, **{k: v[i] for k, v in read.items()}}
+        score = fn(**_declared(params, kwargs))
+        if isinstance(score, dict):
+            if "score" not in score:
+                raise RewardFunctionError(f"reward function {label} returned a dict without a `score` for row {i}"
+                                          f" (its keys: {', '.join(map(str, score)) or 'none'})")
+            score = score["score"]
+        out.append(score)
+    return out
+
+
+def verl_arguments(fn: Callable, label: str, prompts: list, columns: dict[str, list]) -> dict[str, list]:
+    """The veRL arguments besides solution_str that `fn` takes (each it names, or all with **kwargs), one value
+    per row, read from the prompts' `columns` (name -> one value per row) by `VERL_COLUMNS`. extra_info is {}
+    where the dataset has no such column (veRL's default). A required one (named, without a default) that the
+    dataset lacks is one RewardFunctionError naming the function and the column: the stage's check calls this on
+    the whole prompts dataset before Ray starts, so the first batch does not tell."""
+    params = {p.name: p for p in inspect.signature(fn).parameters.values()}
+    takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    out = {}
+    for name, paths in VERL_COLUMNS.items():
+        if name not in params and not takes_all:
+            continue
+        path = next((q for q in paths if q.split(".")[0] in columns), None)
+        if path is not None:
+            out[name] = _read_path(columns, path, name, label, prompts)
+        elif name == "extra_info":
+            out[name] = [{} for _ in prompts]
+        elif name in params and params[name].default is params[name].empty:
+            have = ", ".join(c for c in columns if c not in RESERVED) or "none besides the prompt"  # not metadata
+            raise RewardFunctionError(
+                f"reward function {label} (veRL's compute_score) needs `{name}`, read from the prompts dataset's "
+                f"{' or '.join(f'`{q}`' for q in paths)}; it has no such column (its columns: {have}; "
+                "data.prompts.columns renames them)")
+    return out
+
+
+def _read_path(columns: dict[str, list], path: str, name: str, label: str, prompts: list) -> list:
+    """Every row's value at `path` (a column, or `column.field` of a column of objects)."""
+    head, _, field = path.partition(".")
+    if not field:
+        return columns[head]
+    out = []
+    for prompt, value in zip(prompts, columns[head], strict=True):
+        if not isinstance(value, dict) or field not in value:
+            raise RewardFunctionError(
+                f"reward function {label} (veRL's compute_score) reads `{name}` from `{path}`, but the prompt "
+                f"{_one_line(prompt)!r:.80} has {head} = {value!r:.80}, no field `{field}`")
+        out.append(value[field])
+    return out
+
+
+def _one_line(prompt) -> str:
+    """A prompt as one line of text, for a message."""
+    return prompt if isinstance(prompt, str) else " / ".join(str(m.get("content")) for m in prompt)
 
 
 def call_reward_function(fn: Callable, prompts: list, responses: list[str], **metadata) -> list[float]:
@@ -214,7 +329,9 @@ def call_reward_function(fn: Callable, prompts: list, responses: list[str], **me
     declare are not passed, unless it takes **kwargs."""
     label = getattr(fn, "__qualname__", repr(fn))
     try:
-        out = _call(fn, prompts, responses, metadata)
+        out = _call(fn, prompts, responses, metadata, label)
+    except RewardFunctionError:
+        raise  # ours, already saying what is wrong (a column veRL's way needs, a dict without a score)
     except Exception as e:
         raise RewardFunctionError(f"reward function {label} raised {type(e).__name__}: {e}") from e
     try:

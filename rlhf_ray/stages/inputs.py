@@ -1,9 +1,9 @@
 """Every input a run reads, checked before Ray starts (`rlhf-ray run`, `validate` and `submit` call `before_ray`
 first, `pipeline.run` calls `check` again): each stage's datasets are set (or made by an earlier stage), exist,
 open, and their first rows pass the row checks (held-out `eval_path` datasets too); each reward function, labeler
-and gold judge imports, takes `(prompts, responses, ...)` and finds the keyword arguments it requires; each model
-folder is one, and runs no code of its own unless model.trust_remote_code. Every problem comes back at once, each
-naming its config key.
+and gold judge imports, takes `(prompts, responses, ...)` (or TRL's or veRL's call) and finds the keyword arguments
+it requires; each model folder is one, and runs no code of its own unless model.trust_remote_code. Every problem
+comes back at once, each naming its config key.
 
 Nothing is built or converted here (a built-in model not yet in the cache is not made), so `validate` stays fast:
 the checks that need a model's tokenizer or modules run when its folder exists, and a note says which were
@@ -123,16 +123,17 @@ def _reward_specs(cfg: Config, stage: str) -> list[tuple[str, str, list[str]]]:
 
 def _function_problems(cfg: Config, stage: str, where: str, datasets_ok: bool) -> list[str]:
     """Each reward function (labeler, gold judge), imported here in the driver as the stage would: one that does
-    not import, cannot be called as `fn(prompts, responses, **columns)`, or requires a keyword argument that is
-    neither metadata nor a column of the prompts dataset it scores would fail on the first batch, after every actor
-    started. For that keyword check a local prompts dataset is read in full (a column may first appear in any row;
-    the stage reads them all in the driver anyway), a hub one not at all."""
+    not import, cannot be called as `fn(prompts, responses, **columns)` (or TRL's or veRL's way), requires a keyword
+    argument that is neither metadata nor a column of the prompts dataset it scores, or is veRL's compute_score
+    and finds no data_source or ground_truth there, would fail on the first batch, after every actor started. For
+    these column checks a local prompts dataset is read in full (a column may first appear in any row; the stage
+    reads them all in the driver anyway), a hub one not at all."""
     from actors.reward_function import METADATA
     from rlhf_ray import data
     from rlhf_ray.engines import scoring
 
     problems, ds = [], cfg.data.prompts
-    columns: dict[str, list[str]] = {}  # each dataset read only when a function needs a column
+    loaded: dict[str, list[dict]] = {}  # each dataset's rows, read only when a function needs a column
     for key, spec, datasets in _reward_specs(cfg, stage):
         try:
             fn = scoring.load_reward_function(spec)
@@ -144,18 +145,26 @@ def _function_problems(cfg: Config, stage: str, where: str, datasets_ok: bool) -
         except Exception as e:  # the user's module failed as it was imported: say so, not a traceback
             problems.append(f"{where}{key}: importing {spec} raised {type(e).__name__}: {e}")
             continue
-        for ds_key in datasets if needed and datasets_ok else []:
+        verl = scoring.convention(fn) == "verl"  # reads data_source, ground_truth from the columns
+        for ds_key in datasets if (needed or verl) and datasets_ok else []:
             if not _local(data.sources(get(cfg, ds_key))):
                 continue  # a hub dataset: its columns are known once the stage reads it
-            if ds_key not in columns:
+            if ds_key not in loaded:
                 try:
-                    rows, _ = data.load_dataset(ds, "prompts", cfg.data.skip_malformed, ds_key.endswith("eval_path"))
+                    loaded[ds_key], _ = data.load_dataset(ds, "prompts", cfg.data.skip_malformed,
+                                                          ds_key.endswith("eval_path"))
                 except data.DataError as e:
                     return problems + [f"{where}{ds_key}: {e}"]
-                columns[ds_key] = data.column_names(rows)
+            rows, names = loaded[ds_key], data.column_names(loaded[ds_key])
+            if verl:
+                try:
+                    scoring.verl_arguments(fn, spec, [r["prompt"] for r in rows],
+                                           {n: [r["columns"][n] for r in rows] for n in names})
+                except scoring.RewardFunctionError as e:
+                    problems.append(f"{where}{key}: {e}; prompts dataset {get(cfg, ds_key)}")
             for name in needed:
-                if name not in columns[ds_key]:
-                    have = ", ".join(columns[ds_key]) or "none besides the prompt"
+                if name not in names:
+                    have = ", ".join(names) or "none besides the prompt"
                     problems.append(f"{where}{key}: {spec} requires the keyword argument `{name}`, but the prompts "
                                     f"dataset {get(cfg, ds_key)} has no column `{name}` (its columns: {have}; "
                                     f"data.prompts.columns renames them); metadata: {', '.join(METADATA)}")

@@ -104,6 +104,54 @@ def test_columns_map_the_dataset_names_onto_ours(tmp_path):
     assert rows == [{"prompt": "p", "chosen": "g", "rejected": "b"}]
 
 
+def test_a_dotted_path_reads_a_field_of_a_nested_column(tmp_path):
+    # veRL's layout: the answer under reward_model, the question under extra_info; as JSON objects and as Parquet
+    # structs. The nested column itself stays a column (nothing dropped).
+    verl = [{"data_source": "gsm8k", "extra_info": {"question": "2+2?", "index": 0},
+             "reward_model": {"style": "rule", "ground_truth": "4"}}]
+    columns = {"prompt": "extra_info.question", "ground_truth": "reward_model.ground_truth"}
+    pq.write_table(pa.Table.from_pylist(verl), tmp_path / "v.parquet")
+    for src in (_jsonl(tmp_path / "v.jsonl", verl), str(tmp_path / "v.parquet")):
+        rows, _ = data.load_rows(src, "prompts", columns=columns)
+        assert rows == [{"prompt": "2+2?", "columns": {**verl[0], "ground_truth": "4"}}]
+    # A path a row lacks: its key, its file and its row, and what the row has there.
+    bad = _jsonl(tmp_path / "bad.jsonl", [*verl,
+                                          {"extra_info": {"question": "3+3?"}, "reward_model": {"style": "rule"}},
+                                          {"extra_info": "3+3?", "reward_model": {"ground_truth": "6"}}])
+    with pytest.raises(DataError, match=r"bad\.jsonl: row 2: data\.prompts\.columns\.ground_truth: no "
+                                        r"'reward_model\.ground_truth' in this row: 'reward_model' has no field "
+                                        r"'ground_truth' \(its fields: style\)"):
+        data.load_rows(bad, "prompts", columns=columns)
+    with pytest.raises(DataError, match=r"bad\.jsonl: row 3: data\.prompts\.columns\.prompt: no "
+                                        r"'extra_info\.question' in this row: 'extra_info' is a str, not an object"):
+        data.load_rows(bad, "prompts", columns={"prompt": "extra_info.question"})
+    with pytest.raises(DataError, match=r"row 1: data\.prompts\.columns\.answer: no 'meta\.answer' in this row: the "
+                                        r"row has no field 'meta'"):
+        data.load_rows(bad, "prompts", columns={"prompt": "extra_info.question", "answer": "meta.answer"})
+    # skip_malformed skips and counts such a row like any other malformed one.
+    rows, report = data.load_rows(bad, "prompts", skip_malformed=True, columns=columns)
+    assert len(rows) == 1 and sum(report.skipped.values()) == 2
+    # A field whose own name has the dot is read as it is; preferences map nested fields the same way.
+    rows, _ = data.load_rows(_jsonl(tmp_path / "dot.jsonl", [{"prompt": "a", "a.b": 1}]), "prompts",
+                             columns={"answer": "a.b"})
+    assert rows[0]["columns"] == {"answer": 1}
+    pref = _jsonl(tmp_path / "pref.jsonl", [{"q": {"text": "p"}, "pair": {"good": "g", "bad": "b"}}])
+    rows, _ = data.load_rows(pref, "preferences", columns={"prompt": "q.text", "chosen": "pair.good",
+                                                           "rejected": "pair.bad"})
+    assert rows == [{"prompt": "p", "chosen": "g", "rejected": "b"}]
+
+
+def test_a_dotted_column_reaches_a_reward_function_checked_before_ray(tmp_path, rewards):
+    src = _jsonl(tmp_path / "v.jsonl", [{"prompt": "2+2?", "reward_model": {"style": "rule", "ground_truth": "4"}}])
+    base = [f"data.prompts.path={src}", "stages=[ppo]", f"reward.functions=[{{function: '{rewards}:exact'}}]"]
+    with pytest.raises(ConfigError, match=r"requires the keyword argument `answer`"):
+        inputs.check(load_config(None, base))
+    inputs.check(load_config(None, [*base, "data.prompts.columns={answer: reward_model.ground_truth}"]))
+    with pytest.raises(ConfigError, match=r"data\.prompts\.path: .*v\.jsonl: row 1: data\.prompts\.columns\.answer: no "
+                                          r"'reward_model\.answer' in this row"):
+        inputs.check(load_config(None, [*base, "data.prompts.columns={answer: reward_model.answer}"]))
+
+
 def test_column_mapping_in_the_config(tmp_path):
     cfg = load_config(None, ["data.prompts.columns={prompt: question, answer: solution}", "data.prompts.subset=main"])
     assert cfg.data.prompts.columns == {"prompt": "question", "answer": "solution"}
@@ -234,7 +282,8 @@ def plain(prompts, responses):
 def trl_style(completions, answer, completion_ids, **kwargs):
     global TRL_SEEN
     TRL_SEEN = sorted(kwargs)
-    return [float(c.endswith(str(a))) + len(i) for c, a, i in zip(completions, answer, completion_ids)]
+    texts = [c if isinstance(c, str) else c[0]["content"] for c in completions]  # TRL's two forms
+    return [float(t.endswith(str(a))) + len(i) for t, a, i in zip(texts, answer, completion_ids)]
 
 def verdicts(prompts, responses, *, answer):
     return [None if a is None else True for a in answer]
