@@ -20,7 +20,7 @@ from cluster import quiet, weight_sync
 from cluster.actor_group import DistributedActor
 from cluster.local import listening_socket
 from rlhf_ray import lora
-from rlhf_ray.algos import forward
+from rlhf_ray.algos import forward, packing
 from rlhf_ray.algos.forward import Batch, Loss
 from rlhf_ray.config import LoraConfig, TrainConfig
 from rlhf_ray.engines import ds_engine, safe_checkpoint
@@ -45,6 +45,7 @@ class Learner(DistributedActor):
         self.dtype, self.seed, self.total_steps, self.batch_size = dtype, seed, total_steps, batch_size
         self.rank, self.engine, self.lora, self.trust_remote_code = 0, None, lora_cfg, trust_remote_code
         self._scratch: list[np.ndarray] = []  # rank 0's packing buffers for weight syncs (`_buckets`)
+        self.packed = False  # padding-free forwards (train.packing), decided in build_engine
 
     def setup_distributed(self, master_addr: str, master_port: int, rank: int, world_size: int, local_rank: int,
                           backend: str = "gloo", timeout_s: float = 300.0) -> None:
@@ -63,6 +64,8 @@ class Learner(DistributedActor):
         model = load(self.model_path, self.dtype, self.trust_remote_code)
         if self.lora is not None:  # frozen base, trained adapters (and a value model's head)
             model = lora.wrap(model, self.lora, self.kind)
+        # Padding-free forwards need per-position outputs: a decoder (an encoder reward model pools [CLS]).
+        self.packed = self.train.packing and (self.kind == "policy" or getattr(model, "score", None) is not None)
         model = ds_engine.prepare_model(model, self.train)
         config = ds_engine.ds_config(self.train, world_size, self.dtype, self.batch_size)
         self.engine = ds_engine.build_engine(model, config, self.total_steps, self.train.warmup_steps,
@@ -71,19 +74,20 @@ class Learner(DistributedActor):
     def train_step(self, batch: Batch, loss: Loss) -> dict[str, float]:
         """One optimizer step; `batch` is this rank's shard (micro_batch_size x gradient accumulation rows)."""
         micro = ds_engine.micro_batches(batch, self.train)
-        return ds_engine.train_step(self.engine, micro, loss)
+        return ds_engine.train_step(self.engine, micro, loss, self.packed)
 
     def evaluate(self, batch: Batch, loss: Loss) -> dict[str, float]:
         """`loss` and its metrics over this rank's shard of a held-out set, no gradients (all ranks together)."""
         micro = ds_engine.split_micro_batches(batch, self.train.micro_batch_size, exact=False)
-        return ds_engine.eval_step(self.engine, micro, loss)
+        return ds_engine.eval_step(self.engine, micro, loss, self.packed)
 
     def _forward(self, batch: Batch, fn) -> torch.Tensor:
-        """fn(engine, micro_batch) over micro-batches, no gradients, concatenated on CPU."""
+        """fn(engine, micro_batch) over micro-batches, no gradients, concatenated on CPU (packed: padding-free)."""
         outs = []
         for mb in ds_engine.split_micro_batches(batch, self.train.micro_batch_size, exact=False):
             mb = {k: v.to(self.engine.device) for k, v in mb.items()}
-            outs.append(ds_engine.eval_forward(self.engine, lambda e: fn(e, mb)).cpu())
+            outs.append(ds_engine.eval_forward(self.engine, lambda e: fn(packing.Packed(e) if self.packed else e,
+                                                                          mb)).cpu())
         return torch.cat(outs)
 
     def logprobs(self, batch: Batch, response_len: int, temperature: float = 1.0,

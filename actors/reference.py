@@ -7,6 +7,7 @@ import pyarrow as pa
 
 from cluster import quiet
 from rlhf_ray import models, rollout
+from rlhf_ray.algos import packing
 from rlhf_ray.engines import scoring
 
 
@@ -14,9 +15,11 @@ class Reference:
     """Wrap with `ray.remote`; named `reference-<rank>`."""
 
     def __init__(self, model_path: str, dtype: str = "float32", micro_batch_size: int = 8,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, packed: bool = False):
         quiet.actor_start()
         self.model = models.load_policy(model_path, dtype, trust_remote_code).eval().requires_grad_(False)
+        if packed:  # train.packing: padding-free forwards
+            self.model = packing.Packed(self.model)
         self.pad_id = models.load_tokenizer(model_path, trust_remote_code).pad_token_id
         self.micro_batch_size = micro_batch_size
 

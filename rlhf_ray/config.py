@@ -168,7 +168,13 @@ class TrainConfig:
     micro_batch_tokens: Optional[Size] = None
     """Token budget of a micro-batch (verl's `ppo_max_token_len_per_gpu`): each step's micro-batches take as many
     rows as fit in this many padded tokens (rows x the step's padded length, at least one row), so steps of long
-    sequences take fewer rows per forward and steps of short ones more. None: `micro_batch_size` rows."""
+    sequences take fewer rows per forward and steps of short ones more; with `packing`, as many consecutive rows
+    as fit in this many real tokens. None: `micro_batch_size` rows."""
+    packing: bool = False
+    """Padding-free forwards (sequence packing) in the learners and the reference and reward-model scorers: a
+    micro-batch's rows run as one row of their real tokens, each attending to itself only (position ids restart
+    per row). With micro_batch_tokens, the budget counts real tokens. TRL's `padding_free`, veRL's
+    `use_remove_padding`, OpenRLHF's `packing_samples`. Needs a decoder (an encoder reward model is not packed)."""
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in the backward pass instead of keeping them (HF gradient
     checkpointing, non-reentrant): activation memory of one layer per micro-batch, for about a third more compute."""

@@ -43,6 +43,7 @@ import torch
 import torch.distributed as dist
 
 from rlhf_ray import lora
+from rlhf_ray.algos import packing
 from rlhf_ray.algos.forward import Batch, Loss
 from rlhf_ray.engines import safe_checkpoint
 
@@ -169,7 +170,14 @@ def prepare_model(model: torch.nn.Module, train: "TrainConfig") -> torch.nn.Modu
 def micro_batches(batch: Batch, train: "TrainConfig") -> list[Batch]:
     """This rank's micro-batches for one optimizer step: `train.micro_batch_size` rows each, or with
     `train.micro_batch_tokens` as many rows as fit in that many padded tokens (at least one; the last may be
-    shorter). Every rank's shard has the same rows and padded length, so every rank gets the same count."""
+    shorter). Every rank's shard has the same rows and padded length, so every rank gets the same count. Packed
+    (`train.packing`), the budget counts real tokens, which differ between shards: the ranks agree on the largest
+    count (`packing.budget_cuts`)."""
+    if train.micro_batch_tokens and train.packing:
+        lengths = packing.real_tokens(batch)
+        count = int(_all_reduce_max([len(packing.budget_cuts(lengths, train.micro_batch_tokens)) - 1])[0])
+        cuts = packing.budget_cuts(lengths, train.micro_batch_tokens, count)
+        return [{k: v[a:b] for k, v in batch.items()} for a, b in zip(cuts, cuts[1:])]
     if train.micro_batch_tokens:
         rows = max(1, train.micro_batch_tokens // batch["input_ids"].shape[1])
         return split_micro_batches(batch, rows, exact=False)
@@ -194,13 +202,21 @@ def _all_reduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def _all_reduce_max(values: list[float]) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
 def _grad_norm(module: torch.nn.Module) -> float:
     """Global L2 norm of the (already reduced) gradients, for ZeRO-0 where DeepSpeed does not report one."""
     norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
     return float(torch.stack(norms).norm()) if norms else 0.0
 
 
-def train_step(engine: "DeepSpeedEngine", micro_batches: list[Batch], loss: Loss) -> dict[str, float]:
+def train_step(engine: "DeepSpeedEngine", micro_batches: list[Batch], loss: Loss, packed: bool = False
+               ) -> dict[str, float]:
     """One optimizer step over this rank's micro-batches (any count, the same on every rank: the last one is the
     accumulation boundary, set explicitly, so token-budget micro-batches need not match DeepSpeed's configured
     gradient_accumulation_steps).
@@ -212,8 +228,10 @@ def train_step(engine: "DeepSpeedEngine", micro_batches: list[Batch], loss: Loss
     A non-finite loss on any micro-batch of any rank skips the whole update: the ranks agree on it before each
     backward; the remaining backwards run on a zeroed loss (DeepSpeed's gradient bookkeeping and collectives go
     on as usual), the optimizer step is left out, DeepSpeed counts a skipped step and holds the LR schedule, and
-    the gradients are zeroed. Weights and optimizer state are as before the call."""
+    the gradients are zeroed. Weights and optimizer state are as before the call. packed: the loss's forwards run
+    padding-free (`packing.Packed`)."""
     gas = len(micro_batches)
+    model = packing.Packed(engine) if packed else engine
     world = dist.get_world_size() if dist.is_initialized() else 1
     (n_global,) = _all_reduce_sum([sum(loss.count(mb) for mb in micro_batches)])
     n_global = max(n_global, 1.0)
@@ -223,7 +241,7 @@ def train_step(engine: "DeepSpeedEngine", micro_batches: list[Batch], loss: Loss
     own_norm, skip = None, False
     for i, mb in enumerate(micro_batches):
         engine.set_gradient_accumulation_boundary(i == gas - 1)  # before the forward: ZeRO-3 reads it there
-        value, metrics = loss.fn(engine, _to(mb, engine.device), n_global)
+        value, metrics = loss.fn(model, _to(mb, engine.device), n_global)
         skip = skip or _all_reduce_sum([0.0 if torch.isfinite(value).all() else 1.0])[0] > 0
         # Undo DeepSpeed's ÷gas (scale_wrt_gas=False) and its mean over ranks (× world): see the module docstring.
         engine.backward((value.nan_to_num(0.0, 0.0, 0.0) * 0.0 if skip else value) * world, scale_wrt_gas=False)
@@ -261,7 +279,8 @@ def _without_update(engine: "DeepSpeedEngine"):
 
 
 @torch.no_grad()
-def eval_step(engine: "DeepSpeedEngine", micro_batches: list[Batch], loss: Loss) -> dict[str, float]:
+def eval_step(engine: "DeepSpeedEngine", micro_batches: list[Batch], loss: Loss, packed: bool = False
+              ) -> dict[str, float]:
     """`loss` and its metrics over this rank's micro-batches without gradients, normalised over every rank's
     rows like `train_step` (held-out evaluation). All ranks call it together, with the same number of
     micro-batches (ZeRO-3 forwards are collective)."""
@@ -269,9 +288,10 @@ def eval_step(engine: "DeepSpeedEngine", micro_batches: list[Batch], loss: Loss)
     n_global = max(n_global, 1.0)
     engine.eval()
     totals: dict[str, float] = {}
+    model = packing.Packed(engine) if packed else engine
     try:
         for mb in micro_batches:
-            value, metrics = loss.fn(engine, _to(mb, engine.device), n_global)
+            value, metrics = loss.fn(model, _to(mb, engine.device), n_global)
             for k, v in {"loss": value.item(), **metrics}.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
     finally:

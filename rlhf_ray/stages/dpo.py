@@ -47,7 +47,7 @@ def add_reference_logps(cfg: Config, reference: str, slots: list, rows: list[dic
     """Set ref_chosen_logps and ref_rejected_logps (summed over the response) on every row, in place."""
     seqs = [(r["prompt_ids"], r[f"{k}_ids"]) for k in ("chosen", "rejected") for r in rows]
     group = ActorGroup(Reference, "reference", (reference, cfg.model.dtype, cfg.train.micro_batch_size,
-                                                cfg.model.trust_remote_code),
+                                                cfg.model.trust_remote_code, cfg.train.packing),
                        slots=slots, distributed=False, threads=cfg.cluster.roles["reference"].threads)
     try:
         n = len(group)

@@ -418,7 +418,7 @@ def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[st
     gen = generation.start_generators(cfg, policy if adapters else weights or policy, slots("generator"), version,
                                       adapters, str(Path(weights) / "adapter") if weights and adapters else None)
     ref = ActorGroup(Reference, "reference", (m.reference or policy, m.dtype, cfg.train.micro_batch_size,
-                                              m.trust_remote_code),
+                                              m.trust_remote_code, cfg.train.packing),
                      distributed=False, **on("reference")) if "reference" in cfg.stage_roles("ppo") else None
     learner = (cfg.train, m.dtype, cfg.seed, total_steps, p.mini_batch_size, m.lora, m.trust_remote_code)
     pol = ActorGroup(Learner, "policy-learner", (policy, "policy", *learner), **on("policy"))
@@ -431,7 +431,7 @@ def start_fleet(cfg: Config, policy: str, total_steps: int, weights: Optional[st
     rm = None
     if m.reward:
         rm = ActorGroup(RewardModel, "reward", (models.resolve_model(m.reward), policy, m.dtype,
-                                                cfg.train.micro_batch_size, m.trust_remote_code),
+                                                cfg.train.micro_batch_size, m.trust_remote_code, cfg.train.packing),
                           distributed=False, **on("reward"))
     # Shipped as the driver read them (the checks before Ray did): every node runs the code that was checked.
     codes = [resolve_function(f) for f in cfg.reward_functions()]

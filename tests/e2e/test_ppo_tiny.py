@@ -20,7 +20,7 @@ KEYS = ["step", "policy_version", "reward_mean", "reward_std", "kl_mean", "respo
 STEPS = 20  # ppo.steps in configs/tiny/ppo.yaml
 EXE = str(Path(sys.executable).with_name("rlhf-ray"))
 MANY = ("cluster.roles.generator.count=2", "cluster.roles.policy.count=2", "cluster.roles.critic.count=2",
-        "train.zero_stage=2", "cluster.weight_sync=broadcast")
+        "train.zero_stage=2", "cluster.weight_sync=broadcast", "train.packing=true")
 PROBE_FP32 = 1e-3  # push.PROBE_TOLERANCE["float32"]: the mean log-prob gap allowed between a generator and the learner
 
 
@@ -43,8 +43,9 @@ def run_ppo(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def ahead(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """One batch generated ahead (max_staleness 1) on 2 generators and 2-rank ZeRO-2 policy and critic learner
-    groups, reference and reward function, all at once on this 2-core machine with fractional CPUs: the one run
-    that both the staleness-1 learning test and the many-actors test read (each used to start its own)."""
+    groups, reference and reward function, all at once on this 2-core machine with fractional CPUs, every
+    learner and reference forward packed (train.packing): the one run that both the staleness-1 learning test
+    and the many-actors test read (each used to start its own)."""
     run_dir = tmp_path_factory.mktemp("ahead") / "run"
     return run_dir, run_ppo(run_dir, "rollout.max_staleness=1", *MANY)
 
