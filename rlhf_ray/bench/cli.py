@@ -2,7 +2,8 @@
 the same machine and the same work (absolute times on shared machines are noisy; the ratios are what count).
 
   1. generation   a generator actor vs vLLM called directly: generated tokens/s
-  2. learning     a learner actor's train_step (DeepSpeed) vs a plain torch forward/backward/AdamW loop: tokens/s
+  2. learning     a learner actor's train_step (DeepSpeed) vs a plain torch forward/backward/AdamW loop: tokens/s,
+                  on completions of response_len tokens, and on completions of varied lengths, padded and packed
   3. weight sync  learner -> generator, per transport and bucket size, beside vLLM's own reload and a memcpy
   4. memory       the learner with gradient checkpointing, token-budget micro-batches, ZeRO-3 and offload:
                   tokens/s, the loss beside the default learner's, peak memory
@@ -49,6 +50,7 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
     prompts_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     prompt_ids = wl.encode_prompts(w, rows[: w.prompts])
     batch = wl.train_batch(w, prompt_ids)
+    varied = wl.train_batch(w, prompt_ids, wl.varied_lengths(w))
     sections = [s for s in table.SECTIONS if (only is None or s in only) and (with_peer or s != "peer")]
     result: dict = {"machine": table.machine(), "workload": dataclasses.asdict(w), "fast": fast,
                     "started": time.strftime("%Y-%m-%d %H:%M:%S"), "sections": sections}
@@ -76,7 +78,7 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
              object_store_mb=max(512, 2 * models.weight_bytes(w.model, w.dtype) // 2**20 + 128))
     try:
         if {"engines", "sync"} & set(sections):
-            result.update(actor_sections(w, sections, prompt_ids, batch, fast, say))
+            result.update(actor_sections(w, sections, prompt_ids, {"fixed": batch, "varied": varied}, fast, say))
         if "memory" in sections:
             say("learner memory settings")
             result["learner_memory"] = memory.learner_memory(w, batch, at_once=fast)
@@ -98,24 +100,31 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
     return result
 
 
-def actor_sections(w: Workload, sections: list[str], prompt_ids: list[list[int]], batch: dict, fast: bool,
+def actor_sections(w: Workload, sections: list[str], prompt_ids: list[list[int]], batches: dict, fast: bool,
                    say: Callable[[str], None]) -> dict:
-    """Sections 1-3 on one generator and one learner actor. The raw engines build in processes of their own while
-    the actors start (each one's first, untimed call waits for it); --quick also starts the TP 2 generator of the
-    sync beside them, where the full run starts it after the others are gone."""
+    """Sections 1-3 on one generator and one learner actor (and, for the varied-length batch, a packed learner).
+    The raw engines build in processes of their own while the actors start (each one's first, untimed call waits
+    for it); --quick also starts the TP 2 generator of the sync beside them, where the full run starts it after
+    the others are gone."""
     from rlhf_ray.bench import engines
 
-    out = {}
-    raws = [engines.raw_generator(w, prompt_ids), engines.raw_trainer(w, batch)] if "engines" in sections else []
+    out, engine = {}, "engines" in sections
+    raws = ([engines.raw_generator(w, prompt_ids), engines.raw_trainer(w, batches["fixed"]),
+             engines.raw_trainer(w, batches["varied"])] if engine else [])
     try:
         tp2 = engines.start_tp2(w) if fast and "sync" in sections else None
         gen, learner = engines.start_actors(w, w.samples)
-        if "engines" in sections:
+        packed = engines.start_learner(w, w.samples, packing=True) if engine else None
+        if engine:
             say("generator and learner actors, beside raw vLLM and plain torch (no Ray)")
             out["generation"] = engines.generation(w, gen, prompt_ids, raws[0])
-            out["learning"] = engines.learning(w, learner, batch, raws[1])
+            out["learning"] = engines.learning(w, learner, batches["fixed"], raws[1])
             say(f"generation {out['generation']['ratio']:.2f} of raw vLLM, learning "
                 f"{out['learning']['ratio']:.2f} of plain torch")
+            out["learning_varied"] = v = engines.learning(w, learner, batches["varied"], raws[2], packed)
+            packed.kill()
+            say(f"learning, varied lengths ({v['padding']:.0%} padding): padded {v['ratio']:.2f} of plain torch, "
+                f"packed {v['packed']['ratio']:.2f}")
         if "sync" in sections:
             say("weight sync")
             out["weight_sync"] = engines.weight_sync(w, gen, learner, tp2)

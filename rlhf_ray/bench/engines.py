@@ -116,10 +116,15 @@ def start_actors(w: Workload, batch_size: int) -> tuple[ActorGroup, ActorGroup]:
     path = models.resolve_model(w.model)
     gen = ActorGroup(Generator, "generator", (path, w.dtype, KV_CACHE_MB, w.seed, w.max_seq_len), num_ranks=1,
                      num_cpus=0.5, distributed=False, threads=w.threads)
-    train = TrainConfig(lr=w.lr, batch_size=batch_size, micro_batch_size=w.micro_batch)
-    learner = ActorGroup(Learner, "policy-learner", (path, "policy", train, w.dtype, w.seed, 1000), num_ranks=1,
-                         num_cpus=0.5, threads=w.threads)
-    return gen, learner
+    return gen, start_learner(w, batch_size)
+
+
+def start_learner(w: Workload, batch_size: int, packing: bool = False) -> ActorGroup:
+    """A policy learner (world size 1) with every core's worth of threads; `packing`: padding-free forwards."""
+    train = TrainConfig(lr=w.lr, batch_size=batch_size, micro_batch_size=w.micro_batch, packing=packing)
+    return ActorGroup(Learner, "policy-learner-packed" if packing else "policy-learner",
+                      (models.resolve_model(w.model), "policy", train, w.dtype, w.seed, 1000), num_ranks=1,
+                      num_cpus=0.5, threads=w.threads)
 
 
 def generation(w: Workload, gen: ActorGroup, prompt_ids: list[list[int]], raw_engine: RawEngine) -> dict:
@@ -148,14 +153,24 @@ def generation(w: Workload, gen: ActorGroup, prompt_ids: list[list[int]], raw_en
             "call_overhead_s": statistics.median(seconds) - statistics.median(engine_s[1:])}
 
 
-def learning(w: Workload, learner: ActorGroup, batch: dict, raw_engine: RawEngine) -> dict:
-    """Section 2: tokens/s of the learner actor's train_step (DeepSpeed) vs a plain torch loop (`raw_trainer`,
-    closed here), same batch, calls alternating."""
+def learning(w: Workload, learner: ActorGroup, batch: dict, raw_engine: RawEngine,
+             packed: Optional[ActorGroup] = None) -> dict:
+    """Section 2: tokens/s (real tokens) of the learner actor's train_step (DeepSpeed) vs a plain torch loop on
+    the padded batch (`raw_trainer`, closed here), same batch, calls alternating. packed: a learner with
+    train.packing, timed against the same loop the same way (`packed` in the result)."""
     try:
-        raw_out, seconds, _ = alternate(raw_engine, lambda: learner.call(
-            lambda a, r: a.train_step.remote(batch, forward.SFT_LOSS), TIMEOUT_S, "bench: train_step"), w.repeats)
+        out = _learning_pair(w, learner, batch, raw_engine)
+        if packed is not None:
+            out["packed"] = _learning_pair(w, packed, batch, raw_engine)
     finally:
         raw_engine.close()
+    real, padded = int(batch["attention_mask"].sum()), batch["attention_mask"].numel()
+    return {**out, "padding": 1 - real / padded}
+
+
+def _learning_pair(w: Workload, learner: ActorGroup, batch: dict, raw_engine: RawEngine) -> dict:
+    raw_out, seconds, _ = alternate(raw_engine, lambda: learner.call(
+        lambda a, r: a.train_step.remote(batch, forward.SFT_LOSS), TIMEOUT_S, "bench: train_step"), w.repeats)
     tokens = raw_out["tokens"]
     actor_tps, raw_tps = tokens / statistics.median(seconds), tokens / raw_out["median_s"]
     return {"tokens": tokens, "sequences": w.samples, "raw_s": raw_out["seconds"], "actor_s": seconds,

@@ -55,7 +55,8 @@ def render(r: dict) -> str:
     lines = [f"# rlhf-ray bench: {w['model']}{' (quick: sizes only prove it runs)' if r.get('fast') else ''}", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {gpu}; "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f". Started {r['started']}.", "",
-             f"Work: {w['prompts']} prompts x {w['group']} completions x {w['response_len']} tokens (EOS ignored), "
+             f"Work: {w['prompts']} prompts x {w['group']} completions x {w['response_len']} tokens (EOS ignored; "
+             f"the varied learning rows: lengths log-normal, median {w['response_len'] // 3}, capped there), "
              f"{w['dtype']}, micro-batch {w['micro_batch']}, {w['threads']} threads per engine; medians of "
              f"{w['repeats']} calls a side (the raw engine's calls alternating with the actor's), means of "
              f"{w['steps']} steps, each after an untimed warm-up.", ""]
@@ -81,7 +82,16 @@ def _engines(r: dict, w: dict) -> list[str]:
               f"| generation, tokens/s | {_f(g['actor_tokens_per_s'], 0)} (generator actor) | "
               f"{_f(g['raw_tokens_per_s'], 0)} (vLLM in-process) | {_f(g['ratio'])} | >= 0.9 |",
               f"| learning, tokens/s | {_f(t['actor_tokens_per_s'], 0)} (learner actor, DeepSpeed) | "
-              f"{_f(t['raw_tokens_per_s'], 0)} (plain torch AdamW) | {_f(t['ratio'])} | >= 0.85 |", ""]
+              f"{_f(t['raw_tokens_per_s'], 0)} (plain torch AdamW) | {_f(t['ratio'])} | >= 0.85 |"]
+    v = r.get("learning_varied")
+    if v:  # completions of varied lengths: the same loop, padded, beside the learner padded and packed
+        lines += [f"| learning, varied lengths ({v['padding']:.0%} padding), tokens/s | "
+                  f"{_f(v['actor_tokens_per_s'], 0)} (learner actor, padded) | {_f(v['raw_tokens_per_s'], 0)} "
+                  f"(plain torch, padded) | {_f(v['ratio'])} | >= 0.85 |",
+                  f"| learning, varied lengths, tokens/s | {_f(v['packed']['actor_tokens_per_s'], 0)} (learner "
+                  f"actor, packed) | {_f(v['packed']['raw_tokens_per_s'], 0)} (plain torch, padded) | "
+                  f"{_f(v['packed']['ratio'])} | >= 1.10 |"]
+    lines += [""]
     if g.get("actor_engine_s"):  # the generation gap, split
         raw_s, engine_s = statistics.median(g["raw_s"]), statistics.median(g["actor_engine_s"])
         lines += [f"Generation per call: raw vLLM {_f(raw_s)} s; in the actor, the engine {_f(engine_s)} s and the "

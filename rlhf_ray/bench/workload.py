@@ -97,17 +97,29 @@ def prompt_texts(w: Workload, ids: list[list[int]]) -> list[str]:
     return [tok.decode(x, skip_special_tokens=False) for x in ids]
 
 
-def train_batch(w: Workload, prompt_ids: list[list[int]]) -> dict[str, torch.Tensor]:
-    """One step's batch as the learner sees it: each of prompts x group rows is a prompt and `response_len`
-    random tokens (fixed seed), right-padded; the loss reads the response tokens (loss_mask)."""
+def varied_lengths(w: Workload) -> list[int]:
+    """The varied workload's completion lengths, one per completion (seeded): log-normal with a median of a third
+    of response_len and σ 0.8, the shape of chat replies (mostly short, a long tail), capped at response_len (the
+    replies cut off there, ~9%) and at least 1 token."""
+    g = torch.Generator().manual_seed(w.seed + 1)
+    x = torch.exp(torch.randn(w.samples, generator=g) * 0.8) * (w.response_len / 3)
+    return [int(n) for n in x.round().clamp(1, w.response_len)]
+
+
+def train_batch(w: Workload, prompt_ids: list[list[int]], lengths: list[int] | None = None
+                ) -> dict[str, torch.Tensor]:
+    """One step's batch as the learner sees it: each of prompts x group rows is a prompt and random tokens (fixed
+    seed), `response_len` of them or `lengths[i]` (the varied workload), right-padded; the loss reads the response
+    tokens (loss_mask)."""
     g = torch.Generator().manual_seed(w.seed)
     vocab = len(models.load_tokenizer(models.resolve_model(w.model)))
     rows = [prompt_ids[i // w.group] for i in range(w.samples)]
-    T = max(len(p) for p in rows) + w.response_len
+    lengths = lengths or [w.response_len] * w.samples
+    T = max(len(p) + n for p, n in zip(rows, lengths))
     batch = {k: torch.zeros(w.samples, T, dtype=torch.long) for k in ("input_ids", "attention_mask", "loss_mask")}
-    for i, p in enumerate(rows):
-        n = len(p) + w.response_len
-        batch["input_ids"][i, :n] = torch.cat([torch.tensor(p), torch.randint(0, vocab, (w.response_len,), generator=g)])
+    for i, (p, r) in enumerate(zip(rows, lengths)):
+        n = len(p) + r
+        batch["input_ids"][i, :n] = torch.cat([torch.tensor(p), torch.randint(0, vocab, (r,), generator=g)])
         batch["attention_mask"][i, :n] = 1
         batch["loss_mask"][i, len(p) : n] = 1
     return batch

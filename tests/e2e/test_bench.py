@@ -41,6 +41,9 @@ def test_same_work_on_both_sides(bench):
     assert g["ratio"] == pytest.approx(g["actor_tokens_per_s"] / g["raw_tokens_per_s"])
     assert t["sequences"] == w.samples and t["ratio"] == pytest.approx(t["actor_tokens_per_s"] / t["raw_tokens_per_s"])
     assert min(g["raw_s"] + g["actor_s"] + t["raw_s"] + t["actor_s"]) > 0
+    v = r["learning_varied"]  # completions of varied lengths: the same loop beside the learner, padded and packed
+    assert 0 < v["padding"] < 1 and v["tokens"] == v["packed"]["tokens"] < t["tokens"]
+    assert v["packed"]["ratio"] == pytest.approx(v["packed"]["actor_tokens_per_s"] / v["packed"]["raw_tokens_per_s"])
 
 
 def test_weight_sync_moves_the_whole_model_per_transport_and_bucket_size(bench):

@@ -1,5 +1,7 @@
 """The benchmark's pure parts: the workload's batches and configs, the step summaries and the tables."""
 
+import dataclasses
+
 import pytest
 
 from rlhf_ray.bench import steps, table, workload
@@ -55,6 +57,9 @@ def _result():
         "generation": {"actor_tokens_per_s": 330.0, "raw_tokens_per_s": 340.0, "ratio": 330 / 340,
                        "raw_s": [6.0, 6.1, 5.9], "actor_engine_s": [5.95, 6.0], "call_overhead_s": 0.2},
         "learning": {"actor_tokens_per_s": 300.0, "raw_tokens_per_s": 310.0, "ratio": 300 / 310},
+        "learning_varied": {"actor_tokens_per_s": 280.0, "raw_tokens_per_s": 290.0, "ratio": 280 / 290,
+                            "padding": 0.41, "packed": {"actor_tokens_per_s": 400.0, "raw_tokens_per_s": 300.0,
+                                                        "ratio": 4 / 3}},
         "weight_sync": [{"bucket_bytes": 4 << 20, "buckets": 136, "bytes": 538_000_000, "total_s": 2.0,
                          "export_s": 1.0, "fetch_s": 0.5, "load_s": 0.5, "reload_s": 0.5, "memcpy_s": 0.05}],
         "ppo_steps": [{"max_staleness": 0, **run}, {"max_staleness": 1, **run, "step_s": 14.0}],
@@ -83,6 +88,10 @@ def test_render_has_every_section():
     md = table.render(r)
     assert "| generation, tokens/s | 330 (generator actor) | 340 (vLLM in-process) | 0.97 | >= 0.9 |" in md
     assert "| learning, tokens/s | 300 (learner actor, DeepSpeed) | 310 (plain torch AdamW) | 0.97 | >= 0.85 |" in md
+    assert ("| learning, varied lengths (41% padding), tokens/s | 280 (learner actor, padded) | 290 (plain torch, "
+            "padded) | 0.97 | >= 0.85 |") in md
+    assert ("| learning, varied lengths, tokens/s | 400 (learner actor, packed) | 300 (plain torch, padded) | 1.33 | "
+            ">= 1.10 |") in md
     assert ("raw vLLM 6.00 s; in the actor, the engine 5.97 s and the call around it (Ray, rollout table, object "
             "store) 0.20 s") in md
     assert "| object_store | 1 | 4 MiB | 136 | 538.0 | 2.000 ± 0.000 | 1.000 | 0.500 | 0.500 | 0.500 | 0.000 | " \
@@ -93,6 +102,16 @@ def test_render_has_every_section():
     assert "| GRPO, β = 0 | TRL 0.99 | 34.00 | 15.00 | 1 | 14.00 | 6.00 | 2.43x | >= 2x |" in md
     assert "| PPO + critic, β = 0.05 | TRL 0.99 | 60.00 | 20.00 | 0 | 30.00 | 7.00 | 2.00x | >= 2x |" in md
     assert "CPU X, 2 cores, 24.0 GiB, no GPU; torch 2.13.0" in md
+
+
+def test_the_varied_workload_pads_as_chat_replies_would():
+    w = workload.WORKLOADS["smollm2"]
+    lengths = workload.varied_lengths(w)
+    assert len(lengths) == w.samples and lengths == workload.varied_lengths(w)  # seeded
+    assert 1 <= min(lengths) and max(lengths) == w.response_len and 10 < sorted(lengths)[w.samples // 2] < 35
+    prompts = [[1] * 5, [1] * 9, [1] * 7, [1] * 3, [1] * 4, [1] * 6, [1] * 8, [1] * 2]
+    batch = workload.train_batch(dataclasses.replace(w, model="tiny"), prompts, lengths)
+    assert batch["loss_mask"].sum(1).tolist() == lengths  # each completion its own length, right-padded
 
 
 def test_prompts_come_from_the_project(tmp_path):
