@@ -2,6 +2,8 @@
 user would type it, gets the error that names our key; spelling hints only where no peer name matches."""
 
 import dataclasses
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
@@ -66,3 +68,20 @@ def test_spelling_hints_only_without_a_peer_name():
 def test_the_docs_page_is_generated_from_the_table():
     assert (ROOT / "docs" / "peer_names.md").read_text() == peer_names.markdown(), \
         f"docs/peer_names.md is out of date: run `{peer_names.REGENERATE}`"
+
+
+def test_validate_answers_a_config_written_with_trls_names(tmp_path):
+    """`rlhf-ray validate` on a GRPO config as a TRL user writes one (GRPOConfig's field names, flat): one error
+    per key, each naming TRL and our key, before anything runs."""
+    trl = {"learning_rate": "1.0e-6", "beta": "0.04", "num_generations": "8", "max_completion_length": "256",
+           "max_prompt_length": "512", "epsilon_high": "0.28", "top_k": "50", "scale_rewards": "none",
+           "padding_free": "true", "loss_type": "dr_grpo"}
+    cfg = tmp_path / "trl_grpo.yaml"
+    cfg.write_text("".join(f"{k}: {v}\n" for k, v in trl.items()))
+    out = subprocess.run([sys.executable, "-m", "rlhf_ray.cli", "validate", str(cfg)], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert out.returncode == 1
+    rows = {r.theirs: r for r in peer_names.NAMES if r.peer == peer_names.TRL}
+    for key in trl:
+        ours = f"`{rows[key].ours}`" if rows[key].ours else "not a setting"
+        assert f"{key}: unknown key; TRL's `{key}` is {ours} here" in out.stderr, (key, out.stderr)
