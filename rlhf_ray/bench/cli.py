@@ -121,7 +121,7 @@ def actor_sections(w: Workload, sections: list[str], prompt_ids: list[list[int]]
             out["learning"] = engines.learning(w, learner, batches["fixed"], raws[1])
             say(f"generation {out['generation']['ratio']:.2f} of raw vLLM, learning "
                 f"{out['learning']['ratio']:.2f} of plain torch")
-            out["learning_varied"] = v = engines.learning(w, learner, batches["varied"], raws[2], packed)
+            out["learning_varied"] = v = engines.learning_varied(w, learner, packed, batches["varied"], raws[2])
             packed.kill()
             say(f"learning, varied lengths ({v['padding']:.0%} padding): padded {v['ratio']:.2f} of plain torch, "
                 f"packed {v['packed']['ratio']:.2f}")

@@ -153,27 +153,55 @@ def generation(w: Workload, gen: ActorGroup, prompt_ids: list[list[int]], raw_en
             "call_overhead_s": statistics.median(seconds) - statistics.median(engine_s[1:])}
 
 
-def learning(w: Workload, learner: ActorGroup, batch: dict, raw_engine: RawEngine,
-             packed: Optional[ActorGroup] = None) -> dict:
-    """Section 2: tokens/s (real tokens) of the learner actor's train_step (DeepSpeed) vs a plain torch loop on
-    the padded batch (`raw_trainer`, closed here), same batch, calls alternating. packed: a learner with
-    train.packing, timed against the same loop the same way (`packed` in the result)."""
+def learning(w: Workload, learner: ActorGroup, batch: dict, raw_engine: RawEngine) -> dict:
+    """Section 2: tokens/s (real tokens) of the learner actor's train_step (DeepSpeed) vs a plain torch loop
+    (`raw_trainer`, closed here), same batch, calls alternating."""
     try:
-        out = _learning_pair(w, learner, batch, raw_engine)
-        if packed is not None:
-            out["packed"] = _learning_pair(w, packed, batch, raw_engine)
+        raw_out, seconds, _ = alternate(raw_engine, _train_step(learner, batch), w.repeats)
+    finally:
+        raw_engine.close()
+    return _rates(w, raw_out["seconds"], seconds, raw_out["tokens"])
+
+
+def learning_varied(w: Workload, learner: ActorGroup, packed: ActorGroup, batch: dict, raw_engine: RawEngine
+                    ) -> dict:
+    """Section 2 on completions of varied lengths: the plain torch loop on the padded batch (`raw_trainer`,
+    closed here), the learner padded, and a learner with train.packing (`packed` in the result), one call of
+    each per round in a rotating order, so that the machine's drift lands on all three."""
+    sides = [lambda: raw_engine.call()["seconds"], _timed(_train_step(learner, batch)),
+             _timed(_train_step(packed, batch))]
+    try:
+        tokens = raw_engine.call()["tokens"]  # the warm-ups: one untimed call a side
+        for side in sides[1:]:
+            side()
+        seconds: list[list[float]] = [[], [], []]
+        for i in range(w.repeats):
+            for k in range(3):
+                j = (i + k) % 3
+                seconds[j].append(sides[j]())
     finally:
         raw_engine.close()
     real, padded = int(batch["attention_mask"].sum()), batch["attention_mask"].numel()
-    return {**out, "padding": 1 - real / padded}
+    return {**_rates(w, seconds[0], seconds[1], tokens), "packed": _rates(w, seconds[0], seconds[2], tokens),
+            "padding": 1 - real / padded}
 
 
-def _learning_pair(w: Workload, learner: ActorGroup, batch: dict, raw_engine: RawEngine) -> dict:
-    raw_out, seconds, _ = alternate(raw_engine, lambda: learner.call(
-        lambda a, r: a.train_step.remote(batch, forward.SFT_LOSS), TIMEOUT_S, "bench: train_step"), w.repeats)
-    tokens = raw_out["tokens"]
-    actor_tps, raw_tps = tokens / statistics.median(seconds), tokens / raw_out["median_s"]
-    return {"tokens": tokens, "sequences": w.samples, "raw_s": raw_out["seconds"], "actor_s": seconds,
+def _train_step(learner: ActorGroup, batch: dict):
+    return lambda: learner.call(lambda a, r: a.train_step.remote(batch, forward.SFT_LOSS), TIMEOUT_S,
+                                "bench: train_step")
+
+
+def _timed(call):
+    def timed() -> float:
+        t0 = time.perf_counter()
+        call()
+        return time.perf_counter() - t0
+    return timed
+
+
+def _rates(w: Workload, raw_s: list[float], actor_s: list[float], tokens: int) -> dict:
+    actor_tps, raw_tps = tokens / statistics.median(actor_s), tokens / statistics.median(raw_s)
+    return {"tokens": tokens, "sequences": w.samples, "raw_s": raw_s, "actor_s": actor_s,
             "raw_tokens_per_s": raw_tps, "actor_tokens_per_s": actor_tps, "ratio": actor_tps / raw_tps}
 
 
