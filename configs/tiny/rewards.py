@@ -19,3 +19,17 @@ def first_token_odd(prompts, responses, response_ids):
     """1 when a response's first token id is odd: a coin flip per sample for the random-init model, so about half
     the groups of two have equal rewards (the dynamic-sampling test drops them)."""
     return [float(bool(ids) and ids[0] % 2 == 1) for ids in response_ids]
+
+
+def verl_compute_score(data_source, solution_str, ground_truth, extra_info=None):
+    """Written as veRL calls a `compute_score`, once per response: a value that names what it was given (the
+    ground truth's length, the data source, the row's index), so the e2e test can read back that each response was
+    scored with its own row's `reward_model.ground_truth` and `extra_info`."""
+    return {"score": len(ground_truth) + 10.0 * (data_source == "openai/gsm8k") + 100.0 * extra_info["index"],
+            "acc": False}
+
+
+def trl_chat_format(completions, **kwargs):
+    """Written as TRL calls a reward function: 0.5 for a completion given as one assistant message (a chat
+    prompt's), 0.25 for a text."""
+    return [0.5 if isinstance(c, list) and c[0]["role"] == "assistant" else 0.25 for c in completions]

@@ -289,3 +289,30 @@ def test_dynamic_sampling_trains_on_groups_of_varied_rewards(tmp_path):
     assert sum(r["groups_dropped"] for r in rows) > 0 and sum(r["refill_rounds"] for r in rows) > 0
     assert ("dynamic sampling:" in proc.stdout) == any(r["groups_short"] for r in rows)  # a short step says so
     assert max(r["staleness_max"] for r in rows) <= 1
+
+
+def test_reward_functions_written_for_verl_and_trl_score_a_run_unchanged(tmp_path):
+    """A GRPO run on veRL's data layout (`data_source`, a chat `prompt`, `reward_model: {style, ground_truth}`,
+    `extra_info`; configs/port/data) scored by a veRL `compute_score` (called per response, returning a dict) and a
+    TRL function (called by keyword, chat completions as message lists), both as their peers call them
+    (configs/tiny/rewards.py): each recorded reward is what both give for that response's own row."""
+    import pyarrow.parquet as pqr
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([EXE, "run", "configs/tiny/ppo_answers.yaml",
+                           "data.prompts.path=configs/port/data/gsm8k_verl_train.parquet",
+                           "data.prompts.eval_fraction=0", "data.max_prompt_len=192", "ppo.gold=null", "ppo.steps=1",
+                           "reward.functions=[{function: configs/tiny/rewards.py:verl_compute_score}, "
+                           "{function: configs/tiny/rewards.py:trl_chat_format}]", "--run-dir", str(run_dir)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = {r["prompt"][0]["content"]: r for r in
+            pqr.read_table(ROOT / "configs/port/data/gsm8k_verl_train.parquet").to_pylist()}
+    table = pq.read_table(run_dir / "rollouts" / "step_000000.parquet")
+    from rlhf_ray import rollout
+
+    for prompt, reward in zip(rollout.prompts(table), table.column("reward").to_pylist()):
+        row = rows[prompt[0]["content"]]
+        want = len(row["reward_model"]["ground_truth"]) + 10.0 + 100.0 * row["extra_info"]["index"] + 0.5
+        assert reward == want, (prompt, reward, want)
+    assert len(set(table.column("reward").to_pylist())) > 1  # scored against more than one row
