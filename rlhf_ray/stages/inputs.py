@@ -159,7 +159,7 @@ def _function_problems(cfg: Config, stage: str, where: str, datasets_ok: bool) -
             if verl:
                 try:
                     scoring.verl_arguments(fn, spec, [r["prompt"] for r in rows],
-                                           {n: [r["columns"][n] for r in rows] for n in names})
+                                           {n: [r["columns"].get(n) for r in rows] for n in names})
                 except scoring.RewardFunctionError as e:
                     problems.append(f"{where}{key}: {e}; prompts dataset {get(cfg, ds_key)}")
             for name in needed:
