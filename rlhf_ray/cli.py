@@ -100,7 +100,9 @@ def _run(cfg: Config, args, address: str | None, run_dir: RunDir) -> int:
     finally:
         run_dir.monitor.close()
     lines = [f"  {line}" for r in results for line in r.summary.splitlines()]
-    print(f"\nsummary ({run_dir.path}):\n" + "\n".join(lines), flush=True)
+    text = f"summary ({run_dir.path}):\n" + "\n".join(lines) + "\n"
+    (run_dir.path / "summary.txt").write_text(text)
+    print("\n" + text, end="", flush=True)
     return 0
 
 

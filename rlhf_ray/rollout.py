@@ -40,8 +40,9 @@ can be counted per prompt (each drawn prompt sampled n times: none lost or sampl
 is lost, or the fleet changes size). Null where a stage samples prompts of no dataset (the probe, the bench)."""
 MESSAGES = "prompt_messages"
 """A chat prompt's message list as JSON (null for a text prompt, whose `prompt` column is the whole prompt)."""
-ADDED = ("reward", "kl", "staleness", "score")
-"""Columns the drivers add before writing rollouts (PPO: reward, kl, staleness; the label stage: score)."""
+ADDED = ("reward", "kl", "staleness", "score", "gold_reward")
+"""Columns the drivers add before writing rollouts (PPO: reward, kl, staleness, and gold_reward on held-out ones;
+the label stage: score)."""
 RESERVED = frozenset([*ROLLOUT_SCHEMA.names, PROMPT_INDEX, MESSAGES, *ADDED, "prompts", "responses", "messages",
                       "completions", "completion_ids"])
 """Names no dataset column may take: the rollout's own fields (a reward function's metadata among them) and the

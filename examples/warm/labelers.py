@@ -1,18 +1,25 @@
 """Simulated human judges for the quickstart's "reply warmly and helpfully" task (no downloads).
 
-`vader_warmth` is the labeler: a flawed proxy on purpose. It scores a reply by the VADER sentiment lexicon
-(vaderSentiment, MIT), so it prefers the warmer of two replies whether or not either one helps. The reward model
-learns its preferences, and PPO against that reward model learns to gush ("I'm so glad I could help! I'm so glad
-...").
+`warm_and_helpful` is the gold judge (`ppo.gold`), the person who asked: a reply must be warm *and* about the
+question *and* not repeat itself. It needs the prompt's `topic` column (configs/data/warm), which reaches it by
+keyword.
 
-`warm_and_helpful` is the gold judge (`ppo.gold`), closer to the person who asked: a reply must be warm *and* about
-the question *and* not repeat itself. It needs the prompt's `topic` column (configs/data/warm), which reaches it
-by keyword. Both are reward functions (`module:function(prompts, responses, **columns) -> list[float]`).
+`simulated_human` is the quickstart's labeler, a rater with a realistic flaw: mostly the gold judge, plus noise
+(two readings of one reply differ) and a bias (it is won over by exclamation marks, whether or not the reply
+helps). The reward model learns mostly what gold wants and a little of what it does not, so optimising it a little
+helps gold and over-optimising it ends in gushing that gold sees.
+
+`vader_warmth` is the sentiment lexicon alone (VADER, vaderSentiment, MIT): a labeler that reads only warmth, the
+flawed proxy of earlier quickstarts (PPO against it learns "I'm so glad I could help! I'm so glad ...").
+
+All are reward functions (`module:function(prompts, responses, **columns) -> list[float]`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import random
 import re
 import sys
 from collections import Counter
@@ -83,3 +90,28 @@ def warm_and_helpful(prompts: list[str], responses: list[str], *, topic: list[st
     on-topic reply scores near 1; a warm reply about nothing scores at most 0.5; a looping one less."""
     warmth = vader_warmth(prompts, responses)
     return [no_repetition(r) * (w + relevance(p, r, t)) / 2 for p, r, t, w in zip(prompts, responses, topic, warmth)]
+
+
+# ---------------------------------------------------------------- the simulated human
+
+BIAS_PER_MARK = 0.04  # what one exclamation mark is worth to the rater (up to MAX_MARKS of them)
+MAX_MARKS = 5
+NOISE = 0.04  # the standard deviation of the rater's reading of a reply
+
+
+def exclamations(response: str) -> int:
+    return min(response.count("!"), MAX_MARKS)
+
+
+def _reading(prompt: str, response: str) -> float:
+    """The rater's noise for this reply: N(0, NOISE), the same on every call (seeded by the texts), so a rerun
+    labels the same pairs the same way."""
+    seed = hashlib.sha256(f"{prompt}\x00{response}".encode()).digest()[:8]
+    return random.Random(seed).gauss(0.0, NOISE)
+
+
+def simulated_human(prompts: list[str], responses: list[str], *, topic: list[str]) -> list[float]:
+    """The gold judge's score + BIAS_PER_MARK per exclamation mark (up to MAX_MARKS) + noise: the rater prefers
+    the higher of two replies."""
+    gold = warm_and_helpful(prompts, responses, topic=topic)
+    return [g + BIAS_PER_MARK * exclamations(r) + _reading(p, r) for p, r, g in zip(prompts, responses, gold)]

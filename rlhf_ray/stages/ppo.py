@@ -31,7 +31,7 @@ from rlhf_ray.runtime import checkpoint, control, faults
 from rlhf_ray.rewards import distinct_2
 from rlhf_ray.runtime.guard import Guard, GuardSettings
 from rlhf_ray.runtime.run_dir import RunDir
-from rlhf_ray.stages import dynamic_sampling, generation
+from rlhf_ray.stages import dynamic_sampling, generation, headline
 from rlhf_ray.stages.fleet import Calls, Fleet, Scoring, start_fleet
 from rlhf_ray.stages.loop import Loop
 from rlhf_ray.stages.push import Probe, SyncMismatch
@@ -336,8 +336,10 @@ class PPOTrainer:
         task, by_fn = self.task_rewards(scoring)
         kl = None if ref_lp is None else rl_math.masked_sum(rl_math.kl_estimate(batch.logprobs, ref_lp, "k3") * mask,
                                                             mask, dim=1)
-        self.run_dir.write_rollouts(f"eval_v{self.version:06d}", table.append_column("reward", pa.array(task.tolist()))
-                                    .append_column("kl", _column(kl, len(task))))
+        table = table.append_column("reward", pa.array(task.tolist())).append_column("kl", _column(kl, len(task)))
+        if self.cfg.ppo.gold:
+            table = table.append_column(headline.GOLD, pa.array(by_fn[self.cfg.ppo.gold].tolist(), pa.float64()))
+        self.run_dir.write_rollouts(f"eval_v{self.version:06d}", table)
         row = {"step": self.version, "policy_version": self.version, "eval_reward_mean": task.mean().item(),
                "eval_reward_std": task.std().item() if len(task) > 1 else 0.0, "eval_kl_mean": _mean(kl),
                "eval_response_length_mean": mask.sum(1).mean().item(), "eval_samples": len(task)}
@@ -431,7 +433,29 @@ def run(cfg: Config, run_dir: RunDir) -> StageResult:
             line += f", gold {before['eval_gold_mean']:.3f} -> {after['eval_gold_mean']:.3f}"
             metrics.update(eval_gold_before=before["eval_gold_mean"], eval_gold_after=after["eval_gold_mean"])
     guard, metrics = _guard_line(trainer), {**metrics, **_guard_metrics(trainer)}
-    return StageResult({"policy": str(out)}, f"{line}\n{guard}; policy in {out}", metrics=metrics)
+    gold = _gold_lines(trainer, run_dir.path)
+    if gold:
+        metrics.update(gold[0])
+    return StageResult({"policy": str(out)}, "\n".join([line, f"{guard}; policy in {out}", *(gold[1] if gold else [])]),
+                       metrics=metrics)
+
+
+def _gold_lines(trainer: PPOTrainer, path: Path) -> Optional[tuple[dict, list[str]]]:
+    """With a gold judge and two evaluations: the kept policy's gold gain over the starting policy's (paired over
+    the held-out prompts) and three held-out prompts answered by the starting, kept and last policies."""
+    evals = trainer.evals
+    if not trainer.cfg.ppo.gold or len(evals) < 2 or evals[0]["step"] != 0:
+        return None
+    last = evals[-1]["step"]
+    kept = trainer.guard.best["step"] if trainer.guard.best else last
+    files = {step: headline.eval_path(path, step) for step in (0, kept, last)}
+    if not all(f.exists() for f in files.values()):
+        return None
+    rows = {step: pq.read_table(f, columns=["prompt", "response", headline.GOLD]).to_pylist()
+            for step, f in files.items()}
+    gain = headline.paired_gain(rows[0], rows[kept], kept)
+    replies = headline.side_by_side({"base": (0, rows[0]), "kept": (kept, rows[kept]), "last": (last, rows[last])})
+    return gain.metrics(), [gain.line(), *replies]
 
 
 def _guard_line(trainer: PPOTrainer) -> str:
@@ -442,8 +466,9 @@ def _guard_line(trainer: PPOTrainer) -> str:
         kept = next(r for r in trainer.evals if r["step"] == g.best["step"])
         held = ", ".join(f"{k} {kept[f'eval_{k}_mean']:.3f}" for k in ("reward", "gold", "kl")
                          if kept.get(f"eval_{k}_mean") is not None)
-        parts.append(f"kept the policy of step {g.best['step']} of {trainer.version} (best held-out {p.keep_best}; "
-                     f"{held})")
+        within = "" if p.kl_budget is None else f" within ppo.kl_budget {p.kl_budget:g}"
+        parts.append(f"kept the policy of step {g.best['step']} of {trainer.version} (the best held-out {p.keep_best} "
+                     f"of {len(trainer.evals)} evaluations{within}; {held})")
     else:
         parts.append(f"kept the last policy (step {trainer.version})")
     parts.append(f"{len(g.alarms)} alarm(s)" + (f", the first at {g.alarms[0]}" if g.alarms else ""))

@@ -16,7 +16,7 @@ from rlhf_ray import data, models
 from rlhf_ray.algos import batching, pref_losses
 from rlhf_ray.config import Config
 from rlhf_ray.runtime.run_dir import RunDir
-from rlhf_ray.stages import supervised
+from rlhf_ray.stages import headline, supervised
 from rlhf_ray.stages.result import StageResult
 
 
@@ -67,13 +67,18 @@ def build_job(cfg: Config) -> supervised.Job:
 
 
 def run(cfg: Config, run_dir: RunDir) -> StageResult:
-    history = supervised.run(cfg, run_dir, build_job(cfg))
+    job = build_job(cfg)
+    history = supervised.run(cfg, run_dir, job)
     out = run_dir.final("rm")
     last = history[-1]
     if "eval_accuracy" in last:
-        line = (f"rm: held-out accuracy {history[0]['eval_accuracy']:.3f} -> {last['eval_accuracy']:.3f}, "
-                f"margin {last['eval_margin']:.3f}, eval loss {last['eval_loss']:.3f}")
-        metrics = {k: last[k] for k in ("eval_loss", "eval_accuracy", "eval_margin")}
+        acc, pairs = last["eval_accuracy"], len(job.eval)
+        se = headline.accuracy_se(acc, pairs)
+        line = (f"rm: reward model held-out accuracy {acc:.3f} ± {se:.3f} ({pairs} pairs; "
+                f"{history[0]['eval_accuracy']:.3f} before training), margin {last['eval_margin']:.3f}, "
+                f"eval loss {last['eval_loss']:.3f}")
+        metrics = {**{k: last[k] for k in ("eval_loss", "eval_accuracy", "eval_margin")}, "eval_accuracy_se": se,
+                   "eval_pairs": pairs}
     else:
         line = f"rm: train accuracy {last['accuracy']:.3f} (no held-out pairs: data.preferences.eval_fraction is 0)"
         metrics = {"accuracy": last["accuracy"]}

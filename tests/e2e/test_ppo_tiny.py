@@ -174,11 +174,35 @@ def test_a_checker_gets_each_prompts_answer(tmp_path):
             assert prompts[i] == row["prompt"] and {k: v[i] for k, v in columns.items()} == row["columns"]
             answer = row["columns"]["answer"]
             assert abs(reward - (float(answer in response) + len(answer) / 100)) < 1e-6, (name, i)
+            if name.startswith("eval"):  # the gold judge is the same checker
+                assert abs(table.column("gold_reward")[i].as_py() - reward) < 1e-6, (name, i)
             if isinstance(row["prompt"], list):  # the chat template rendered the system turn
                 assert "Answer with one word." in tok.decode(table.column("prompt_ids")[i].as_py())
         assert any(isinstance(p, list) for p in prompts) and any(isinstance(p, str) for p in prompts)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["policy_version"] for r in metrics if "eval_gold_mean" in r] == [0, 2]
+    assert_the_gold_headline(run_dir, proc.stdout, last=2)
+
+
+def assert_the_gold_headline(run_dir: Path, stdout: str, last: int) -> None:
+    """Each held-out reply's gold is in its eval parquet; the summary's gold gain is the kept (here the last)
+    policy's minus the base's, averaged per prompt and paired over prompts, with the SE of those differences; the
+    summary (with three prompts' replies side by side) is printed and is RUN_DIR/summary.txt."""
+    golds = []
+    for v in (0, last):
+        table = pq.read_table(run_dir / "rollouts" / f"eval_v{v:06d}.parquet").to_pylist()
+        by_prompt: dict = {}
+        for r in table:
+            by_prompt.setdefault(r["prompt"], []).append(r["gold_reward"])
+        golds.append({p: sum(g) / len(g) for p, g in by_prompt.items()})
+    diffs = [golds[1][p] - golds[0][p] for p in golds[0]]
+    mean = sum(diffs) / len(diffs)
+    se = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5
+    line = (f"gold gain {mean:+.3f} ± {se:.3f} (paired SE, {len(diffs)} prompts): base "
+            f"{sum(golds[0].values()) / len(diffs):.3f} → kept {sum(golds[1].values()) / len(diffs):.3f} at step {last}")
+    summary = (run_dir / "summary.txt").read_text()
+    assert f"  {line}\n" in summary and summary in stdout
+    assert summary.count("held-out prompt: ") == 3 and summary.count(f"  last (step {last}, gold ") == 3
 
 
 def test_rlvr_wiring_scores_each_reply_with_the_built_in_checker(tmp_path):

@@ -114,3 +114,25 @@ def test_the_gold_judge_wants_warm_relevant_fresh_replies():
     assert gold == sorted(gold, reverse=True) and gold[0] > 0.9 and gold[2] <= 0.5 and gold[3] < 0.4
     assert proxy[3] > proxy[1] and proxy[2] > proxy[1]  # the proxy prefers the gushing replies
     assert required_keywords(warm_and_helpful) == ["topic"]  # a prompts file without topics is refused early
+
+
+def test_the_simulated_human_is_gold_plus_a_bias_for_exclamations_plus_a_repeatable_noise():
+    """labelers.simulated_human: the gold judge's score, + BIAS_PER_MARK per exclamation mark (capped), + noise of
+    standard deviation NOISE that is the same for the same texts (a rerun labels alike) and differs between
+    replies."""
+    from examples.warm import labelers as L
+
+    prompt = "How do I bake my first loaf of bread?"
+    replies = ["Use lukewarm water for the yeast and let the dough rise until doubled.",
+               "Use lukewarm water for the yeast and let the dough rise until doubled!!!",
+               "Knead the dough for ten minutes, then let it rise somewhere warm!!!!!!!!"]
+    human = L.simulated_human([prompt] * 3, replies, topic=["baking bread"] * 3)
+    gold = L.warm_and_helpful([prompt] * 3, replies, topic=["baking bread"] * 3)
+    assert human == L.simulated_human([prompt] * 3, replies, topic=["baking bread"] * 3)
+    noise = [h - g - L.BIAS_PER_MARK * L.exclamations(r) for h, g, r in zip(human, gold, replies)]
+    assert [L.exclamations(r) for r in replies] == [0, 3, L.MAX_MARKS]
+    assert all(abs(n) < 4 * L.NOISE for n in noise) and len(set(noise)) == 3
+    draws = [L._reading(prompt, f"reply {i}") for i in range(2000)]
+    mean = sum(draws) / len(draws)
+    sd = (sum((d - mean) ** 2 for d in draws) / len(draws)) ** 0.5
+    assert abs(mean) < 0.1 * L.NOISE and abs(sd - L.NOISE) < 0.1 * L.NOISE
