@@ -1,5 +1,5 @@
 # make run   : the main job, the quickstart: SFT -> labeling -> reward model -> PPO on SmolLM2-135M-Instruct
-#              (about 15 minutes on 2 CPU cores; a rerun continues: finished stages are skipped; see README)
+#              (its measured time is in the README, "The two commands"; a rerun continues: finished stages are skipped)
 # make test  : the whole test suite, inside a loopback-only network namespace when ../shared/tools has one
 # make test-fast : the inner loop, tests/unit: the tests that start no Ray (about 63 s on 2 CPU cores, measured:
 #              the checkpoint memory test, the lock races and the docs' python blocks run subprocesses)
