@@ -121,10 +121,13 @@ class RunDir:
             path.write_text("".join(json.dumps(r) + "\n" for r in keep + rows))
         self._appendable = True
 
-    def write_rollouts(self, step: int | str, table: pa.Table) -> Path:
+    def rollouts_path(self, step: int | str) -> Path:
         """rollouts/step_NNNNNN.parquet for a training step, rollouts/<step>.parquet for a name."""
         name = f"step_{step:06d}" if isinstance(step, int) else step
-        return self.write_table(table, self.path / "rollouts" / f"{name}.parquet")
+        return self.path / "rollouts" / f"{name}.parquet"
+
+    def write_rollouts(self, step: int | str, table: pa.Table) -> Path:
+        return self.write_table(table, self.rollouts_path(step))
 
     @staticmethod
     def write_table(table: pa.Table, out: Path) -> Path:

@@ -14,7 +14,11 @@ from __future__ import annotations
 import math
 import textwrap
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Optional
+
+import pyarrow.parquet as pq
+
+from rlhf_ray.runtime.run_dir import RunDir
 
 GOLD = "gold_reward"
 """The eval rollouts' column with the gold judge's score of each reply."""
@@ -40,8 +44,9 @@ class Gain:
         return {"gold_gain": self.gain, "gold_gain_se": self.se, "gold_gain_prompts": self.prompts}
 
 
-def eval_path(run_dir: Path, version: int) -> Path:
-    return run_dir / "rollouts" / f"eval_v{version:06d}.parquet"
+def eval_name(version: int) -> str:
+    """The held-out rollouts of the evaluation at policy `version` (RunDir.rollouts_path names the file)."""
+    return f"eval_v{version:06d}"
 
 
 def per_prompt(rows: list[dict]) -> dict[str, float]:
@@ -84,3 +89,20 @@ def side_by_side(runs: dict[str, tuple[int, list[dict]]], prompts: int = 3, widt
 
 def _quote(text: str, width: int) -> str:
     return '"' + textwrap.shorten(" ".join(text.split()), width=width, placeholder=" ...") + '"'
+
+
+def report(run_dir: RunDir, evaluated: list[int], kept: Optional[int]) -> tuple[dict, list[str]]:
+    """From the steps `evaluated` (in order) and the `kept` one (None: the last): the kept policy's gold gain over
+    the starting policy's and three held-out prompts answered by the starting, kept and last policies, as (metrics,
+    summary lines); nothing without two evaluations from step 0 on disk."""
+    if len(evaluated) < 2 or evaluated[0] != 0:
+        return {}, []
+    last = evaluated[-1]
+    kept = last if kept is None else kept
+    files = {step: run_dir.rollouts_path(eval_name(step)) for step in (0, kept, last)}
+    if not all(f.exists() for f in files.values()):
+        return {}, []
+    rows = {step: pq.read_table(f, columns=["prompt", "response", GOLD]).to_pylist() for step, f in files.items()}
+    gain = paired_gain(rows[0], rows[kept], kept)
+    replies = side_by_side({"base": (0, rows[0]), "kept": (kept, rows[kept]), "last": (last, rows[last])})
+    return gain.metrics(), [gain.line(), *replies]

@@ -339,7 +339,7 @@ class PPOTrainer:
         table = table.append_column("reward", pa.array(task.tolist())).append_column("kl", _column(kl, len(task)))
         if self.cfg.ppo.gold:
             table = table.append_column(headline.GOLD, pa.array(by_fn[self.cfg.ppo.gold].tolist(), pa.float64()))
-        self.run_dir.write_rollouts(f"eval_v{self.version:06d}", table)
+        self.run_dir.write_rollouts(headline.eval_name(self.version), table)
         row = {"step": self.version, "policy_version": self.version, "eval_reward_mean": task.mean().item(),
                "eval_reward_std": task.std().item() if len(task) > 1 else 0.0, "eval_kl_mean": _mean(kl),
                "eval_response_length_mean": mask.sum(1).mean().item(), "eval_samples": len(task)}
@@ -433,29 +433,11 @@ def run(cfg: Config, run_dir: RunDir) -> StageResult:
             line += f", gold {before['eval_gold_mean']:.3f} -> {after['eval_gold_mean']:.3f}"
             metrics.update(eval_gold_before=before["eval_gold_mean"], eval_gold_after=after["eval_gold_mean"])
     guard, metrics = _guard_line(trainer), {**metrics, **_guard_metrics(trainer)}
-    gold = _gold_lines(trainer, run_dir.path)
-    if gold:
-        metrics.update(gold[0])
-    return StageResult({"policy": str(out)}, "\n".join([line, f"{guard}; policy in {out}", *(gold[1] if gold else [])]),
-                       metrics=metrics)
-
-
-def _gold_lines(trainer: PPOTrainer, path: Path) -> Optional[tuple[dict, list[str]]]:
-    """With a gold judge and two evaluations: the kept policy's gold gain over the starting policy's (paired over
-    the held-out prompts) and three held-out prompts answered by the starting, kept and last policies."""
-    evals = trainer.evals
-    if not trainer.cfg.ppo.gold or len(evals) < 2 or evals[0]["step"] != 0:
-        return None
-    last = evals[-1]["step"]
-    kept = trainer.guard.best["step"] if trainer.guard.best else last
-    files = {step: headline.eval_path(path, step) for step in (0, kept, last)}
-    if not all(f.exists() for f in files.values()):
-        return None
-    rows = {step: pq.read_table(f, columns=["prompt", "response", headline.GOLD]).to_pylist()
-            for step, f in files.items()}
-    gain = headline.paired_gain(rows[0], rows[kept], kept)
-    replies = headline.side_by_side({"base": (0, rows[0]), "kept": (kept, rows[kept]), "last": (last, rows[last])})
-    return gain.metrics(), [gain.line(), *replies]
+    best = trainer.guard.best
+    gold_metrics, gold_lines = ({}, []) if not cfg.ppo.gold else headline.report(
+        run_dir, [r["step"] for r in trainer.evals], best and best["step"])
+    return StageResult({"policy": str(out)}, "\n".join([line, f"{guard}; policy in {out}", *gold_lines]),
+                       metrics={**metrics, **gold_metrics})
 
 
 def _guard_line(trainer: PPOTrainer) -> str:
