@@ -69,8 +69,8 @@ def gather(generators: ActorGroup, refs: list[ray.ObjectRef], timeout_s: float, 
 
 
 def join(shares: list[pa.Table]) -> pa.Table:
-    """The ranks' rollout tables, in rank order, with `group` renumbered so it names one prompt across the batch;
-    tagged with the ranks' summed sampling seconds."""
+    """The ranks' rollout tables, in rank order (or successive batches', in order), with `group` renumbered so it
+    names one prompt across them all; tagged with their summed sampling seconds."""
     tables, offset = [], 0
     for t in shares:
         groups = t.column("group").to_pylist()

@@ -126,3 +126,13 @@ def test_pairs_over_the_token_limits_follow_data_truncation(truncation):
         assert label.fit_limits(cfg, tok, rows) == (rows[1:], 1)
     else:
         assert label.fit_limits(cfg, tok, rows) == (rows, 0)
+
+
+def test_sampling_goes_in_chunks_that_keep_every_prompt_once():
+    """A large labeling run is sampled in calls of CHUNK_PER_GENERATOR prompts per generator (so the call timeout
+    bounds one chunk and progress is printed), in order, with no prompt lost or repeated."""
+    prompts = [{"prompt": f"p{i}"} for i in range(label.CHUNK_PER_GENERATOR * 2 * 3 + 5)]
+    chunks = label.chunks(prompts, 2)
+    assert [len(c) for c in chunks] == [label.CHUNK_PER_GENERATOR * 2] * 3 + [5]
+    assert [p for c in chunks for p in c] == prompts
+    assert label.chunks([], 1) == []
