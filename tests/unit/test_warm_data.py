@@ -116,6 +116,22 @@ def test_the_gold_judge_wants_warm_relevant_fresh_replies():
     assert required_keywords(warm_and_helpful) == ["topic"]  # a prompts file without topics is refused early
 
 
+def test_the_gold_judge_reads_relevance_from_each_topics_own_keywords(splits):
+    """labelers.relevance counts the reply's words among its topic's hand-written keywords: every topic has
+    some, few words serve two topics, and the demonstrations (written from each topic's tips) read as on topic
+    while the same reply read against another topic mostly does not."""
+    from examples.warm import labelers as L
+    from examples.warm.topic_keywords import KEYWORDS
+
+    assert list(KEYWORDS) == [t.name for t in warm_data.TOPICS]
+    assert all(20 <= len(words) <= 35 for words in KEYWORDS.values())
+    assert max(Counter(w for words in KEYWORDS.values() for w in words).values()) <= 2
+    on_topic = [L.relevance(e.response, e.topic) for e in splits["sft"]]
+    names = [t.name for t in warm_data.TOPICS]
+    off_topic = [L.relevance(e.response, names[(names.index(e.topic) + 7) % len(names)]) for e in splits["sft"]]
+    assert mean(r == 1.0 for r in on_topic) > 0.95 and mean(r == 1.0 for r in off_topic) < 0.1
+
+
 def test_the_simulated_human_is_gold_plus_a_bias_for_exclamations_plus_a_repeatable_noise():
     """labelers.simulated_human: the gold judge's score, + BIAS_PER_MARK per exclamation mark (capped), + noise of
     standard deviation NOISE that is the same for the same texts (a rerun labels alike) and differs between
