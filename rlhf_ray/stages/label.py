@@ -60,6 +60,16 @@ def load_prompts(cfg: Config, tokenizer) -> list[dict]:
     return prompts
 
 
+CHUNK_PER_GENERATOR = 64  # prompts per generator per call: cluster.call_timeout_s bounds one chunk, not the stage
+
+
+def chunks(prompts: list[dict], n_generators: int) -> list[list[dict]]:
+    """The prompts in calls of CHUNK_PER_GENERATOR per generator, so a large labeling run reports progress and
+    no single call outlives the timeout."""
+    size = CHUNK_PER_GENERATOR * n_generators
+    return [prompts[i:i + size] for i in range(0, len(prompts), size)]
+
+
 def sample(cfg: Config, policy: str, prompts: list[dict]) -> tuple[pa.Table, float]:
     """(k rollouts per prompt, grouped by `group`; generation seconds, engine start excluded)."""
     from rlhf_ray.stages import generation  # Ray and vLLM: here, so the checks above import without them
@@ -72,11 +82,11 @@ def sample(cfg: Config, policy: str, prompts: list[dict]) -> tuple[pa.Table, flo
             generators.call(lambda a, r: a.weight_version.remote(), cfg.cluster.call_timeout_s, "label: start")
             t0 = time.perf_counter()
             params = generation.sampling(cfg, cfg.label.k, cfg.data.max_response_len - 1)
-            tables = []
+            tables, done = [], 0
             for chunk in chunks(prompts, len(generators)):
                 refs = generation.launch(generators, chunk, params)
                 tables.append(generation.gather(generators, refs, cfg.cluster.call_timeout_s, "label: generate"))
-                done = sum(t.num_rows for t in tables) // cfg.label.k
+                done += len(chunk)
                 print(f"label: sampled {done}/{len(prompts)} prompts x {cfg.label.k} "
                       f"({time.perf_counter() - t0:.0f} s)", flush=True)
             return generation.join(tables), time.perf_counter() - t0
@@ -84,16 +94,6 @@ def sample(cfg: Config, policy: str, prompts: list[dict]) -> tuple[pa.Table, flo
             generators.kill()
     finally:
         pools.remove(placement)
-
-
-CHUNK_PER_GENERATOR = 64  # prompts per generator per call: cluster.call_timeout_s bounds one chunk, not the stage
-
-
-def chunks(prompts: list[dict], n_generators: int) -> list[list[dict]]:
-    """The prompts in calls of CHUNK_PER_GENERATOR per generator, so a large labeling run reports progress and
-    no single call outlives the timeout."""
-    size = CHUNK_PER_GENERATOR * n_generators
-    return [prompts[i:i + size] for i in range(0, len(prompts), size)]
 
 
 def score(labeler: RewardFunction, spec: str, table: pa.Table) -> list[float]:
