@@ -573,10 +573,13 @@ def test_validate_prints_the_notes_of_the_quickstart(capsys, monkeypatch):
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]
     assert code == 0 and notes == [
         "note: the label stage does not read rollout.batch_size (it samples every prompt of data.prompts), "
-        "rollout.n_samples (it samples label.k responses per prompt), train.batch_size, train.micro_batch_size (it "
-        "trains nothing): they apply to the other stages",
-        "note: the ppo stage does not read train.batch_size (its optimizer step takes ppo.mini_batch_size samples): "
-        "it applies to the other stages"]
+        "rollout.n_samples (it samples label.k responses per prompt), train.micro_batch_size (it trains nothing): "
+        "they apply to the other stages"]
+    # The README's next experiment: PPO alone from the finished SFT and reward model, without the leash.
+    no_leash = ["stages=[ppo]", "model.policy=runs/quickstart/final/sft", "model.reward=runs/quickstart/final/rm",
+                "ppo.kl_coef=0", "ppo.kl_budget=null", "ppo.steps=24", "stage_overrides.ppo.train.lr=1e-4"]
+    cfg = load_config("configs/quickstart.yaml", no_leash)
+    assert (cfg.stages, cfg.ppo.kl_coef, cfg.ppo.kl_budget, cfg.ppo.keep_best) == (["ppo"], 0.0, None, "gold")
 
 
 def test_sleep_mode_only_for_a_gpu_generator_colocated_with_the_policy_and_sampling_nothing_ahead():
