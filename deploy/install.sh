@@ -58,8 +58,9 @@ if [ "$flavour" = cpu ]; then
   "$venv/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
 fi
 # The quickstart's policy, dequantized from the GGUF into a float32 folder in rlhf-ray's cache (~40 s, once per
-# machine): here, so that `make run`'s time is the run's own.
+# machine): here, so that `make run`'s time is the run's own. quiet.actor_start drops DeepSpeed's accelerator line.
 step "building SmolLM2-135M-Instruct's float32 folder ..."
-HF_HUB_OFFLINE=1 "$venv/bin/python" -c "from rlhf_ray import models; models.resolve_model('smollm2-135m-instruct')"
+HF_HUB_OFFLINE=1 "$venv/bin/python" -c "from cluster import quiet; quiet.actor_start(); from rlhf_ray import models; \
+models.resolve_model('smollm2-135m-instruct')"
 echo "$want" > "$stamp"
 step "installed rlhf-ray ($flavour) into $venv"

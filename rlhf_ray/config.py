@@ -386,7 +386,7 @@ class LabelConfig:
     labeler: Optional[Text] = None
     """`module:function` or `path/to/file.py:function`, called like a reward function,
     `fn(prompts, responses, **metadata) -> list[float]`: higher is preferred. Required by the label stage (the
-    quickstart's simulated human is `examples/warm/labelers.py:vader_warmth`)."""
+    quickstart's simulated human is `examples/warm/labelers.py:simulated_human`)."""
     k: Annotated[int, Range(2, SIZE)] = 2
     """Responses sampled per prompt (more makes ties rarer and margins larger)."""
 

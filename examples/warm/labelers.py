@@ -7,7 +7,8 @@ keyword.
 `simulated_human` is the quickstart's labeler, a rater with a realistic flaw: mostly the gold judge, plus noise
 (two readings of one reply differ) and a bias (it is won over by exclamation marks, whether or not the reply
 helps). The reward model learns mostly what gold wants and a little of what it does not, so optimising it a little
-helps gold and over-optimising it ends in gushing that gold sees.
+helps gold and over-optimising it finds what the reward model misses (measured: replies that repeat themselves,
+"comfortable shoes, comfortable hiking boots, comfortable shoes"), which gold sees.
 
 `vader_warmth` is the sentiment lexicon alone (VADER, vaderSentiment, MIT): a labeler that reads only warmth, the
 flawed proxy of earlier quickstarts (PPO against it learns "I'm so glad I could help! I'm so glad ...").

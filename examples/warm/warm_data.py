@@ -1,6 +1,7 @@
 """The quickstart's own data: a "reply warmly and helpfully" task, built here (no hub, no downloads).
 
-The quickstart's judge is a simulated human (`labelers.vader_warmth`) who wants replies that are kind and useful.
+The quickstart's judges (`labelers.warm_and_helpful`, and the simulated human built on it) want replies that are kind
+and useful.
 For SFT, reward modelling and PPO to have something real to learn, this module builds, deterministically from a
 seed and with the standard library only:
 

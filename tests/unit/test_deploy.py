@@ -327,7 +327,10 @@ def test_install_sh_says_each_step_with_the_time_and_hides_pip(tmp_path, flavour
     assert all(re.match(r"\[ ?\d+:\d\d\] \S", line) for line in lines), lines
     steps = [line.split("] ", 1)[1] for line in lines]
     pip_installs = [c for c in calls if c.startswith("-m pip install")]
-    assert calls and all(" -q " in c for c in calls), calls
+    pip_calls, builds = [c for c in calls if c.startswith("-m pip ")], [c for c in calls if c.startswith("-c ")]
+    assert pip_calls and all(" -q " in c for c in pip_calls) and len(pip_calls) + len(builds) == len(calls), calls
+    assert builds == ["-c from cluster import quiet; quiet.actor_start(); from rlhf_ray import models; "
+                      "models.resolve_model('smollm2-135m-instruct')"]  # the quickstart's model, built at install
     assert len(steps) == len(calls) + 2, "one line per pip call, one before and one at the end"
     assert steps[0].startswith(f"setting up {tmp_path} for rlhf-ray ({flavour})")
     assert steps[-1] == f"installed rlhf-ray ({flavour}) into {tmp_path}"
