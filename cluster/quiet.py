@@ -14,7 +14,9 @@ here, at the source, each for a reason:
     tcmalloc/iomp preload, thread binding, OMP_NUM_THREADS kept as set: vllm_engine sets it on purpose), vLLM's "RotaryEmbedding/ParallelLMHead: Failed to load weights" on
     each in-place reload (the rotary cache has no trained weights; a tied head is re-pointed by
     vllm_engine._retie_lm_head right after), DeepSpeed's "Setting accelerator to CPU", torch's "Triton not
-    available", a FutureWarning that vLLM's own code triggers (`torch.distributed.reduce_op`), and transformers'
+    available", the FutureWarnings of the torch.distributed names that torch 2.13 deprecated and the libraries
+    still call (`reduce_op` in vLLM; `all_gather_into_tensor` and `reduce_scatter_tensor` in DeepSpeed's ZeRO-3, once
+    per gather: 472 copies in one bench before this filter), and transformers'
     load report when it says exactly "lm_head unexpected, score missing" (a value model started from a causal-LM
     folder gets a fresh head by design: models.load_value_model), or only an encoder's classifier missing (the same,
     for a reward model on an encoder such as minilm-l6).
@@ -58,6 +60,11 @@ DROPPED = [
                                     r"(?:classifier\.(?:weight|bias) *\| *MISSING *\|[^\n]*\n){2}\s*Notes:"),  # either order
 ]
 
+# FutureWarnings dropped in every actor (message patterns). Python shows a warning once per call site, but each exit
+# from a `warnings.catch_warnings()` block (weight_sync has one) clears that memory: a warning in a loop that also
+# enters one prints on every pass.
+DROPPED_WARNINGS = [r"`torch\.distributed\.(reduce_op|all_gather_into_tensor|reduce_scatter_tensor)` is deprecated"]
+
 
 def verbose() -> bool:
     return os.environ.get("RLHF_RAY_VERBOSE", "") not in ("", "0")
@@ -95,8 +102,8 @@ def actor_start() -> None:
         return
     for logger, pattern in DROPPED:
         _drop(logger, pattern)
-    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.reduce_op` is deprecated",
-                            category=FutureWarning)
+    for message in DROPPED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
 
 
 def driver_start() -> None:

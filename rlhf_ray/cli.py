@@ -309,7 +309,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="the workload (default tiny; random-0.5b: Qwen2.5-0.5B's shape with random weights, for "
                         "--only sync)")
     s.add_argument("--only", type=_sections, help="comma-separated sections to measure (default all): "
-                   "engines, sync, memory, steps, peer")
+                   "engines, sync, memory, steps, peer (peer runs steps too: its rows compare with them)")
     s.add_argument("--out", help="folder for bench.json and bench.md (default runs/bench-<model>)")
     s.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: proves it runs (CI)")
     s.add_argument("--no-peer", action="store_true", help="skip TRL (its venv needs the package index once)")

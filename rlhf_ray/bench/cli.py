@@ -13,7 +13,7 @@ the same machine and the same work (absolute times on shared machines are noisy;
 
 The peer runs first, without Ray, so nothing else competes for the cores; then the embedded Ray cluster starts for
 rlhf-ray's own sections. The raw engines run beside the actors in plain processes of their own, each raw call
-alternating with the actor's (engines.alternate). Writes bench.json and bench.md to --out.
+alternating with the actor's (engines.alternate). Writes bench.json and bench.md to --out after every section.
 
 --quick (CI: proves every section runs; its timings prove nothing) starts at once what the full run starts one after
 the other, since process starts are most of its wall time: the TP 2 generator beside the other actors, the memory
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from rlhf_ray.bench import table
+from rlhf_ray.bench.progress import Progress
 from rlhf_ray.bench.workload import WORKLOADS, Workload, quick
 
 
@@ -51,23 +52,32 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
     prompt_ids = wl.encode_prompts(w, rows[: w.prompts])
     batch = wl.train_batch(w, prompt_ids)
     varied = wl.train_batch(w, prompt_ids, wl.varied_lengths(w))
-    sections = [s for s in table.SECTIONS if (only is None or s in only) and (with_peer or s != "peer")]
+    wanted = set(table.SECTIONS if only is None else only) - (set() if with_peer else {"peer"})
+    wanted |= {"steps"} if "peer" in wanted else set()  # the peer's rows set TRL beside these GRPO steps
+    sections = [s for s in table.SECTIONS if s in wanted]
     result: dict = {"machine": table.machine(), "workload": dataclasses.asdict(w), "fast": fast,
-                    "started": time.strftime("%Y-%m-%d %H:%M:%S"), "sections": sections}
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S"), "sections": sections, "done": []}
+    progress = Progress(out=lambda line: print(line, flush=True))
+    progress.say(f"bench of {model}{' (quick)' if fast else ''}: {', '.join(sections)}; bench.json and bench.md "
+                 f"in {out_dir} after each section")
 
-    def say(what: str) -> None:
-        print(f"[bench {time.strftime('%H:%M:%S')}] {what}", flush=True)
+    def keep(section: Optional[str] = None, **values) -> None:
+        """Results into the record, written now: a bench stopped later keeps them."""
+        result.update(values)
+        result["done"] += [section] if section else []
+        (out_dir / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out_dir / "bench.md").write_text(table.render(result))
 
+    keep()
     rm = steps.reward_model(w, out_dir) if "peer" in sections else None
-    trl = {}
     if "peer" in sections:
         from rlhf_ray.bench import peer
 
-        say("peer: TRL (its own venv)")
+        progress.section("peer: TRL (its own venv)")
         texts = wl.prompt_texts(w, wl.encode_prompts(w, rows))
-        for algo in ("grpo", "ppo"):
-            trl[algo] = peer.run_trl(peer_spec(w, algo, texts, rm), engines.TIMEOUT_S)
-            say(f"TRL {algo}: {trl[algo]['mean_s']:.1f} s per step")
+        for i, algo in enumerate(("grpo", "ppo")):
+            keep(trl={**result.get("trl", {}), algo: peer.run_trl(peer_spec(w, algo, texts, rm), engines.TIMEOUT_S)})
+            progress.part(f"TRL {algo}: {result['trl'][algo]['mean_s']:.1f} s per step", i + 1, 2)
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the actors inherit it: no engine banners per run
     from rlhf_ray import models
@@ -78,37 +88,37 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
              object_store_mb=max(512, 2 * models.weight_bytes(w.model, w.dtype) // 2**20 + 128))
     try:
         if {"engines", "sync"} & set(sections):
-            result.update(actor_sections(w, sections, prompt_ids, {"fixed": batch, "varied": varied}, fast, say))
+            actor_sections(w, sections, prompt_ids, {"fixed": batch, "varied": varied}, fast, progress, keep)
         if "memory" in sections:
-            say("learner memory settings")
-            result["learner_memory"] = memory.learner_memory(w, batch, at_once=fast)
-        result["ppo_steps"] = []
-        for k in (0, 1) if "steps" in sections else ():
-            say(f"GRPO steps, max_staleness {k}")
-            result["ppo_steps"].append(steps.run(w, prompts_file, out_dir, "grpo", k))
-            say(f"GRPO, max_staleness {k}: {result['ppo_steps'][-1]['step_s']:.1f} s per step")
-        if "peer" in sections and result["ppo_steps"]:
-            say("PPO with a critic, max_staleness 0")
+            progress.section("learner memory settings")
+            keep("memory", learner_memory=memory.learner_memory(w, batch, at_once=fast, part=progress.part))
+        if "steps" in sections:
+            progress.section("GRPO steps")
+            for k in (0, 1):
+                keep(ppo_steps=result.get("ppo_steps", []) + [steps.run(w, prompts_file, out_dir, "grpo", k)])
+                progress.part(f"GRPO, max_staleness {k}: {result['ppo_steps'][-1]['step_s']:.1f} s per step", k + 1,
+                              2)
+            keep("steps")
+        if "peer" in sections and result.get("ppo_steps"):
+            progress.section("PPO with a critic, max_staleness 0 (beside TRL's PPO)")
             ours_ppo = steps.run(w, prompts_file, out_dir, "gae", 0, rm)
-            say(f"PPO with a critic: {ours_ppo['step_s']:.1f} s per step")
-            result["peer"] = table.peer_rows(trl, result["ppo_steps"], ours_ppo)
+            progress.say(f"PPO with a critic: {ours_ppo['step_s']:.1f} s per step")
+            keep("peer", peer=table.peer_rows(result["trl"], result["ppo_steps"], ours_ppo))
     finally:
         ray.shutdown()
-    (out_dir / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out_dir / "bench.md").write_text(table.render(result))
-    say(f"wrote {out_dir / 'bench.json'} and {out_dir / 'bench.md'}")
+    progress.say(f"wrote {out_dir / 'bench.json'} and {out_dir / 'bench.md'}")
     return result
 
 
 def actor_sections(w: Workload, sections: list[str], prompt_ids: list[list[int]], batches: dict, fast: bool,
-                   say: Callable[[str], None]) -> dict:
+                   progress: Progress, keep: Callable[..., None]) -> None:
     """Sections 1-3 on one generator and one learner actor (and, for the varied-length batch, a packed learner).
     The raw engines build in processes of their own while the actors start (each one's first, untimed call waits
     for it); --quick also starts the TP 2 generator of the sync beside them, where the full run starts it after
     the others are gone."""
     from rlhf_ray.bench import engines
 
-    out, engine = {}, "engines" in sections
+    engine = "engines" in sections
     raws = ([engines.raw_generator(w, prompt_ids), engines.raw_trainer(w, batches["fixed"]),
              engines.raw_trainer(w, batches["varied"])] if engine else [])
     try:
@@ -116,24 +126,27 @@ def actor_sections(w: Workload, sections: list[str], prompt_ids: list[list[int]]
         gen, learner = engines.start_actors(w, w.samples)
         packed = engines.start_learner(w, w.samples, packing=True) if engine else None
         if engine:
-            say("generator and learner actors, beside raw vLLM and plain torch (no Ray)")
-            out["generation"] = engines.generation(w, gen, prompt_ids, raws[0])
-            out["learning"] = engines.learning(w, learner, batches["fixed"], raws[1])
-            say(f"generation {out['generation']['ratio']:.2f} of raw vLLM, learning "
-                f"{out['learning']['ratio']:.2f} of plain torch")
-            out["learning_varied"] = v = engines.learning_varied(w, learner, packed, batches["varied"], raws[2])
+            progress.section("generator and learner actors, beside raw vLLM and plain torch (no Ray)")
+            g = engines.generation(w, gen, prompt_ids, raws[0])
+            keep(generation=g)
+            progress.part(f"generation: {g['ratio']:.2f} of raw vLLM's tokens/s", 1, 3)
+            t = engines.learning(w, learner, batches["fixed"], raws[1])
+            keep(learning=t)
+            progress.part(f"learning: {t['ratio']:.2f} of plain torch's tokens/s", 2, 3)
+            v = engines.learning_varied(w, learner, packed, batches["varied"], raws[2])
+            keep("engines", learning_varied=v)
             packed.kill()
-            say(f"learning, varied lengths ({v['padding']:.0%} padding): padded {v['ratio']:.2f} of plain torch, "
-                f"packed {v['packed']['ratio']:.2f}")
+            progress.part(f"learning, varied lengths ({v['padding']:.0%} padding): padded {v['ratio']:.2f} of plain "
+                          f"torch, packed {v['packed']['ratio']:.2f}", 3, 3)
         if "sync" in sections:
-            say("weight sync")
-            out["weight_sync"] = engines.weight_sync(w, gen, learner, tp2)
+            progress.section("weight sync")
+            keep("sync", weight_sync=engines.weight_sync(w, gen, learner, tp2))
+            progress.say("weight sync measured")
         gen.kill()
         learner.kill()
     finally:
         for r in raws:  # closed already unless a section failed
             r.close()
-    return out
 
 
 def peer_spec(w: Workload, algo: str, prompts: list[str], rm: Optional[str] = None) -> dict:

@@ -12,6 +12,7 @@ import concurrent.futures
 import dataclasses
 import statistics
 import time
+from typing import Callable
 
 import ray
 import torch
@@ -40,10 +41,12 @@ def settings(w: Workload, seq_len: int) -> dict[str, dict]:
             f"LoRA r={LORA.rank}, adapters pushed": {"lora": dataclasses.replace(LORA, sync="adapters")}}
 
 
-def learner_memory(w: Workload, batch: dict[str, torch.Tensor], at_once: bool = False) -> list[dict]:
+def learner_memory(w: Workload, batch: dict[str, torch.Tensor], at_once: bool = False,
+                   part: Callable[[str, int, int], None] = lambda what, done, total: None) -> list[dict]:
     """One row per setting: tokens/s (median of w.repeats steps after a warm-up), loss of the first step, peak MB.
     Each setting's learner is a process of its own, measured alone; at_once (--quick, where starting the learners
-    is most of the section) starts them all together first, not each after the one before."""
+    is most of the section) starts them all together first, not each after the one before. part(what, i, n): a
+    progress line after each setting."""
     setups = list(settings(w, batch["input_ids"].shape[1]).items())
     if at_once:
         with concurrent.futures.ThreadPoolExecutor(len(setups)) as pool:
@@ -55,6 +58,7 @@ def learner_memory(w: Workload, batch: dict[str, torch.Tensor], at_once: bool = 
             rows.append(_measure(w, name, fields, learner, batch))
         finally:
             learner.kill()
+        part(f"{name}: {rows[-1]['tokens_per_s']:.0f} tokens/s, peak {rows[-1]['peak_mb']:.0f} MB", i + 1, len(setups))
     return rows
 
 

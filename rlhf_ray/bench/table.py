@@ -60,11 +60,18 @@ def render(r: dict) -> str:
              f"{w['dtype']}, micro-batch {w['micro_batch']}, {w['threads']} threads per engine; medians of "
              f"{w['repeats']} calls a side (the raw engine's calls alternating with the actor's), means of "
              f"{w['steps']} steps, each after an untimed warm-up.", ""]
-    for key, part in (("generation", _engines), ("weight_sync", _sync), ("learner_memory", _memory),
-                      ("ppo_steps", _steps), ("peer", _peer)):
-        if r.get(key):
+    planned = r.get("sections", SECTIONS)
+    done = r.get("done", planned)  # a record written before the end holds the sections measured so far
+    for section, key, part in (("engines", "generation", _engines), ("sync", "weight_sync", _sync),
+                               ("memory", "learner_memory", _memory), ("steps", "ppo_steps", _steps),
+                               ("peer", "peer", _peer)):
+        if section in done and r.get(key):
             lines += part(r, w)
-    missing = [s for s in SECTIONS if s not in r.get("sections", SECTIONS)]
+    pending = [s for s in planned if s not in done]
+    if pending:
+        lines += ["", f"Not measured yet: {', '.join(pending)} (the bench was still running when this was written, "
+                  "or it stopped; bench.json keeps the parts of them it measured)."]
+    missing = [s for s in SECTIONS if s not in planned]
     if missing:
         lines += ["", f"Not measured in this run (`--only`): {', '.join(missing)}."]
     return "\n".join(lines) + "\n"

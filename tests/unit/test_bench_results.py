@@ -153,3 +153,30 @@ def test_a_failing_raw_engine_says_why():
             raw_engine.call()
     finally:
         raw_engine.close()
+
+
+def test_a_record_written_mid_bench_renders_what_is_done_and_names_the_rest():
+    r = {**_result(), "sections": list(table.SECTIONS), "done": ["engines", "sync"]}
+    md = table.render(r)
+    assert "| generation, tokens/s |" in md and "| object_store | 1 | 4 MiB |" in md
+    assert "| max_staleness |" not in md  # ppo_steps holds a first run, but the section is not done
+    assert "Not measured yet: memory, steps, peer (the bench was still running" in md
+    r["generation"].pop("ratio")  # a section cut off mid-way: its parts stay in bench.json, out of the tables
+    md = table.render({**r, "done": []})
+    assert "| generation, tokens/s |" not in md and "Not measured yet: engines, sync, memory, steps, peer" in md
+
+
+def test_progress_lines_give_the_time_and_what_is_left_of_the_section():
+    from rlhf_ray.bench.progress import Progress
+
+    now, lines = [100.0], []
+    p = Progress(clock=lambda: now[0], out=lines.append)
+    now[0] = 130.0
+    p.section("learner memory settings")
+    now[0] = 190.0
+    p.part("default: 300 tokens/s", 1, 4)
+    now[0] = 754.0
+    p.part("ZeRO-3 + offload: 40 tokens/s", 4, 4)
+    assert lines == ["[ 0:30] learner memory settings",
+                     "[ 1:30] default: 300 tokens/s (1/4, section 1:00; about 3:00 left in this section)",
+                     "[10:54] ZeRO-3 + offload: 40 tokens/s (4/4, section 10:24)"]
