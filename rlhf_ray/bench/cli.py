@@ -57,7 +57,7 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
     sections = [s for s in table.SECTIONS if s in wanted]
     result: dict = {"machine": table.machine(), "workload": dataclasses.asdict(w), "fast": fast,
                     "started": time.strftime("%Y-%m-%d %H:%M:%S"), "sections": sections, "done": []}
-    progress = Progress(out=lambda line: print(line, flush=True))
+    progress = Progress()
     progress.say(f"bench of {model}{' (quick)' if fast else ''}: {', '.join(sections)}; bench.json and bench.md "
                  f"in {out_dir} after each section")
 
@@ -99,7 +99,7 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
                 progress.part(f"GRPO, max_staleness {k}: {result['ppo_steps'][-1]['step_s']:.1f} s per step", k + 1,
                               2)
             keep("steps")
-        if "peer" in sections and result.get("ppo_steps"):
+        if "peer" in sections:  # its GRPO rows are in: peer implies steps
             progress.section("PPO with a critic, max_staleness 0 (beside TRL's PPO)")
             ours_ppo = steps.run(w, prompts_file, out_dir, "gae", 0, rm)
             progress.say(f"PPO with a critic: {ours_ppo['step_s']:.1f} s per step")

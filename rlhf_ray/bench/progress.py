@@ -13,7 +13,8 @@ def mmss(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, clock: Callable[[], float] = time.monotonic, out: Callable[[str], None] = print):
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 out: Callable[[str], None] = lambda line: print(line, flush=True)):
         self.clock, self.out = clock, out
         self.t0 = self.section_t0 = clock()
 
