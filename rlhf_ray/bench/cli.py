@@ -38,10 +38,12 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
         dtype: Optional[str] = None, only: Optional[list[str]] = None) -> dict:
     import ray
 
+    from cluster import quiet
     from cluster.local import init_ray
     from rlhf_ray.bench import engines, memory, steps
     from rlhf_ray.bench import workload as wl
 
+    quiet.actor_start()  # this process loads models too (the PPO comparison's reward model), as an actor does
     w = WORKLOADS[model]
     w = dataclasses.replace(quick(w) if fast else w, **({"dtype": dtype} if dtype else {}))
     out_dir = Path(out or Path("runs") / f"bench-{model}").expanduser().resolve()  # the peer runs elsewhere
@@ -91,7 +93,8 @@ def run(model: str = "tiny", out: Optional[str] = None, fast: bool = False, with
             actor_sections(w, sections, prompt_ids, {"fixed": batch, "varied": varied}, fast, progress, keep)
         if "memory" in sections:
             progress.section("learner memory settings")
-            keep("memory", learner_memory=memory.learner_memory(w, batch, at_once=fast, part=progress.part))
+            keep("memory", learner_memory=memory.learner_memory(w, batch, at_once=fast, part=progress.part,
+                                                                default=result.get("memory_default")))
         if "steps" in sections:
             progress.section("GRPO steps")
             for k in (0, 1):
@@ -116,7 +119,7 @@ def actor_sections(w: Workload, sections: list[str], prompt_ids: list[list[int]]
     The raw engines build in processes of their own while the actors start (each one's first, untimed call waits
     for it); --quick also starts the TP 2 generator of the sync beside them, where the full run starts it after
     the others are gone."""
-    from rlhf_ray.bench import engines
+    from rlhf_ray.bench import engines, memory
 
     engine = "engines" in sections
     raws = ([engines.raw_generator(w, prompt_ids), engines.raw_trainer(w, batches["fixed"]),
@@ -132,6 +135,8 @@ def actor_sections(w: Workload, sections: list[str], prompt_ids: list[list[int]]
             progress.part(f"generation: {g['ratio']:.2f} of raw vLLM's tokens/s", 1, 3)
             t = engines.learning(w, learner, batches["fixed"], raws[1])
             keep(learning=t)
+            if "memory" in sections:  # the default learner on the same batch: the memory section's default row
+                keep(memory_default=memory.default_row(t, learner))
             progress.part(f"learning: {t['ratio']:.2f} of plain torch's tokens/s", 2, 3)
             v = engines.learning_varied(w, learner, packed, batches["varied"], raws[2])
             keep("engines", learning_varied=v)

@@ -25,7 +25,7 @@ from actors.learner import Learner
 from cluster.actor_group import ActorGroup
 from rlhf_ray import models, rollout
 from rlhf_ray.algos import forward
-from rlhf_ray.bench import raw
+from rlhf_ray.bench import raw, repeat
 from rlhf_ray.bench.workload import Workload
 from rlhf_ray.config import TrainConfig
 from rlhf_ray.engines import vllm_engine
@@ -87,27 +87,32 @@ def raw_trainer(w: Workload, batch: dict) -> RawEngine:
                       "batch": {k: v.tolist() for k, v in batch.items()}}, w.threads)
 
 
-def alternate(raw_engine: RawEngine, actor_call, repeats: int) -> tuple[dict, list[float], object]:
-    """After one untimed warm-up call on each side, `repeats` timed calls on each in the order raw, actor, actor,
-    raw, raw, ... so that a slow minute on a shared machine lands on both sides. Returns the raw side's
-    {"seconds", "tokens", "median_s"}, the actor's seconds and its last result."""
-    def actor_timed() -> tuple[float, object]:
-        t0 = time.perf_counter()
-        out = actor_call()
-        return time.perf_counter() - t0, out
-
+def alternate(raw_engine: RawEngine, actor_call, w: Workload) -> tuple[dict, list[float], object]:
+    """After one untimed warm-up call on each side, timed rounds of one call a side in the order raw, actor, actor,
+    raw, raw, ... (so that a slow minute on a shared machine lands on both sides) until both medians are stable
+    (`w.until`). Returns the raw side's {"seconds", "tokens", "median_s"}, the actor's seconds and its last
+    result."""
     raw_engine.call()
-    actor_call()
-    raw_runs, actor_runs = [], []
-    for i in range(repeats):
+    last = [actor_call()]
+    tokens = []
+
+    def raw_timed() -> float:
+        tokens.append(raw_engine.call())
+        return tokens[-1]["seconds"]
+
+    def actor_timed() -> float:
+        t0 = time.perf_counter()
+        last[0] = actor_call()
+        return time.perf_counter() - t0
+
+    def one_round(i: int) -> tuple[float, float]:
         if i % 2:
-            actor_runs.append(actor_timed())
-        raw_runs.append(raw_engine.call())
-        if not i % 2:
-            actor_runs.append(actor_timed())
-    raw_s = [r["seconds"] for r in raw_runs]
-    raw_out = {"seconds": raw_s, "tokens": raw_runs[-1]["tokens"], "median_s": statistics.median(raw_s)}
-    return raw_out, [s for s, _ in actor_runs], actor_runs[-1][1]
+            a = actor_timed()
+            return raw_timed(), a
+        return raw_timed(), actor_timed()
+
+    (raw_s, actor_s), _ = repeat.rounds(one_round, w.until)
+    return {"seconds": raw_s, "tokens": tokens[-1]["tokens"], "median_s": statistics.median(raw_s)}, actor_s, last[0]
 
 
 def start_actors(w: Workload, batch_size: int) -> tuple[ActorGroup, ActorGroup]:
@@ -139,28 +144,28 @@ def generation(w: Workload, gen: ActorGroup, prompt_ids: list[list[int]], raw_en
         return table
 
     try:
-        raw_out, seconds, table = alternate(raw_engine, call, w.repeats)
+        raw_out, seconds, table = alternate(raw_engine, call, w)
     finally:
         raw_engine.close()
     tokens = sum(len(r) for r in table.column("response_ids").to_pylist())
     if tokens != raw_out["tokens"]:
         raise RuntimeError(f"actor generated {tokens} tokens, raw vLLM {raw_out['tokens']}: not the same work")
-    actor_tps, raw_tps = tokens / statistics.median(seconds), tokens / raw_out["median_s"]
     # Where a gap comes from: the engine in the actor vs raw (the process, Ray's daemons on the same cores), and
     # the call around it (Ray's call, the rollout table, the object store).
-    return {"tokens": tokens, "raw_s": raw_out["seconds"], "actor_s": seconds, "raw_tokens_per_s": raw_tps,
-            "actor_tokens_per_s": actor_tps, "ratio": actor_tps / raw_tps, "actor_engine_s": engine_s[1:],
+    return {**_rates(w, raw_out["seconds"], seconds, tokens), "actor_engine_s": engine_s[1:],
             "call_overhead_s": statistics.median(seconds) - statistics.median(engine_s[1:])}
 
 
 def learning(w: Workload, learner: ActorGroup, batch: dict, raw_engine: RawEngine) -> dict:
     """Section 2: tokens/s (real tokens) of the learner actor's train_step (DeepSpeed) vs a plain torch loop
-    (`raw_trainer`, closed here), same batch, calls alternating."""
+    (`raw_trainer`, closed here), same batch, calls alternating; and the learner's first loss (the memory
+    section's default row is this learner)."""
+    step, losses = _train_step(learner, batch), []
     try:
-        raw_out, seconds, _ = alternate(raw_engine, _train_step(learner, batch), w.repeats)
+        raw_out, seconds, _ = alternate(raw_engine, lambda: losses.append(step()[0]["loss"]), w)
     finally:
         raw_engine.close()
-    return _rates(w, raw_out["seconds"], seconds, raw_out["tokens"])
+    return {**_rates(w, raw_out["seconds"], seconds, raw_out["tokens"]), "first_loss": losses[0]}
 
 
 def learning_varied(w: Workload, learner: ActorGroup, packed: ActorGroup, batch: dict, raw_engine: RawEngine
@@ -174,11 +179,14 @@ def learning_varied(w: Workload, learner: ActorGroup, packed: ActorGroup, batch:
         tokens = raw_engine.call()["tokens"]  # the warm-ups: one untimed call a side
         for side in sides[1:]:
             side()
-        seconds: list[list[float]] = [[], [], []]
-        for i in range(w.repeats):
+
+        def one_round(i: int) -> list[float]:
+            seconds = [0.0] * 3
             for k in range(3):
-                j = (i + k) % 3
-                seconds[j].append(sides[j]())
+                seconds[(i + k) % 3] = sides[(i + k) % 3]()
+            return seconds
+
+        seconds, _ = repeat.rounds(one_round, w.until)
     finally:
         raw_engine.close()
     real, padded = int(batch["attention_mask"].sum()), batch["attention_mask"].numel()
@@ -200,9 +208,12 @@ def _timed(call):
 
 
 def _rates(w: Workload, raw_s: list[float], actor_s: list[float], tokens: int) -> dict:
+    """Tokens/s of each side from its median call, their ratio, and the ratio's spread over the rounds (each round
+    times both sides within a minute of each other)."""
     actor_tps, raw_tps = tokens / statistics.median(actor_s), tokens / statistics.median(raw_s)
     return {"tokens": tokens, "sequences": w.samples, "raw_s": raw_s, "actor_s": actor_s,
-            "raw_tokens_per_s": raw_tps, "actor_tokens_per_s": actor_tps, "ratio": actor_tps / raw_tps}
+            "raw_tokens_per_s": raw_tps, "actor_tokens_per_s": actor_tps, "ratio": actor_tps / raw_tps,
+            "ratio_spread": repeat.spread([r / a for r, a in zip(raw_s, actor_s)])}
 
 
 def weight_sync(w: Workload, gen: ActorGroup, learner: ActorGroup, tp2: Optional[ActorGroup] = None) -> list[dict]:
@@ -277,7 +288,9 @@ def _sync_rows(w: Workload, gen: ActorGroup, learner: ActorGroup, tp: int, trans
             owner = WeightPush(transport, "gloo", learner, gen, tp, TIMEOUT_S, version, probe, bucket_bytes=bucket)
             owner.open([0])
             parts = []
-            for _ in range(w.repeats + 1):  # the first is a warm-up
+
+            def push(i: int) -> list[float]:
+                nonlocal version
                 version += 1
                 t0 = time.perf_counter()
                 (report,) = owner(version)
@@ -285,12 +298,15 @@ def _sync_rows(w: Workload, gen: ActorGroup, learner: ActorGroup, tp: int, trans
                 parts.append({"total_s": total - owner.seconds["probe_s"], "probe_s": owner.seconds["probe_s"],
                               "export_s": owner.seconds["export_s"], "fetch_s": report["fetch_s"],
                               "load_s": report["load_s"], "bytes": report["bytes"], "probe_gap": owner.gap()})
+                return [parts[-1]["total_s"]]
+
+            push(-1)  # the warm-up
+            (total_s,), _ = repeat.rounds(push, w.until)
             timed = parts[1:]
             rows.append({"transport": transport, "tensor_parallel": tp, "bucket_bytes": bucket,
                          "bytes": timed[0]["bytes"], "buckets": len(owner.plan),
                          "reload_s": statistics.median(_reload(gen) for _ in range(min(3, w.repeats))),
                          **{k: statistics.median(p[k] for p in timed) for k in
                             ("total_s", "probe_s", "export_s", "fetch_s", "load_s")},
-                         "total_spread_s": max(p["total_s"] for p in timed) - min(p["total_s"] for p in timed),
-                         "probe_gap": max(p["probe_gap"] for p in timed)})
+                         "total_spread": repeat.spread(total_s), "probe_gap": max(p["probe_gap"] for p in timed)})
     return rows

@@ -12,7 +12,7 @@ import concurrent.futures
 import dataclasses
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import ray
 import torch
@@ -21,6 +21,7 @@ from actors.learner import Learner
 from cluster.actor_group import ActorGroup
 from rlhf_ray import models
 from rlhf_ray.algos import forward
+from rlhf_ray.bench import repeat
 from rlhf_ray.bench.workload import Workload
 from rlhf_ray.config import LoraConfig, TrainConfig
 
@@ -28,63 +29,116 @@ TIMEOUT_S = 1800.0
 
 
 LORA = LoraConfig(rank=16, alpha=32)
+BENCH_KEYS = ("lora", "untimed", "shares")
+"""A setting's keys that are not TrainConfig fields. untimed: measured in the one step that shows its memory and
+its first loss (ZeRO-3 + offload: its speed on CPU says nothing, as its "offload" copies host memory to host memory,
+and its steps are the slowest). shares: trains exactly as the setting before it, so it asks that learner again."""
 
 
 def settings(w: Workload, seq_len: int) -> dict[str, dict]:
-    """Each setting's TrainConfig fields (and `lora`). The token budget is half a micro-batch's padded tokens:
+    """Each setting's TrainConfig fields, and BENCH_KEYS. The token budget is half a micro-batch's padded tokens:
     twice the micro-batches of half the rows."""
     return {"default": {}, "gradient checkpointing": {"gradient_checkpointing": True},
             "token budget": {"micro_batch_tokens": w.micro_batch * seq_len // 2},
-            "ZeRO-3": {"zero_stage": 3}, "ZeRO-3 + offload": {"zero_stage": 3, "offload_optimizer": True,
-                                                             "offload_params": True},
+            "ZeRO-3": {"zero_stage": 3},
+            "ZeRO-3 + offload": {"zero_stage": 3, "offload_optimizer": True, "offload_params": True, "untimed": True},
             f"LoRA r={LORA.rank}, all linear": {"lora": LORA},
-            f"LoRA r={LORA.rank}, adapters pushed": {"lora": dataclasses.replace(LORA, sync="adapters")}}
+            f"LoRA r={LORA.rank}, adapters pushed": {"lora": dataclasses.replace(LORA, sync="adapters"),
+                                                     "shares": True}}
+
+
+def default_row(learning: dict, learner: ActorGroup) -> dict:
+    """The default setting's row from the learning section, whose learner is the default learner on the same batch
+    (`learning`: engines.learning's result; `learner`: measured now, after those steps and before any other call)."""
+    tokens = learning["tokens"]
+    return {"setting": "default", "fields": {}, "first_loss": learning["first_loss"],
+            "tokens_per_s": learning["actor_tokens_per_s"], "measured_in": "learning",
+            "tokens_per_s_spread": repeat.spread([tokens / s for s in learning["actor_s"]]), **_footprint(learner)}
 
 
 def learner_memory(w: Workload, batch: dict[str, torch.Tensor], at_once: bool = False,
-                   part: Callable[[str, int, int], None] = lambda what, done, total: None) -> list[dict]:
-    """One row per setting: tokens/s (median of w.repeats steps after a warm-up), loss of the first step, peak MB.
-    Each setting's learner is a process of its own, measured alone; at_once (--quick, where starting the learners
-    is most of the section) starts them all together first, not each after the one before. part(what, i, n): a
-    progress line after each setting."""
-    setups = list(settings(w, batch["input_ids"].shape[1]).items())
+                   part: Callable[[str, int, int], None] = lambda what, done, total: None,
+                   default: Optional[dict] = None) -> list[dict]:
+    """One row per setting: tokens/s (the median step of `w.until`'s rounds after a warm-up) with its spread, loss
+    of the first step, peak MB. Each setting's learner is a process of its own, measured alone (but for one that
+    shares the learner before it); at_once (--quick, where starting the learners is most of the section) starts
+    them all together first, not each after the one before. `default`: the default row already measured
+    (`default_row`); without it the default learner starts here too. part(what, i, n): a progress line after each
+    setting."""
+    setups = list(settings(w, batch["input_ids"].shape[1]).items())[1 if default else 0:]
     if at_once:
         with concurrent.futures.ThreadPoolExecutor(len(setups)) as pool:
-            started = list(pool.map(lambda i: _start(w, i, setups[i][1]), range(len(setups))))
-    rows = []
-    for i, (name, fields) in enumerate(setups):
-        learner = started[i] if at_once else _start(w, i, fields)
-        try:
-            rows.append(_measure(w, name, fields, learner, batch))
-        finally:
-            learner.kill()
-        part(f"{name}: {rows[-1]['tokens_per_s']:.0f} tokens/s, peak {rows[-1]['peak_mb']:.0f} MB", i + 1, len(setups))
+            started = list(pool.map(lambda i: None if setups[i][1].get("shares") else _start(w, i, setups[i][1]),
+                                    range(len(setups))))
+    rows: list[dict] = [default] if default else []
+    learner = None
+    try:
+        for i, (name, fields) in enumerate(setups):
+            if fields.get("shares"):
+                rows.append(_shared(name, fields, learner, rows[-1]))
+            else:
+                if learner is not None:
+                    learner.kill()
+                learner = started[i] if at_once else _start(w, i, fields)
+                rows.append(_measure(w, name, fields, learner, batch))
+            tps = rows[-1]["tokens_per_s"]
+            part(f"{name}: {'not timed' if tps is None else f'{tps:.0f} tokens/s'}, peak {rows[-1]['peak_mb']:.0f} MB",
+                 i + 1, len(setups))
+    finally:
+        for other in [learner] + (started if at_once else []):
+            if other is not None:
+                other.kill()
     return rows
 
 
 def _start(w: Workload, i: int, fields: dict) -> ActorGroup:
     """Setting i's learner. A quarter CPU each, so that Ray places all seven at once on 2 cores (the share only
     places them: `threads` sets their torch threads)."""
-    fields = dict(fields)
-    lora_cfg = fields.pop("lora", None)
-    train = TrainConfig(lr=w.lr, batch_size=w.samples, micro_batch_size=w.micro_batch, **fields)
+    train = TrainConfig(lr=w.lr, batch_size=w.samples, micro_batch_size=w.micro_batch,
+                        **{k: v for k, v in fields.items() if k not in BENCH_KEYS})
     return ActorGroup(Learner, f"memory-learner-{i}", (models.resolve_model(w.model), "policy", train, w.dtype,
-                                                       w.seed, 1000, None, lora_cfg),
+                                                       w.seed, 1000, None, fields.get("lora")),
                       num_ranks=1, num_cpus=0.25, threads=w.threads)
 
 
 def _measure(w: Workload, name: str, fields: dict, learner: ActorGroup, batch: dict[str, torch.Tensor]) -> dict:
-    """Setting `name`'s row, from its own learner (new: no step taken yet)."""
-    seconds, losses = [], []
-    for _ in range(w.repeats + 1):  # the first is a warm-up; each step moves the weights, so loss 0 counts
+    """Setting `name`'s row, from its own learner (new: no step taken yet): its first step's loss and, unless the
+    setting is untimed, that step as the warm-up and then `w.until`'s rounds of one timed step."""
+    losses = []
+
+    def step(i: int) -> list[float]:
         t0 = time.perf_counter()
         m = learner.call(lambda a, r: a.train_step.remote(batch, forward.SFT_LOSS), TIMEOUT_S, f"bench: {name}")
-        seconds.append(time.perf_counter() - t0)
         losses.append(m[0]["loss"])
+        return [time.perf_counter() - t0]
+
+    step(-1)  # the warm-up; each step moves the weights, so the first loss is the one compared
+    seconds = [] if fields.get("untimed") else repeat.rounds(step, w.until)[0][0]
+    tokens = int(batch["loss_mask"].sum())
+    return {"setting": name, "fields": _plain(fields), "first_loss": losses[0],
+            "tokens_per_s": tokens / statistics.median(seconds) if seconds else None,
+            "tokens_per_s_spread": repeat.spread([tokens / s for s in seconds]) if seconds else None,
+            **_footprint(learner)}
+
+
+def _shared(name: str, fields: dict, learner: ActorGroup, before: dict) -> dict:
+    """A setting that trains as the one before it and differs in its push (LoRA's `sync`): that learner, switched to
+    this setting's LoRA config, measured again for what the setting changes."""
+    lora_cfg = fields["lora"]
+    learner.get([a.__ray_call__.remote(lambda actor: setattr(actor, "lora", lora_cfg)) for a in learner.actors],
+                TIMEOUT_S, "bench: switch the push")
+    return {**before, "setting": name, "fields": _plain(fields), **_footprint(learner)}
+
+
+def _footprint(learner: ActorGroup) -> dict:
+    """The learner's peak memory, the parameters it trains and holds, and the bytes one weight push sends (merged
+    weights, or LoRA's adapters alone with `sync: adapters`)."""
     peak = learner.call(lambda a, r: a.peak_memory_mb.remote(), TIMEOUT_S, "bench: memory")[0]
     trained, total = learner.call(lambda a, r: a.parameter_counts.remote(), TIMEOUT_S, "bench: params")[0]
     refs = learner.call(lambda a, r: a.export_buckets.remote(1, 64 << 20), TIMEOUT_S, "bench: push")[0]
-    push = sum(b.nbytes for b in ray.get(refs))  # what one weight push of this learner sends
-    return {"setting": name, "fields": {k: vars(v) if k == "lora" else v for k, v in fields.items()},
-            "tokens_per_s": int(batch["loss_mask"].sum()) / statistics.median(seconds[1:]), "first_loss": losses[0],
-            "peak_mb": peak, "trained_params": trained, "params": total, "push_bytes": push}
+    return {"peak_mb": peak, "trained_params": trained, "params": total,
+            "push_bytes": sum(b.nbytes for b in ray.get(refs))}
+
+
+def _plain(fields: dict) -> dict:
+    return {k: vars(v) if k == "lora" else v for k, v in fields.items()}

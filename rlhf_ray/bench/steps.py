@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 from rlhf_ray import models
+from rlhf_ray.bench.repeat import spread
 from rlhf_ray.bench.workload import REWARD_FN, Workload
 from rlhf_ray.config import load_config
 from rlhf_ray.runtime.run_dir import RunDir
@@ -22,10 +23,19 @@ def reward_model(w: Workload, out: Path) -> str:
     folder = out / "reward-model"
     if not (folder / "config.json").exists():
         import torch
+        from transformers.utils import logging as hf_logging
 
         torch.manual_seed(w.seed)
         path = models.resolve_model(w.model)
-        models.load_value_model(path, "float32").save_pretrained(folder)
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()  # its load report names the fresh head, which is the point here
+        hf_logging.disable_progress_bar()
+        try:
+            models.load_value_model(path, "float32").save_pretrained(folder)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
         models.load_tokenizer(path).save_pretrained(folder)
     return str(folder)
 
@@ -76,11 +86,12 @@ def run(w: Workload, prompts: Path, out: Path, advantage: str, staleness: int, r
 
 
 def summarize(rows: list[dict], samples: int) -> dict:
-    """Mean seconds per phase and per step, samples/s and generated tokens/s, and the share of the step the
+    """Mean seconds per phase and per step (with the steps' spread), samples/s and generated tokens/s, and the share of the step the
     generators sat idle (1 - their sampling seconds / step seconds; fleet of one generator)."""
     phase = {p: statistics.mean(r[f"time_{p}_s"] for r in rows) for p in PHASES}
     step_s = sum(phase.values())
+    steps_s = [sum(r[f"time_{p}_s"] for p in PHASES) for r in rows]
     tokens = statistics.mean(r["response_length_mean"] for r in rows) * samples
     busy = statistics.mean(r["generator_busy_s"] for r in rows)
-    return {"phase_s": phase, "step_s": step_s, "samples_per_s": samples / step_s, "tokens_per_s": tokens / step_s,
+    return {"phase_s": phase, "step_s": step_s, "step_spread": spread(steps_s), "samples_per_s": samples / step_s, "tokens_per_s": tokens / step_s,
             "generator_idle_frac": max(0.0, 1.0 - busy / step_s), "staleness_max": max(r["staleness_max"] for r in rows)}

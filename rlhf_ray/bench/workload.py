@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from rlhf_ray import data, models
+from rlhf_ray.bench.repeat import Until
 
 PROMPTS = Path(__file__).resolve().parents[2] / "configs" / "data" / "warm" / "warm_prompts_train.jsonl"
 REWARD_FN = f"{Path(__file__).resolve().parent / 'rewards.py'}:letter_frac"  # both sides load it by file path
@@ -34,7 +35,14 @@ class Workload:
     """Engine, learner and peer dtype. bf16 only where the CPU has bf16 units: on this project's AVX2-only CPUs a
     bf16 matmul is 100-300x slower than fp32 (measured), so a bf16 SmolLM2 step does not finish in 20 minutes."""
     repeats: int = 3
-    """Timed calls of each engine section, after one untimed warm-up call; the median is reported."""
+    """At most this many timed rounds of a measurement (a round: one timed call of each side), after one untimed
+    warm-up call a side; medians are reported, with their spread."""
+    min_repeats: int = 3
+    """At least this many rounds (fewer where `repeats` is lower), then more only until every side's median moves
+    by at most `tol` with a round (rlhf_ray.bench.repeat)."""
+    tol: float = 0.05
+    measure_s: float = 300.0
+    """A measurement's share of the bench's time: no new round starts after this many seconds of rounds."""
     steps: int = 3
     """Timed PPO / GRPO steps, after one untimed warm-up step; the mean is reported."""
     threads: int = 2
@@ -48,6 +56,10 @@ class Workload:
     seed: int = 0
 
     @property
+    def until(self) -> Until:
+        return Until(min(self.min_repeats, self.repeats), self.repeats, self.tol, self.measure_s)
+
+    @property
     def samples(self) -> int:
         return self.prompts * self.group
 
@@ -59,9 +71,10 @@ class Workload:
 MB = 1 << 20
 WORKLOADS = {
     # The issue's scale: 32 completions x 64 tokens per step on SmolLM2-135M.
-    # Two timed steps: TRL's PPO step alone takes minutes here. Five calls a side: the machine's load drifts.
+    # Two timed steps: TRL's PPO step alone takes minutes here. 3-7 rounds of calls, 150 s of rounds at most per
+    # measurement: the whole bench within 40 minutes on 2 cores (docs/benchmarks.md has the arithmetic).
     "smollm2": Workload("smollm2-135m-instruct", prompts=8, group=4, response_len=64, micro_batch=8,
-                        bucket_bytes=(4 * MB, 16 * MB, 64 * MB, 256 * MB), steps=2, repeats=5),
+                        bucket_bytes=(4 * MB, 16 * MB, 64 * MB, 256 * MB), steps=2, repeats=7, measure_s=150),
     "tiny": Workload("tiny", prompts=8, group=4, response_len=64, micro_batch=16,
                      bucket_bytes=(64 << 10, 256 << 10, 1 * MB)),
     # The issue's larger sync: Qwen2.5-0.5B's shape (494 M parameters, 1.98 GB in fp32), random weights; meant for

@@ -76,8 +76,12 @@ def test_learner_memory_settings_leave_the_loss_unchanged(bench):
                           "LoRA r=16, all linear", "LoRA r=16, adapters pushed"]
     for m in rows.values():  # the first step's loss is taken before any update: the same weights, the same batch
         assert m["first_loss"] == pytest.approx(rows["default"]["first_loss"], rel=1e-5), m["setting"]
-        assert m["tokens_per_s"] > 0 and m["peak_mb"] > 0
+        assert m["peak_mb"] > 0
+    assert rows["default"]["measured_in"] == "learning"  # the learning section's learner is the default one
+    assert rows["ZeRO-3 + offload"]["tokens_per_s"] is None  # one step, for its memory: not timed
+    assert all(m["tokens_per_s"] > 0 for name, m in rows.items() if name != "ZeRO-3 + offload")
     lora, adapters = rows.pop("LoRA r=16, all linear"), rows.pop("LoRA r=16, adapters pushed")
+    assert adapters["tokens_per_s"] == lora["tokens_per_s"]  # the LoRA learner, asked again for its push
     assert all(m["trained_params"] == m["params"] for m in rows.values())
     assert 0 < lora["trained_params"] < lora["params"] / 5 and lora["params"] > rows["default"]["params"]
     full = rows["default"]["push_bytes"]
@@ -137,3 +141,18 @@ def test_the_log_repeats_no_warning(bench):
             counts[text] += int(repeated.group(1)) if repeated else 1  # Ray's count: the lines it held back
     print(f"{sum(counts.values())} warning lines, {len(counts)} distinct")
     assert not {text: n for text, n in counts.items() if n > 5}
+
+
+def test_only_measures_the_sections_named(tmp_path):
+    """`bench --only sync`: the weight sync alone (what a user who changed the push re-measures), its record and
+    table, and the sections it left out named as such."""
+    proc = subprocess.run([_rlhf_ray(), "bench", "--model", "tiny", "--quick", "--only", "sync", "--no-peer",
+                           "--out", str(tmp_path)], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    r, md = json.loads((tmp_path / "bench.json").read_text()), (tmp_path / "bench.md").read_text()
+    assert r["sections"] == r["done"] == ["sync"] and r["weight_sync"]
+    assert not {"generation", "learning", "learner_memory", "ppo_steps", "peer", "trl"} & set(r)
+    assert "| transport | TP | bucket |" in md and "| section | rlhf-ray |" not in md
+    assert "Not measured in this run (`--only`): engines, memory, steps, peer." in md
+    assert re.search(r"^\[ *\d+:\d\d\] weight sync$", proc.stdout, re.MULTILINE)  # its progress line

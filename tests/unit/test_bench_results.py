@@ -54,20 +54,35 @@ def _result():
     return {
         "machine": {"cpu": "CPU X", "cores": 2, "memory_gib": 24.0, "gpu": None, "versions": {"torch": "2.13.0"}},
         "workload": workload.dataclasses.asdict(workload.WORKLOADS["smollm2"]), "fast": False, "started": "now",
-        "generation": {"actor_tokens_per_s": 330.0, "raw_tokens_per_s": 340.0, "ratio": 330 / 340,
-                       "raw_s": [6.0, 6.1, 5.9], "actor_engine_s": [5.95, 6.0], "call_overhead_s": 0.2},
-        "learning": {"actor_tokens_per_s": 300.0, "raw_tokens_per_s": 310.0, "ratio": 300 / 310},
-        "learning_varied": {"actor_tokens_per_s": 280.0, "raw_tokens_per_s": 290.0, "ratio": 280 / 290,
-                            "padding": 0.41, "packed": {"actor_tokens_per_s": 400.0, "raw_tokens_per_s": 300.0,
-                                                        "ratio": 4 / 3}},
+        "generation": {"tokens": 6600, "raw_s": [20.0, 19.0, 22.0], "actor_s": [22.0, 20.0, 21.0],
+                       "actor_tokens_per_s": 6600 / 21, "raw_tokens_per_s": 330.0, "ratio": 20 / 21,
+                       "ratio_spread": {"median": 0.95, "min": 0.91, "max": 1.05, "n": 3},
+                       "actor_engine_s": [19.9, 20.0], "call_overhead_s": 0.2},
+        "learning": {"tokens": 3000, "raw_s": [10.0], "actor_s": [10.0], "actor_tokens_per_s": 300.0,
+                     "raw_tokens_per_s": 300.0, "ratio": 1.0},  # a record from before spreads: none shown
+        "learning_varied": {"tokens": 2800, "raw_s": [10.0, 10.0], "actor_s": [10.0, 11.0], "ratio": 10 / 10.5,
+                            "padding": 0.41, "packed": {"tokens": 2800, "raw_s": [10.0, 10.0], "actor_s": [7.0, 7.0],
+                                                        "ratio": 10 / 7}},
         "weight_sync": [{"bucket_bytes": 4 << 20, "buckets": 136, "bytes": 538_000_000, "total_s": 2.0,
-                         "export_s": 1.0, "fetch_s": 0.5, "load_s": 0.5, "reload_s": 0.5, "memcpy_s": 0.05}],
+                         "export_s": 1.0, "fetch_s": 0.5, "load_s": 0.5, "reload_s": 0.5, "memcpy_s": 0.05,
+                         "total_spread": {"median": 2.0, "min": 1.9, "max": 2.25, "n": 5}}],
+        "learner_memory": [_memory_row("default", {}, 100.0), _memory_row("ZeRO-3", {"zero_stage": 3}, 80.0),
+                           _memory_row("ZeRO-3 + offload", {"zero_stage": 3, "untimed": True}, None),
+                           _memory_row("LoRA", {"lora": {}}, 120.0),
+                           _memory_row("LoRA, adapters pushed", {"lora": {}, "shares": True}, 120.0)],
         "ppo_steps": [{"max_staleness": 0, **run}, {"max_staleness": 1, **run, "step_s": 14.0}],
     }
 
 
+def _memory_row(setting, fields, tokens_per_s):
+    spread = {"median": tokens_per_s, "min": 90.0, "max": 130.0, "n": 4} if tokens_per_s else None
+    return {"setting": setting, "fields": fields, "tokens_per_s": tokens_per_s, "tokens_per_s_spread": spread,
+            "first_loss": 13.5, "trained_params": 4_000_000, "params": 135_000_000, "push_bytes": 538e6,
+            "peak_mb": 5000.0}
+
+
 def _trl():
-    return {"grpo": {"mean_s": 34.0, "generate_s": 15.0, "trl_version": "0.99"},
+    return {"grpo": {"mean_s": 34.0, "generate_s": 15.0, "trl_version": "0.99", "seconds_per_step": [33.0, 35.0]},
             "ppo": {"mean_s": 60.0, "generate_s": 20.0, "trl_version": "0.99"}}
 
 
@@ -86,20 +101,24 @@ def test_render_has_every_section():
     r = _result()
     r["peer"] = table.peer_rows(_trl(), r["ppo_steps"], _ppo_run())
     md = table.render(r)
-    assert "| generation, tokens/s | 330 (generator actor) | 340 (vLLM in-process) | 0.97 | >= 0.9 |" in md
-    assert "| learning, tokens/s | 300 (learner actor, DeepSpeed) | 310 (plain torch AdamW) | 0.97 | >= 0.85 |" in md
-    assert ("| learning, varied lengths (41% padding), tokens/s | 280 (learner actor, padded) | 290 (plain torch, "
-            "padded) | 0.97 | >= 0.85 |") in md
-    assert ("| learning, varied lengths, tokens/s | 400 (learner actor, packed) | 300 (plain torch, padded) | 1.33 | "
-            ">= 1.10 |") in md
-    assert ("raw vLLM 6.00 s; in the actor, the engine 5.97 s and the call around it (Ray, rollout table, object "
+    assert ("| generation, tokens/s | 314 [300-330, n=3] (generator actor) | 330 [300-347, n=3] (vLLM in-process) | "
+            "0.95 [0.91-1.05, n=3] | >= 0.9 |") in md  # tokens/s of the median call, the calls' range, the rounds
+    assert "| learning, tokens/s | 300 (learner actor, DeepSpeed) | 300 (plain torch AdamW) | 1.00 | >= 0.85 |" in md
+    assert ("| learning, varied lengths (41% padding), tokens/s | 267 [255-280, n=2] (learner actor, padded) | "
+            "280 [280-280, n=2] (plain torch, padded) | 0.95 | >= 0.85 |") in md
+    assert ("| learning, varied lengths, tokens/s | 400 [400-400, n=2] (learner actor, packed) | 280 [280-280, n=2] "
+            "(plain torch, padded) | 1.43 | >= 1.10 |") in md
+    assert ("raw vLLM 20.00 s; in the actor, the engine 19.95 s and the call around it (Ray, rollout table, object "
             "store) 0.20 s") in md
-    assert "| object_store | 1 | 4 MiB | 136 | 538.0 | 2.000 ± 0.000 | 1.000 | 0.500 | 0.500 | 0.500 | 0.000 | " \
+    assert "| object_store | 1 | 4 MiB | 136 | 538.0 | 2.000 [1.900-2.250, n=5] | 1.000 | 0.500 | 0.500 | 0.500 | 0.000 | " \
            "0.0500 | 269 | missed |" in md  # 2.0 s against vLLM's 0.5 s reload: more than 0.3 s over
     r["weight_sync"].append({"transport": "broadcast", "tensor_parallel": 2, "skipped": "9 attention heads"})
     assert "| broadcast | 2 | skipped: 9 attention heads |" in table.render(r)
     assert "| 1 | 6.00 | 1.00 | 12.00 | 1.00 | 14.00 | 1.60 | 102 | 70% |" in md
-    assert "| GRPO, β = 0 | TRL 0.99 | 34.00 | 15.00 | 1 | 14.00 | 6.00 | 2.43x | >= 2x |" in md
+    assert "| GRPO, β = 0 | TRL 0.99 | 34.00 [33.00-35.00, n=2] | 15.00 | 1 | 14.00 | 6.00 | 2.43x | >= 2x |" in md
+    assert "| ZeRO-3 | 80 [90-130, n=4] | 0.80 | 13.500000 | 4.00 M of 135.0 M | 538.00 | 5000 |" in md
+    assert "| ZeRO-3 + offload | not timed (one step: its memory) | | 13.500000 | 4.00 M" in md
+    assert "| LoRA, adapters pushed | the learner above | | 13.500000 | 4.00 M" in md
     assert "| PPO + critic, β = 0.05 | TRL 0.99 | 60.00 | 20.00 | 0 | 30.00 | 7.00 | 2.00x | >= 2x |" in md
     assert "CPU X, 2 cores, 24.0 GiB, no GPU; torch 2.13.0" in md
 
@@ -136,7 +155,8 @@ def test_alternate_warms_up_then_takes_turns_raw_actor_actor_raw():
     from rlhf_ray.bench import engines
 
     log = []
-    raw_out, actor_s, last = engines.alternate(_Calls(log), lambda: log.append("actor") or len(log), 3)
+    w = dataclasses.replace(workload.WORKLOADS["tiny"], repeats=3, min_repeats=3)
+    raw_out, actor_s, last = engines.alternate(_Calls(log), lambda: log.append("actor") or len(log), w)
     assert log == ["raw", "actor"] + ["raw", "actor", "actor", "raw", "raw", "actor"]  # warm-ups, then ABBA
     assert raw_out["seconds"] == [3.0, 6.0, 7.0] and raw_out["median_s"] == 6.0 and raw_out["tokens"] == 7
     assert len(actor_s) == 3 and last == 8
@@ -180,3 +200,14 @@ def test_progress_lines_give_the_time_and_what_is_left_of_the_section():
     assert lines == ["[ 0:30] learner memory settings",
                      "[ 1:30] default: 300 tokens/s (1/4, section 1:00; about 3:00 left in this section)",
                      "[10:54] ZeRO-3 + offload: 40 tokens/s (4/4, section 10:24)"]
+
+
+def test_only_takes_known_section_names():
+    import argparse
+
+    from rlhf_ray.cli import _sections
+
+    assert _sections("sync, memory") == ["sync", "memory"]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown section.s. learning; choose from engines, sync, "
+                                                         "memory, steps, peer"):
+        _sections("sync,learning")
