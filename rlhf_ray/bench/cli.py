@@ -136,7 +136,7 @@ def actor_sections(w: Workload, sections: list[str], prompt_ids: list[list[int]]
             t = engines.learning(w, learner, batches["fixed"], raws[1])
             keep(learning=t)
             if "memory" in sections:  # the default learner on the same batch: the memory section's default row
-                keep(memory_default=memory.default_row(t, learner))
+                keep(memory_default=memory.default_row(t, learner, batches["fixed"]))
             progress.part(f"learning: {t['ratio']:.2f} of plain torch's tokens/s", 2, 3)
             v = engines.learning_varied(w, learner, packed, batches["varied"], raws[2])
             keep("engines", learning_varied=v)

@@ -47,13 +47,21 @@ def settings(w: Workload, seq_len: int) -> dict[str, dict]:
                                                      "shares": True}}
 
 
-def default_row(learning: dict, learner: ActorGroup) -> dict:
+def default_row(learning: dict, learner: ActorGroup, batch: dict[str, torch.Tensor]) -> dict:
     """The default setting's row from the learning section, whose learner is the default learner on the same batch
-    (`learning`: engines.learning's result; `learner`: measured now, after those steps and before any other call)."""
-    tokens = learning["tokens"]
-    return {"setting": "default", "fields": {}, "first_loss": learning["first_loss"],
-            "tokens_per_s": learning["actor_tokens_per_s"], "measured_in": "learning",
-            "tokens_per_s_spread": repeat.spread([tokens / s for s in learning["actor_s"]]), **_footprint(learner)}
+    (`learning`: engines.learning's result; `learner`: measured now, after those steps and before any other call).
+    Its tokens/s counts the response tokens, as every row here does (the learning section counts all tokens)."""
+    return {"setting": "default", "fields": {}, "first_loss": learning["first_loss"], "measured_in": "learning",
+            **_rate(batch, learning["actor_s"]), **_footprint(learner)}
+
+
+def _rate(batch: dict[str, torch.Tensor], seconds: list[float]) -> dict:
+    """Response tokens/s of the median step, and the steps' spread (none for an untimed setting)."""
+    tokens = int(batch["loss_mask"].sum())
+    if not seconds:
+        return {"tokens_per_s": None, "tokens_per_s_spread": None}
+    return {"tokens_per_s": tokens / statistics.median(seconds),
+            "tokens_per_s_spread": repeat.spread([tokens / s for s in seconds])}
 
 
 def learner_memory(w: Workload, batch: dict[str, torch.Tensor], at_once: bool = False,
@@ -81,14 +89,20 @@ def learner_memory(w: Workload, batch: dict[str, torch.Tensor], at_once: bool = 
                     learner.kill()
                 learner = started[i] if at_once else _start(w, i, fields)
                 rows.append(_measure(w, name, fields, learner, batch))
-            tps = rows[-1]["tokens_per_s"]
-            part(f"{name}: {'not timed' if tps is None else f'{tps:.0f} tokens/s'}, peak {rows[-1]['peak_mb']:.0f} MB",
-                 i + 1, len(setups))
+            part(f"{name}: {_said(fields, rows[-1])}", i + 1, len(setups))
     finally:
         for other in [learner] + (started if at_once else []):
             if other is not None:
                 other.kill()
     return rows
+
+
+def _said(fields: dict, row: dict) -> str:
+    """The progress line's account of a row."""
+    if fields.get("shares"):
+        return f"the learner above, asked again: a push sends {row['push_bytes'] / 1e6:.1f} MB"
+    speed = "not timed" if row["tokens_per_s"] is None else f"{row['tokens_per_s']:.0f} tokens/s"
+    return f"{speed}, peak {row['peak_mb']:.0f} MB"
 
 
 def _start(w: Workload, i: int, fields: dict) -> ActorGroup:
@@ -114,10 +128,7 @@ def _measure(w: Workload, name: str, fields: dict, learner: ActorGroup, batch: d
 
     step(-1)  # the warm-up; each step moves the weights, so the first loss is the one compared
     seconds = [] if fields.get("untimed") else repeat.rounds(step, w.until)[0][0]
-    tokens = int(batch["loss_mask"].sum())
-    return {"setting": name, "fields": _plain(fields), "first_loss": losses[0],
-            "tokens_per_s": tokens / statistics.median(seconds) if seconds else None,
-            "tokens_per_s_spread": repeat.spread([tokens / s for s in seconds]) if seconds else None,
+    return {"setting": name, "fields": _plain(fields), "first_loss": losses[0], **_rate(batch, seconds),
             **_footprint(learner)}
 
 

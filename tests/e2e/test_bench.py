@@ -7,6 +7,7 @@ import collections
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,9 @@ def test_learner_memory_settings_leave_the_loss_unchanged(bench):
         assert m["first_loss"] == pytest.approx(rows["default"]["first_loss"], rel=1e-5), m["setting"]
         assert m["peak_mb"] > 0
     assert rows["default"]["measured_in"] == "learning"  # the learning section's learner is the default one
+    w = workload.quick(workload.WORKLOADS["tiny"])  # ... its steps counted in response tokens, as every row here
+    assert rows["default"]["tokens_per_s"] * statistics.median(r["learning"]["actor_s"]) == pytest.approx(w.samples *
+                                                                                                   w.response_len)
     assert rows["ZeRO-3 + offload"]["tokens_per_s"] is None  # one step, for its memory: not timed
     assert all(m["tokens_per_s"] > 0 for name, m in rows.items() if name != "ZeRO-3 + offload")
     lora, adapters = rows.pop("LoRA r=16, all linear"), rows.pop("LoRA r=16, adapters pushed")

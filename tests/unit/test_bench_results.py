@@ -211,3 +211,14 @@ def test_only_takes_known_section_names():
     with pytest.raises(argparse.ArgumentTypeError, match="unknown section.s. learning; choose from engines, sync, "
                                                          "memory, steps, peer"):
         _sections("sync,learning")
+
+
+def test_memory_rows_count_response_tokens():
+    import torch
+
+    from rlhf_ray.bench import memory
+
+    batch = {"loss_mask": torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]])}  # 5 response tokens of 8
+    r = memory._rate(batch, [2.0, 1.0, 0.5])
+    assert r["tokens_per_s"] == 5.0 and r["tokens_per_s_spread"] == {"median": 5.0, "min": 2.5, "max": 10.0, "n": 3}
+    assert memory._rate(batch, []) == {"tokens_per_s": None, "tokens_per_s_spread": None}  # untimed
