@@ -154,9 +154,9 @@ def _sync(r: dict, w: dict) -> list[str]:
 def _memory(r: dict, w: dict) -> list[str]:
     lines: list[str] = []
     base = r["learner_memory"][0]
-    shared = " (the default row is the learning section's learner, measured there)" if base.get("measured_in") else ""
-    lines += ["", "Learner memory settings (one learner each, the batch above; peak: GPU allocated, or on CPU the "
-              f"process's peak resident size, loading included){shared}:", "",
+    shared = "; the default row is the learning section's learner, measured there" if base.get("measured_in") else ""
+    lines += ["", "Learner memory settings (one learner each, the batch above, tokens/s of response tokens; peak: GPU "
+              f"allocated, or on CPU the process's peak resident size, loading included{shared}):", "",
               "| setting | tokens/s | vs default | first loss | trained params | push MB | peak MB |",
               "|---|---|---|---|---|---|---|"]
     for i, m in enumerate(r["learner_memory"]):

@@ -1,6 +1,10 @@
-"""cluster/quiet.py drops the library messages it names and nothing else; no Ray, no model (about a second)."""
+"""cluster/quiet.py drops the library messages it names and nothing else; no Ray, no model (a few seconds: two
+subprocesses call torch's gather)."""
 
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -77,3 +81,28 @@ def test_actor_env_lets_the_drivers_own_settings_win(monkeypatch):
     assert env["VLLM_LOGGING_LEVEL"] == "DEBUG" and env["TORCH_CPP_LOG_LEVEL"] == "ERROR"
     monkeypatch.setenv("RLHF_RAY_VERBOSE", "1")
     assert quiet.actor_env() == {"RLHF_RAY_VERBOSE": "1"}
+
+
+GATHER_LOOP = """
+import sys, tempfile, warnings
+import torch, torch.distributed as dist
+{quiet}
+dist.init_process_group("gloo", init_method="file://" + tempfile.mktemp(), rank=0, world_size=1)
+out, x = torch.zeros(2), torch.ones(2)
+for _ in range(4):  # as ZeRO-3 does: a gather per layer, and a catch_warnings block between (weight_sync has one)
+    dist.all_gather_into_tensor(out, x)
+    with warnings.catch_warnings():
+        pass
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("quieted_process", [False, True])
+def test_the_zero3_gather_warning_repeats_per_call_unless_dropped(monkeypatch, quieted_process):
+    """torch 2.13's FutureWarning on all_gather_into_tensor, from the real function: Python's once-per-site memory is
+    cleared by each catch_warnings exit, so it prints on every pass of the loop; actor_start's filter drops it."""
+    monkeypatch.delenv("RLHF_RAY_VERBOSE", raising=False)
+    code = GATHER_LOOP.format(quiet="from cluster import quiet; quiet.actor_start()" if quieted_process else "")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                          env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"})
+    assert proc.stderr.count("all_gather_into_tensor` is deprecated") == (0 if quieted_process else 4), proc.stderr
