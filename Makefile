@@ -3,7 +3,8 @@
 # make test  : the whole test suite, inside a loopback-only network namespace when ../shared/tools has one
 # make test-fast : the inner loop, tests/unit: the tests that start no Ray (about 63 s on 2 CPU cores, measured:
 #              the checkpoint memory test, the lock races and the docs' python blocks run subprocesses)
-# make bench : rlhf-ray beside raw vLLM, plain torch and TRL on SmolLM2-135M (runs/bench-smollm2/bench.md)
+# make bench : rlhf-ray beside raw vLLM, plain torch and TRL on SmolLM2-135M (runs/bench-smollm2/bench.md; 32 minutes
+#              from a fresh clone on 2 cores, after the install; ARGS="--only sync" for some sections)
 # All create .venv and install what is missing first (deploy/install.sh; a second run changes nothing).
 VENV ?= .venv
 PY := $(VENV)/bin/python
