@@ -92,13 +92,12 @@ def alternate(raw_engine: RawEngine, actor_call, w: Workload) -> tuple[dict, lis
     raw, raw, ... (so that a slow minute on a shared machine lands on both sides) until both medians are stable
     (`w.until`). Returns the raw side's {"seconds", "tokens", "median_s"}, the actor's seconds and its last
     result."""
-    raw_engine.call()
+    raw_last = [raw_engine.call()]
     last = [actor_call()]
-    tokens = []
 
     def raw_timed() -> float:
-        tokens.append(raw_engine.call())
-        return tokens[-1]["seconds"]
+        raw_last[0] = raw_engine.call()
+        return raw_last[0]["seconds"]
 
     def actor_timed() -> float:
         t0 = time.perf_counter()
@@ -112,7 +111,7 @@ def alternate(raw_engine: RawEngine, actor_call, w: Workload) -> tuple[dict, lis
         return raw_timed(), actor_timed()
 
     (raw_s, actor_s), _ = repeat.rounds(one_round, w.until)
-    return {"seconds": raw_s, "tokens": tokens[-1]["tokens"], "median_s": statistics.median(raw_s)}, actor_s, last[0]
+    return {"seconds": raw_s, "tokens": raw_last[0]["tokens"], "median_s": statistics.median(raw_s)}, actor_s, last[0]
 
 
 def start_actors(w: Workload, batch_size: int) -> tuple[ActorGroup, ActorGroup]:

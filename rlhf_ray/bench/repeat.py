@@ -3,7 +3,7 @@ passed in).
 
 A timed call is repeated in rounds (a round times each side of a comparison once: the raw engine and the actor, say)
 until the median of every side is stable, or the measurement's share of the bench's time is spent, or a cap is
-reached; the record says which, with every sample, so a figure is never quoted without its spread."""
+reached. The record keeps every sample, so a figure is never quoted without its spread."""
 
 from __future__ import annotations
 
